@@ -1,0 +1,204 @@
+"""Settings: ``faust.ini`` for non-secret defaults, environment variables on top.
+
+Frozen and built once at start-up; nothing here imports faust.
+"""
+
+from __future__ import annotations
+
+import configparser
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from core.campaigns import Campaign
+from core.loyalty import LoyaltyRules
+from core.money import to_cents
+from core.stamps import StampCard
+from core.tiers import TierThresholds
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Topics:
+    """Names of every topic storestream reads or writes."""
+
+    prefix: str = ""
+
+    def name(self, base: str) -> str:
+        """A topic name with the deployment's prefix."""
+        return f"{self.prefix}{base}"
+
+    @property
+    def products(self) -> str:
+        return self.name("products")
+
+    @property
+    def users(self) -> str:
+        return self.name("users")
+
+    @property
+    def purchases(self) -> str:
+        return self.name("purchases")
+
+    @property
+    def displays(self) -> str:
+        return self.name("stores.products")
+
+    @property
+    def promotions(self) -> str:
+        return self.name("products.promotions")
+
+    @property
+    def locations(self) -> str:
+        return self.name("customers.locations")
+
+    @property
+    def offers(self) -> str:
+        return self.name("customers.promotions")
+
+    @property
+    def loyalty_events(self) -> str:
+        return self.name("loyalty.events")
+
+    @property
+    def dead_letters(self) -> str:
+        return self.name("dead-letters")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything a worker needs to know, resolved from ``faust.ini`` and the environment."""
+
+    app_id: str = "storestream"
+    broker_url: str = "kafka://localhost:9092"
+    redis_url: str = "redis://localhost:6379/0"
+    web_port: int = 6066
+    web_bind: str = "127.0.0.1"
+    web_token: str | None = None
+    store: str = "memory://"
+    datadir: str = "data"
+    topic_partitions: int = 4
+    processing_guarantee: str = "at_least_once"
+    ably_api_key: str | None = None
+    offer_radius_m: float = 0.9144
+    offer_cooldown_s: float = 1800.0
+    fetch_wait_ms: int = 10
+    broker_session_timeout_s: float = 10.0
+    topics: Topics = Topics()
+    loyalty: LoyaltyRules = LoyaltyRules()
+
+
+def _ini_path(env: Mapping[str, str]) -> Path | None:
+    explicit = env.get("STORESTREAM_CONFIG")
+    if explicit:
+        path = Path(explicit)
+        if not path.is_file():
+            raise ConfigError(f"STORESTREAM_CONFIG={explicit!r} is not a file")
+        return path
+    for candidate in (Path.cwd() / "faust.ini", REPO_ROOT / "faust.ini"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _names(value: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in value.split(",") if part.strip())
+
+
+def _campaigns(parser: configparser.ConfigParser) -> tuple[Campaign, ...] | None:
+    sections = [s for s in parser.sections() if s.startswith("campaign ")]
+    if not sections:
+        return None
+    campaigns = []
+    for section in sections:
+        body = parser[section]
+        min_spend = body.get("min_spend", "").strip()
+        try:
+            campaigns.append(Campaign(
+                name=section.removeprefix("campaign ").strip(),
+                watch=_names(body.get("watch", "")),
+                require=_names(body.get("require", "")),
+                exclude=_names(body.get("exclude", "")),
+                min_spend_cents=to_cents(min_spend) if min_spend else None,
+            ))
+        except ValueError as exc:
+            raise ConfigError(f"[{section}]: {exc}") from exc
+    return tuple(campaigns)
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build settings from ``faust.ini`` (if found) with environment overrides."""
+    env = os.environ if env is None else env
+    parser = configparser.ConfigParser()
+    path = _ini_path(env)
+    if path is not None:
+        parser.read(path)
+    main = parser["storestream"] if parser.has_section("storestream") else {}
+    offers = parser["offers"] if parser.has_section("offers") else {}
+    tiers = parser["tiers"] if parser.has_section("tiers") else {}
+    stamps = parser["stamps"] if parser.has_section("stamps") else {}
+    defaults = Settings()
+
+    def pick(env_name: str, section: Mapping[str, str], key: str, default: object) -> str:
+        value = env.get(env_name)
+        if value is None or value == "":
+            value = section.get(key)
+        return str(default) if value is None else str(value)
+
+    try:
+        rules = LoyaltyRules(
+            tiers=TierThresholds(
+                gold_cents=to_cents(tiers.get("gold", "400")),
+                silver_cents=to_cents(tiers.get("silver", "300")),
+                bronze_cents=to_cents(tiers.get("bronze", "200")),
+            ),
+            stamps=StampCard(
+                product_id=stamps.get("product", "coffee").strip(),
+                cycle=int(stamps.get("cycle", "6")),
+            ),
+            campaigns=_campaigns(parser) or defaults.loyalty.campaigns,
+            lateness_s=float(pick("PRICE_LATENESS_S", main, "price_lateness_s", 86400)),
+        )
+        guarantee = pick("PROCESSING_GUARANTEE", main, "processing_guarantee", "at_least_once")
+        if guarantee not in ("at_least_once", "exactly_once"):
+            raise ConfigError(f"PROCESSING_GUARANTEE must be at_least_once or exactly_once, "
+                              f"got {guarantee!r}")
+        store = pick("APP_STORE", main, "store", defaults.store)
+        if not store.startswith(("memory://", "rocksdb://")):
+            raise ConfigError(f"APP_STORE must be memory:// or rocksdb://, got {store!r}")
+        settings = Settings(
+            app_id=pick("APP_ID", main, "app_id", defaults.app_id),
+            broker_url=pick("BROKER_URL", main, "broker_url", defaults.broker_url),
+            redis_url=pick("REDIS_URL", main, "redis_url", defaults.redis_url),
+            web_port=int(pick("WEB_PORT", main, "web_port", defaults.web_port)),
+            web_bind=pick("WEB_BIND", main, "web_bind", defaults.web_bind),
+            web_token=env.get("WEB_TOKEN") or None,
+            store=store,
+            datadir=pick("APP_DATADIR", main, "datadir", defaults.datadir),
+            topic_partitions=int(pick("TOPIC_PARTITIONS", main, "topic_partitions", 4)),
+            processing_guarantee=guarantee,
+            ably_api_key=env.get("ABLY_API_KEY") or None,
+            offer_radius_m=float(pick("OFFER_RADIUS_M", offers, "radius_m", 0.9144)),
+            offer_cooldown_s=float(pick("OFFER_COOLDOWN_S", offers, "cooldown_s", 1800)),
+            fetch_wait_ms=int(pick("FETCH_WAIT_MS", main, "fetch_wait_ms", 10)),
+            broker_session_timeout_s=float(
+                pick("BROKER_SESSION_TIMEOUT_S", main, "broker_session_timeout_s", 10)
+            ),
+            topics=Topics(prefix=pick("TOPIC_PREFIX", main, "topic_prefix", "")),
+            loyalty=rules,
+        )
+    except (ValueError, KeyError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(f"bad setting: {exc}") from exc
+    if settings.topic_partitions < 1:
+        raise ConfigError("TOPIC_PARTITIONS must be >= 1")
+    if settings.offer_radius_m <= 0 or settings.offer_cooldown_s < 0:
+        raise ConfigError("OFFER_RADIUS_M must be > 0 and OFFER_COOLDOWN_S >= 0")
+    return settings

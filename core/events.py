@@ -1,0 +1,177 @@
+"""Decoding and validating the raw JSON events of the input topics.
+
+Every function raises :class:`BadEvent` with a human-readable reason; the shell sends such
+events to ``dead-letters``. Unknown extra fields are ignored.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from core.loyalty import Purchase
+from core.money import MoneyError, to_cents
+
+#: Values larger than this are rejected before decoding (a poison pill, not an event).
+MAX_VALUE_BYTES = 256 * 1024
+
+
+class BadEvent(ValueError):
+    """An event that cannot be decoded or fails validation."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProductPrice:
+    """A catalogue price that holds from ``ts`` on."""
+
+    product_id: str
+    price_cents: int
+    ts: float
+    category: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UserProfile:
+    """A customer's profile and consent."""
+
+    user_id: str
+    name: str | None
+    opt_out: bool
+
+
+def decode_object(raw: bytes | None) -> dict[str, Any]:
+    """Parse a raw value into a JSON object, or raise :class:`BadEvent`."""
+    if raw is None or len(raw) == 0:
+        raise BadEvent("empty value")
+    if len(raw) > MAX_VALUE_BYTES:
+        raise BadEvent(f"value too large ({len(raw)} bytes > {MAX_VALUE_BYTES})")
+    try:
+        value = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadEvent(f"not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise BadEvent(f"expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def required_str(event: Mapping[str, Any], name: str) -> str:
+    """A required, non-empty string field."""
+    if name not in event or event[name] is None:
+        raise BadEvent(f"missing required field {name!r}")
+    value = event[name]
+    if not isinstance(value, str):
+        raise BadEvent(f"field {name!r} must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise BadEvent(f"field {name!r} must not be empty")
+    return value
+
+
+def optional_str(event: Mapping[str, Any], name: str) -> str | None:
+    """An optional string field (``None`` when absent or null)."""
+    value = event.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise BadEvent(f"field {name!r} must be a string, got {type(value).__name__}")
+    return value
+
+
+def optional_bool(event: Mapping[str, Any], name: str, default: bool) -> bool:
+    """An optional boolean field."""
+    value = event.get(name)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadEvent(f"field {name!r} must be true or false, got {value!r}")
+    return value
+
+
+def number(event: Mapping[str, Any], name: str) -> float:
+    """A required finite number."""
+    if name not in event or event[name] is None:
+        raise BadEvent(f"missing required field {name!r}")
+    return _finite(event[name], name)
+
+
+def _finite(value: object, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise BadEvent(f"field {name!r} must be a number, got {type(value).__name__}")
+    result = float(value)
+    if not math.isfinite(result):
+        raise BadEvent(f"field {name!r} must be finite, got {value!r}")
+    return result
+
+
+def event_time(event: Mapping[str, Any], record_ts: float) -> float:
+    """The event's ``ts`` (epoch seconds), or the Kafka record timestamp when absent."""
+    value = event.get("ts")
+    if value is None:
+        return record_ts
+    ts = _finite(value, "ts")
+    if ts < 0:
+        raise BadEvent(f"field 'ts' must be epoch seconds >= 0, got {value!r}")
+    return ts
+
+
+def price_cents(event: Mapping[str, Any], name: str = "price") -> int:
+    """A required price as exact cents."""
+    if name not in event or event[name] is None:
+        raise BadEvent(f"missing required field {name!r}")
+    try:
+        return to_cents(event[name])
+    except MoneyError as exc:
+        raise BadEvent(str(exc)) from exc
+
+
+def check_key(key: str | None, value: str, field_name: str) -> None:
+    """Events must be keyed by their owner's id, or state would land on the wrong partition."""
+    if key is not None and key != value:
+        raise BadEvent(f"record key {key!r} does not match {field_name} {value!r}")
+
+
+def parse_product(raw: bytes | None, key: str | None, record_ts: float) -> ProductPrice:
+    """A ``products`` event."""
+    event = decode_object(raw)
+    product_id = required_str(event, "product_id")
+    check_key(key, product_id, "product_id")
+    return ProductPrice(
+        product_id=product_id,
+        price_cents=price_cents(event),
+        ts=event_time(event, record_ts),
+        category=optional_str(event, "category"),
+    )
+
+
+def parse_user(raw: bytes | None, key: str | None) -> UserProfile:
+    """A ``users`` event."""
+    event = decode_object(raw)
+    user_id = required_str(event, "user_id")
+    check_key(key, user_id, "user_id")
+    return UserProfile(
+        user_id=user_id,
+        name=optional_str(event, "name"),
+        opt_out=optional_bool(event, "opt_out", False),
+    )
+
+
+def parse_purchase(raw: bytes | None, key: str | None, record_ts: float) -> Purchase:
+    """A ``purchases`` event."""
+    event = decode_object(raw)
+    user_id = required_str(event, "user_id")
+    check_key(key, user_id, "user_id")
+    purchase_id = event.get("purchase_id")
+    if purchase_id is not None and (
+        isinstance(purchase_id, bool) or not isinstance(purchase_id, str | int)
+    ):
+        raise BadEvent("field 'purchase_id' must be a string or an integer")
+    return Purchase(
+        user_id=user_id,
+        product_id=required_str(event, "product_id"),
+        ts=event_time(event, record_ts),
+        price_cents=price_cents(event) if event.get("price") is not None else None,
+        purchase_id=None if purchase_id is None else str(purchase_id),
+    )

@@ -1,0 +1,336 @@
+"""Per-customer loyalty state and how one purchase changes it.
+
+State is split the way the recipe splits its tables: :class:`Spend` (``sales_totals``),
+:class:`Stamps` (``caffeine_index``) and :class:`Basket` (the campaign tables). Each record
+remembers the last source offset it applied, so a replayed event changes nothing
+(exactly-once effects on top of at-least-once delivery).
+
+Purchases priced from the catalogue stay *pending* while a late catalogue change could still
+apply to them (``lateness_s`` of event time behind the customer's newest purchase); they are
+priced as of their own event time whenever a total is read, and settled into exact cents once
+outside that window. The result does not depend on the order in which the ``products`` and
+``purchases`` topics are consumed, as long as a price change is not later than that window.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from core.campaigns import DEFAULT_CAMPAIGNS, Campaign, qualifying, watched_products
+from core.pricing import PriceHistory, price_at
+from core.stamps import StampCard, StampStatus, stamp_status
+from core.tiers import CLIMBING, TierThresholds, tier_for
+
+#: Looks up a product's price history (empty when the product was never seen).
+Catalogue = Callable[[str], PriceHistory]
+
+TIER_CHANGED = "tier_changed"
+FREE_COFFEE_READY = "free_coffee_ready"
+CAMPAIGN_QUALIFIED = "campaign_qualified"
+
+
+@dataclass(frozen=True, slots=True)
+class LoyaltyRules:
+    """Everything configurable about the loyalty programme."""
+
+    tiers: TierThresholds = TierThresholds()
+    stamps: StampCard = StampCard()
+    campaigns: tuple[Campaign, ...] = DEFAULT_CAMPAIGNS
+    lateness_s: float = 86_400.0
+    max_pending: int = 1_000
+
+    @property
+    def watched(self) -> frozenset[str]:
+        """Products whose spend campaigns need."""
+        return watched_products(self.campaigns)
+
+
+@dataclass(frozen=True, slots=True)
+class Purchase:
+    """A validated purchase event."""
+
+    user_id: str
+    product_id: str
+    ts: float
+    price_cents: int | None = None
+    purchase_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """A catalogue-priced purchase whose price may still be revised by a late price change."""
+
+    ts: float
+    product_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class Spend:
+    """Settled spend, pending purchases, and the tier last announced."""
+
+    settled_cents: int = 0
+    settled_unpriced: int = 0
+    watched_cents: Mapping[str, int] = field(default_factory=dict)
+    pending: tuple[Pending, ...] = ()
+    purchases: int = 0
+    newest_ts: float = 0.0
+    tier: str = CLIMBING
+    last_offset: int = -1
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-friendly form for the changelog."""
+        return {
+            "settled_cents": self.settled_cents,
+            "settled_unpriced": self.settled_unpriced,
+            "watched_cents": dict(self.watched_cents),
+            "pending": [[p.ts, p.product_id] for p in self.pending],
+            "purchases": self.purchases,
+            "newest_ts": self.newest_ts,
+            "tier": self.tier,
+            "last_offset": self.last_offset,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> Spend:
+        """Inverse of :meth:`to_json`; ``None`` is a new customer."""
+        if not raw:
+            return cls()
+        return cls(
+            settled_cents=int(raw["settled_cents"]),
+            settled_unpriced=int(raw["settled_unpriced"]),
+            watched_cents={str(k): int(v) for k, v in raw["watched_cents"].items()},
+            pending=tuple(Pending(float(ts), str(pid)) for ts, pid in raw["pending"]),
+            purchases=int(raw["purchases"]),
+            newest_ts=float(raw["newest_ts"]),
+            tier=str(raw["tier"]),
+            last_offset=int(raw["last_offset"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Stamps:
+    """Stamped purchases so far."""
+
+    total: int = 0
+    last_offset: int = -1
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-friendly form for the changelog."""
+        return {"total": self.total, "last_offset": self.last_offset}
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> Stamps:
+        """Inverse of :meth:`to_json`; ``None`` is a new customer."""
+        if not raw:
+            return cls()
+        return cls(total=int(raw["total"]), last_offset=int(raw["last_offset"]))
+
+
+@dataclass(frozen=True, slots=True)
+class Basket:
+    """Watched products bought, and campaigns already announced as qualified."""
+
+    products: frozenset[str] = frozenset()
+    announced: frozenset[str] = frozenset()
+    last_offset: int = -1
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-friendly form for the changelog."""
+        return {
+            "products": sorted(self.products),
+            "announced": sorted(self.announced),
+            "last_offset": self.last_offset,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> Basket:
+        """Inverse of :meth:`to_json`; ``None`` is a new customer."""
+        if not raw:
+            return cls()
+        return cls(
+            products=frozenset(raw["products"]),
+            announced=frozenset(raw["announced"]),
+            last_offset=int(raw["last_offset"]),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class LoyaltyEvent:
+    """A change that matters to the customer (goes to ``loyalty.events``)."""
+
+    user_id: str
+    type: str
+    details: Mapping[str, Any]
+    ts: float
+
+
+@dataclass(frozen=True, slots=True)
+class SpendView:
+    """Spend as of now: settled plus pending purchases priced at their event time."""
+
+    total_cents: int
+    unpriced: int
+    by_product_cents: Mapping[str, int]
+    tier: str
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The records after one purchase (``None`` where a record did not change) and events."""
+
+    spend: Spend | None
+    stamps: Stamps | None
+    basket: Basket | None
+    events: tuple[LoyaltyEvent, ...]
+
+
+def view_spend(spend: Spend, catalogue: Catalogue, rules: LoyaltyRules) -> SpendView:
+    """Total, unpriced count, spend on watched products and tier, pricing pending purchases now."""
+    total = spend.settled_cents
+    unpriced = spend.settled_unpriced
+    by_product = dict(spend.watched_cents)
+    watched = rules.watched
+    for item in spend.pending:
+        cents = price_at(catalogue(item.product_id), item.ts)
+        if cents is None:
+            unpriced += 1
+            continue
+        total += cents
+        if item.product_id in watched:
+            by_product[item.product_id] = by_product.get(item.product_id, 0) + cents
+    return SpendView(total, unpriced, by_product, tier_for(total, rules.tiers))
+
+
+def _settle(spend: Spend, catalogue: Catalogue, rules: LoyaltyRules) -> Spend:
+    """Fix the price of pending purchases that are out of the lateness window (or over the cap)."""
+    horizon = spend.newest_ts - rules.lateness_s
+    overflow = len(spend.pending) - rules.max_pending
+    keep: list[Pending] = []
+    settled = spend.settled_cents
+    unpriced = spend.settled_unpriced
+    watched_cents = dict(spend.watched_cents)
+    watched = rules.watched
+    for index, item in enumerate(spend.pending):
+        if item.ts >= horizon and index >= overflow:
+            keep.append(item)
+            continue
+        cents = price_at(catalogue(item.product_id), item.ts)
+        if cents is None:
+            unpriced += 1
+        else:
+            settled += cents
+            if item.product_id in watched:
+                watched_cents[item.product_id] = watched_cents.get(item.product_id, 0) + cents
+    if len(keep) == len(spend.pending):
+        return spend
+    return replace(
+        spend,
+        settled_cents=settled,
+        settled_unpriced=unpriced,
+        watched_cents=watched_cents,
+        pending=tuple(keep),
+    )
+
+
+def _add_to_spend(spend: Spend, purchase: Purchase, rules: LoyaltyRules) -> Spend:
+    if purchase.price_cents is None:
+        pending = tuple(sorted((*spend.pending, Pending(purchase.ts, purchase.product_id)),
+                               key=lambda p: (p.ts, p.product_id)))
+        return replace(spend, pending=pending, purchases=spend.purchases + 1,
+                       newest_ts=max(spend.newest_ts, purchase.ts))
+    watched_cents = dict(spend.watched_cents)
+    if purchase.product_id in rules.watched:
+        watched_cents[purchase.product_id] = (
+            watched_cents.get(purchase.product_id, 0) + purchase.price_cents
+        )
+    return replace(
+        spend,
+        settled_cents=spend.settled_cents + purchase.price_cents,
+        watched_cents=watched_cents,
+        purchases=spend.purchases + 1,
+        newest_ts=max(spend.newest_ts, purchase.ts),
+    )
+
+
+def apply_purchase(
+    purchase: Purchase,
+    offset: int,
+    spend: Spend,
+    stamps: Stamps,
+    basket: Basket,
+    catalogue: Catalogue,
+    rules: LoyaltyRules = LoyaltyRules(),
+) -> Outcome:
+    """Apply one purchase at source ``offset`` to a customer's records.
+
+    A record whose ``last_offset`` is at or past ``offset`` already holds this purchase and is
+    left alone, so replays after a crash never count twice.
+    """
+    events: list[LoyaltyEvent] = []
+    new_spend: Spend | None = None
+    new_stamps: Stamps | None = None
+    new_basket: Basket | None = None
+
+    if offset > spend.last_offset:
+        new_spend = _settle(_add_to_spend(spend, purchase, rules), catalogue, rules)
+        new_spend = replace(new_spend, last_offset=offset)
+        view = view_spend(new_spend, catalogue, rules)
+        if view.tier != spend.tier:
+            events.append(LoyaltyEvent(purchase.user_id, TIER_CHANGED, {
+                "from": spend.tier, "to": view.tier, "total_cents": view.total_cents,
+            }, purchase.ts))
+            new_spend = replace(new_spend, tier=view.tier)
+
+    if purchase.product_id == rules.stamps.product_id and offset > stamps.last_offset:
+        new_stamps = Stamps(total=stamps.total + 1, last_offset=offset)
+        status = stamp_status(new_stamps.total, rules.stamps)
+        if status.next_one_free:
+            events.append(LoyaltyEvent(purchase.user_id, FREE_COFFEE_READY, {
+                "product_id": rules.stamps.product_id, "total": status.total,
+            }, purchase.ts))
+
+    if purchase.product_id in rules.watched and offset > basket.last_offset:
+        products = basket.products | {purchase.product_id}
+        current_spend = new_spend if new_spend is not None else spend
+        met = qualifying(
+            rules.campaigns, products, view_spend(current_spend, catalogue, rules).by_product_cents
+        )
+        newly = sorted(set(met) - basket.announced)
+        for name in newly:
+            events.append(LoyaltyEvent(purchase.user_id, CAMPAIGN_QUALIFIED, {
+                "campaign": name, "products": met[name],
+            }, purchase.ts))
+        new_basket = Basket(products=products, announced=frozenset(met), last_offset=offset)
+
+    return Outcome(new_spend, new_stamps, new_basket, tuple(events))
+
+
+def coffee_status(stamps: Stamps, rules: LoyaltyRules) -> StampStatus:
+    """The stamp card as the recipe's ``caffeine_index`` shows it."""
+    return stamp_status(stamps.total, rules.stamps)
+
+
+def campaigns_met(
+    basket: Basket, spend: Spend, catalogue: Catalogue, rules: LoyaltyRules
+) -> dict[str, list[str]]:
+    """Campaigns the customer meets now, each with the sorted watched products bought."""
+    return qualifying(
+        rules.campaigns, basket.products, view_spend(spend, catalogue, rules).by_product_cents
+    )
+
+
+def replay(
+    purchases: Iterable[Purchase], catalogue: Catalogue, rules: LoyaltyRules = LoyaltyRules()
+) -> tuple[Spend, Stamps, Basket, list[LoyaltyEvent]]:
+    """Apply purchases of one customer in order (offsets 0, 1, ...): a reference model."""
+    spend, stamps, basket = Spend(), Stamps(), Basket()
+    events: list[LoyaltyEvent] = []
+    for offset, purchase in enumerate(purchases):
+        out = apply_purchase(purchase, offset, spend, stamps, basket, catalogue, rules)
+        spend = out.spend or spend
+        stamps = out.stamps or stamps
+        basket = out.basket or basket
+        events.extend(out.events)
+    return spend, stamps, basket, events

@@ -1,0 +1,55 @@
+"""Exact money: integer cents in, integer cents out, never float sums."""
+
+from __future__ import annotations
+
+import math
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+
+CENT = Decimal("0.01")
+
+
+class MoneyError(ValueError):
+    """A value that cannot be a price (negative, non-finite, not a number)."""
+
+
+def to_cents(value: object) -> int:
+    """Convert a JSON price (int, float or decimal string, currency units) to integer cents.
+
+    Floats are read through their shortest repr (``2.99`` is exactly 299 cents); amounts
+    with more than two decimals are rounded half-to-even, as a till would.
+    """
+    if isinstance(value, bool):
+        raise MoneyError(f"price must be a number, got {value!r}")
+    if isinstance(value, int):
+        amount = Decimal(value)
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise MoneyError(f"price must be finite, got {value!r}")
+        amount = Decimal(repr(value))
+    elif isinstance(value, str):
+        try:
+            amount = Decimal(value.strip())
+        except InvalidOperation as exc:
+            raise MoneyError(f"price is not a number: {value!r}") from exc
+        if not amount.is_finite():
+            raise MoneyError(f"price must be finite, got {value!r}")
+    else:
+        raise MoneyError(f"price must be a number, got {type(value).__name__}")
+    if amount < 0:
+        raise MoneyError(f"price must be >= 0, got {value!r}")
+    return int(amount.quantize(CENT, rounding=ROUND_HALF_EVEN) * 100)
+
+
+def cents_to_decimal(cents: int) -> Decimal:
+    """Cents as an exact ``Decimal`` in currency units (``7428`` -> ``Decimal('74.28')``)."""
+    return (Decimal(cents) / 100).quantize(CENT)
+
+
+def cents_to_number(cents: int) -> float:
+    """Cents as the JSON number a client expects (rounded to cents, e.g. ``74.28``)."""
+    return float(cents_to_decimal(cents))
+
+
+def format_cents(cents: int) -> str:
+    """Cents as a display string with two decimals (``'74.28'``)."""
+    return str(cents_to_decimal(cents))
