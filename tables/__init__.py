@@ -1,0 +1,1 @@
+"""Changelog-backed tables: keys are UTF-8 text, values JSON, no defaults (absent means 404)."""

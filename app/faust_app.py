@@ -1,0 +1,76 @@
+"""The Faust application object, configured from :data:`app.settings.SETTINGS`."""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any
+
+import faust
+from faust.serializers import codecs
+
+from app import transport
+from app.settings import SETTINGS
+from core.metrics import Metrics
+
+
+class Utf8(codecs.Codec):  # type: ignore[misc]
+    """Keys as plain UTF-8 text: the bytes a producer hashes are the bytes Faust routes by."""
+
+    def _dumps(self, value: Any) -> bytes:
+        return value.encode("utf-8") if isinstance(value, str) else bytes(value)
+
+    def _loads(self, raw: bytes) -> str:
+        return raw.decode("utf-8")
+
+
+codecs.register("utf8", Utf8())
+transport.install()
+
+
+def broker_credentials() -> faust.SASLCredentials | None:
+    """SASL_SSL credentials from ``KAFKA_SASL_*`` environment variables, when set."""
+    username = os.environ.get("KAFKA_SASL_USERNAME")
+    if not username:
+        return None
+    context = ssl.create_default_context(cafile=os.environ.get("KAFKA_SSL_CAFILE") or None)
+    return faust.SASLCredentials(
+        username=username,
+        password=os.environ.get("KAFKA_SASL_PASSWORD", ""),
+        mechanism=os.environ.get("KAFKA_SASL_MECHANISM", "PLAIN"),
+        ssl_context=context,
+    )
+
+
+def _web_host() -> str:
+    return "127.0.0.1" if SETTINGS.web_bind in ("0.0.0.0", "::", "") else SETTINGS.web_bind
+
+
+app = faust.App(
+    SETTINGS.app_id,
+    broker=SETTINGS.broker_url,
+    broker_credentials=broker_credentials(),
+    store=SETTINGS.store,
+    datadir=SETTINGS.datadir,
+    topic_partitions=SETTINGS.topic_partitions,
+    processing_guarantee=SETTINGS.processing_guarantee,
+    broker_session_timeout=SETTINGS.broker_session_timeout_s,
+    broker_heartbeat_interval=min(3.0, SETTINGS.broker_session_timeout_s / 3),
+    consumer_auto_offset_reset="earliest",
+    key_serializer="raw",
+    value_serializer="raw",
+    table_standby_replicas=1,
+    web_port=SETTINGS.web_port,
+    web_bind=SETTINGS.web_bind,
+    web_host=os.environ.get("WEB_HOST", _web_host()),
+    canonical_url=os.environ.get("CANONICAL_URL", f"http://{_web_host()}:{SETTINGS.web_port}"),
+    web_enabled=True,
+    autodiscover=False,
+)
+
+#: Process-wide metrics served at ``/metrics``.
+METRICS = Metrics()
+METRICS.describe("storestream_events_total", "counter", "Events processed, by topic and outcome")
+METRICS.describe("storestream_dead_letters_total", "counter", "Events sent to dead-letters")
+METRICS.describe("storestream_agent_latency_seconds", "histogram",
+                 "Time from record timestamp to processed, per agent")

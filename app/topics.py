@@ -1,0 +1,20 @@
+"""Every topic storestream reads or writes. Values and keys are raw bytes: agents decode them."""
+
+from __future__ import annotations
+
+from app.faust_app import app
+from app.settings import SETTINGS
+
+_T = SETTINGS.topics
+
+
+def _topic(name: str) -> object:
+    return app.topic(name, key_type=bytes, value_type=bytes,
+                     key_serializer="raw", value_serializer="raw")
+
+
+products_topic = _topic(_T.products)
+users_topic = _topic(_T.users)
+purchases_topic = _topic(_T.purchases)
+loyalty_events_topic = _topic(_T.loyalty_events)
+dead_letters_topic = _topic(_T.dead_letters)

@@ -1,0 +1,303 @@
+"""Pure geometry for in-store offers: haversine distance, displays and a grid index.
+
+No I/O and no framework imports: everything here is deterministic and unit-testable.
+
+Distance is the haversine great-circle distance on a sphere of radius 6371 km, the
+same model as ksqlDB ``GEO_DISTANCE``.
+
+Display identity
+    A display is identified by ``(store_id, sku)``: the same SKU is shown in many
+    stores, and a store shows one promotional display per SKU. A later record with
+    the same key replaces (moves / re-segments) the display; ``active=False``
+    removes it.
+
+Spatial index
+    ``DisplayIndex`` buckets displays into a lat/lon grid. Rows are ``cell_m`` metres
+    of latitude. Each row is split into a whole number of equal longitude columns
+    whose width is at least ``cell_m`` metres even at the row's poleward edge
+    (longitude cells are scaled by cos(lat)); because columns tile 360 degrees
+    exactly, column indices wrap modulo the column count, so the antimeridian
+    needs no special case. Near the poles rows have few (finally one) columns.
+
+    ``near`` derives an exact bounding box from the haversine formula (latitude
+    span ``r/R``; longitude span ``2*asin(sin(r/2R)/cos(lat_max))`` over the box's
+    most poleward latitude) and probes the cells it overlaps. When the radius is
+    at most ``cell_m`` that is at most 3 x 3 cells, so a display just across a
+    cell border is never missed and the cost per lookup depends on local display
+    density, not on the total number of displays. A box reaching a pole probes
+    every column of the polar rows (few cells, since they are tiny). Larger radii
+    are correct too; they just probe more cells.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import TypeAlias
+
+EARTH_RADIUS_M = 6_371_000.0
+DEFAULT_RADIUS_M = 0.9144
+DEFAULT_CELL_M = 2.0
+_SAFETY = 1.0 + 1e-9
+_TINY_DEG = 1e-12
+_COL_BITS = 40
+
+DisplayKey: TypeAlias = tuple[str, str]
+
+
+def haversine_m(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    """Great-circle distance in metres between two WGS84 points (sphere, R = 6371 km)."""
+    phi1 = math.radians(lat1)
+    phi2 = math.radians(lat2)
+    half_dphi = (phi2 - phi1) / 2.0
+    half_dlam = math.radians(lon2 - lon1) / 2.0
+    a = math.sin(half_dphi) ** 2 + math.cos(phi1) * math.cos(phi2) * math.sin(half_dlam) ** 2
+    return 2.0 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, a)))
+
+
+def _is_real(value: object) -> bool:
+    """True for finite int/float values that are not bools."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)
+
+
+def valid_coordinates(lat: object, lon: object) -> bool:
+    """True when lat is in [-90, 90] and lon in [-180, 180], both finite numbers."""
+    if not (_is_real(lat) and _is_real(lon)):
+        return False
+    assert isinstance(lat, int | float) and isinstance(lon, int | float)
+    return -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0
+
+
+def normalise_sku(value: object) -> str:
+    """Return a SKU as a stripped string; integral numbers (``123``, ``123.0``) become ``"123"``.
+
+    Leading zeros lost by a producer that sent a number cannot be recovered.
+    """
+    if isinstance(value, bool) or value is None:
+        raise ValueError(f"invalid sku: {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float | Decimal):
+        if not math.isfinite(value):
+            raise ValueError(f"invalid sku: {value!r}")
+        return str(int(value)) if value == int(value) else str(value)
+    if isinstance(value, str) and value.strip():
+        return value.strip()
+    raise ValueError(f"invalid sku: {value!r}")
+
+
+def optional_str(value: object) -> str | None:
+    """Normalise an optional label: ``None`` and blank strings become ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"invalid label: {value!r}")
+    text = str(value).strip()
+    return text or None
+
+
+def parse_float(value: object, name: str) -> float:
+    """Parse a finite float from a number or numeric string (bools rejected)."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str | Decimal):
+        raise ValueError(f"invalid {name}: {value!r}")
+    try:
+        result = float(value)
+    except ValueError as exc:
+        raise ValueError(f"invalid {name}: {value!r}") from exc
+    if not math.isfinite(result):
+        raise ValueError(f"invalid {name}: {value!r}")
+    return result
+
+
+def parse_bool(value: object, default: bool = True) -> bool:
+    """Parse a flag: missing means ``default``; accepts bools, 0/1 and true/false strings."""
+    if value is None:
+        return default
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, int) and value in (0, 1):
+        return bool(value)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false", "1", "0"):
+        return value.strip().lower() in ("true", "1")
+    raise ValueError(f"invalid flag: {value!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Display:
+    """A product display at a fixed position in a store; identity is ``(store_id, sku)``."""
+
+    sku: str
+    lat: float
+    lon: float
+    segment: str | None = None
+    variant: str | None = None
+    store_id: str = ""
+    active: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.sku:
+            raise ValueError("display sku must be non-empty")
+        if not valid_coordinates(self.lat, self.lon):
+            raise ValueError(f"invalid display coordinates: {self.lat!r}, {self.lon!r}")
+
+    @property
+    def key(self) -> DisplayKey:
+        """Identity of the display: ``(store_id, sku)``."""
+        return (self.store_id, self.sku)
+
+
+def parse_display(record: Mapping[str, object]) -> Display:
+    """Build a ``Display`` from a ``stores.products`` record; raises ``ValueError`` if invalid."""
+    store_id = optional_str(record.get("store_id"))
+    return Display(
+        sku=normalise_sku(record.get("sku")),
+        lat=parse_float(record.get("lat"), "lat"),
+        lon=parse_float(record.get("lon"), "lon"),
+        segment=optional_str(record.get("segment")),
+        variant=optional_str(record.get("variant")),
+        store_id=store_id or "",
+        active=parse_bool(record.get("active"), default=True),
+    )
+
+
+def _wrap_lon(lon: float) -> float:
+    """Map a longitude into [-180, 180)."""
+    return (lon + 180.0) % 360.0 - 180.0
+
+
+class DisplayIndex:
+    """Grid index of active displays keyed by ``(store_id, sku)``; see the module docstring."""
+
+    def __init__(self, cell_m: float = DEFAULT_CELL_M) -> None:
+        if not (_is_real(cell_m) and 0.01 <= cell_m <= 100_000.0):
+            raise ValueError(f"cell_m must be in [0.01, 100000] metres, got {cell_m!r}")
+        self.cell_m = float(cell_m)
+        self._dlat = math.degrees(self.cell_m / EARTH_RADIUS_M)
+        self._nrows = int(180.0 / self._dlat) + 1
+        self._ncols: dict[int, int] = {}
+        self._cells: dict[int, dict[DisplayKey, Display]] = {}
+        self._where: dict[DisplayKey, int] = {}
+        self._displays: dict[DisplayKey, Display] = {}
+
+    def __len__(self) -> int:
+        return len(self._displays)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._displays
+
+    def __iter__(self) -> Iterator[Display]:
+        return iter(list(self._displays.values()))
+
+    def get(self, store_id: str, sku: str) -> Display | None:
+        """Return the display with this identity, if indexed."""
+        return self._displays.get((store_id, sku))
+
+    def upsert(self, display: Display) -> None:
+        """Add or replace a display by key; an inactive display is removed instead."""
+        self.remove(display.store_id, display.sku)
+        if not display.active:
+            return
+        cell = self._cell_key(*self.cell_of(display.lat, display.lon))
+        self._cells.setdefault(cell, {})[display.key] = display
+        self._where[display.key] = cell
+        self._displays[display.key] = display
+
+    def remove(self, store_id: str, sku: str) -> Display | None:
+        """Remove a display by identity; returns it, or ``None`` if absent."""
+        key = (store_id, sku)
+        display = self._displays.pop(key, None)
+        if display is None:
+            return None
+        cell = self._where.pop(key)
+        bucket = self._cells[cell]
+        del bucket[key]
+        if not bucket:
+            del self._cells[cell]
+        return display
+
+    def cell_of(self, lat: float, lon: float) -> tuple[int, int]:
+        """Grid ``(row, col)`` of a point."""
+        row = self._row(lat)
+        return row, self._col(row, lon)
+
+    def cells_for(self, lat: float, lon: float, radius_m: float) -> list[tuple[int, int]]:
+        """Grid cells a ``near`` query probes (at most 3 x 3 when ``radius_m <= cell_m``)."""
+        if not valid_coordinates(lat, lon):
+            raise ValueError(f"invalid coordinates: {lat!r}, {lon!r}")
+        if not (_is_real(radius_m) and radius_m >= 0.0):
+            raise ValueError(f"radius_m must be a finite number >= 0, got {radius_m!r}")
+        theta = radius_m / EARTH_RADIUS_M
+        dlat = math.degrees(theta) * _SAFETY + _TINY_DEG
+        lat_lo, lat_hi = lat - dlat, lat + dlat
+        dlon = self._lon_span(theta, lat_lo, lat_hi)
+        cells: list[tuple[int, int]] = []
+        for row in range(self._row(max(-90.0, lat_lo)), self._row(min(90.0, lat_hi)) + 1):
+            cells.extend((row, col) for col in self._cols(row, lon, dlon))
+        return cells
+
+    def near(self, lat: float, lon: float, radius_m: float) -> list[tuple[Display, float]]:
+        """Displays within ``radius_m`` metres, as ``(display, distance_m)`` nearest first.
+
+        Ties are broken by ``(store_id, sku)`` so the order is deterministic.
+        """
+        found: list[tuple[Display, float]] = []
+        for row, col in self.cells_for(lat, lon, radius_m):
+            bucket = self._cells.get(self._cell_key(row, col))
+            if bucket is None:
+                continue
+            for display in bucket.values():
+                distance = haversine_m(lat, lon, display.lat, display.lon)
+                if distance <= radius_m:
+                    found.append((display, distance))
+        found.sort(key=lambda item: (item[1], item[0].store_id, item[0].sku))
+        return found
+
+    @staticmethod
+    def _cell_key(row: int, col: int) -> int:
+        return (row << _COL_BITS) | col
+
+    def _row(self, lat: float) -> int:
+        return min(self._nrows - 1, max(0, int((lat + 90.0) // self._dlat)))
+
+    def _row_ncols(self, row: int) -> int:
+        """Columns in a row: widest whole split keeping cells >= cell_m at the poleward edge."""
+        ncols = self._ncols.get(row)
+        if ncols is None:
+            lat_lo = -90.0 + row * self._dlat
+            edge = min(90.0, max(abs(lat_lo), abs(lat_lo + self._dlat)))
+            circumference = 2.0 * math.pi * EARTH_RADIUS_M * math.cos(math.radians(edge))
+            ncols = max(1, int(circumference / self.cell_m))
+            self._ncols[row] = ncols
+        return ncols
+
+    def _col(self, row: int, lon: float) -> int:
+        ncols = self._row_ncols(row)
+        return math.floor((_wrap_lon(lon) + 180.0) / (360.0 / ncols)) % ncols
+
+    def _cols(self, row: int, lon: float, dlon: float | None) -> range | list[int]:
+        """Column indices of ``row`` overlapping ``[lon - dlon, lon + dlon]`` (None: all)."""
+        ncols = self._row_ncols(row)
+        if dlon is None:
+            return range(ncols)
+        width = 360.0 / ncols
+        base = _wrap_lon(lon) + 180.0
+        first = math.floor((base - dlon) / width)
+        last = math.floor((base + dlon) / width)
+        if last - first + 1 >= ncols:
+            return range(ncols)
+        return [col % ncols for col in range(first, last + 1)]
+
+    @staticmethod
+    def _lon_span(theta: float, lat_lo: float, lat_hi: float) -> float | None:
+        """Max longitude difference (degrees) within angular radius ``theta``; None: all."""
+        if lat_lo <= -90.0 or lat_hi >= 90.0:
+            return None
+        cos_min = math.cos(math.radians(max(abs(lat_lo), abs(lat_hi))))
+        ratio = math.sin(theta / 2.0) / cos_min
+        if ratio >= 1.0:
+            return None
+        return math.degrees(2.0 * math.asin(ratio)) * _SAFETY + _TINY_DEG

@@ -1,0 +1,41 @@
+"""Loyalty tables, mirroring the recipe: catalogue prices, spend/tier, coffee stamps, baskets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.faust_app import app
+from core.pricing import PriceHistory, history_from_json
+
+
+def _table(factory: Any, name: str, help: str) -> Any:
+    """A table with UTF-8 text keys on its changelog, so routing hashes the producer's bytes."""
+    table = factory(name, key_type=str, value_type=None, help=help)
+    table.key_serializer = "utf8"
+    table.value_serializer = "json"
+    table.changelog_topic = table._new_changelog_topic()
+    return table
+
+
+#: product_id -> {"category", "history": [[ts, cents], ...]}; every worker holds all of it.
+catalogue = _table(app.GlobalTable, "catalogue", "Catalogue price history per product")
+
+#: user_id -> core.loyalty.Spend as JSON (the recipe's sales_totals).
+spend = _table(app.Table, "spend", "Spend, pending purchases and announced tier per customer")
+
+#: user_id -> core.loyalty.Stamps as JSON (the recipe's caffeine_index).
+stamps = _table(app.Table, "stamps", "Coffee stamps per customer")
+
+#: user_id -> core.loyalty.Basket as JSON (the recipe's promotion_* tables).
+baskets = _table(app.Table, "baskets", "Watched products bought, campaigns announced")
+
+#: user_id -> {"name", "opt_out", "last_offset"}.
+profiles = _table(app.Table, "profiles", "Customer profile and consent")
+
+
+def price_history(product_id: str) -> PriceHistory:
+    """The catalogue price history of a product (empty when never seen)."""
+    record: Any = catalogue.get(product_id)
+    if not record:
+        return ()
+    return history_from_json(record.get("history"))
