@@ -9,5 +9,6 @@ from app.faust_app import app
 # Registration side effects: tables, agents, views and commands attach themselves to ``app``.
 import tables.loyalty  # noqa: F401  isort: skip
 import agents.loyalty  # noqa: F401  isort: skip
+from app import views  # noqa: F401  isort: skip
 
 __all__ = ["app"]

@@ -10,6 +10,7 @@ import faust
 from faust.serializers import codecs
 
 from app import transport
+from app.auth import bearer_auth
 from app.settings import SETTINGS
 from core.metrics import Metrics
 
@@ -65,6 +66,7 @@ app = faust.App(
     web_host=os.environ.get("WEB_HOST", _web_host()),
     canonical_url=os.environ.get("CANONICAL_URL", f"http://{_web_host()}:{SETTINGS.web_port}"),
     web_enabled=True,
+    web_application_options={"middlewares": [bearer_auth]},
     autodiscover=False,
 )
 
@@ -72,5 +74,6 @@ app = faust.App(
 METRICS = Metrics()
 METRICS.describe("storestream_events_total", "counter", "Events processed, by topic and outcome")
 METRICS.describe("storestream_dead_letters_total", "counter", "Events sent to dead-letters")
+METRICS.describe("storestream_ready", "gauge", "1 once recovered and processing")
 METRICS.describe("storestream_agent_latency_seconds", "histogram",
                  "Time from record timestamp to processed, per agent")

@@ -169,6 +169,14 @@ def _wrap_lon(lon: float) -> float:
     return (lon + 180.0) % 360.0 - 180.0
 
 
+# A bucket entry: the display plus its lat, lon, radians(lat) and cos(radians(lat)).
+_Entry: TypeAlias = tuple[Display, float, float, float, float]
+
+
+def _sort_key(item: tuple[Display, float]) -> tuple[float, str, str]:
+    return (item[1], item[0].store_id, item[0].sku)
+
+
 class DisplayIndex:
     """Grid index of active displays keyed by ``(store_id, sku)``; see the module docstring."""
 
@@ -178,8 +186,8 @@ class DisplayIndex:
         self.cell_m = float(cell_m)
         self._dlat = math.degrees(self.cell_m / EARTH_RADIUS_M)
         self._nrows = int(180.0 / self._dlat) + 1
-        self._ncols: dict[int, int] = {}
-        self._cells: dict[int, dict[DisplayKey, Display]] = {}
+        self._rows: dict[int, tuple[int, float]] = {}
+        self._cells: dict[int, dict[DisplayKey, _Entry]] = {}
         self._where: dict[DisplayKey, int] = {}
         self._displays: dict[DisplayKey, Display] = {}
 
@@ -202,7 +210,9 @@ class DisplayIndex:
         if not display.active:
             return
         cell = self._cell_key(*self.cell_of(display.lat, display.lon))
-        self._cells.setdefault(cell, {})[display.key] = display
+        phi = math.radians(display.lat)
+        entry = (display, display.lat, display.lon, phi, math.cos(phi))
+        self._cells.setdefault(cell, {})[display.key] = entry
         self._where[display.key] = cell
         self._displays[display.key] = display
 
@@ -222,39 +232,75 @@ class DisplayIndex:
     def cell_of(self, lat: float, lon: float) -> tuple[int, int]:
         """Grid ``(row, col)`` of a point."""
         row = self._row(lat)
-        return row, self._col(row, lon)
+        ncols, width = self._row_info(row)
+        return row, int(((lon + 180.0) % 360.0) // width) % ncols
 
     def cells_for(self, lat: float, lon: float, radius_m: float) -> list[tuple[int, int]]:
         """Grid cells a ``near`` query probes (at most 3 x 3 when ``radius_m <= cell_m``)."""
-        if not valid_coordinates(lat, lon):
-            raise ValueError(f"invalid coordinates: {lat!r}, {lon!r}")
-        if not (_is_real(radius_m) and radius_m >= 0.0):
-            raise ValueError(f"radius_m must be a finite number >= 0, got {radius_m!r}")
-        theta = radius_m / EARTH_RADIUS_M
-        dlat = math.degrees(theta) * _SAFETY + _TINY_DEG
-        lat_lo, lat_hi = lat - dlat, lat + dlat
-        dlon = self._lon_span(theta, lat_lo, lat_hi)
-        cells: list[tuple[int, int]] = []
-        for row in range(self._row(max(-90.0, lat_lo)), self._row(min(90.0, lat_hi)) + 1):
-            cells.extend((row, col) for col in self._cols(row, lon, dlon))
-        return cells
+        keys, _, _ = self._probe(lat, lon, radius_m)
+        mask = (1 << _COL_BITS) - 1
+        return [(key >> _COL_BITS, key & mask) for key in keys]
 
     def near(self, lat: float, lon: float, radius_m: float) -> list[tuple[Display, float]]:
         """Displays within ``radius_m`` metres, as ``(display, distance_m)`` nearest first.
 
-        Ties are broken by ``(store_id, sku)`` so the order is deterministic.
+        Distances equal ``haversine_m(lat, lon, display.lat, display.lon)`` exactly; ties
+        are broken by ``(store_id, sku)`` so the order is deterministic.
         """
+        keys, dlat, dlon = self._probe(lat, lon, radius_m)
+        phi = math.radians(lat)
+        cos_phi = math.cos(phi)
+        sin, radians = math.sin, math.radians
+        cells = self._cells
         found: list[tuple[Display, float]] = []
-        for row, col in self.cells_for(lat, lon, radius_m):
-            bucket = self._cells.get(self._cell_key(row, col))
+        for key in keys:
+            bucket = cells.get(key)
             if bucket is None:
                 continue
-            for display in bucket.values():
-                distance = haversine_m(lat, lon, display.lat, display.lon)
+            for display, d_lat, d_lon, d_phi, d_cos in bucket.values():
+                if abs(d_lat - lat) > dlat:
+                    continue
+                if dlon is not None:
+                    gap = abs(d_lon - lon)
+                    if (360.0 - gap if gap > 180.0 else gap) > dlon:
+                        continue
+                # Same operations, in the same order, as haversine_m.
+                a = (
+                    sin((d_phi - phi) / 2.0) ** 2
+                    + cos_phi * d_cos * sin(radians(d_lon - lon) / 2.0) ** 2
+                )
+                distance = 2.0 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, a)))
                 if distance <= radius_m:
                     found.append((display, distance))
-        found.sort(key=lambda item: (item[1], item[0].store_id, item[0].sku))
+        if len(found) > 1:
+            found.sort(key=_sort_key)
         return found
+
+    def _probe(
+        self, lat: float, lon: float, radius_m: float
+    ) -> tuple[list[int], float, float | None]:
+        """Cell keys to probe plus the lat/lon half-spans (degrees) of the search box."""
+        try:
+            ok = -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0 and 0.0 <= radius_m < math.inf
+        except TypeError:
+            ok = False
+        if not ok:
+            raise ValueError(f"invalid query: lat={lat!r} lon={lon!r} radius_m={radius_m!r}")
+        theta = radius_m / EARTH_RADIUS_M
+        dlat = math.degrees(theta) * _SAFETY + _TINY_DEG
+        dlon = self._lon_span(theta, lat - dlat, lat + dlat)
+        base = (lon + 180.0) % 360.0
+        keys: list[int] = []
+        for row in range(self._row(lat - dlat), self._row(lat + dlat) + 1):
+            ncols, width = self._row_info(row)
+            first, last = 0, ncols - 1
+            if dlon is not None:
+                first, last = int((base - dlon) // width), int((base + dlon) // width)
+                if last - first + 1 >= ncols:
+                    first, last = 0, ncols - 1
+            prefix = row << _COL_BITS
+            keys.extend(prefix | (col % ncols) for col in range(first, last + 1))
+        return keys, dlat, dlon
 
     @staticmethod
     def _cell_key(row: int, col: int) -> int:
@@ -263,33 +309,17 @@ class DisplayIndex:
     def _row(self, lat: float) -> int:
         return min(self._nrows - 1, max(0, int((lat + 90.0) // self._dlat)))
 
-    def _row_ncols(self, row: int) -> int:
-        """Columns in a row: widest whole split keeping cells >= cell_m at the poleward edge."""
-        ncols = self._ncols.get(row)
-        if ncols is None:
+    def _row_info(self, row: int) -> tuple[int, float]:
+        """``(columns, column width in degrees)``: cells >= cell_m at the row's poleward edge."""
+        info = self._rows.get(row)
+        if info is None:
             lat_lo = -90.0 + row * self._dlat
             edge = min(90.0, max(abs(lat_lo), abs(lat_lo + self._dlat)))
             circumference = 2.0 * math.pi * EARTH_RADIUS_M * math.cos(math.radians(edge))
             ncols = max(1, int(circumference / self.cell_m))
-            self._ncols[row] = ncols
-        return ncols
-
-    def _col(self, row: int, lon: float) -> int:
-        ncols = self._row_ncols(row)
-        return math.floor((_wrap_lon(lon) + 180.0) / (360.0 / ncols)) % ncols
-
-    def _cols(self, row: int, lon: float, dlon: float | None) -> range | list[int]:
-        """Column indices of ``row`` overlapping ``[lon - dlon, lon + dlon]`` (None: all)."""
-        ncols = self._row_ncols(row)
-        if dlon is None:
-            return range(ncols)
-        width = 360.0 / ncols
-        base = _wrap_lon(lon) + 180.0
-        first = math.floor((base - dlon) / width)
-        last = math.floor((base + dlon) / width)
-        if last - first + 1 >= ncols:
-            return range(ncols)
-        return [col % ncols for col in range(first, last + 1)]
+            info = (ncols, 360.0 / ncols)
+            self._rows[row] = info
+        return info
 
     @staticmethod
     def _lon_span(theta: float, lat_lo: float, lat_hi: float) -> float | None:

@@ -121,9 +121,10 @@ def test_from_urls_binds_loopback_and_rejects_remote_hosts() -> None:
 
 def test_module_import_is_cheap() -> None:
     """Loading devstack.py on its own must not pull in faust or aiokafka."""
+    path = str(ROOT / "app" / "devstack.py")
     code = (
         "import importlib.util, sys\n"
-        f"spec = importlib.util.spec_from_file_location('devstack', {str(ROOT / 'app/devstack.py')!r})\n"
+        f"spec = importlib.util.spec_from_file_location('devstack', {path!r})\n"
         "mod = sys.modules['devstack'] = importlib.util.module_from_spec(spec)\n"
         "spec.loader.exec_module(mod)\n"
         "print(sorted(m for m in ('faust', 'mode', 'aiokafka') if m in sys.modules))\n"
@@ -165,6 +166,9 @@ async def test_produce_consume_roundtrip(stack: DevStack) -> None:
         bootstrap_servers=stack.bootstrap,
         group_id="devstack-test",
         auto_offset_reset="earliest",
+        # Tansu delays a group's first JoinGroup by session_timeout/2 (5 s at the default 10 s).
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=500,
     )
     await consumer.start()
     try:

@@ -1,0 +1,74 @@
+"""Web view: ``/customers/{user_id}/``, ``/health`` and ``/metrics`` (DESIGN section 5)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from app.faust_app import METRICS, app
+from app.settings import SETTINGS
+from core.loyalty import Basket, Spend, Stamps, campaigns_met, coffee_status, view_spend
+from core.money import cents_to_number
+from tables.loyalty import baskets, price_history, profiles, spend, stamps
+
+RULES = SETTINGS.loyalty
+
+
+def customer_document(user_id: str) -> dict[str, Any] | None:
+    """The customer's loyalty state as the web view serves it; ``None`` if never seen here."""
+    raw_spend = spend.get(user_id)
+    if raw_spend is None and profiles.get(user_id) is None:
+        return None
+    current = Spend.from_json(raw_spend)
+    view = view_spend(current, price_history, RULES)
+    status = coffee_status(Stamps.from_json(stamps.get(user_id)), RULES)
+    basket = Basket.from_json(baskets.get(user_id))
+    return {
+        "user_id": user_id,
+        "total": cents_to_number(view.total_cents),
+        "reward_level": view.tier,
+        "unpriced_purchases": view.unpriced,
+        "coffee": {
+            "total": status.total,
+            "sequence": status.sequence,
+            "next_one_free": status.next_one_free,
+        },
+        "promotions": campaigns_met(basket, current, price_history, RULES),
+    }
+
+
+@app.page("/customers/{user_id}/")
+@app.table_route(table=spend, match_info="user_id")
+async def customer(web: Any, request: Any, user_id: str) -> Any:
+    """A customer's spend, tier, coffee stamps and campaigns (served by the key's owner)."""
+    if not is_ready():
+        return web.json({"error": "not ready", "detail": "recovering state"}, status=503)
+    document = customer_document(user_id)
+    if document is None:
+        return web.json({"error": "not found", "user_id": user_id}, status=404)
+    return web.json(document)
+
+
+def is_ready() -> bool:
+    """True once changelog recovery has finished and the worker is processing."""
+    recovery = app.tables.recovery
+    return bool(
+        app.consumer is not None
+        and recovery.completed.is_set()
+        and not recovery.in_recovery
+        and not app.rebalancing
+    )
+
+
+@app.page("/health/")
+async def health(web: Any, request: Any) -> Any:
+    """200 once recovered and processing, 503 before (no customer data)."""
+    ready = is_ready()
+    return web.json({"status": "ok" if ready else "starting", "ready": ready},
+                    status=200 if ready else 503)
+
+
+@app.page("/metrics/")
+async def metrics(web: Any, request: Any) -> Any:
+    """Prometheus text format."""
+    METRICS.set("storestream_ready", 1.0 if is_ready() else 0.0)
+    return web.text(METRICS.render(), content_type="text/plain; version=0.0.4")
