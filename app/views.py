@@ -59,7 +59,6 @@ def is_ready() -> bool:
     )
 
 
-@app.page("/health/")
 async def health(web: Any, request: Any) -> Any:
     """200 once recovered and processing, 503 before (no customer data)."""
     ready = is_ready()
@@ -67,8 +66,13 @@ async def health(web: Any, request: Any) -> Any:
                     status=200 if ready else 503)
 
 
-@app.page("/metrics/")
 async def metrics(web: Any, request: Any) -> Any:
     """Prometheus text format."""
     METRICS.set("storestream_ready", 1.0 if is_ready() else 0.0)
     return web.text(METRICS.render(), content_type="text/plain; version=0.0.4")
+
+
+# Probes and scrapers call these without a trailing slash; Faust's own views use one.
+for _path, _handler in (("/health", health), ("/metrics", metrics)):
+    app.page(_path)(_handler)
+    app.page(f"{_path}/")(_handler)

@@ -43,6 +43,7 @@ DEFAULT_CELL_M = 2.0
 _SAFETY = 1.0 + 1e-9
 _TINY_DEG = 1e-12
 _COL_BITS = 40
+_DEG_PER_RAD = 180.0 / math.pi
 
 DisplayKey: TypeAlias = tuple[str, str]
 
@@ -287,19 +288,22 @@ class DisplayIndex:
         if not ok:
             raise ValueError(f"invalid query: lat={lat!r} lon={lon!r} radius_m={radius_m!r}")
         theta = radius_m / EARTH_RADIUS_M
-        dlat = math.degrees(theta) * _SAFETY + _TINY_DEG
+        dlat = theta * _DEG_PER_RAD * _SAFETY + _TINY_DEG
         dlon = self._lon_span(theta, lat - dlat, lat + dlat)
         base = (lon + 180.0) % 360.0
+        rows = self._rows
         keys: list[int] = []
         for row in range(self._row(lat - dlat), self._row(lat + dlat) + 1):
-            ncols, width = self._row_info(row)
-            first, last = 0, ncols - 1
-            if dlon is not None:
-                first, last = int((base - dlon) // width), int((base + dlon) // width)
-                if last - first + 1 >= ncols:
-                    first, last = 0, ncols - 1
+            info = rows.get(row) or self._row_info(row)
+            ncols = info[0]
             prefix = row << _COL_BITS
-            keys.extend(prefix | (col % ncols) for col in range(first, last + 1))
+            if dlon is not None:
+                first = int((base - dlon) // info[1])
+                last = int((base + dlon) // info[1])
+                if last - first + 1 < ncols:
+                    keys.extend([prefix | (col % ncols) for col in range(first, last + 1)])
+                    continue
+            keys.extend([prefix | col for col in range(ncols)])
         return keys, dlat, dlon
 
     @staticmethod
@@ -307,7 +311,10 @@ class DisplayIndex:
         return (row << _COL_BITS) | col
 
     def _row(self, lat: float) -> int:
-        return min(self._nrows - 1, max(0, int((lat + 90.0) // self._dlat)))
+        row = int((lat + 90.0) // self._dlat)
+        if row < 0:
+            return 0
+        return row if row < self._nrows else self._nrows - 1
 
     def _row_info(self, row: int) -> tuple[int, float]:
         """``(columns, column width in degrees)``: cells >= cell_m at the row's poleward edge."""
@@ -326,8 +333,9 @@ class DisplayIndex:
         """Max longitude difference (degrees) within angular radius ``theta``; None: all."""
         if lat_lo <= -90.0 or lat_hi >= 90.0:
             return None
-        cos_min = math.cos(math.radians(max(abs(lat_lo), abs(lat_hi))))
+        edge = -lat_lo if -lat_lo > lat_hi else lat_hi
+        cos_min = math.cos(edge / _DEG_PER_RAD)
         ratio = math.sin(theta / 2.0) / cos_min
         if ratio >= 1.0:
             return None
-        return math.degrees(2.0 * math.asin(ratio)) * _SAFETY + _TINY_DEG
+        return 2.0 * math.asin(ratio) * _DEG_PER_RAD * _SAFETY + _TINY_DEG

@@ -253,13 +253,13 @@ def test_startup_failure_kills_started_processes_and_shows_log(
     fake.chmod(0o755)
     monkeypatch.setenv("REDIS_SERVER_BIN", str(fake))
     broker_port, redis_port = _two_ports()
-    stack = DevStack(broker_port, redis_port, startup_timeout=10)
+    stack = DevStack(broker_port, redis_port, startup_timeout=10, run_dir=tmp_path / "run")
     with pytest.raises(DevStackError) as info:
         stack.start()
     assert "exit code 3" in str(info.value) and "fake redis: boom" in str(info.value)
     assert stack.pids == {} and not stack.running
     assert _port_free(broker_port)  # the broker that did start was stopped
-    assert stack.run_dir is not None and stack.run_dir.is_dir()  # logs kept for debugging
+    assert (tmp_path / "run" / "redis.log").is_file()  # logs kept for debugging
 
 
 def test_stop_leaves_no_process_behind() -> None:
