@@ -506,12 +506,9 @@ class DevStack:
                     "broker", f"not ready after {self.startup_timeout:.0f}s ({last_error})"
                 )
             time.sleep(0.05)
-        # Tansu logs a panic but can keep running (and exits 0) when its bind fails;
-        # make sure the broker that answered is really ours.
-        self._check_alive("broker")
-        text = self._log_path("broker").read_text(errors="replace")
-        if "AddrInUse" in text or "panicked" in text:
-            raise self._fail("broker", "failed to listen")
+        # If the port was grabbed after our check, Tansu logs a panic and exits 0 a few ms
+        # later, while the probe above happily talked to the other broker.
+        self._confirm_own("broker", "ready in", ("AddrInUse", "panicked"))
 
     def _wait_redis(self, deadline: float) -> None:
         while not _redis_ping(self.redis_port):
@@ -519,7 +516,23 @@ class DevStack:
             if time.monotonic() >= deadline:
                 raise self._fail("redis", f"did not answer PING within {self.startup_timeout:.0f}s")
             time.sleep(0.05)
-        self._check_alive("redis")
+        self._confirm_own("redis", "Ready to accept connections", ("Could not create server",))
+
+    def _confirm_own(self, name: str, ready: str, fatal: tuple[str, ...]) -> None:
+        """Make sure the server that answered the probe is ours, not a squatter on the port.
+
+        Waits (briefly) for the process's own ready line or a fatal line in its log; if
+        neither shows up within the grace period it is accepted as long as it is alive.
+        """
+        grace_end = time.monotonic() + 1.0
+        while True:
+            self._check_alive(name)
+            text = self._log_path(name).read_text(errors="replace")
+            if any(marker in text for marker in fatal):
+                raise self._fail(name, "could not listen on its port")
+            if ready in text or time.monotonic() >= grace_end:
+                return
+            time.sleep(0.02)
 
 
 def _terminate(proc: subprocess.Popen[bytes], timeout: float) -> None:

@@ -67,7 +67,7 @@ app = faust.App(
     canonical_url=os.environ.get("CANONICAL_URL", f"http://{_web_host()}:{SETTINGS.web_port}"),
     web_enabled=True,
     web_application_options={"middlewares": [bearer_auth]},
-    autodiscover=False,
+    autodiscover=["app.commands"],
 )
 
 #: Process-wide metrics served at ``/metrics``.

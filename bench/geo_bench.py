@@ -6,7 +6,9 @@ each 100 m x 60 m store and add stores as the count grows (20 displays -> 1 stor
 displays into a single store. Positions are uniform inside populated stores.
 
 Run ``python bench/geo_bench.py [--quick] [--json PATH]``; ``run(quick)`` returns the
-figures as a dict. Timing is the best of several repeats with ``time.perf_counter``.
+figures as a dict. Timing uses ``time.perf_counter``; every case is built first, then
+timed in interleaved rounds and the best round is kept, so background load on a shared
+machine skews the ratios less.
 Target: ns/position at 200,000 displays within 2x the 20-display case.
 """
 
@@ -73,10 +75,12 @@ def point_in_store(store: tuple[float, float], rng: random.Random) -> tuple[floa
     return to_lat_lon(store[0] + rng.uniform(0, STORE_H_M), store[1] + rng.uniform(0, STORE_W_M))
 
 
-def build_displays(case: Case, rng: random.Random) -> tuple[DisplayIndex, list[tuple[float, float]]]:
+def build_displays(
+    case: Case, rng: random.Random, cell_m: float = DEFAULT_CELL_M
+) -> tuple[DisplayIndex, list[tuple[float, float]]]:
     """Index ``case.displays`` displays spread evenly over ``case.stores`` stores."""
     stores = store_origins(case.stores, rng)
-    index = DisplayIndex()
+    index = DisplayIndex(cell_m)
     for i in range(case.displays):
         store_no = i % case.stores
         lat, lon = point_in_store(stores[store_no], rng)
@@ -96,7 +100,10 @@ def build_displays(case: Case, rng: random.Random) -> tuple[DisplayIndex, list[t
 def build_promotions(skus: int) -> PromotionIndex:
     """One SKU promotion per 10 SKUs plus two segment-wide promotions."""
     promos = [Promotion(f"p-sku-{s}", 10, sku=str(100_000 + s)) for s in range(0, skus, 10)]
-    promos += [Promotion("p-dairy", 5, segment="dairy"), Promotion("p-bakery", 15, segment="bakery")]
+    promos += [
+        Promotion("p-dairy", 5, segment="dairy"),
+        Promotion("p-bakery", 15, segment="bakery"),
+    ]
     return PromotionIndex(promos)
 
 
@@ -107,85 +114,101 @@ def positions_for(
     return [point_in_store(rng.choice(stores), rng) for _ in range(count)]
 
 
-def time_near(index: DisplayIndex, points: list[tuple[float, float]], repeats: int) -> float:
-    """Best ns per ``near`` lookup over ``repeats`` passes."""
+def time_near(index: DisplayIndex, points: list[tuple[float, float]]) -> float:
+    """ns per ``near`` lookup for one pass over ``points``."""
     near = index.near
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for lat, lon in points:
-            near(lat, lon, DEFAULT_RADIUS_M)
-        best = min(best, time.perf_counter() - start)
-    return best / len(points) * 1e9
+    start = time.perf_counter()
+    for lat, lon in points:
+        near(lat, lon, DEFAULT_RADIUS_M)
+    return (time.perf_counter() - start) / len(points) * 1e9
 
 
 def time_decide(
-    index: DisplayIndex, promos: PromotionIndex, points: list[tuple[float, float]], repeats: int
+    index: DisplayIndex, promos: PromotionIndex, points: list[tuple[float, float]]
 ) -> float:
-    """Best ns per full ``decide_offers`` call over ``repeats`` passes."""
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for i, (lat, lon) in enumerate(points):
-            decide_offers(
-                "u1",
-                lat,
-                lon,
-                1_700_000_000.0 + i,
-                opted_out=False,
-                tier="GOLD",
-                displays=index,
-                promotions=promos,
-                last_offered={},
-                radius_m=DEFAULT_RADIUS_M,
-                cooldown_s=DEFAULT_COOLDOWN_S,
-            )
-        best = min(best, time.perf_counter() - start)
-    return best / len(points) * 1e9
+    """ns per full ``decide_offers`` call for one pass over ``points``."""
+    start = time.perf_counter()
+    for i, (lat, lon) in enumerate(points):
+        decide_offers(
+            "u1",
+            lat,
+            lon,
+            1_700_000_000.0 + i,
+            opted_out=False,
+            tier="GOLD",
+            displays=index,
+            promotions=promos,
+            last_offered={},
+            radius_m=DEFAULT_RADIUS_M,
+            cooldown_s=DEFAULT_COOLDOWN_S,
+        )
+    return (time.perf_counter() - start) / len(points) * 1e9
 
 
-def measure(case: Case, n_points: int, repeats: int, seed: int) -> dict[str, Any]:
-    """Build one case and time it."""
+@dataclass
+class Prepared:
+    """A built case, its inputs and its best timings so far."""
+
+    case: Case
+    index: DisplayIndex
+    promos: PromotionIndex
+    points: list[tuple[float, float]]
+    build_s: float
+    hits: int
+    near_ns: float = math.inf
+    decide_ns: float = math.inf
+
+
+def prepare(case: Case, n_points: int, seed: int, cell_m: float) -> Prepared:
+    """Build one case's index, promotions and positions."""
     rng = random.Random(seed)
-    log(f"  building {case.name} case: {case.displays:,} displays in {case.stores} store(s)")
-    built = time.perf_counter()
-    index, stores = build_displays(case, rng)
-    build_s = time.perf_counter() - built
+    started = time.perf_counter()
+    index, stores = build_displays(case, rng, cell_m)
+    build_s = time.perf_counter() - started
     promos = build_promotions(math.ceil(case.displays / case.stores))
     points = positions_for(stores, n_points, rng)
     hits = sum(len(index.near(lat, lon, DEFAULT_RADIUS_M)) for lat, lon in points)
-    log(f"  timing {n_points:,} positions x {repeats} repeats")
+    return Prepared(case, index, promos, points, build_s, hits)
+
+
+def measure_round(prepared: list[Prepared]) -> None:
+    """Time every case once, interleaved so background load hits all cases alike."""
     gc.collect()
     gc.disable()
     try:
-        near_ns = time_near(index, points, repeats)
-        decide_ns = time_decide(index, promos, points, repeats)
+        for p in prepared:
+            p.near_ns = min(p.near_ns, time_near(p.index, p.points))
+            p.decide_ns = min(p.decide_ns, time_decide(p.index, p.promos, p.points))
     finally:
         gc.enable()
-    return {
-        "case": case.name,
-        "displays": case.displays,
-        "stores": case.stores,
-        "build_s": round(build_s, 3),
-        "near_ns_per_position": round(near_ns, 1),
-        "decide_ns_per_position": round(decide_ns, 1),
-        "hits_per_position": round(hits / n_points, 3),
-    }
 
 
-def run(quick: bool, seed: int = 7) -> dict[str, Any]:
+def run(quick: bool, seed: int = 7, cell_m: float = DEFAULT_CELL_M) -> dict[str, Any]:
     """Run every case; returns figures including ratios to the 20-display case."""
     n_points, repeats = (2_000, 3) if quick else (20_000, 7)
-    results = []
+    prepared = []
     for number, case in enumerate(CASES, 1):
-        log(f"[{number}/{len(CASES)}] {case.name} {case.displays:,}")
-        results.append(measure(case, n_points, repeats, seed))
-    base = results[0]
-    for row in results:
-        row["near_ratio_to_20"] = round(row["near_ns_per_position"] / base["near_ns_per_position"], 2)
-        row["decide_ratio_to_20"] = round(
-            row["decide_ns_per_position"] / base["decide_ns_per_position"], 2
-        )
+        log(f"[build {number}/{len(CASES)}] {case.name}: {case.displays:,} displays "
+            f"in {case.stores} store(s)")  # fmt: skip
+        prepared.append(prepare(case, n_points, seed, cell_m))
+    for repeat in range(1, repeats + 1):
+        log(f"[time {repeat}/{repeats}] {n_points:,} positions per case")
+        measure_round(prepared)
+    base = prepared[0]
+    results: list[dict[str, Any]] = [
+        {
+            "case": p.case.name,
+            "displays": p.case.displays,
+            "stores": p.case.stores,
+            "build_s": round(p.build_s, 3),
+            "near_ns_per_position": round(p.near_ns, 1),
+            "decide_ns_per_position": round(p.decide_ns, 1),
+            "hits_per_position": round(p.hits / n_points, 3),
+            "near_ratio_to_20": round(p.near_ns / base.near_ns, 2),
+            "decide_ratio_to_20": round(p.decide_ns / base.decide_ns, 2),
+        }
+        for p in prepared
+    ]
     largest = max((r for r in results if r["case"] == "spread"), key=lambda r: r["displays"])
     return {
         "benchmark": "geo_lookup",
@@ -193,7 +216,7 @@ def run(quick: bool, seed: int = 7) -> dict[str, Any]:
         "python": platform.python_version(),
         "machine": platform.machine(),
         "radius_m": DEFAULT_RADIUS_M,
-        "cell_m": DEFAULT_CELL_M,
+        "cell_m": cell_m,
         "positions": n_points,
         "repeats": repeats,
         "target_ratio": TARGET_RATIO,
@@ -231,8 +254,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer positions and repeats")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--cell-m", type=float, default=DEFAULT_CELL_M, help="grid cell size")
     args = parser.parse_args(argv)
-    report = run(args.quick, args.seed)
+    report = run(args.quick, args.seed, args.cell_m)
     print(format_table(report))
     if args.json:
         with open(args.json, "w", encoding="utf-8") as handle:

@@ -89,7 +89,7 @@ class Settings:
     offer_radius_m: float = 0.9144
     offer_cooldown_s: float = 1800.0
     fetch_wait_ms: int = 10
-    broker_session_timeout_s: float = 10.0
+    broker_session_timeout_s: float = 6.0
     topics: Topics = Topics()
     loyalty: LoyaltyRules = LoyaltyRules()
 
@@ -188,7 +188,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             offer_cooldown_s=float(pick("OFFER_COOLDOWN_S", offers, "cooldown_s", 1800)),
             fetch_wait_ms=int(pick("FETCH_WAIT_MS", main, "fetch_wait_ms", 10)),
             broker_session_timeout_s=float(
-                pick("BROKER_SESSION_TIMEOUT_S", main, "broker_session_timeout_s", 10)
+                pick("BROKER_SESSION_TIMEOUT_S", main, "broker_session_timeout_s", 6)
             ),
             topics=Topics(prefix=pick("TOPIC_PREFIX", main, "topic_prefix", "")),
             loyalty=rules,

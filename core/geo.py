@@ -294,16 +294,18 @@ class DisplayIndex:
         rows = self._rows
         keys: list[int] = []
         for row in range(self._row(lat - dlat), self._row(lat + dlat) + 1):
-            info = rows.get(row) or self._row_info(row)
-            ncols = info[0]
+            info = rows.get(row)
+            ncols, width = info if info is not None else self._row_info(row)
             prefix = row << _COL_BITS
+            first, last = 0, ncols - 1
             if dlon is not None:
-                first = int((base - dlon) // info[1])
-                last = int((base + dlon) // info[1])
-                if last - first + 1 < ncols:
+                first, last = int((base - dlon) // width), int((base + dlon) // width)
+                if last - first + 1 >= ncols:
+                    first, last = 0, ncols - 1
+                elif first < 0 or last >= ncols:  # the box wraps around the antimeridian
                     keys.extend([prefix | (col % ncols) for col in range(first, last + 1)])
                     continue
-            keys.extend([prefix | col for col in range(ncols)])
+            keys.extend(range(prefix | first, (prefix | last) + 1))
         return keys, dlat, dlon
 
     @staticmethod

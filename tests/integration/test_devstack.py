@@ -19,6 +19,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
+from app import devstack
 from app.devstack import (
     DevStack,
     DevStackError,
@@ -225,6 +226,21 @@ def test_port_in_use_gives_clear_error(stack: DevStack) -> None:
     assert _port_free(spare)
 
 
+@pytest.mark.parametrize("squatted", ["broker", "redis"])
+def test_port_grabbed_after_check_is_detected(
+    stack: DevStack, squatted: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """If the port is taken between the check and the bind, the readiness probe talks to
+    the squatter; start() must still notice that its own process could not listen."""
+    monkeypatch.setattr(devstack, "_check_port_free", lambda *args: None)
+    spare_a, spare_b = _two_ports()
+    ports = (stack.broker_port, spare_a) if squatted == "broker" else (spare_a, stack.redis_port)
+    with pytest.raises(DevStackError, match=rf"^{squatted} (exited|could not listen)"):
+        DevStack(*ports, run_dir=tmp_path, startup_timeout=10).start()
+    assert _port_free(spare_a) and _port_free(spare_b)
+    assert stack.running
+
+
 # --------------------------------------------------------------------- failures
 
 
@@ -306,8 +322,14 @@ def test_serve_subprocess_exits_cleanly_on_signal(sig: signal.Signals) -> None:
         text=True,
     )
     lines: queue.Queue[str] = queue.Queue()
-    assert proc.stdout is not None
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
+    stdout = proc.stdout
+    assert stdout is not None
+
+    def pump() -> None:
+        for line in stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
     try:
         seen: list[str] = []
         deadline = time.monotonic() + 20

@@ -156,7 +156,7 @@ def test_price_before_first_known_price_is_the_earliest_known() -> None:
 
 
 def test_purchase_of_unknown_product_is_counted_unpriced() -> None:
-    spend, stamps, basket, _ = replay([Purchase("k", "unicorn", 1.0)], catalogue_of({}), RULES)
+    spend, *_ = replay([Purchase("k", "unicorn", 1.0)], catalogue_of({}), RULES)
     view = view_spend(spend, catalogue_of({}), RULES)
     assert (view.total_cents, view.unpriced, spend.purchases) == (0, 1, 1)
 
@@ -172,7 +172,7 @@ def test_replayed_offset_is_not_counted_twice() -> None:
     purchase = Purchase("k", "coffee", 1.0)
     first = apply_purchase(purchase, 7, Spend(), Stamps(), Basket(), catalogue_of(prices), RULES)
     assert first.spend and first.stamps
-    again = apply_purchase(purchase, 7, first.spend, first.stamps, Basket(7 and frozenset(),
+    again = apply_purchase(purchase, 7, first.spend, first.stamps, Basket(frozenset(),
                            frozenset(), 7), catalogue_of(prices), RULES)
     assert again.spend is None and again.stamps is None and again.basket is None
     assert again.events == ()

@@ -1,0 +1,33 @@
+"""Every topic a deployment needs, with explicit settings (the embedded broker reports only
+settings that were set explicitly, DESIGN section 7)."""
+
+from __future__ import annotations
+
+from app.devstack import TopicSpec
+from core.config import Settings
+
+#: Seven days for event topics; positions are kept far shorter (they are personal data).
+EVENT_RETENTION_MS = 7 * 24 * 3600 * 1000
+LOCATION_RETENTION_MS = 3600 * 1000
+
+
+def topic_specs(settings: Settings) -> list[TopicSpec]:
+    """Input and output topics, partitioned alike so a customer's events share a partition."""
+    t = settings.topics
+    n = settings.topic_partitions
+    events = {"retention.ms": str(EVENT_RETENTION_MS), "cleanup.policy": "delete",
+              "max.message.bytes": str(2 * 1024 * 1024)}
+    compacted = {"cleanup.policy": "compact", "retention.ms": "-1",
+                 "max.message.bytes": str(2 * 1024 * 1024)}
+    locations = {**events, "retention.ms": str(LOCATION_RETENTION_MS)}
+    return [
+        TopicSpec(t.products, n, compacted),
+        TopicSpec(t.users, n, compacted),
+        TopicSpec(t.purchases, n, events),
+        TopicSpec(t.displays, n, compacted),
+        TopicSpec(t.promotions, n, compacted),
+        TopicSpec(t.locations, n, locations),
+        TopicSpec(t.offers, n, events),
+        TopicSpec(t.loyalty_events, n, events),
+        TopicSpec(t.dead_letters, n, events),
+    ]
