@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
+from faust.types import StreamT
 
 from app.deadletters import decode_key, send_dead_letter
 from app.faust_app import METRICS, app
@@ -35,9 +35,9 @@ async def _reject(agent: str, message: Any, reason: str) -> None:
 
 
 @app.agent(products_topic, name="products")
-async def process_products(stream: AsyncIterator[Any]) -> None:
+async def process_products(stream: StreamT[bytes]) -> None:
     """Record each catalogue price in the product's price history."""
-    async for event in stream.events():  # type: ignore[attr-defined]
+    async for event in stream.events():
         message = event.message
         try:
             price = parse_product(message.value, decode_key(message.key), message.timestamp)
@@ -62,9 +62,9 @@ async def process_products(stream: AsyncIterator[Any]) -> None:
 
 
 @app.agent(users_topic, name="users")
-async def process_users(stream: AsyncIterator[Any]) -> None:
+async def process_users(stream: StreamT[bytes]) -> None:
     """Keep each customer's profile and consent (opt-out)."""
-    async for event in stream.events():  # type: ignore[attr-defined]
+    async for event in stream.events():
         message = event.message
         try:
             user = parse_user(message.value, decode_key(message.key))
@@ -93,9 +93,9 @@ def loyalty_event_value(event: LoyaltyEvent) -> bytes:
 
 
 @app.agent(purchases_topic, name="purchases")
-async def process_purchases(stream: AsyncIterator[Any]) -> None:
+async def process_purchases(stream: StreamT[bytes]) -> None:
     """Price each purchase as of its event time and update spend, stamps and basket."""
-    async for event in stream.events():  # type: ignore[attr-defined]
+    async for event in stream.events():
         message = event.message
         try:
             purchase = parse_purchase(message.value, decode_key(message.key), message.timestamp)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from faust.types import TopicT
+
 from app.faust_app import app
 from app.settings import SETTINGS
 
 _T = SETTINGS.topics
 
 
-def _topic(name: str) -> object:
+def _topic(name: str) -> TopicT:
     return app.topic(name, key_type=bytes, value_type=bytes,
                      key_serializer="raw", value_serializer="raw")
 

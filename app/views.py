@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from app.faust_app import METRICS, app
 from app.settings import SETTINGS
@@ -50,7 +50,7 @@ async def customer(web: Any, request: Any, user_id: str) -> Any:
 
 def is_ready() -> bool:
     """True once changelog recovery has finished and the worker is processing."""
-    recovery = app.tables.recovery
+    recovery = cast(Any, app.tables).recovery
     return bool(
         app.consumer is not None
         and recovery.completed.is_set()

@@ -32,6 +32,7 @@ Spatial index
 from __future__ import annotations
 
 import math
+from array import array
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
@@ -170,10 +171,6 @@ def _wrap_lon(lon: float) -> float:
     return (lon + 180.0) % 360.0 - 180.0
 
 
-# A bucket entry: the display plus its lat, lon, radians(lat) and cos(radians(lat)).
-_Entry: TypeAlias = tuple[Display, float, float, float, float]
-
-
 def _sort_key(item: tuple[Display, float]) -> tuple[float, str, str]:
     return (item[1], item[0].store_id, item[0].sku)
 
@@ -188,7 +185,10 @@ class DisplayIndex:
         self._dlat = math.degrees(self.cell_m / EARTH_RADIUS_M)
         self._nrows = int(180.0 / self._dlat) + 1
         self._rows: dict[int, tuple[int, float]] = {}
-        self._cells: dict[int, dict[DisplayKey, _Entry]] = {}
+        # Per cell: unboxed [lat, lon, lat, lon, ...] (one cache line for the hot scan) and
+        # the displays in the same order, only touched for candidates inside the box.
+        self._coords: dict[int, array[float]] = {}
+        self._members: dict[int, list[Display]] = {}
         self._where: dict[DisplayKey, int] = {}
         self._displays: dict[DisplayKey, Display] = {}
 
@@ -211,9 +211,8 @@ class DisplayIndex:
         if not display.active:
             return
         cell = self._cell_key(*self.cell_of(display.lat, display.lon))
-        phi = math.radians(display.lat)
-        entry = (display, display.lat, display.lon, phi, math.cos(phi))
-        self._cells.setdefault(cell, {})[display.key] = entry
+        self._coords.setdefault(cell, array("d")).extend((display.lat, display.lon))
+        self._members.setdefault(cell, []).append(display)
         self._where[display.key] = cell
         self._displays[display.key] = display
 
@@ -224,10 +223,12 @@ class DisplayIndex:
         if display is None:
             return None
         cell = self._where.pop(key)
-        bucket = self._cells[cell]
-        del bucket[key]
-        if not bucket:
-            del self._cells[cell]
+        members = self._members[cell]
+        position = next(i for i, member in enumerate(members) if member.key == key)
+        del members[position]
+        del self._coords[cell][2 * position : 2 * position + 2]
+        if not members:
+            del self._members[cell], self._coords[cell]
         return display
 
     def cell_of(self, lat: float, lon: float) -> tuple[int, int]:
@@ -251,28 +252,31 @@ class DisplayIndex:
         keys, dlat, dlon = self._probe(lat, lon, radius_m)
         phi = math.radians(lat)
         cos_phi = math.cos(phi)
-        sin, radians = math.sin, math.radians
-        cells = self._cells
+        sin, cos, radians = math.sin, math.cos, math.radians
+        coords_by_cell = self._coords
         found: list[tuple[Display, float]] = []
         for key in keys:
-            bucket = cells.get(key)
-            if bucket is None:
+            coords = coords_by_cell.get(key)
+            if coords is None:
                 continue
-            for display, d_lat, d_lon, d_phi, d_cos in bucket.values():
+            for i in range(0, len(coords), 2):
+                d_lat = coords[i]
                 if abs(d_lat - lat) > dlat:
                     continue
+                d_lon = coords[i + 1]
                 if dlon is not None:
                     gap = abs(d_lon - lon)
                     if (360.0 - gap if gap > 180.0 else gap) > dlon:
                         continue
                 # Same operations, in the same order, as haversine_m.
+                d_phi = radians(d_lat)
                 a = (
                     sin((d_phi - phi) / 2.0) ** 2
-                    + cos_phi * d_cos * sin(radians(d_lon - lon) / 2.0) ** 2
+                    + cos_phi * cos(d_phi) * sin(radians(d_lon - lon) / 2.0) ** 2
                 )
                 distance = 2.0 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, a)))
                 if distance <= radius_m:
-                    found.append((display, distance))
+                    found.append((self._members[key][i // 2], distance))
         if len(found) > 1:
             found.sort(key=_sort_key)
         return found

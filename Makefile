@@ -1,0 +1,46 @@
+# storestream: `make demo` sets everything up and runs the demo; `make test` runs every test.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test lint unit integration bench reliability devstack worker clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@echo "==> creating $(VENV) with pinned dependencies ($(PYTHON))"
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+demo: install
+	$(BIN)/python -m app.demo
+
+test: install lint
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy app tables agents core
+
+unit: install
+	$(BIN)/python -m pytest -q tests/unit
+
+integration: install
+	$(BIN)/python -m pytest -q tests/integration
+
+bench: install
+	$(BIN)/python -m bench.geo_bench
+
+devstack: install
+	$(BIN)/faust -A app devstack
+
+worker: install
+	$(BIN)/faust -A app worker -l info
+
+clean:
+	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,85 @@
+"""The loyalty half end to end on the real embedded broker: seed 003 replayed through a worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from core import sample
+from tests.integration.harness import Deployment, Worker, wait_for
+
+pytestmark = pytest.mark.integration
+
+CUSTOMERS = [name for _, name in sample.USERS]
+
+
+def records(events: list[sample.SampleEvent]) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(e.topic, e.key, e.value) for e in events]
+
+
+def documents(worker: Worker) -> dict[str, Any]:
+    return {user: worker.get(f"/customers/{user}/")[1] for user in CUSTOMERS}
+
+
+def expected_document(user: str, total: str, tier: str) -> dict[str, Any]:
+    coffee_total, sequence, free = sample.EXPECTED_COFFEE[user]
+    return {
+        "user_id": user,
+        "total": float(total),
+        "reward_level": tier,
+        "unpriced_purchases": 0,
+        "coffee": {"total": coffee_total, "sequence": sequence, "next_one_free": free},
+        "promotions": sample.EXPECTED_CAMPAIGNS[user],
+    }
+
+
+def test_recipe_replay_gives_every_table_of_the_recipe(deployment: Deployment) -> None:
+    worker = deployment.start_worker("w1")
+    worker.wait_ready()
+    before_dog = list(sample.recipe_events(include_dog=False))
+    produced = deployment.produce(records(before_dog))
+    wait_for("every event counted", lambda: worker.metric("storestream_events_total") >= produced,
+             60)
+
+    kris = worker.get("/customers/kris/")[1]
+    assert kris["total"] == 74.28 and kris["reward_level"] == "CLIMBING"
+    assert kris["promotions"] == {"loose_leaf": ["coffee"]}
+
+    dog = [e for e in sample.recipe_events() if e.value.get("purchase_id") == "p999"]
+    deployment.produce(records(dog))
+    wait_for("the dog", lambda: worker.get("/customers/kris/")[1]["total"] == 324.27, 30)
+
+    expected = {
+        user: expected_document(user, sample.EXPECTED_TOTALS[user], sample.EXPECTED_TIERS[user])
+        for user in CUSTOMERS
+    }
+    assert documents(worker) == expected
+    assert worker.metric("storestream_events_total", outcome="ok") == produced + 1
+    assert worker.metric("storestream_dead_letters_total") == 0
+
+    status, missing = worker.get("/customers/nobody/")
+    assert status == 404 and missing["error"] == "not found"
+
+    # Faust's built-in table view serves the same changelog-backed state.
+    status, raw = worker.get("/table/stamps/kris/")
+    assert status == 200 and raw["total"] == 13
+
+
+def test_loyalty_events_announce_tier_free_coffee_and_campaigns(deployment: Deployment) -> None:
+    worker = deployment.start_worker("w1")
+    worker.wait_ready()
+    deployment.produce(records(list(sample.recipe_events())))
+    events = deployment.read_topic("loyalty.events", expect=10, timeout=60)
+    seen = {(e["user_id"], e["type"], e["details"].get("to") or e["details"].get("campaign")
+             or e["details"].get("total")) for e in events}
+    assert ("kris", "tier_changed", "SILVER") in seen
+    assert ("rick", "tier_changed", "GOLD") in seen
+    assert ("dave", "tier_changed", "BRONZE") in seen
+    assert ("yeva", "free_coffee_ready", 5) in seen
+    assert ("kris", "free_coffee_ready", 11) in seen
+    assert ("kris", "campaign_qualified", "french_poodle") in seen
+    assert ("kris", "campaign_qualified", "loose_leaf") in seen
+    assert all(e["_key"] == e["user_id"] for e in events)
+    campaign_events = [e for e in events if e["type"] == "campaign_qualified"]
+    assert len(campaign_events) == 2  # announced once each, never repeated
