@@ -70,10 +70,22 @@ app = faust.App(
     autodiscover=["app.commands"],
 )
 
+def replica_connection() -> tuple[str, dict[str, Any], int]:
+    """Bootstrap servers, aiokafka auth settings and fetch wait for replica consumers."""
+    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+
+    servers = ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
+    auth = dict(credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context))
+    return servers, auth, SETTINGS.fetch_wait_ms
+
+
 #: Process-wide metrics served at ``/metrics``.
 METRICS = Metrics()
 METRICS.describe("storestream_events_total", "counter", "Events processed, by topic and outcome")
 METRICS.describe("storestream_dead_letters_total", "counter", "Events sent to dead-letters")
 METRICS.describe("storestream_ready", "gauge", "1 once recovered and processing")
+METRICS.describe("storestream_replica_keys", "gauge", "Keys in this worker's replica")
+METRICS.describe("storestream_replica_applied_total", "counter",
+                 "Changelog records applied to this worker's replica")
 METRICS.describe("storestream_agent_latency_seconds", "histogram",
                  "Time from record timestamp to processed, per agent")

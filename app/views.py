@@ -8,7 +8,7 @@ from app.faust_app import METRICS, app
 from app.settings import SETTINGS
 from core.loyalty import Basket, Spend, Stamps, campaigns_met, coffee_status, view_spend
 from core.money import cents_to_number
-from tables.loyalty import baskets, price_history, profiles, spend, stamps
+from tables.loyalty import CATALOGUE, baskets, price_history, profiles, spend, stamps
 
 RULES = SETTINGS.loyalty
 
@@ -56,6 +56,7 @@ def is_ready() -> bool:
         and recovery.completed.is_set()
         and not recovery.in_recovery
         and not app.rebalancing
+        and CATALOGUE.ready
     )
 
 
@@ -69,6 +70,8 @@ async def health(web: Any, request: Any) -> Any:
 async def metrics(web: Any, request: Any) -> Any:
     """Prometheus text format."""
     METRICS.set("storestream_ready", 1.0 if is_ready() else 0.0)
+    METRICS.set("storestream_replica_keys", float(len(CATALOGUE.data)), table="catalogue")
+    METRICS.set("storestream_replica_applied_total", float(CATALOGUE.applied), table="catalogue")
     return web.text(METRICS.render(), content_type="text/plain; version=0.0.4")
 
 

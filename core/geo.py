@@ -19,21 +19,27 @@ Spatial index
     exactly, column indices wrap modulo the column count, so the antimeridian
     needs no special case. Near the poles rows have few (finally one) columns.
 
-    ``near`` derives an exact bounding box from the haversine formula (latitude
-    span ``r/R``; longitude span ``2*asin(sin(r/2R)/cos(lat_max))`` over the box's
-    most poleward latitude) and probes the cells it overlaps. When the radius is
-    at most ``cell_m`` that is at most 3 x 3 cells, so a display just across a
-    cell border is never missed and the cost per lookup depends on local display
-    density, not on the total number of displays. A box reaching a pole probes
-    every column of the polar rows (few cells, since they are tiny). Larger radii
-    are correct too; they just probe more cells.
+    ``near`` derives a bounding box that provably holds the search circle from the
+    haversine formula (latitude half-span ``r/R``; longitude half-span
+    ``2*asin(sin(r/2R)/cos(lat_max))`` at the box's most poleward latitude, both
+    widened by 1e-9 against rounding) and probes the cells it overlaps: at most
+    3 x 3 when the radius is below ``cell_m``, so a display just across a cell
+    border is never missed. Candidates are pre-filtered against the box, then
+    checked with the exact haversine distance, so results equal a brute-force scan.
+    The cost per lookup depends on local display density, not on the total count.
+    A box reaching a pole probes every column of the polar rows (few, since they
+    are tiny). Larger radii are exact too; they just probe more cells.
+
+    Memory layout: rows holding displays map column -> unboxed ``array('d')`` of
+    ``lat, lon`` pairs, so a probe touches few objects; rows and cells without
+    displays are skipped without any arithmetic.
 """
 
 from __future__ import annotations
 
 import math
 from array import array
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import TypeAlias
@@ -43,7 +49,6 @@ DEFAULT_RADIUS_M = 0.9144
 DEFAULT_CELL_M = 2.0
 _SAFETY = 1.0 + 1e-9
 _TINY_DEG = 1e-12
-_COL_BITS = 40
 _DEG_PER_RAD = 180.0 / math.pi
 
 DisplayKey: TypeAlias = tuple[str, str]
@@ -166,13 +171,27 @@ def parse_display(record: Mapping[str, object]) -> Display:
     )
 
 
-def _wrap_lon(lon: float) -> float:
-    """Map a longitude into [-180, 180)."""
-    return (lon + 180.0) % 360.0 - 180.0
-
-
 def _sort_key(item: tuple[Display, float]) -> tuple[float, str, str]:
     return (item[1], item[0].store_id, item[0].sku)
+
+
+def _col_range(base: float, dlon: float | None, ncols: int, width: float) -> Sequence[int]:
+    """Columns of a row overlapping ``[base - dlon, base + dlon]`` (``base`` in [0, 360))."""
+    if dlon is None:
+        return range(ncols)
+    first = int((base - dlon) // width)
+    last = int((base + dlon) // width)
+    if last - first + 1 >= ncols:
+        return range(ncols)
+    if first < 0 or last >= ncols:  # the box wraps around the antimeridian
+        return [col % ncols for col in range(first, last + 1)]
+    return range(first, last + 1)
+
+
+# One grid row: (column count, column width in degrees, cells by column). A cell holds the
+# unboxed coordinates [lat, lon, lat, lon, ...] of its displays so that the hot scan
+# touches one buffer; the Display objects live in ``_members`` and are only read for hits.
+_Row: TypeAlias = tuple[int, float, dict[int, "array[float]"]]
 
 
 class DisplayIndex:
@@ -184,12 +203,9 @@ class DisplayIndex:
         self.cell_m = float(cell_m)
         self._dlat = math.degrees(self.cell_m / EARTH_RADIUS_M)
         self._nrows = int(180.0 / self._dlat) + 1
-        self._rows: dict[int, tuple[int, float]] = {}
-        # Per cell: unboxed [lat, lon, lat, lon, ...] (one cache line for the hot scan) and
-        # the displays in the same order, only touched for candidates inside the box.
-        self._coords: dict[int, array[float]] = {}
-        self._members: dict[int, list[Display]] = {}
-        self._where: dict[DisplayKey, int] = {}
+        self._grid: dict[int, _Row] = {}
+        self._members: dict[tuple[int, int], list[Display]] = {}
+        self._where: dict[DisplayKey, tuple[int, int]] = {}
         self._displays: dict[DisplayKey, Display] = {}
 
     def __len__(self) -> int:
@@ -210,10 +226,13 @@ class DisplayIndex:
         self.remove(display.store_id, display.sku)
         if not display.active:
             return
-        cell = self._cell_key(*self.cell_of(display.lat, display.lon))
-        self._coords.setdefault(cell, array("d")).extend((display.lat, display.lon))
-        self._members.setdefault(cell, []).append(display)
-        self._where[display.key] = cell
+        row, col = self.cell_of(display.lat, display.lon)
+        grid_row = self._grid.get(row)
+        if grid_row is None:
+            grid_row = self._grid[row] = (*self._row_shape(row), {})
+        grid_row[2].setdefault(col, array("d")).extend((display.lat, display.lon))
+        self._members.setdefault((row, col), []).append(display)
+        self._where[display.key] = (row, col)
         self._displays[display.key] = display
 
     def remove(self, store_id: str, sku: str) -> Display | None:
@@ -222,26 +241,35 @@ class DisplayIndex:
         display = self._displays.pop(key, None)
         if display is None:
             return None
-        cell = self._where.pop(key)
+        row, col = cell = self._where.pop(key)
         members = self._members[cell]
         position = next(i for i, member in enumerate(members) if member.key == key)
         del members[position]
-        del self._coords[cell][2 * position : 2 * position + 2]
+        cells = self._grid[row][2]
+        del cells[col][2 * position : 2 * position + 2]
         if not members:
-            del self._members[cell], self._coords[cell]
+            del self._members[cell], cells[col]
+            if not cells:
+                del self._grid[row]
         return display
 
     def cell_of(self, lat: float, lon: float) -> tuple[int, int]:
         """Grid ``(row, col)`` of a point."""
         row = self._row(lat)
-        ncols, width = self._row_info(row)
+        ncols, width = self._row_shape(row)
         return row, int(((lon + 180.0) % 360.0) // width) % ncols
 
     def cells_for(self, lat: float, lon: float, radius_m: float) -> list[tuple[int, int]]:
-        """Grid cells a ``near`` query probes (at most 3 x 3 when ``radius_m <= cell_m``)."""
-        keys, _, _ = self._probe(lat, lon, radius_m)
-        mask = (1 << _COL_BITS) - 1
-        return [(key >> _COL_BITS, key & mask) for key in keys]
+        """Grid cells covering the search box of a ``near`` query (at most 3 x 3 when
+        ``radius_m < cell_m``); ``near`` skips the rows among them that hold no display.
+        """
+        dlat, dlon = self._search_box(lat, lon, radius_m)
+        base = (lon + 180.0) % 360.0
+        return [
+            (row, col)
+            for row in range(self._row(lat - dlat), self._row(lat + dlat) + 1)
+            for col in _col_range(base, dlon, *self._row_shape(row))
+        ]
 
     def near(self, lat: float, lon: float, radius_m: float) -> list[tuple[Display, float]]:
         """Displays within ``radius_m`` metres, as ``(display, distance_m)`` nearest first.
@@ -249,42 +277,50 @@ class DisplayIndex:
         Distances equal ``haversine_m(lat, lon, display.lat, display.lon)`` exactly; ties
         are broken by ``(store_id, sku)`` so the order is deterministic.
         """
-        keys, dlat, dlon = self._probe(lat, lon, radius_m)
-        phi = math.radians(lat)
-        cos_phi = math.cos(phi)
-        sin, cos, radians = math.sin, math.cos, math.radians
-        coords_by_cell = self._coords
+        dlat, dlon = self._search_box(lat, lon, radius_m)
+        base = (lon + 180.0) % 360.0
         found: list[tuple[Display, float]] = []
-        for key in keys:
-            coords = coords_by_cell.get(key)
-            if coords is None:
+        grid = self._grid
+        for row in range(self._row(lat - dlat), self._row(lat + dlat) + 1):
+            grid_row = grid.get(row)
+            if grid_row is None:
                 continue
-            for i in range(0, len(coords), 2):
-                d_lat = coords[i]
-                if abs(d_lat - lat) > dlat:
-                    continue
-                d_lon = coords[i + 1]
-                if dlon is not None:
-                    gap = abs(d_lon - lon)
-                    if (360.0 - gap if gap > 180.0 else gap) > dlon:
-                        continue
-                # Same operations, in the same order, as haversine_m.
-                d_phi = radians(d_lat)
-                a = (
-                    sin((d_phi - phi) / 2.0) ** 2
-                    + cos_phi * cos(d_phi) * sin(radians(d_lon - lon) / 2.0) ** 2
-                )
-                distance = 2.0 * EARTH_RADIUS_M * math.asin(math.sqrt(min(1.0, a)))
-                if distance <= radius_m:
-                    found.append((self._members[key][i // 2], distance))
+            ncols, width, cells = grid_row
+            for col in _col_range(base, dlon, ncols, width):
+                coords = cells.get(col)
+                if coords is not None:
+                    self._scan(coords, (row, col), lat, lon, radius_m, dlat, dlon, found)
         if len(found) > 1:
             found.sort(key=_sort_key)
         return found
 
-    def _probe(
-        self, lat: float, lon: float, radius_m: float
-    ) -> tuple[list[int], float, float | None]:
-        """Cell keys to probe plus the lat/lon half-spans (degrees) of the search box."""
+    def _scan(
+        self,
+        coords: array[float],
+        cell: tuple[int, int],
+        lat: float,
+        lon: float,
+        radius_m: float,
+        dlat: float,
+        dlon: float | None,
+        found: list[tuple[Display, float]],
+    ) -> None:
+        """Append the displays of one cell within ``radius_m`` to ``found``."""
+        for i in range(0, len(coords), 2):
+            d_lat = coords[i]
+            if abs(d_lat - lat) > dlat:
+                continue
+            d_lon = coords[i + 1]
+            if dlon is not None:
+                gap = abs(d_lon - lon)
+                if (360.0 - gap if gap > 180.0 else gap) > dlon:
+                    continue
+            distance = haversine_m(lat, lon, d_lat, d_lon)
+            if distance <= radius_m:
+                found.append((self._members[cell][i // 2], distance))
+
+    def _search_box(self, lat: float, lon: float, radius_m: float) -> tuple[float, float | None]:
+        """Half-spans in degrees (lat, lon; lon None = all) of the box holding the circle."""
         try:
             ok = -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0 and 0.0 <= radius_m < math.inf
         except TypeError:
@@ -293,28 +329,7 @@ class DisplayIndex:
             raise ValueError(f"invalid query: lat={lat!r} lon={lon!r} radius_m={radius_m!r}")
         theta = radius_m / EARTH_RADIUS_M
         dlat = theta * _DEG_PER_RAD * _SAFETY + _TINY_DEG
-        dlon = self._lon_span(theta, lat - dlat, lat + dlat)
-        base = (lon + 180.0) % 360.0
-        rows = self._rows
-        keys: list[int] = []
-        for row in range(self._row(lat - dlat), self._row(lat + dlat) + 1):
-            info = rows.get(row)
-            ncols, width = info if info is not None else self._row_info(row)
-            prefix = row << _COL_BITS
-            first, last = 0, ncols - 1
-            if dlon is not None:
-                first, last = int((base - dlon) // width), int((base + dlon) // width)
-                if last - first + 1 >= ncols:
-                    first, last = 0, ncols - 1
-                elif first < 0 or last >= ncols:  # the box wraps around the antimeridian
-                    keys.extend([prefix | (col % ncols) for col in range(first, last + 1)])
-                    continue
-            keys.extend(range(prefix | first, (prefix | last) + 1))
-        return keys, dlat, dlon
-
-    @staticmethod
-    def _cell_key(row: int, col: int) -> int:
-        return (row << _COL_BITS) | col
+        return dlat, self._lon_span(theta, lat - dlat, lat + dlat)
 
     def _row(self, lat: float) -> int:
         row = int((lat + 90.0) // self._dlat)
@@ -322,17 +337,16 @@ class DisplayIndex:
             return 0
         return row if row < self._nrows else self._nrows - 1
 
-    def _row_info(self, row: int) -> tuple[int, float]:
+    def _row_shape(self, row: int) -> tuple[int, float]:
         """``(columns, column width in degrees)``: cells >= cell_m at the row's poleward edge."""
-        info = self._rows.get(row)
-        if info is None:
-            lat_lo = -90.0 + row * self._dlat
-            edge = min(90.0, max(abs(lat_lo), abs(lat_lo + self._dlat)))
-            circumference = 2.0 * math.pi * EARTH_RADIUS_M * math.cos(math.radians(edge))
-            ncols = max(1, int(circumference / self.cell_m))
-            info = (ncols, 360.0 / ncols)
-            self._rows[row] = info
-        return info
+        grid_row = self._grid.get(row)
+        if grid_row is not None:
+            return grid_row[0], grid_row[1]
+        lat_lo = -90.0 + row * self._dlat
+        edge = min(90.0, max(abs(lat_lo), abs(lat_lo + self._dlat)))
+        circumference = 2.0 * math.pi * EARTH_RADIUS_M * math.cos(math.radians(edge))
+        ncols = max(1, int(circumference / self.cell_m))
+        return ncols, 360.0 / ncols
 
     @staticmethod
     def _lon_span(theta: float, lat_lo: float, lat_hi: float) -> float | None:
@@ -340,8 +354,7 @@ class DisplayIndex:
         if lat_lo <= -90.0 or lat_hi >= 90.0:
             return None
         edge = -lat_lo if -lat_lo > lat_hi else lat_hi
-        cos_min = math.cos(edge / _DEG_PER_RAD)
-        ratio = math.sin(theta / 2.0) / cos_min
+        ratio = math.sin(theta / 2.0) / math.cos(edge / _DEG_PER_RAD)
         if ratio >= 1.0:
             return None
         return 2.0 * math.asin(ratio) * _DEG_PER_RAD * _SAFETY + _TINY_DEG

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from app.faust_app import app
+import orjson
+
+from app.faust_app import app, replica_connection
+from app.replica import TopicReplica
 from core.pricing import PriceHistory, history_from_json
 
 
-def _table(factory: Any, name: str, help: str) -> Any:
+def _table(factory: Any, name: str, help: str, **options: Any) -> Any:
     """A table with UTF-8 text keys on its changelog, so routing hashes the producer's bytes."""
-    table = factory(name, key_type=str, value_type=None, help=help)
+    table = factory(name, key_type=str, value_type=None, help=help, **options)
     table.key_serializer = "utf8"
     table.value_serializer = "json"
     table.changelog_topic = table._new_changelog_topic()
@@ -18,7 +21,14 @@ def _table(factory: Any, name: str, help: str) -> Any:
 
 
 #: product_id -> {"category", "history": [[ts, cents], ...]}; every worker holds all of it.
-catalogue = _table(app.GlobalTable, "catalogue", "Catalogue price history per product")
+# Written by the products agent on the worker that owns the product's partition; every worker
+# reads it through CATALOGUE, a replica of the whole changelog (see app.replica for why not a
+# GlobalTable).
+catalogue = _table(app.Table, "catalogue", "Catalogue price history per product")
+CATALOGUE: TopicReplica[PriceHistory] = TopicReplica(
+    catalogue.changelog_topic.get_topic_name(),
+    lambda raw: history_from_json(orjson.loads(raw).get("history")),
+)
 
 #: user_id -> core.loyalty.Spend as JSON (the recipe's sales_totals).
 spend = _table(app.Table, "spend", "Spend, pending purchases and announced tier per customer")
@@ -34,8 +44,11 @@ profiles = _table(app.Table, "profiles", "Customer profile and consent")
 
 
 def price_history(product_id: str) -> PriceHistory:
-    """The catalogue price history of a product (empty when never seen)."""
-    record: Any = catalogue.get(product_id)
-    if not record:
-        return ()
-    return history_from_json(record.get("history"))
+    """The catalogue price history of a product (empty when never seen), on any worker."""
+    return CATALOGUE.get(product_id) or ()
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def follow_catalogue() -> None:
+    """Keep this worker's replica of the whole catalogue up to date."""
+    await CATALOGUE.run(*replica_connection())

@@ -315,3 +315,68 @@ def test_near_matches_brute_force(
         assume(valid_coordinates(lat, lon))
     got = {d.key: dist for d, dist in index.near(lat, lon, radius_m)}
     assert got == brute_force(displays, lat, lon, radius_m)
+
+
+# Offsets within a couple of cells, so cells hold several displays.
+crowded_offsets_m = st.tuples(
+    st.floats(min_value=-1.5, max_value=1.5, allow_nan=False),
+    st.floats(min_value=-1.5, max_value=1.5, allow_nan=False),
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    ops=st.lists(
+        st.tuples(
+            st.sampled_from(["upsert", "upsert", "deactivate", "remove"]),
+            st.integers(0, 7),  # sku
+            st.integers(0, 1),  # store
+            crowded_offsets_m,
+        ),
+        max_size=40,
+    ),
+    query_offset=crowded_offsets_m,
+)
+def test_index_matches_model_after_updates_and_removals(
+    ops: list[tuple[str, int, int, tuple[float, float]]], query_offset: tuple[float, float]
+) -> None:
+    anchor = (51.5, -0.12)
+    index = DisplayIndex(cell_m=1.0)
+    model: dict[tuple[str, str], Display] = {}
+    for op, sku, store, (north, east) in ops:
+        display = Display(f"sku{sku}", *offset(*anchor, north, east), store_id=f"s{store}")
+        if op == "upsert":
+            index.upsert(display)
+            model[display.key] = display
+        elif op == "deactivate":
+            index.upsert(Display(display.sku, display.lat, display.lon, store_id=f"s{store}",
+                                 active=False))  # fmt: skip
+            model.pop(display.key, None)
+        else:
+            assert index.remove(f"s{store}", f"sku{sku}") == model.pop(display.key, None)
+    assert len(index) == len(model)
+    assert sorted(d.key for d in index) == sorted(model)
+    lat, lon = offset(*anchor, *query_offset)
+    got = {d.key: dist for d, dist in index.near(lat, lon, 2.0)}
+    assert got == brute_force(list(model.values()), lat, lon, 2.0)
+
+
+def test_lookup_does_not_scan_all_displays(monkeypatch: pytest.MonkeyPatch) -> None:
+    import core.geo
+
+    index = DisplayIndex()
+    lat0, lon0 = 51.5, -0.12
+    for i in range(10_000):  # a 100 m x 100 m grid, one display per square metre
+        index.upsert(Display(f"d{i}", *offset(lat0, lon0, i // 100, i % 100), store_id="s"))
+    calls = 0
+    real = core.geo.haversine_m
+
+    def counting(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+        nonlocal calls
+        calls += 1
+        return real(lat1, lon1, lat2, lon2)
+
+    monkeypatch.setattr(core.geo, "haversine_m", counting)
+    found = index.near(*offset(lat0, lon0, 50.3, 50.4), DEFAULT_RADIUS_M)
+    assert len(found) == 3  # (50, 50), (50, 51) and (51, 50) are within a yard
+    assert calls <= 6  # only the candidates inside the search box get a distance

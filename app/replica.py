@@ -1,0 +1,92 @@
+"""A read-only copy of every partition of a changelog topic, kept on every worker.
+
+Faust's ``GlobalTable`` did not replicate between two workers on the embedded broker (each
+worker only ever saw the catalogue entries it wrote itself: measured with two workers, the
+same failure as robinhood/faust#716). Reference data that every worker needs (the catalogue
+now, displays and promotions later) is therefore written through an ordinary changelog-backed
+``Table`` and followed here: a plain aiokafka consumer, no consumer group, all partitions from
+the beginning, applied in offset order per partition.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+V = TypeVar("V")
+log = logging.getLogger(__name__)
+
+
+class TopicReplica(Generic[V]):
+    """Follows a compacted topic into a dict (``None`` values are deletes)."""
+
+    def __init__(self, topic: str, decode: Callable[[bytes], V]) -> None:
+        self.topic = topic
+        self._decode = decode
+        self.data: dict[str, V] = {}
+        #: True once everything that existed at start-up has been read.
+        self.ready = False
+        self.applied = 0
+
+    def get(self, key: str) -> V | None:
+        """The latest value for ``key`` (``None`` when absent)."""
+        return self.data.get(key)
+
+    def apply(self, key: bytes | None, value: bytes | None) -> None:
+        """Apply one changelog record."""
+        if key is None:
+            return
+        name = key.decode("utf-8", errors="replace")
+        if value is None:
+            self.data.pop(name, None)
+        else:
+            try:
+                self.data[name] = self._decode(value)
+            except Exception:  # a record we cannot read must not stop the replica
+                log.exception("replica %s: cannot decode value for %r", self.topic, name)
+                return
+        self.applied += 1
+
+    async def run(self, bootstrap: str, auth: dict[str, Any], fetch_wait_ms: int) -> None:
+        """Consume forever (cancel to stop)."""
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+            auto_offset_reset="earliest", fetch_max_wait_ms=fetch_wait_ms, **auth,
+        )
+        await consumer.start()
+        try:
+            partitions = await self._partitions(consumer)
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+            targets = await consumer.end_offsets(partitions)
+            while True:
+                batch = await consumer.getmany(timeout_ms=max(fetch_wait_ms, 50))
+                for records in batch.values():
+                    for record in records:
+                        self.apply(record.key, record.value)
+                if not self.ready and not batch and await _reached(consumer, targets):
+                    # An empty fetch at or past the reported end: the broker's end offset
+                    # may be too low (DESIGN section 7), the empty fetch is not.
+                    self.ready = True
+                    log.info("replica %s ready: %d keys", self.topic, len(self.data))
+        finally:
+            await consumer.stop()
+
+    async def _partitions(self, consumer: AIOKafkaConsumer) -> list[TopicPartition]:
+        while True:
+            found = consumer.partitions_for_topic(self.topic)
+            if found:
+                return [TopicPartition(self.topic, p) for p in sorted(found)]
+            await consumer._client.force_metadata_update()
+            await asyncio.sleep(0.2)
+
+
+async def _reached(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> bool:
+    for tp, end in targets.items():
+        if await consumer.position(tp) < end:
+            return False
+    return True

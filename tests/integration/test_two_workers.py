@@ -1,0 +1,111 @@
+"""Two workers split the partitions; every customer is answered identically from both ports."""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from typing import Any
+
+import pytest
+
+from core import sample
+from core.loyalty import LoyaltyRules, Purchase, campaigns_met, coffee_status, replay, view_spend
+from core.money import cents_to_number, to_cents
+from core.pricing import PriceHistory, with_price
+from tests.integration.harness import Deployment, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def synthetic_purchases(customers: int, seed: int = 7) -> list[dict[str, Any]]:
+    """Purchases of catalogue products (after every price change) by many customers."""
+    rnd = random.Random(seed)
+    products = [p for p, _, _ in sample.PRODUCTS]
+    out = []
+    ts = sample.BASE_TS + 1_000
+    for _ in range(customers * 5):
+        ts += 1
+        user = f"c{rnd.randrange(customers):03d}"
+        event: dict[str, Any] = {"user_id": user, "product_id": rnd.choice(products), "ts": ts}
+        if rnd.random() < 0.2:
+            event["price"] = round(rnd.uniform(0, 50), 2)
+        out.append(event)
+    return out
+
+
+def reference(purchase_events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """What every customer's document must be, from the input log and the pure rules."""
+    prices: dict[str, PriceHistory] = {}
+    for event in sample.recipe_events():
+        if event.topic == "products":
+            v = event.value
+            prices[v["product_id"]] = with_price(prices.get(v["product_id"], ()), v["ts"],
+                                                 to_cents(v["price"]))
+    by_user: dict[str, list[Purchase]] = defaultdict(list)
+    for v in purchase_events:
+        price = None if v.get("price") is None else to_cents(v["price"])
+        by_user[v["user_id"]].append(Purchase(v["user_id"], v["product_id"], v["ts"], price))
+    rules = LoyaltyRules()
+
+    def catalogue(product_id: str) -> PriceHistory:
+        return prices.get(product_id, ())
+
+    docs = {}
+    for user, purchases in by_user.items():
+        spend, stamps, basket, _ = replay(purchases, catalogue, rules)
+        view = view_spend(spend, catalogue, rules)
+        status = coffee_status(stamps, rules)
+        docs[user] = {
+            "user_id": user,
+            "total": cents_to_number(view.total_cents),
+            "reward_level": view.tier,
+            "unpriced_purchases": view.unpriced,
+            "coffee": {"total": status.total, "sequence": status.sequence,
+                       "next_one_free": status.next_one_free},
+            "promotions": campaigns_met(basket, spend, catalogue, rules),
+        }
+    return docs
+
+
+def test_same_answer_from_both_workers_for_every_customer(secured: Deployment) -> None:
+    deployment = secured
+    first = deployment.start_worker("w1")
+    first.wait_ready()
+    second = deployment.start_worker("w2")
+    second.wait_ready()
+
+    def balanced() -> bool:
+        status, hosts = first.get("/router/")
+        return status == 200 and len(hosts) == 2 and first.get("/health")[0] == 200 \
+            and second.get("/health")[0] == 200
+
+    wait_for("both workers to own partitions", balanced, 90)
+
+    recipe = [(e.topic, e.key, e.value) for e in sample.recipe_events()]
+    extra = synthetic_purchases(60)
+    produced = deployment.produce(recipe + [("purchases", e["user_id"], e) for e in extra])
+    expected = reference([e.value for e in sample.recipe_events() if e.topic == "purchases"]
+                         + extra)
+    wait_for("every event counted once across the workers",
+             lambda: first.metric("storestream_events_total")
+             + second.metric("storestream_events_total") >= produced, 90)
+
+    owned = {w.name: w.metric("storestream_events_total", topic=deployment.topic("purchases"))
+             for w in (first, second)}
+    assert all(count > 0 for count in owned.values()), owned  # the work really is split
+
+    for user, document in sorted(expected.items()):
+        from_first = first.get(f"/customers/{user}/")
+        from_second = second.get(f"/customers/{user}/")
+        assert from_first == (200, document), user
+        assert from_second == (200, document), user
+    assert expected["kris"]["total"] == 324.27
+
+    for worker in (first, second):
+        assert worker.get("/customers/nobody/")[0] == 404
+        assert worker.get("/customers/kris/", token=None)[0] == 401
+        assert worker.get("/customers/kris/", token="wrong")[0] == 401
+        assert worker.get("/table/spend/kris/", token=None)[0] == 401
+        assert worker.get("/router/", token=None)[0] == 401
+        assert worker.get("/health", token=None)[0] == 200
+        assert worker.get("/metrics", token=None)[0] == 200
