@@ -12,6 +12,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+#: Large enough for the poison-pill tests' 1 MB values (the topics allow 2 MB).
+MAX_REQUEST_BYTES = 4 * 1024 * 1024
+
 
 def bootstrap_servers(broker_url: str) -> str:
     """``kafka://h1:9092,kafka://h2:9092`` -> ``h1:9092,h2:9092``."""
@@ -38,21 +41,25 @@ async def produce(
     records: Iterable[tuple[str, str | bytes | None, Any]],
     *,
     linger_ms: int = 5,
-) -> int:
-    """Send ``(topic, key, value)`` records in order and wait until every one is acknowledged."""
+) -> list[tuple[str, int, int]]:
+    """Send ``(topic, key, value)`` records in order and wait until every one is acknowledged.
+
+    Returns ``(topic, partition, offset)`` of each record, in the order given.
+    """
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap_servers(broker_url), linger_ms=linger_ms, acks="all"
+        bootstrap_servers=bootstrap_servers(broker_url), linger_ms=linger_ms, acks="all",
+        max_request_size=MAX_REQUEST_BYTES,
     )
     await producer.start()
-    count = 0
     try:
         futures = []
         for topic, key, value in records:
             raw_key = key.encode("utf-8") if isinstance(key, str) else key
             futures.append(await producer.send(topic, encode(value), key=raw_key))
-            count += 1
+        placed = []
         for future in futures:
-            await future
+            meta = await future
+            placed.append((meta.topic, meta.partition, meta.offset))
+        return placed
     finally:
         await producer.stop()
-    return count

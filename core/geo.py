@@ -71,30 +71,38 @@ def _is_real(value: object) -> bool:
     return math.isfinite(value)
 
 
-def valid_coordinates(lat: object, lon: object) -> bool:
-    """True when lat is in [-90, 90] and lon in [-180, 180], both finite numbers."""
-    if not (_is_real(lat) and _is_real(lon)):
+def _within(value: object, low: float, high: float) -> bool:
+    """True for an int/float (not bool) in ``[low, high]``; NaN never is."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
         return False
-    assert isinstance(lat, int | float) and isinstance(lon, int | float)
-    return -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0
+    return low <= value <= high
 
 
-def normalise_sku(value: object) -> str:
-    """Return a SKU as a stripped string; integral numbers (``123``, ``123.0``) become ``"123"``.
+def valid_coordinates(lat: object, lon: object) -> bool:
+    """True when lat is in [-90, 90] and lon in [-180, 180], both real numbers."""
+    return _within(lat, -90.0, 90.0) and _within(lon, -180.0, 180.0)
 
-    Leading zeros lost by a producer that sent a number cannot be recovered.
+
+def normalise_id(value: object, name: str = "id") -> str:
+    """Return an identifier as a stripped string; integral numbers (``123``, ``123.0``) give
+    ``"123"``. Leading zeros lost by a producer that sent a number cannot be recovered.
     """
     if isinstance(value, bool) or value is None:
-        raise ValueError(f"invalid sku: {value!r}")
+        raise ValueError(f"invalid {name}: {value!r}")
     if isinstance(value, int):
         return str(value)
     if isinstance(value, float | Decimal):
         if not math.isfinite(value):
-            raise ValueError(f"invalid sku: {value!r}")
+            raise ValueError(f"invalid {name}: {value!r}")
         return str(int(value)) if value == int(value) else str(value)
     if isinstance(value, str) and value.strip():
         return value.strip()
-    raise ValueError(f"invalid sku: {value!r}")
+    raise ValueError(f"invalid {name}: {value!r}")
+
+
+def normalise_sku(value: object) -> str:
+    """``normalise_id`` for SKUs, which may arrive as numbers."""
+    return normalise_id(value, "sku")
 
 
 def optional_str(value: object) -> str | None:
@@ -159,14 +167,15 @@ class Display:
 
 def parse_display(record: Mapping[str, object]) -> Display:
     """Build a ``Display`` from a ``stores.products`` record; raises ``ValueError`` if invalid."""
-    store_id = optional_str(record.get("store_id"))
+    raw_store = record.get("store_id")
+    blank = raw_store is None or (isinstance(raw_store, str) and not raw_store.strip())
     return Display(
         sku=normalise_sku(record.get("sku")),
         lat=parse_float(record.get("lat"), "lat"),
         lon=parse_float(record.get("lon"), "lon"),
         segment=optional_str(record.get("segment")),
         variant=optional_str(record.get("variant")),
-        store_id=store_id or "",
+        store_id="" if blank else normalise_id(raw_store, "store_id"),
         active=parse_bool(record.get("active"), default=True),
     )
 

@@ -19,8 +19,9 @@ Offer id
 
 Ended promotions
     A promotion record with ``active=False`` ends it: ``PromotionIndex`` drops it and
-    keeps its ``ts`` so an older, out-of-order ``active`` record cannot bring it
-    back. Only a strictly newer active record re-activates the ``pid``.
+    keeps its ``ts``, and ignores any record for that ``pid`` with an older ``ts``,
+    so an out-of-order ``active`` record cannot bring it back. Only a record at least
+    as new (equal ``ts``: the later one in the log wins) re-activates the ``pid``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from core.geo import (
     DEFAULT_RADIUS_M,
     Display,
     DisplayIndex,
+    normalise_id,
     normalise_sku,
     optional_str,
     parse_bool,
@@ -136,7 +138,7 @@ def parse_promotion(record: Mapping[str, object]) -> Promotion:
     blank = raw_sku is None or (isinstance(raw_sku, str) and not raw_sku.strip())
     raw_ts = record.get("ts")
     return Promotion(
-        pid=optional_str(record.get("pid")) or "",
+        pid=normalise_id(record.get("pid"), "pid"),
         discount_pct=parse_discount(record.get("discount_pct")),
         sku=None if blank else normalise_sku(raw_sku),
         segment=optional_str(record.get("segment")),

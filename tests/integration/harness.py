@@ -73,7 +73,13 @@ class Deployment:
         asyncio.run(ensure_topics(self.stack.bootstrap, topic_specs(self.settings)))
 
     def produce(self, records: Iterable[tuple[str, str | bytes | None, Any]]) -> int:
-        """Produce ``(base topic, key, value)`` records in order."""
+        """Produce ``(base topic, key, value)`` records in order; returns how many."""
+        return len(self.produce_placed(records))
+
+    def produce_placed(
+        self, records: Iterable[tuple[str, str | bytes | None, Any]]
+    ) -> list[tuple[str, int, int]]:
+        """Produce records in order; returns each one's ``(topic, partition, offset)``."""
         prefixed = [(self.topic(topic), key, value) for topic, key, value in records]
         return asyncio.run(produce(self.stack.broker_url, prefixed))
 
@@ -202,7 +208,7 @@ async def read_all(bootstrap: str, topic: str, expect: int,
             for records in batch.values():
                 for record in records:
                     value = orjson.loads(record.value) if record.value else {}
-                    value["_key"] = record.key.decode() if record.key else None
+                    value["_key"] = record.key.decode(errors="replace") if record.key else None
                     value["_partition"] = record.partition
                     out.append(value)
         if len(out) >= expect:  # linger briefly: more than expected is a failure too
