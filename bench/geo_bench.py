@@ -217,7 +217,7 @@ def summarise(p: Prepared, base: Prepared, n_points: int) -> dict[str, Any]:
 
 def run(quick: bool, seed: int = 7, cell_m: float = DEFAULT_CELL_M) -> dict[str, Any]:
     """Run every case; returns figures including ratios to the 20-display case."""
-    n_points, repeats = (2_000, 15) if quick else (10_000, 30)
+    n_points, repeats = (2_000, 10) if quick else (10_000, 30)
     prepared = []
     for number, case in enumerate(CASES, 1):
         log(f"[build {number}/{len(CASES)}] {case.name}: {case.displays:,} displays "

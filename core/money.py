@@ -6,6 +6,8 @@ import math
 from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 
 CENT = Decimal("0.01")
+#: No single price reaches a trillion; anything that does is a bad event, not a purchase.
+MAX_AMOUNT = Decimal(10) ** 12
 
 
 class MoneyError(ValueError):
@@ -37,6 +39,8 @@ def to_cents(value: object) -> int:
         raise MoneyError(f"price must be a number, got {type(value).__name__}")
     if amount < 0:
         raise MoneyError(f"price must be >= 0, got {value!r}")
+    if amount >= MAX_AMOUNT:
+        raise MoneyError(f"price must be below {MAX_AMOUNT}, got {value!r}")
     return int(amount.quantize(CENT, rounding=ROUND_HALF_EVEN) * 100)
 
 

@@ -1,0 +1,47 @@
+"""Agent tests: Faust's test_context, memory store, no broker; sends are captured."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+os.environ.setdefault("APP_STORE", "memory://")
+
+import app as storestream
+from app import topics
+from tables import loyalty as tables
+
+
+class Sent:
+    """Records sent to output topics instead of a broker."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes | None, bytes]] = []
+
+    def by_topic(self, suffix: str) -> list[tuple[bytes | None, bytes]]:
+        return [(k, v) for t, k, v in self.records if t.endswith(suffix)]
+
+
+@pytest.fixture
+def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
+    """Capture sends to loyalty.events and dead-letters; fresh tables for each test."""
+    app = storestream.app
+    app.finalize()
+    app.flow_control.resume()
+    captured = Sent()
+    for topic in (topics.loyalty_events_topic, topics.dead_letters_topic):
+        name = topic.get_topic_name()
+
+        async def send(*, key: Any = None, value: Any = None, _name: str = name,
+                       **_: Any) -> None:
+            captured.records.append((_name, key, value))
+
+        monkeypatch.setattr(topic, "send", send)
+    for table in (tables.catalogue, tables.spend, tables.stamps, tables.baskets,
+                  tables.profiles):
+        table.data.clear()
+    tables.CATALOGUE.data.clear()
+    yield captured

@@ -1,0 +1,65 @@
+"""Settings: faust.ini defaults, environment overrides, declarative campaigns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from core.campaigns import DEFAULT_CAMPAIGNS
+from core.config import ConfigError, load_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_faust_ini_defaults_reproduce_the_recipe() -> None:
+    settings = load_settings({"STORESTREAM_CONFIG": str(ROOT / "faust.ini")})
+    assert settings.broker_url == "kafka://localhost:9092"
+    assert settings.web_bind == "127.0.0.1" and settings.web_port == 6066
+    assert settings.web_token is None
+    assert settings.loyalty.tiers.gold_cents == 40_000
+    assert settings.loyalty.stamps.product_id == "coffee" and settings.loyalty.stamps.cycle == 6
+    assert {c.name: c for c in settings.loyalty.campaigns} == {
+        c.name: c for c in DEFAULT_CAMPAIGNS
+    }
+    assert settings.offer_radius_m == 0.9144 and settings.offer_cooldown_s == 1800
+
+
+def test_environment_overrides_the_file() -> None:
+    settings = load_settings({
+        "STORESTREAM_CONFIG": str(ROOT / "faust.ini"), "BROKER_URL": "kafka://k1:9093",
+        "WEB_PORT": "7000", "WEB_TOKEN": "t", "TOPIC_PARTITIONS": "8", "APP_STORE": "rocksdb://",
+        "OFFER_RADIUS_M": "2.5", "TOPIC_PREFIX": "x.",
+    })
+    assert (settings.broker_url, settings.web_port, settings.web_token) == (
+        "kafka://k1:9093", 7000, "t")
+    assert settings.topic_partitions == 8 and settings.store == "rocksdb://"
+    assert settings.offer_radius_m == 2.5 and settings.topics.purchases == "x.purchases"
+
+
+def test_campaigns_and_tiers_come_from_the_ini(tmp_path: Path) -> None:
+    ini = tmp_path / "faust.ini"
+    ini.write_text("[tiers]\ngold = 1000.50\nsilver = 500\nbronze = 100\n"
+                   "[stamps]\nproduct = tea\ncycle = 10\n"
+                   "[campaign pet_lover]\nwatch = dog, cat\nrequire = dog, cat\nmin_spend = 300\n")
+    settings = load_settings({"STORESTREAM_CONFIG": str(ini)})
+    assert settings.loyalty.tiers.gold_cents == 100_050
+    assert settings.loyalty.stamps.product_id == "tea" and settings.loyalty.stamps.cycle == 10
+    (campaign,) = settings.loyalty.campaigns
+    assert campaign.name == "pet_lover" and campaign.min_spend_cents == 30_000
+
+
+@pytest.mark.parametrize("env", [
+    {"PROCESSING_GUARANTEE": "maybe"}, {"APP_STORE": "redis://"}, {"TOPIC_PARTITIONS": "0"},
+    {"WEB_PORT": "http"}, {"OFFER_RADIUS_M": "-1"},
+])
+def test_bad_settings_are_refused_with_a_message(env: dict[str, str]) -> None:
+    with pytest.raises(ConfigError):
+        load_settings({"STORESTREAM_CONFIG": str(ROOT / "faust.ini"), **env})
+
+
+def test_campaign_requiring_an_unwatched_product_is_refused(tmp_path: Path) -> None:
+    ini = tmp_path / "faust.ini"
+    ini.write_text("[campaign broken]\nwatch = dog\nrequire = cat\n")
+    with pytest.raises(ConfigError, match="broken"):
+        load_settings({"STORESTREAM_CONFIG": str(ini)})
