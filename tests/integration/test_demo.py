@@ -1,0 +1,35 @@
+"""`make demo` end to end (its --once mode), on free ports: the recipe's tables are printed."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from app.devstack import free_port
+from tests.integration.harness import ROOT
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_prints_the_recipe_tables_and_stops_cleanly(tmp_path: object) -> None:
+    env = {
+        **os.environ,
+        "BROKER_URL": f"kafka://localhost:{free_port()}",
+        "REDIS_URL": f"redis://localhost:{free_port()}/0",
+        "WEB_PORT": str(free_port()),
+        "APP_DATADIR": str(tmp_path),
+        "STORESTREAM_CONFIG": str(ROOT / "faust.ini"),
+    }
+    done = subprocess.run([sys.executable, "-m", "app.demo", "--once"], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=240)
+    out = done.stdout
+    assert done.returncode == 0, out + done.stderr
+    before, after = out.split("Let's buy him a dog", 1)
+    assert "| kris    | 74.28  | CLIMBING     |" in before
+    assert "| yeva    | 5     | 5        | true          |" in before
+    assert "| kris    | [coffee] | loose_leaf     |" in before
+    assert "| kris    | 324.27 | SILVER       |" in after
+    assert "/customers/kris/" in after
