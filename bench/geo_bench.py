@@ -198,7 +198,9 @@ def measure_round(prepared: list[Prepared]) -> None:
 
 
 def summarise(p: Prepared, base: Prepared, n_points: int) -> dict[str, Any]:
-    """Figures for one case: best and median round, ratios of best rounds to the base."""
+    """Figures for one case: best and median round; ratio of best rounds to the base, and
+    the median over rounds of the same-round ratio (robust to load drifting between rounds).
+    """
     return {
         "case": p.case.name,
         "displays": p.case.displays,
@@ -211,6 +213,10 @@ def summarise(p: Prepared, base: Prepared, n_points: int) -> dict[str, Any]:
         "decide_ns_median": round(statistics.median(p.decide_rounds), 1),
         "hits_per_position": round(p.hits / n_points, 3),
         "near_ratio_to_20": round(min(p.near_rounds) / min(base.near_rounds), 2),
+        "near_ratio_round_median": round(
+            statistics.median(a / b for a, b in zip(p.near_rounds, base.near_rounds, strict=True)),
+            2,
+        ),
         "decide_ratio_to_20": round(min(p.decide_rounds) / min(base.decide_rounds), 2),
     }
 
@@ -250,14 +256,15 @@ def format_table(report: dict[str, Any]) -> str:
     """Plain-text table of a ``run`` report."""
     header = (
         f"{'case':<7} {'displays':>9} {'stores':>6} {'m2/store':>8} {'near ns/pos':>12} {'x20':>6} "
-        f"{'median':>8} {'decide ns/pos':>14} {'x20':>6} {'hits/pos':>9} {'build s':>8}"
+        f"{'median':>8} {'x20 rnd':>7} {'decide ns/pos':>14} {'x20':>6} "
+        f"{'hits/pos':>9} {'build s':>8}"
     )
     lines = [header, "-" * len(header)]
     for r in report["results"]:
         lines.append(
             f"{r['case']:<7} {r['displays']:>9,} {r['stores']:>6} {r['store_m2']:>8,} "
             f"{r['near_ns_per_position']:>12,.0f} {r['near_ratio_to_20']:>6.2f} "
-            f"{r['near_ns_median']:>8,.0f} "
+            f"{r['near_ns_median']:>8,.0f} {r['near_ratio_round_median']:>7.2f} "
             f"{r['decide_ns_per_position']:>14,.0f} {r['decide_ratio_to_20']:>6.2f} "
             f"{r['hits_per_position']:>9.3f} {r['build_s']:>8.2f}"
         )

@@ -50,7 +50,6 @@ DEFAULT_CELL_M = 2.0
 _SAFETY = 1.0 + 1e-9
 _TINY_DEG = 1e-12
 _DEG_PER_RAD = 180.0 / math.pi
-_BAND_ROWS = 256  # rows sharing one column layout (~512 m of latitude with 2 m cells)
 
 DisplayKey: TypeAlias = tuple[str, str]
 
@@ -198,6 +197,12 @@ def _col_range(base: float, dlon: float | None, ncols: int, width: float) -> Seq
     return range(first, last + 1)
 
 
+# One grid row: (column count, column width in degrees, cells by column). A cell holds the
+# unboxed coordinates [lat, lon, lat, lon, ...] of its displays so that the hot scan
+# touches one buffer; the Display objects live in ``_members`` and are only read for hits.
+_Row: TypeAlias = tuple[int, float, dict[int, "array[float]"]]
+
+
 class DisplayIndex:
     """Grid index of active displays keyed by ``(store_id, sku)``; see the module docstring."""
 
@@ -207,11 +212,7 @@ class DisplayIndex:
         self.cell_m = float(cell_m)
         self._dlat = math.degrees(self.cell_m / EARTH_RADIUS_M)
         self._nrows = int(180.0 / self._dlat) + 1
-        # row -> column -> unboxed [lat, lon, lat, lon, ...] of the cell's displays, so the
-        # hot scan touches one buffer; the Display objects (``_members``, same order) are
-        # only read for hits. Column layout is shared by bands of rows (``_bands``).
-        self._grid: dict[int, dict[int, array[float]]] = {}
-        self._bands: dict[int, tuple[int, float]] = {}
+        self._grid: dict[int, _Row] = {}
         self._members: dict[tuple[int, int], list[Display]] = {}
         self._where: dict[DisplayKey, tuple[int, int]] = {}
         self._displays: dict[DisplayKey, Display] = {}
@@ -235,8 +236,10 @@ class DisplayIndex:
         if not display.active:
             return
         row, col = self.cell_of(display.lat, display.lon)
-        cells = self._grid.setdefault(row, {})
-        cells.setdefault(col, array("d")).extend((display.lat, display.lon))
+        grid_row = self._grid.get(row)
+        if grid_row is None:
+            grid_row = self._grid[row] = (*self._row_shape(row), {})
+        grid_row[2].setdefault(col, array("d")).extend((display.lat, display.lon))
         self._members.setdefault((row, col), []).append(display)
         self._where[display.key] = (row, col)
         self._displays[display.key] = display
@@ -251,7 +254,7 @@ class DisplayIndex:
         members = self._members[cell]
         position = next(i for i, member in enumerate(members) if member.key == key)
         del members[position]
-        cells = self._grid[row]
+        cells = self._grid[row][2]
         del cells[col][2 * position : 2 * position + 2]
         if not members:
             del self._members[cell], cells[col]
@@ -288,10 +291,11 @@ class DisplayIndex:
         found: list[tuple[Display, float]] = []
         grid = self._grid
         for row in range(self._row(lat - dlat), self._row(lat + dlat) + 1):
-            cells = grid.get(row)
-            if cells is None:
+            grid_row = grid.get(row)
+            if grid_row is None:
                 continue
-            for col in _col_range(base, dlon, *self._row_shape(row)):
+            ncols, width, cells = grid_row
+            for col in _col_range(base, dlon, ncols, width):
                 coords = cells.get(col)
                 if coords is not None:
                     self._scan(coords, (row, col), lat, lon, radius_m, dlat, dlon, found)
@@ -343,18 +347,12 @@ class DisplayIndex:
         return row if row < self._nrows else self._nrows - 1
 
     def _row_shape(self, row: int) -> tuple[int, float]:
-        """``(columns, column width in degrees)`` of a row, shared by its band of rows."""
-        band = row // _BAND_ROWS
-        shape = self._bands.get(band)
-        if shape is None:
-            shape = self._bands[band] = self._band_shape(band)
-        return shape
-
-    def _band_shape(self, band: int) -> tuple[int, float]:
-        """Widest whole split of 360 degrees keeping cells >= cell_m at the band's poleward edge."""
-        lat_lo = -90.0 + band * _BAND_ROWS * self._dlat
-        lat_hi = lat_lo + _BAND_ROWS * self._dlat
-        edge = min(90.0, max(abs(lat_lo), abs(lat_hi)))
+        """``(columns, column width in degrees)``: cells >= cell_m at the row's poleward edge."""
+        grid_row = self._grid.get(row)
+        if grid_row is not None:
+            return grid_row[0], grid_row[1]
+        lat_lo = -90.0 + row * self._dlat
+        edge = min(90.0, max(abs(lat_lo), abs(lat_lo + self._dlat)))
         circumference = 2.0 * math.pi * EARTH_RADIUS_M * math.cos(math.radians(edge))
         ncols = max(1, int(circumference / self.cell_m))
         return ncols, 360.0 / ncols
