@@ -8,6 +8,6 @@ from app.faust_app import app
 
 import tables.loyalty  # noqa: F401  isort: skip
 import agents.loyalty  # noqa: F401  isort: skip
-from app import commands, views  # noqa: F401  isort: skip
+from app import commands, live, views  # noqa: F401  isort: skip
 
 __all__ = ["app"]

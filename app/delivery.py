@@ -1,0 +1,1 @@
+"""Offer delivery to Redis and Ably: placeholder, being written."""

@@ -1,0 +1,1 @@
+"""The live store page (``/``) and its event stream: placeholder, being written."""
