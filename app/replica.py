@@ -24,9 +24,15 @@ log = logging.getLogger(__name__)
 class TopicReplica(Generic[V]):
     """Follows a compacted topic into a dict (``None`` values are deletes)."""
 
-    def __init__(self, topic: str, decode: Callable[[bytes], V]) -> None:
+    def __init__(
+        self,
+        topic: str,
+        decode: Callable[[bytes], V],
+        on_change: Callable[[str, V | None, V | None], None] | None = None,
+    ) -> None:
         self.topic = topic
         self._decode = decode
+        self._on_change = on_change
         self.data: dict[str, V] = {}
         #: True once everything that existed at start-up has been read.
         self.ready = False
@@ -41,15 +47,19 @@ class TopicReplica(Generic[V]):
         if key is None:
             return
         name = key.decode("utf-8", errors="replace")
+        old = self.data.get(name)
+        new: V | None = None
         if value is None:
             self.data.pop(name, None)
         else:
             try:
-                self.data[name] = self._decode(value)
+                new = self.data[name] = self._decode(value)
             except Exception:  # a record we cannot read must not stop the replica
                 log.exception("replica %s: cannot decode value for %r", self.topic, name)
                 return
         self.applied += 1
+        if self._on_change is not None:
+            self._on_change(name, old, new)
 
     async def run(self, bootstrap: str, auth: dict[str, Any], fetch_wait_ms: int) -> None:
         """Consume forever (cancel to stop)."""

@@ -2,45 +2,34 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import orjson
 
 from app.faust_app import app, replica_connection
 from app.replica import TopicReplica
 from core.pricing import PriceHistory, history_from_json
-
-
-def _table(factory: Any, name: str, help: str, **options: Any) -> Any:
-    """A table with UTF-8 text keys on its changelog, so routing hashes the producer's bytes."""
-    table = factory(name, key_type=str, value_type=None, help=help, **options)
-    table.key_serializer = "utf8"
-    table.value_serializer = "json"
-    table.changelog_topic = table._new_changelog_topic()
-    return table
-
+from tables.base import text_keyed_table
 
 #: product_id -> {"category", "history": [[ts, cents], ...]}; every worker holds all of it.
 # Written by the products agent on the worker that owns the product's partition; every worker
 # reads it through CATALOGUE, a replica of the whole changelog (see app.replica for why not a
 # GlobalTable).
-catalogue = _table(app.Table, "catalogue", "Catalogue price history per product")
+catalogue = text_keyed_table(app.Table, "catalogue", "Catalogue price history per product")
 CATALOGUE: TopicReplica[PriceHistory] = TopicReplica(
     catalogue.changelog_topic.get_topic_name(),
     lambda raw: history_from_json(orjson.loads(raw).get("history")),
 )
 
 #: user_id -> core.loyalty.Spend as JSON (the recipe's sales_totals).
-spend = _table(app.Table, "spend", "Spend, pending purchases and announced tier per customer")
+spend = text_keyed_table(app.Table, "spend", "Spend, pending purchases, announced tier")
 
 #: user_id -> core.loyalty.Stamps as JSON (the recipe's caffeine_index).
-stamps = _table(app.Table, "stamps", "Coffee stamps per customer")
+stamps = text_keyed_table(app.Table, "stamps", "Coffee stamps per customer")
 
 #: user_id -> core.loyalty.Basket as JSON (the recipe's promotion_* tables).
-baskets = _table(app.Table, "baskets", "Watched products bought, campaigns announced")
+baskets = text_keyed_table(app.Table, "baskets", "Watched products bought, campaigns announced")
 
 #: user_id -> {"name", "opt_out", "last_offset"}.
-profiles = _table(app.Table, "profiles", "Customer profile and consent")
+profiles = text_keyed_table(app.Table, "profiles", "Customer profile and consent")
 
 
 def price_history(product_id: str) -> PriceHistory:

@@ -1,0 +1,94 @@
+"""In-store tables: display positions, promotions, and per-shopper offer cooldowns.
+
+Displays and promotions are written by their agents on the worker owning the record's
+partition and followed by every worker into a replica plus a spatial / promotion index
+(see app.replica). The shopper table holds only cooldown state: no raw positions are stored.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from app.faust_app import app, replica_connection
+from app.replica import TopicReplica
+from core.geo import Display, DisplayIndex, parse_display
+from core.offers import Promotion, PromotionIndex, parse_promotion
+from tables.base import text_keyed_table
+
+#: "store_id/sku" -> display record (normalised fields).
+displays = text_keyed_table(app.Table, "displays", "Product displays and their positions")
+#: pid -> promotion record (normalised fields; active=false once ended).
+promotions = text_keyed_table(app.Table, "promotions", "Promotions by pid")
+#: uid -> {"last_offered": {"pid|sku": ts}, "last_offset": n}; no positions.
+shoppers = text_keyed_table(app.Table, "shoppers", "Offer cooldowns per shopper")
+
+DISPLAY_INDEX = DisplayIndex()
+PROMOTION_INDEX = PromotionIndex()
+
+
+def display_key(display: Display) -> str:
+    """Table key of a display: its identity ``store_id/sku``."""
+    return f"{display.store_id}/{display.sku}"
+
+
+def display_record(display: Display) -> dict[str, Any]:
+    """The stored (and replicated) form of a display."""
+    return {"sku": display.sku, "lat": display.lat, "lon": display.lon,
+            "segment": display.segment, "variant": display.variant,
+            "store_id": display.store_id, "active": display.active}
+
+
+def promotion_record(promo: Promotion) -> dict[str, Any]:
+    """The stored (and replicated) form of a promotion."""
+    return {"pid": promo.pid, "sku": promo.sku, "segment": promo.segment,
+            "discount_pct": str(promo.discount_pct),
+            "min_tier": None if promo.min_tier is None else promo.min_tier.name,
+            "active": promo.active, "ts": promo.ts}
+
+
+def _display_changed(key: str, old: Display | None, new: Display | None) -> None:
+    if old is not None:
+        DISPLAY_INDEX.remove(old.store_id, old.sku)
+    if new is not None:
+        DISPLAY_INDEX.upsert(new)
+
+
+def _promotion_changed(key: str, old: Promotion | None, new: Promotion | None) -> None:
+    if new is None:
+        PROMOTION_INDEX.remove(key)
+    else:
+        PROMOTION_INDEX.upsert(new)
+
+
+DISPLAYS: TopicReplica[Display] = TopicReplica(
+    displays.changelog_topic.get_topic_name(),
+    lambda raw: parse_display(orjson.loads(raw)),
+    _display_changed,
+)
+PROMOTIONS: TopicReplica[Promotion] = TopicReplica(
+    promotions.changelog_topic.get_topic_name(),
+    lambda raw: parse_promotion(orjson.loads(raw)),
+    _promotion_changed,
+)
+
+
+def store_snapshot(store_id: str | None = None) -> dict[str, Any]:
+    """Displays (optionally of one store) and the promotions currently active, for the map."""
+    shown = [display_record(d) for d in DISPLAY_INDEX
+             if store_id is None or d.store_id == store_id]
+    active = [promotion_record(p) for p in PROMOTIONS.data.values() if p.active]
+    return {"displays": shown, "promotions": active}
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def follow_displays() -> None:
+    """Keep this worker's replica of every display up to date."""
+    await DISPLAYS.run(*replica_connection())
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def follow_promotions() -> None:
+    """Keep this worker's replica of every promotion up to date."""
+    await PROMOTIONS.run(*replica_connection())
