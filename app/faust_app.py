@@ -83,6 +83,7 @@ def replica_connection() -> tuple[str, dict[str, Any], int]:
 METRICS = Metrics()
 METRICS.describe("storestream_events_total", "counter", "Events processed, by topic and outcome")
 METRICS.describe("storestream_dead_letters_total", "counter", "Events sent to dead-letters")
+METRICS.describe("storestream_offers_total", "counter", "Offers emitted, by store")
 METRICS.describe("storestream_ready", "gauge", "1 once recovered and processing")
 METRICS.describe("storestream_replica_keys", "gauge", "Keys in this worker's replica")
 METRICS.describe("storestream_replica_applied_total", "counter",

@@ -9,6 +9,7 @@ from app.settings import SETTINGS
 from core.loyalty import Basket, Spend, Stamps, campaigns_met, coffee_status, view_spend
 from core.money import cents_to_number
 from tables.loyalty import CATALOGUE, baskets, price_history, profiles, spend, stamps
+from tables.offers import DISPLAYS, PROMOTIONS
 
 RULES = SETTINGS.loyalty
 
@@ -57,6 +58,8 @@ def is_ready() -> bool:
         and not recovery.in_recovery
         and not app.rebalancing
         and CATALOGUE.ready
+        and DISPLAYS.ready
+        and PROMOTIONS.ready
     )
 
 
@@ -70,8 +73,10 @@ async def health(web: Any, request: Any) -> Any:
 async def metrics(web: Any, request: Any) -> Any:
     """Prometheus text format."""
     METRICS.set("storestream_ready", 1.0 if is_ready() else 0.0)
-    METRICS.set("storestream_replica_keys", float(len(CATALOGUE.data)), table="catalogue")
-    METRICS.set("storestream_replica_applied_total", float(CATALOGUE.applied), table="catalogue")
+    for name, replica in (("catalogue", CATALOGUE), ("displays", DISPLAYS),
+                          ("promotions", PROMOTIONS)):
+        METRICS.set("storestream_replica_keys", float(len(replica.data)), table=name)
+        METRICS.set("storestream_replica_applied_total", float(replica.applied), table=name)
     return web.text(METRICS.render(), content_type="text/plain; version=0.0.4")
 
 

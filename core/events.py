@@ -13,8 +13,10 @@ from typing import Any
 
 import orjson
 
+from core.geo import Display, parse_display
 from core.loyalty import Purchase
 from core.money import MoneyError, to_cents
+from core.offers import Promotion, parse_promotion
 
 #: Values larger than this are rejected before decoding (a poison pill, not an event).
 MAX_VALUE_BYTES = 256 * 1024
@@ -175,3 +177,72 @@ def parse_purchase(raw: bytes | None, key: str | None, record_ts: float) -> Purc
         price_cents=price_cents(event) if event.get("price") is not None else None,
         purchase_id=None if purchase_id is None else str(purchase_id),
     )
+
+
+@dataclass(frozen=True, slots=True)
+class Position:
+    """A validated shopper position (``customers.locations``)."""
+
+    uid: str
+    lat: float
+    lon: float
+    ts: float
+    store_id: str | None = None
+    accuracy_m: float | None = None
+
+
+def _coordinates(event: dict[str, Any]) -> tuple[float, float]:
+    """``lat``/``lon`` (or ``latitude``/``longitude``), range-checked like GEO_DISTANCE."""
+    for short, long in (("lat", "latitude"), ("lon", "longitude")):
+        if event.get(short) is None and event.get(long) is not None:
+            event[short] = event[long]
+    lat, lon = number(event, "lat"), number(event, "lon")
+    if not -90.0 <= lat <= 90.0:
+        raise BadEvent(f"latitude {lat!r} is outside [-90, 90]")
+    if not -180.0 <= lon <= 180.0:
+        raise BadEvent(f"longitude {lon!r} is outside [-180, 180]")
+    return lat, lon
+
+
+def parse_position(raw: bytes | None, key: str | None, record_ts: float) -> Position:
+    """A ``customers.locations`` event."""
+    event = decode_object(raw)
+    uid = required_str(event, "uid")
+    check_key(key, uid, "uid")
+    lat, lon = _coordinates(event)
+    accuracy = event.get("accuracy_m")
+    if accuracy is not None and _finite(accuracy, "accuracy_m") < 0:
+        raise BadEvent("field 'accuracy_m' must be >= 0")
+    store = event.get("store_id")
+    if store is not None and (isinstance(store, bool) or not isinstance(store, str | int)):
+        raise BadEvent("field 'store_id' must be a string")
+    return Position(uid=uid, lat=lat, lon=lon, ts=event_time(event, record_ts),
+                    store_id=None if store is None else str(store),
+                    accuracy_m=None if accuracy is None else float(accuracy))
+
+
+def parse_display_event(raw: bytes | None, key: str | None) -> Display:
+    """A ``stores.products`` event (``sku`` may be a number; it becomes a string)."""
+    event = decode_object(raw)
+    _coordinates(event)
+    try:
+        display = parse_display(event)
+    except ValueError as exc:
+        raise BadEvent(str(exc)) from exc
+    check_key(key, display.sku, "sku")
+    return display
+
+
+def parse_promotion_event(raw: bytes | None, key: str | None, record_ts: float) -> Promotion:
+    """A ``products.promotions`` event (``active: false`` ends the promotion)."""
+    event = decode_object(raw)
+    if event.get("ts") is None:
+        event["ts"] = record_ts
+    else:
+        event_time(event, record_ts)
+    try:
+        promotion = parse_promotion(event)
+    except ValueError as exc:
+        raise BadEvent(str(exc)) from exc
+    check_key(key, promotion.pid, "pid")
+    return promotion

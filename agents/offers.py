@@ -1,0 +1,129 @@
+"""Agents for ``stores.products``, ``products.promotions`` and ``customers.locations``.
+
+The distance join: each shopper position is matched against the displays near it (spatial
+index, never a scan) whose sku or segment is on an active promotion; eligible offers go to
+``customers.promotions``. Positions are not stored: only offer cooldowns are.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+from faust.types import StreamT
+
+from agents.common import OK, handle
+from app.deadletters import decode_key
+from app.faust_app import METRICS, app
+from app.settings import SETTINGS
+from app.topics import displays_topic, locations_topic, offers_topic, promotions_topic
+from core.events import parse_display_event, parse_position, parse_promotion_event
+from core.loyalty import Spend, view_spend
+from core.offers import (
+    CooldownKey,
+    decide_offers,
+    prune_last_offered,
+    record_offers,
+)
+from tables.loyalty import price_history, profiles, spend
+from tables.offers import (
+    DISPLAY_INDEX,
+    PROMOTION_INDEX,
+    display_key,
+    display_record,
+    displays,
+    promotion_record,
+    promotions,
+    shoppers,
+)
+
+RULES = SETTINGS.loyalty
+SEP = "\x1f"
+
+
+async def apply_display(message: Any) -> str:
+    """Record a display's position (``active: false`` keeps it, inactive)."""
+    display = parse_display_event(message.value, decode_key(message.key))
+    displays[display_key(display)] = display_record(display)
+    return OK
+
+
+async def apply_promotion(message: Any) -> str:
+    """Start, change or end a promotion."""
+    promotion = parse_promotion_event(message.value, decode_key(message.key), message.timestamp)
+    current = promotions.get(promotion.pid)
+    if current is not None and float(current.get("ts") or 0.0) > promotion.ts:
+        return OK  # an older record arriving late never overrides a newer one
+    promotions[promotion.pid] = promotion_record(promotion)
+    return OK
+
+
+def customer_tier(uid: str) -> str:
+    """The shopper's current reward tier (local: locations are keyed by customer too)."""
+    raw = spend.get(uid)
+    if raw is None:
+        return "CLIMBING"
+    return view_spend(Spend.from_json(raw), price_history, RULES).tier
+
+
+def _cooldowns(raw: dict[str, float] | None) -> dict[CooldownKey, float]:
+    out: dict[CooldownKey, float] = {}
+    for key, ts in (raw or {}).items():
+        pid, _, sku = key.partition(SEP)
+        out[(pid, sku)] = float(ts)
+    return out
+
+
+async def apply_position(message: Any) -> str:
+    """Match one shopper position against nearby promoted displays; emit offers."""
+    position = parse_position(message.value, decode_key(message.key), message.timestamp)
+    uid = position.uid
+    profile = profiles.get(uid) or {}
+    state = shoppers.get(uid) or {}
+    last_offered = _cooldowns(state.get("last_offered"))
+    # Re-processing the very same position (a redelivery) yields the very same offers and
+    # ids, which delivery de-duplicates; anything else in the cooldown window is blocked.
+    blocking = {k: ts for k, ts in last_offered.items() if ts != position.ts}
+    offers = decide_offers(
+        uid, position.lat, position.lon, position.ts,
+        opted_out=bool(profile.get("opt_out", False)),
+        tier=customer_tier(uid),
+        displays=DISPLAY_INDEX,
+        promotions=PROMOTION_INDEX,
+        last_offered=blocking,
+        radius_m=SETTINGS.offer_radius_m,
+        cooldown_s=SETTINGS.offer_cooldown_s,
+    )
+    if not offers:
+        return OK
+    updated = prune_last_offered(
+        record_offers(last_offered, offers),
+        position.ts - SETTINGS.offer_cooldown_s,
+        SETTINGS.offer_cooldown_s,
+    )
+    shoppers[uid] = {"last_offered": {f"{p}{SEP}{s}": ts for (p, s), ts in updated.items()}}
+    for offer in offers:
+        await offers_topic.send(key=uid.encode(), value=orjson.dumps(offer.to_record()))
+        METRICS.inc("storestream_offers_total", store=offer.store_id or "-")
+    return OK
+
+
+@app.agent(displays_topic, name="displays")
+async def process_displays(stream: StreamT[bytes]) -> None:
+    """Display positions."""
+    async for event in stream.events():
+        await handle("displays", event.message, apply_display)
+
+
+@app.agent(promotions_topic, name="promotions")
+async def process_promotions(stream: StreamT[bytes]) -> None:
+    """Promotions starting, changing and ending."""
+    async for event in stream.events():
+        await handle("promotions", event.message, apply_promotion)
+
+
+@app.agent(locations_topic, name="locations")
+async def process_locations(stream: StreamT[bytes]) -> None:
+    """The distance join: positions -> offers."""
+    async for event in stream.events():
+        await handle("locations", event.message, apply_position)

@@ -1,0 +1,109 @@
+"""In-store offers end to end on the real broker: the distance join and every offer rule."""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from tests.integration import store
+from tests.integration.harness import Deployment, Worker, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def wait_replicas(worker: Worker, displays: int, promotions: int) -> None:
+    wait_for("displays and promotions on the worker", lambda: worker.metric(
+        "storestream_replica_keys", table="displays") == displays and worker.metric(
+        "storestream_replica_applied_total", table="promotions") >= promotions, 30)
+
+
+def test_offers_follow_radius_segment_sku_tier_opt_out_cooldown_and_promotion_end(
+    deployment: Deployment,
+) -> None:
+    worker = deployment.start_worker("w1")
+    worker.wait_ready()
+    deployment.produce(store.display_records() + store.promotion_records() + [
+        ("users", "olga", {"user_id": "olga", "opt_out": True}),
+        ("purchases", "goldie", {"user_id": "goldie", "product_id": "tv", "price": 500}),
+    ])
+    wait_replicas(worker, displays=3, promotions=4)
+    wait_for("goldie is GOLD", lambda: worker.get("/customers/goldie/")[1].get(
+        "reward_level") == "GOLD", 30)
+    wait_for("olga's opt-out", lambda: worker.get("/customers/olga/")[0] == 200, 30)
+
+    deployment.produce([
+        store.position("alice", store.D1, 1000, north_m=0.5),   # tea segment + sku 1001
+        store.position("alice", store.D1, 1010, north_m=2.0),   # outside 0.9144 m
+        store.position("alice", store.D2, 1020),                # sku 2002
+        store.position("alice", store.D3, 1030),                # tea; p-gold gated
+        store.position("goldie", store.D3, 1040),               # tea + p-gold
+        store.position("olga", store.D1, 1050),                 # opted out
+        store.position("alice", store.D1, 1060),                # cooldown
+        store.position("alice", store.D1, 2801),                # cooldown over
+    ])
+    first = deployment.read_topic("customers.promotions", expect=8, timeout=30)
+    deployment.produce([("products.promotions", "p-off",
+                         {"pid": "p-off", "sku": "1001", "discount_pct": 12.5,
+                          "active": False, "ts": 3000.0})])
+    wait_replicas(worker, displays=3, promotions=5)
+    deployment.produce([store.position("bob", store.D1, 3100)])
+    offers = deployment.read_topic("customers.promotions", expect=9, timeout=30)
+    assert len(first) == 8 and len(offers) == 9
+
+    got = Counter((o["uid"], o["pid"], o["sku"], o["ts"]) for o in offers)
+    assert got == Counter({
+        ("alice", "p-seg", "1001", 1000): 1, ("alice", "p-off", "1001", 1000): 1,
+        ("alice", "p-sku", "2002", 1020): 1,
+        ("alice", "p-seg", "3003", 1030): 1,
+        ("goldie", "p-seg", "3003", 1040): 1, ("goldie", "p-gold", "3003", 1040): 1,
+        ("alice", "p-seg", "1001", 2801): 1, ("alice", "p-off", "1001", 2801): 1,
+        ("bob", "p-seg", "1001", 3100): 1,
+    })
+    by_key = {(o["uid"], o["pid"], o["ts"]): o for o in offers}
+    near = by_key[("alice", "p-seg", 1000)]
+    assert near["_key"] == "alice" and near["store_id"] == "s1" and near["variant"] == "green"
+    assert near["segment"] == "tea" and 0.49 < near["distance_m"] < 0.51
+    assert by_key[("alice", "p-off", 1000)]["discount_pct"] == "12.5"
+    assert by_key[("alice", "p-seg", 1000)]["offer_id"] != by_key[("alice", "p-seg", 2801)][
+        "offer_id"]
+    assert len({o["offer_id"] for o in offers}) == 9
+    assert worker.metric("storestream_dead_letters_total") == 0
+
+
+def test_bad_positions_displays_and_promotions_are_dead_lettered(deployment: Deployment) -> None:
+    worker = deployment.start_worker("w1")
+    worker.wait_ready()
+    deployment.produce([
+        ("customers.locations", "u1", {"uid": "u1", "lat": 91.0, "lon": 0.0}),
+        ("customers.locations", "u1", {"uid": "u1", "lat": 0.0, "lon": -180.5}),
+        ("customers.locations", "u1", {"uid": "u1", "lat": "north", "lon": 0.0}),
+        ("stores.products", "9", {"sku": 9, "lat": 0.0}),
+        ("products.promotions", "p9", {"pid": "p9", "discount_pct": 5}),
+        ("products.promotions", "p8", {"pid": "p8", "sku": "1", "discount_pct": 101}),
+    ])
+    letters = deployment.read_topic("dead-letters", expect=6, timeout=30)
+    assert len(letters) == 6
+    reasons = " | ".join(d["error"] for d in letters)
+    assert "outside [-90, 90]" in reasons and "outside [-180, 180]" in reasons
+    assert "neither sku nor segment" in reasons
+    assert worker.process.poll() is None
+
+
+def test_two_workers_both_know_every_display_and_promotion(deployment: Deployment) -> None:
+    first = deployment.start_worker("w1")
+    second = deployment.start_worker("w2")
+    first.wait_ready()
+    second.wait_ready()
+    wait_for("both workers to own partitions", lambda: len(first.get("/router/")[1]) == 2
+             and first.get("/health")[0] == 200 and second.get("/health")[0] == 200, 90)
+    deployment.produce(store.display_records() + store.promotion_records())
+    for worker in (first, second):
+        wait_replicas(worker, displays=3, promotions=4)
+    shoppers = [f"shopper{n:02d}" for n in range(24)]
+    deployment.produce([store.position(uid, store.D2, 5000) for uid in shoppers])
+    offers = deployment.read_topic("customers.promotions", expect=len(shoppers), timeout=60)
+    assert sorted(o["uid"] for o in offers) == shoppers
+    assert all(o["pid"] == "p-sku" for o in offers)
+    made = [w.metric("storestream_offers_total") for w in (first, second)]
+    assert all(n > 0 for n in made) and sum(made) == len(shoppers), made
