@@ -1,0 +1,124 @@
+"""The demo store's floor plan and a shopper walk model (pure, deterministic for a seed)."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+STORE_ID = "flagship"
+ORIGIN = (51.5074, -0.1278)  # the store's south-west corner
+M_PER_DEG = 6_371_000 * math.pi / 180
+AISLES = ("tea", "coffee", "bakery", "pets", "fashion", "produce")
+DISPLAYS_PER_AISLE = 8
+AISLE_GAP_M = 4.0
+DISPLAY_GAP_M = 2.5
+WALK_SPEED_M_S = 1.2
+DWELL_S = 4.0
+
+
+def to_latlon(x_m: float, y_m: float) -> tuple[float, float]:
+    """Store coordinates (metres east, north of the origin) to latitude/longitude."""
+    lat = ORIGIN[0] + y_m / M_PER_DEG
+    lon = ORIGIN[1] + x_m / (M_PER_DEG * math.cos(math.radians(ORIGIN[0])))
+    return lat, lon
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedDisplay:
+    """A display on the floor plan, in store coordinates."""
+
+    sku: str
+    segment: str
+    variant: str
+    x_m: float
+    y_m: float
+
+    def record(self) -> dict[str, Any]:
+        """The ``stores.products`` event for this display."""
+        lat, lon = to_latlon(self.x_m, self.y_m)
+        return {"sku": self.sku, "lat": lat, "lon": lon, "segment": self.segment,
+                "variant": self.variant, "store_id": STORE_ID, "active": True}
+
+
+def floor_plan() -> list[PlannedDisplay]:
+    """Six aisles of eight displays each."""
+    plan = []
+    for aisle, segment in enumerate(AISLES):
+        for slot in range(DISPLAYS_PER_AISLE):
+            plan.append(PlannedDisplay(
+                sku=str(1000 + aisle * 100 + slot), segment=segment,
+                variant=f"{segment}-{slot + 1}",
+                x_m=2.0 + slot * DISPLAY_GAP_M, y_m=2.0 + aisle * AISLE_GAP_M,
+            ))
+    return plan
+
+
+def promotions() -> list[dict[str, Any]]:
+    """The demo's promotions: by segment, by sku, and tier-gated."""
+    return [
+        {"pid": "tea-week", "segment": "tea", "discount_pct": 10, "ts": 0.0},
+        {"pid": "espresso-1203", "sku": "1103", "discount_pct": 15, "ts": 0.0},
+        {"pid": "croissant-2for1", "sku": "1205", "discount_pct": 50, "ts": 0.0},
+        {"pid": "pets-gold", "segment": "pets", "discount_pct": 25, "min_tier": "GOLD",
+         "ts": 0.0},
+        {"pid": "fashion-silver", "segment": "fashion", "discount_pct": 20,
+         "min_tier": "SILVER", "ts": 0.0},
+    ]
+
+
+@dataclass(slots=True)
+class Shopper:
+    """A shopper walking from display to display."""
+
+    uid: str
+    x_m: float
+    y_m: float
+    target: PlannedDisplay
+    dwell_left_s: float = 0.0
+
+
+class StoreWalk:
+    """Shoppers wandering the floor plan; ``step`` advances one shopper by ``dt`` seconds."""
+
+    def __init__(self, shoppers: int, seed: int = 42) -> None:
+        self._rnd = random.Random(seed)
+        self._plan = floor_plan()
+        self.shoppers = [
+            Shopper(uid=f"shopper-{n:03d}", x_m=0.5, y_m=0.5 + n % 20,
+                    target=self._rnd.choice(self._plan))
+            for n in range(shoppers)
+        ]
+
+    def step(self, shopper: Shopper, dt: float) -> tuple[float, float]:
+        """Move (or dwell) for ``dt`` seconds; returns the new latitude/longitude."""
+        if shopper.dwell_left_s > 0:
+            shopper.dwell_left_s -= dt
+            if shopper.dwell_left_s <= 0:
+                shopper.target = self._rnd.choice(self._plan)
+            return to_latlon(shopper.x_m, shopper.y_m)
+        # stand just in front of the display (within the three-foot radius)
+        tx, ty = shopper.target.x_m, shopper.target.y_m - 0.4
+        dx, dy = tx - shopper.x_m, ty - shopper.y_m
+        distance = math.hypot(dx, dy)
+        reach = WALK_SPEED_M_S * dt
+        if distance <= reach:
+            shopper.x_m, shopper.y_m = tx, ty
+            shopper.dwell_left_s = DWELL_S * (0.5 + self._rnd.random())
+        else:
+            shopper.x_m += dx / distance * reach
+            shopper.y_m += dy / distance * reach
+        return to_latlon(shopper.x_m, shopper.y_m)
+
+    def positions(self, rate: float, start_ts: float) -> Iterator[dict[str, Any]]:
+        """Endless position events at ``rate`` per second in total (event time from start_ts)."""
+        dt_each = len(self.shoppers) / rate
+        ts = start_ts
+        while True:
+            for shopper in self.shoppers:
+                ts += 1.0 / rate
+                lat, lon = self.step(shopper, dt_each)
+                yield {"uid": shopper.uid, "lat": lat, "lon": lon, "store_id": STORE_ID,
+                       "ts": round(ts, 3)}
