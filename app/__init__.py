@@ -3,14 +3,18 @@
 Importing this package builds the app from ``faust.ini`` and the environment and registers
 every table, agent, web view and command (registration is the side effect of each import).
 """
+# ruff: noqa: F401
 
-import tables.loyalty
 from app.faust_app import app
 
-import tables.offers  # noqa: F401  isort: skip
+# isort: off
+import tables.loyalty
+import tables.offers
 import agents.loyalty
+import agents.offers
+import agents.delivery
+from app import commands, live, views
 
-import agents.offers  # noqa: F401  isort: skip
-from app import commands, live, views  # noqa: F401  isort: skip
+# isort: on
 
 __all__ = ["app"]

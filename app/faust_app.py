@@ -84,6 +84,10 @@ METRICS = Metrics()
 METRICS.describe("storestream_events_total", "counter", "Events processed, by topic and outcome")
 METRICS.describe("storestream_dead_letters_total", "counter", "Events sent to dead-letters")
 METRICS.describe("storestream_offers_total", "counter", "Offers emitted, by store")
+METRICS.describe("storestream_offers_delivered_total", "counter",
+                 "Offers pushed, by sink and outcome (delivered or duplicate)")
+METRICS.describe("storestream_offer_delivery_failures_total", "counter",
+                 "Offers that could not be pushed (dead-lettered), by kind")
 METRICS.describe("storestream_ready", "gauge", "1 once recovered and processing")
 METRICS.describe("storestream_replica_keys", "gauge", "Keys in this worker's replica")
 METRICS.describe("storestream_replica_applied_total", "counter",
