@@ -66,16 +66,30 @@ def wait_until(what: str, check: Any, timeout: float) -> None:
     raise TimeoutError(f"{what} did not happen within {timeout:.0f} s (see {LOG_DIR})")
 
 
-def counted_events() -> int:
-    """Events the worker has processed (ok or dead-lettered), from ``/metrics``."""
+def metric_sum(name: str) -> float:
+    """Sum of every series of a metric on ``/metrics`` (-1 when unreachable)."""
     status, body = http_get("/metrics")
     if status != 200:
-        return -1
+        return -1.0
     total = 0.0
     for line in body.decode().splitlines():
-        if line.startswith("storestream_events_total{"):
+        if line.startswith(name + "{") or line.startswith(name + " "):
             total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+    return total
+
+
+def counted_events() -> int:
+    """Events the worker has processed (ok or dead-lettered), from ``/metrics``."""
+    return int(metric_sum("storestream_events_total"))
+
+
+def start_simulator(once: bool) -> subprocess.Popen[bytes]:
+    """``faust -A app simulate``: its progress line goes to this terminal."""
+    duration = ["--duration", "8", "--rate", "40"] if once else ["--rate", "15"]
+    return subprocess.Popen(
+        [sys.executable, "-m", "faust", "-A", "app", "simulate", "--shoppers", "12", *duration],
+        start_new_session=True, env=os.environ.copy(),
+    )
 
 
 def start_worker() -> subprocess.Popen[bytes]:
@@ -138,6 +152,7 @@ def main(once: bool = False) -> int:
         say(f"cannot start the embedded stack: {exc}")
         return 2
     worker: subprocess.Popen[bytes] | None = None
+    simulator: subprocess.Popen[bytes] | None = None
     try:
         say(f"  broker {stack.broker_url}   redis {stack.redis_url}   (in memory: nothing "
             "survives a restart)")
@@ -165,8 +180,18 @@ def main(once: bool = False) -> int:
         say(table("sales_totals", ["USER_ID", "TOTAL", "REWARD_LEVEL"],
                   [[n, f"{docs[n]['total']:.2f}", docs[n]["reward_level"]] for n in names]))
 
+        say("\nThe store: 48 displays in six aisles, five promotions, shoppers walking about")
+        simulator = start_simulator(once)
+        if once:
+            simulator.wait(timeout=60)
+            wait_until("offers to reach the shoppers", lambda: metric_sum(
+                "storestream_offers_delivered_total") > 0, 30)
+        say(f"  offers so far: {metric_sum('storestream_offers_total'):.0f} "
+            f"(delivered to Redis: {metric_sum('storestream_offers_delivered_total'):.0f})")
+
         auth = ' -H "Authorization: Bearer $WEB_TOKEN"' if SETTINGS.web_token else ""
-        say(f"\nWeb view: {WEB}")
+        say(f"\nLive store page: {WEB}/" + ("?token=$WEB_TOKEN" if SETTINGS.web_token else ""))
+        say(f"Web view: {WEB}")
         say(f"  curl{auth} {WEB}/customers/kris/")
         say(f"  curl{auth} {WEB}/table/spend/      (Faust's built-in table view)")
         say(f"  curl {WEB}/health   curl {WEB}/metrics")
@@ -182,12 +207,13 @@ def main(once: bool = False) -> int:
         return 1
     finally:
         say("stopping...")
-        if worker is not None and worker.poll() is None:
-            os.killpg(worker.pid, signal.SIGTERM)
-            try:
-                worker.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                os.killpg(worker.pid, signal.SIGKILL)
+        for process in (simulator, worker):
+            if process is not None and process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+                try:
+                    process.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
         stack.stop()
     return 0
 
