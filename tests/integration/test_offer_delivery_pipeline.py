@@ -1,0 +1,92 @@
+"""Offers pushed end to end: worker -> customers.promotions -> delivery agent -> Redis + Ably."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import orjson
+import pytest
+import redis.asyncio as redis
+
+from app.devstack import DevStack
+from tests.integration import store
+from tests.integration.ably_stub import AblyStub
+from tests.integration.harness import Deployment, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def ably() -> Iterator[AblyStub]:
+    with AblyStub() as stub:
+        yield stub
+
+
+@pytest.fixture
+def pushed(stack: DevStack, tmp_path: Path, ably: AblyStub) -> Iterator[Deployment]:
+    """A deployment whose workers push offers to the session's redis and the Ably stub."""
+    deployed = Deployment(stack, tmp_path, extra_env={
+        "ABLY_API_KEY": str(ably.api_key), "ABLY_REST_HOST": ably.host,
+        "ABLY_REST_PORT": str(ably.port), "ABLY_TLS": "false",
+    })
+    deployed.create_topics()
+    yield deployed
+    deployed.stop()
+
+
+def stream_entries(redis_url: str, stream: str) -> list[dict[str, str]]:
+    async def read() -> list[dict[str, str]]:
+        client = redis.from_url(redis_url, decode_responses=True)
+        try:
+            return [fields for _, fields in await client.xrange(stream)]
+        finally:
+            await client.aclose()
+    return asyncio.run(read())
+
+
+def test_each_offer_is_pushed_once_to_redis_and_ably(pushed: Deployment, ably: AblyStub) -> None:
+    worker = pushed.start_worker("w1")
+    worker.wait_ready()
+    pushed.produce(store.display_records() + store.promotion_records())
+    wait_for("the store", lambda: worker.metric("storestream_replica_keys",
+                                                table="displays") == 3, 30)
+    pushed.produce([store.position("alice", store.D2, 100), store.position("bob", store.D2, 101)])
+    offers = pushed.read_topic("customers.promotions", expect=2, timeout=30)
+    assert len(offers) == 2
+
+    # The same offer record again (a redelivery): pushed once, Ably sees the same id.
+    again = {k: v for k, v in offers[0].items() if not k.startswith("_")}
+    pushed.produce([("customers.promotions", again["uid"], again)])
+    wait_for("three deliveries", lambda: worker.metric(
+        "storestream_offers_delivered_total", sink="redis") >= 3, 30)
+
+    prefix = pushed.settings.topics.prefix
+    entries = stream_entries(pushed.stack.redis_url, f"{prefix}offers")
+    assert sorted(e["offer_id"] for e in entries) == sorted(o["offer_id"] for o in offers)
+    assert worker.metric("storestream_offers_delivered_total", sink="redis",
+                         outcome="duplicate") == 1
+    wait_for("ably publishes", lambda: len(ably.published) >= 3, 30)
+    assert sorted(ably.unique_ids()) == sorted(o["offer_id"] for o in offers)
+    for offer in offers:
+        (message, *_) = ably.on_channel(f"{prefix}offers:{offer['uid']}")
+        assert message.id == offer["offer_id"] and message.name == "offer"
+        assert message.data["pid"] == "p-sku"
+
+
+def test_permanent_push_failure_goes_to_dead_letters(pushed: Deployment, ably: AblyStub) -> None:
+    worker = pushed.start_worker("w1")
+    worker.wait_ready()
+    ably.fail_next(1, 401, code=40101, message="invalid credentials")
+    offer = {"offer_id": "o-1", "uid": "carol", "pid": "p", "sku": "1", "segment": None,
+             "variant": None, "store_id": "s1", "discount_pct": 5, "distance_m": 0.1, "ts": 1.0}
+    pushed.produce([("customers.promotions", "carol", offer),
+                    ("customers.promotions", "carol", b"not an offer")])
+    letters = pushed.read_topic("dead-letters", expect=2, timeout=30)
+    assert len(letters) == 2
+    reasons = sorted(d["error"] for d in letters)
+    assert any("permanent" in r and "401" in r for r in reasons), reasons
+    assert any("not valid JSON" in r for r in reasons), reasons
+    assert orjson.loads(next(d for d in letters if "401" in d["error"])["raw"])["offer_id"] == "o-1"
+    assert worker.process.poll() is None
