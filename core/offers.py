@@ -32,7 +32,6 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
-from enum import IntEnum
 from typing import TypeAlias
 
 from core.geo import (
@@ -46,20 +45,12 @@ from core.geo import (
     parse_float,
     valid_coordinates,
 )
+from core.tiers import Tier
 
 DEFAULT_COOLDOWN_S = 1800.0
 
 Discount: TypeAlias = int | Decimal
 CooldownKey: TypeAlias = tuple[str, str]
-
-
-class Tier(IntEnum):
-    """Loyalty tiers, lowest first."""
-
-    CLIMBING = 0
-    BRONZE = 1
-    SILVER = 2
-    GOLD = 3
 
 
 def parse_tier(value: object) -> Tier | None:

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
+
+
+class Tier(IntEnum):
+    """Reward tiers, lowest first (so tiers compare by rank)."""
+
+    CLIMBING = 0
+    BRONZE = 1
+    SILVER = 2
+    GOLD = 3
+
 
 GOLD = "GOLD"
 SILVER = "SILVER"
@@ -10,7 +21,7 @@ BRONZE = "BRONZE"
 CLIMBING = "CLIMBING"
 
 #: Lowest to highest.
-TIER_ORDER: tuple[str, ...] = (CLIMBING, BRONZE, SILVER, GOLD)
+TIER_ORDER: tuple[str, ...] = tuple(tier.name for tier in Tier)
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,12 +49,7 @@ def tier_for(total_cents: int, thresholds: TierThresholds = TierThresholds()) ->
 
 
 def tier_rank(tier: str | None) -> int:
-    """Position of a tier in :data:`TIER_ORDER` (unknown or ``None`` ranks lowest)."""
-    if tier is None or tier not in TIER_ORDER:
-        return 0
-    return TIER_ORDER.index(tier)
-
-
-def is_tier(value: object) -> bool:
-    """True for one of the four tier names."""
-    return isinstance(value, str) and value in TIER_ORDER
+    """Rank of a tier name (unknown or ``None`` ranks lowest, as CLIMBING)."""
+    if tier is None or tier not in Tier.__members__:
+        return Tier.CLIMBING
+    return Tier[tier].value
