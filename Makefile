@@ -42,7 +42,7 @@ integration: install
 	$(BIN)/python -m pytest -q tests/integration
 
 bench: install
-	$(BIN)/python -m bench.geo_bench
+	$(BIN)/python -m bench.geo_bench --json bench/results/geo.json
 
 devstack: install
 	$(BIN)/faust -A app devstack
