@@ -32,4 +32,6 @@ def test_demo_prints_the_recipe_tables_and_stops_cleanly(tmp_path: object) -> No
     assert "| yeva    | 5     | 5        | true          |" in before
     assert "| kris    | [coffee] | loose_leaf     |" in before
     assert "| kris    | 324.27 | SILVER       |" in after
-    assert "/customers/kris/" in after
+    assert "/customers/kris/" in after and "Live store page" in after
+    offers = int(after.split("offers so far: ", 1)[1].split()[0])
+    assert offers > 0, out
