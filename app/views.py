@@ -6,8 +6,8 @@ from typing import Any, cast
 
 from app.faust_app import METRICS, app
 from app.settings import SETTINGS
-from core.loyalty import Basket, Spend, Stamps, campaigns_met, coffee_status, view_spend
-from core.money import cents_to_number
+from core.loyalty import Basket, Spend, Stamps
+from core.loyalty import customer_document as document
 from tables.loyalty import CATALOGUE, baskets, price_history, profiles, spend, stamps
 from tables.offers import DISPLAYS, PROMOTIONS
 
@@ -19,22 +19,14 @@ def customer_document(user_id: str) -> dict[str, Any] | None:
     raw_spend = spend.get(user_id)
     if raw_spend is None and profiles.get(user_id) is None:
         return None
-    current = Spend.from_json(raw_spend)
-    view = view_spend(current, price_history, RULES)
-    status = coffee_status(Stamps.from_json(stamps.get(user_id)), RULES)
-    basket = Basket.from_json(baskets.get(user_id))
-    return {
-        "user_id": user_id,
-        "total": cents_to_number(view.total_cents),
-        "reward_level": view.tier,
-        "unpriced_purchases": view.unpriced,
-        "coffee": {
-            "total": status.total,
-            "sequence": status.sequence,
-            "next_one_free": status.next_one_free,
-        },
-        "promotions": campaigns_met(basket, current, price_history, RULES),
-    }
+    return document(
+        user_id,
+        Spend.from_json(raw_spend),
+        Stamps.from_json(stamps.get(user_id)),
+        Basket.from_json(baskets.get(user_id)),
+        price_history,
+        RULES,
+    )
 
 
 @app.page("/customers/{user_id}/")

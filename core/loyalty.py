@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from core.campaigns import DEFAULT_CAMPAIGNS, Campaign, qualifying, watched_products
+from core.money import cents_to_number
 from core.pricing import PriceHistory, price_at
 from core.stamps import StampCard, StampStatus, stamp_status
 from core.tiers import CLIMBING, TierThresholds, tier_for
@@ -334,3 +335,39 @@ def replay(
         basket = out.basket or basket
         events.extend(out.events)
     return spend, stamps, basket, events
+
+
+def customer_document(
+    user_id: str, spend: Spend, stamps: Stamps, basket: Basket, catalogue: Catalogue,
+    rules: LoyaltyRules,
+) -> dict[str, Any]:
+    """The web view's answer for a customer (DESIGN section 5), from their records."""
+    view = view_spend(spend, catalogue, rules)
+    status = coffee_status(stamps, rules)
+    return {
+        "user_id": user_id,
+        "total": cents_to_number(view.total_cents),
+        "reward_level": view.tier,
+        "unpriced_purchases": view.unpriced,
+        "coffee": {
+            "total": status.total,
+            "sequence": status.sequence,
+            "next_one_free": status.next_one_free,
+        },
+        "promotions": campaigns_met(basket, spend, catalogue, rules),
+    }
+
+
+def reference_documents(
+    purchases: Iterable[Purchase], catalogue: Catalogue, rules: LoyaltyRules = LoyaltyRules()
+) -> dict[str, dict[str, Any]]:
+    """Every customer's expected document, from the input log (each customer's purchases in
+    log order, the final catalogue): the reference that tests and fault runs compare with."""
+    by_user: dict[str, list[Purchase]] = {}
+    for purchase in purchases:
+        by_user.setdefault(purchase.user_id, []).append(purchase)
+    documents = {}
+    for user_id, own in by_user.items():
+        spend, stamps, basket, _ = replay(own, catalogue, rules)
+        documents[user_id] = customer_document(user_id, spend, stamps, basket, catalogue, rules)
+    return documents

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import random
-from collections import defaultdict
 from typing import Any
 
 import pytest
 
 from core import sample
-from core.loyalty import LoyaltyRules, Purchase, campaigns_met, coffee_status, replay, view_spend
-from core.money import cents_to_number, to_cents
+from core.loyalty import LoyaltyRules, Purchase, reference_documents
+from core.money import to_cents
 from core.pricing import PriceHistory, with_price
 from tests.integration.harness import Deployment, wait_for
 
@@ -41,30 +40,13 @@ def reference(purchase_events: list[dict[str, Any]]) -> dict[str, dict[str, Any]
             v = event.value
             prices[v["product_id"]] = with_price(prices.get(v["product_id"], ()), v["ts"],
                                                  to_cents(v["price"]))
-    by_user: dict[str, list[Purchase]] = defaultdict(list)
-    for v in purchase_events:
-        price = None if v.get("price") is None else to_cents(v["price"])
-        by_user[v["user_id"]].append(Purchase(v["user_id"], v["product_id"], v["ts"], price))
-    rules = LoyaltyRules()
-
-    def catalogue(product_id: str) -> PriceHistory:
-        return prices.get(product_id, ())
-
-    docs = {}
-    for user, purchases in by_user.items():
-        spend, stamps, basket, _ = replay(purchases, catalogue, rules)
-        view = view_spend(spend, catalogue, rules)
-        status = coffee_status(stamps, rules)
-        docs[user] = {
-            "user_id": user,
-            "total": cents_to_number(view.total_cents),
-            "reward_level": view.tier,
-            "unpriced_purchases": view.unpriced,
-            "coffee": {"total": status.total, "sequence": status.sequence,
-                       "next_one_free": status.next_one_free},
-            "promotions": campaigns_met(basket, spend, catalogue, rules),
-        }
-    return docs
+    purchases = [
+        Purchase(v["user_id"], v["product_id"], v["ts"],
+                 None if v.get("price") is None else to_cents(v["price"]))
+        for v in purchase_events
+    ]
+    return reference_documents(purchases, lambda product: prices.get(product, ()),
+                               LoyaltyRules())
 
 
 def test_same_answer_from_both_workers_for_every_customer(secured: Deployment) -> None:
