@@ -11,6 +11,7 @@ from faust.serializers import codecs
 
 from app import transport
 from app.auth import bearer_auth
+from app.guarantees import on_worker_init as check_processing_guarantee
 from app.settings import SETTINGS
 from core.metrics import Metrics
 
@@ -61,6 +62,7 @@ app = faust.App(
     key_serializer="raw",
     value_serializer="raw",
     table_standby_replicas=1,
+    TableManager="app.recovery:TableManager",
     web_port=SETTINGS.web_port,
     web_bind=SETTINGS.web_bind,
     web_host=os.environ.get("WEB_HOST", _web_host()),
@@ -77,6 +79,14 @@ def replica_connection() -> tuple[str, dict[str, Any], int]:
     servers = ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
     auth = dict(credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context))
     return servers, auth, SETTINGS.fetch_wait_ms
+
+
+def _check_guarantee(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    """exactly_once needs Kafka transactions: refuse to start, clearly, without them."""
+    check_processing_guarantee(sender, **kwargs)
+
+
+app.on_worker_init.connect(_check_guarantee)
 
 
 #: Process-wide metrics served at ``/metrics``.
