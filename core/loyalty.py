@@ -14,6 +14,7 @@ outside that window. The result does not depend on the order in which the ``prod
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -237,8 +238,10 @@ def _settle(spend: Spend, catalogue: Catalogue, rules: LoyaltyRules) -> Spend:
 
 def _add_to_spend(spend: Spend, purchase: Purchase, rules: LoyaltyRules) -> Spend:
     if purchase.price_cents is None:
-        pending = tuple(sorted((*spend.pending, Pending(purchase.ts, purchase.product_id)),
-                               key=lambda p: (p.ts, p.product_id)))
+        pending_list = list(spend.pending)
+        bisect.insort(pending_list, Pending(purchase.ts, purchase.product_id),
+                      key=lambda p: (p.ts, p.product_id))
+        pending = tuple(pending_list)
         return replace(spend, pending=pending, purchases=spend.purchases + 1,
                        newest_ts=max(spend.newest_ts, purchase.ts))
     watched_cents = dict(spend.watched_cents)
@@ -273,6 +276,7 @@ def apply_purchase(
     new_spend: Spend | None = None
     new_stamps: Stamps | None = None
     new_basket: Basket | None = None
+    view: SpendView | None = None
 
     if offset > spend.last_offset:
         new_spend = _settle(_add_to_spend(spend, purchase, rules), catalogue, rules)
@@ -294,10 +298,9 @@ def apply_purchase(
 
     if purchase.product_id in rules.watched and offset > basket.last_offset:
         products = basket.products | {purchase.product_id}
-        current_spend = new_spend if new_spend is not None else spend
-        met = qualifying(
-            rules.campaigns, products, view_spend(current_spend, catalogue, rules).by_product_cents
-        )
+        if view is None:
+            view = view_spend(spend, catalogue, rules)
+        met = qualifying(rules.campaigns, products, view.by_product_cents)
         newly = sorted(set(met) - basket.announced)
         for name in newly:
             events.append(LoyaltyEvent(purchase.user_id, CAMPAIGN_QUALIFIED, {
