@@ -41,8 +41,18 @@ unit: install
 integration: install
 	$(BIN)/python -m pytest -q tests/integration
 
-bench: install
-	$(BIN)/python -m bench.geo_bench --json bench/results/geo.json
+BENCH_STAMP := $(VENV)/.installed-bench-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	@touch $@
+
+# Throughput against peers, latency, recovery, memory and geo figures -> bench/results/latest.json
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+reliability: install
+	$(BIN)/python -m bench.reliability $(RELIABILITY_ARGS)
 
 devstack: install
 	$(BIN)/faust -A app devstack

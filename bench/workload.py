@@ -1,0 +1,143 @@
+"""The benchmark workload: a small catalogue and purchase events, produced once per peer.
+
+Purchases are ~90-byte JSON objects keyed by customer (``user_id``, ``product_id``,
+``purchase_id``, ``ts``; about 20% carry their own ``price``), spread over 30 days of event
+time in order. The catalogue's ``products`` events include a mid-period coffee price rise,
+so storestream's as-of pricing has something to do. Every peer gets a fresh copy of the
+topics under its own prefix, created with explicit settings (the embedded broker reports only
+settings set explicitly, DESIGN section 7).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import sys
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import orjson
+from aiokafka import AIOKafkaProducer
+
+from app.devstack import TopicSpec, ensure_topics
+from bench.catalogue import CATALOGUE, PERIOD_S, PRICE_CHANGES, STAMP_PRODUCT, T0, price_of
+
+EVENT_TOPIC_CONFIG = {"retention.ms": str(7 * 86_400_000), "cleanup.policy": "delete"}
+COMPACT_TOPIC_CONFIG = {"retention.ms": "-1", "cleanup.policy": "compact"}
+
+Record = tuple[bytes, bytes]  # key, value
+
+
+def log(message: str) -> None:
+    """A progress line on stderr."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class Workload:
+    """Pre-encoded purchase and product records."""
+
+    events: int
+    customers: int
+    partitions: int
+    purchases: list[Record]
+    products: list[Record]
+
+    @property
+    def mean_value_bytes(self) -> float:
+        """Average size of a purchase value."""
+        return sum(len(v) for _, v in self.purchases) / max(1, len(self.purchases))
+
+
+def customer_id(n: int) -> str:
+    """The id of customer number ``n``."""
+    return f"c{n:06d}"
+
+
+def build(events: int, customers: int, partitions: int, seed: int = 42) -> Workload:
+    """Generate the workload deterministically from ``seed``."""
+    rng = random.Random(seed)
+    names = list(CATALOGUE)
+    weights = [CATALOGUE[n][1] for n in names]
+    step = PERIOD_S / max(1, events)
+    purchases: list[Record] = []
+    products = [
+        (pid, orjson.dumps({"product_id": pid, "price": price, "category": "shop", "ts": T0 - 1}))
+        for pid, (price, _) in CATALOGUE.items()
+    ] + [
+        (pid, orjson.dumps({"product_id": pid, "price": price, "category": "shop", "ts": ts}))
+        for pid, price, ts in PRICE_CHANGES
+    ]
+    chosen = rng.choices(names, weights, k=events)
+    for i, product in enumerate(chosen):
+        user = customer_id(rng.randrange(customers))
+        event: dict[str, object] = {
+            "user_id": user, "product_id": product, "purchase_id": f"p{i:08d}",
+            "ts": round(T0 + i * step + rng.random() * step, 3),
+        }
+        if rng.random() < 0.2:
+            event["price"] = round(price_of(product) * rng.choice((0.8, 0.9, 1.0)), 2)
+        purchases.append((user.encode(), orjson.dumps(event)))
+    return Workload(events, customers, partitions,
+                    purchases, [(k.encode(), v) for k, v in products])
+
+
+def expected_totals(workload: Workload) -> tuple[dict[str, float], dict[str, int]]:
+    """What every peer must end up with: spend (peers' static prices) and coffee per customer."""
+    spend: dict[str, float] = {}
+    coffee: dict[str, int] = {}
+    for key, raw in workload.purchases:
+        event = orjson.loads(raw)
+        user = key.decode()
+        price = event.get("price")
+        spend[user] = spend.get(user, 0.0) + (price if price is not None
+                                              else price_of(event["product_id"]))
+        if event["product_id"] == STAMP_PRODUCT:
+            coffee[user] = coffee.get(user, 0) + 1
+    return spend, coffee
+
+
+async def create_topics(bootstrap: str, specs: Sequence[TopicSpec]) -> None:
+    """Create topics with explicit settings (retention.ms and cleanup.policy always set)."""
+    await ensure_topics(bootstrap, specs, timeout=30.0)
+
+
+def peer_topics(prefix: str, partitions: int) -> list[TopicSpec]:
+    """The input topics of one peer."""
+    return [
+        TopicSpec(f"{prefix}purchases", partitions, EVENT_TOPIC_CONFIG),
+        TopicSpec(f"{prefix}products", partitions, COMPACT_TOPIC_CONFIG),
+    ]
+
+
+async def produce(bootstrap: str, topic: str, records: Iterable[Record],
+                  chunk: int = 5_000) -> int:
+    """Produce keyed records (default partitioner) and wait for every acknowledgement."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1,
+                                max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
+    await producer.start()
+    sent = 0
+    try:
+        pending: list[asyncio.Future[object]] = []
+        for key, value in records:
+            pending.append(await producer.send(topic, value, key=key))
+            if len(pending) >= chunk:
+                await asyncio.gather(*pending)
+                sent += len(pending)
+                pending = []
+        await asyncio.gather(*pending)
+        sent += len(pending)
+    finally:
+        await producer.stop()
+    return sent
+
+
+async def produce_workload(bootstrap: str, prefix: str, workload: Workload,
+                           products_base: str = "products",
+                           purchases_base: str = "purchases") -> float:
+    """Create a peer's topics and produce the catalogue, then every purchase; returns seconds."""
+    started = time.monotonic()
+    await produce(bootstrap, f"{prefix}{products_base}", workload.products)
+    await produce(bootstrap, f"{prefix}{purchases_base}", workload.purchases)
+    return time.monotonic() - started

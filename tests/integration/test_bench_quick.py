@@ -1,0 +1,50 @@
+"""``python -m bench.run --quick`` runs end to end and reports every section.
+
+No performance assertions: the figures depend on the machine and its load.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+TIMEOUT_S = 235  # the quick run takes ~2.5 min on a busy 2-core machine
+
+
+def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
+    out = tmp_path / "quick.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=TIMEOUT_S,
+    )
+    assert done.returncode == 0, f"stdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
+    report = json.loads(out.read_text())
+    for section in ("machine", "workload", "throughput", "latency", "recovery", "memory",
+                    "geo"):
+        assert section in report, section
+    assert report["errors"] == []
+    assert {"cpu_model", "cores", "python", "date"} <= set(report["machine"])
+
+    results = report["throughput"]["results"]
+    assert set(results) == {"storestream", "aiokafka", "quix", "faust"}
+    for name, peer in results.items():
+        if name == "quix" and peer["status"] == "skipped":  # quixstreams is a bench extra
+            continue
+        assert peer["status"] == "ok", (name, peer)
+        assert peer["events"] > 0 and peer["events_per_s"] > 0 and peer["peak_rss_mb"] > 0
+
+    for row in report["latency"].values():
+        for name in ("storestream", "aiokafka"):
+            assert row[name]["received"] > 0 and row[name]["p50_ms"] > 0, (name, row[name])
+
+    assert report["recovery"]["memory://"]["restart_s"] > 0
+    assert report["memory"]["mb_per_100k_customers"] is not None
+    assert report["geo"]["results"]
+    assert "storestream" in done.stdout and "Throughput" in done.stdout
