@@ -10,14 +10,35 @@ from typing import Any
 from app.deadletters import send_dead_letter
 from app.faust_app import METRICS
 from core.events import BadEvent
+from tables.deadletters import dead_letter_marks, mark_key
+from tables.loyalty import CATALOGUE
+from tables.offers import DISPLAYS, PROMOTIONS
 
 log = logging.getLogger(__name__)
 
 OK = "ok"
 DUPLICATE = "duplicate"
 
+async def dead_letter_once(message: Any, reason: str) -> str:
+    """Dead-letter a message unless a previous run already did (redelivery after a crash).
+
+    The offsets of valid events are remembered in each key's state; for bad events the
+    highest dead-lettered offset of the source partition is remembered instead.
+    """
+    key = mark_key(message.topic, message.partition)
+    marked = dead_letter_marks.get(key)
+    if marked is not None and marked >= message.offset:
+        return DUPLICATE
+    await send_dead_letter(message, reason)
+    dead_letter_marks[key] = message.offset
+    return "dead_letter"
+
+
 #: Handles one message and says how it went (``OK`` or ``DUPLICATE``).
 Handler = Callable[[Any], Awaitable[str]]
+
+
+REPLICAS = (CATALOGUE, DISPLAYS, PROMOTIONS)
 
 
 async def handle(agent: str, message: Any, handler: Handler) -> None:
@@ -25,17 +46,19 @@ async def handle(agent: str, message: Any, handler: Handler) -> None:
 
     An exception escaping a Faust agent would restart it and acknowledge (skip) the event
     silently; here the event goes to ``dead-letters`` with the reason and the agent goes on.
+    Nothing is processed before this worker's replicas of the reference data are loaded.
     """
+    for replica in REPLICAS:
+        if not replica.ready:
+            await replica.wait_ready()
     try:
         outcome = await handler(message)
     except (BadEvent, UnicodeDecodeError) as exc:
-        await send_dead_letter(message, str(exc))
-        outcome = "dead_letter"
+        outcome = await dead_letter_once(message, str(exc))
     except Exception as exc:
         log.exception("%s: failed to process %s[%s]@%s", agent, message.topic,
                       message.partition, message.offset)
-        await send_dead_letter(message, f"processing failed: {exc!r}")
-        outcome = "dead_letter"
+        outcome = await dead_letter_once(message, f"processing failed: {exc!r}")
     METRICS.inc("storestream_events_total", topic=message.topic, outcome=outcome)
     if message.timestamp:
         METRICS.observe("storestream_agent_latency_seconds",

@@ -10,6 +10,7 @@ from app.faust_app import app
 # isort: off
 import tables.loyalty
 import tables.offers
+import tables.deadletters
 import agents.loyalty
 import agents.offers
 import agents.delivery

@@ -13,6 +13,8 @@ os.environ.setdefault("APP_STORE", "memory://")
 import app as storestream
 from app import topics
 from tables import loyalty as tables
+from tables.deadletters import dead_letter_marks
+from tables.offers import DISPLAYS, PROMOTIONS
 
 
 class Sent:
@@ -44,4 +46,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
                   tables.profiles):
         table.data.clear()
     tables.CATALOGUE.data.clear()
+    dead_letter_marks.data.clear()
+    for replica in (tables.CATALOGUE, DISPLAYS, PROMOTIONS):
+        replica.ready = True  # no broker here: the replicas are filled by the tests
     yield captured

@@ -74,3 +74,11 @@ async def test_user_agent_records_opt_out(sent: Sent) -> None:
     assert tables.profiles["rick"]["opt_out"] is True
     document = customer_document("rick")
     assert document is not None and document["total"] == 0.0
+
+
+async def test_bad_event_redelivered_after_a_crash_is_dead_lettered_once(sent: Sent) -> None:
+    async with process_purchases.test_context() as agent:
+        await agent.put(b"{broken", key=b"kris")
+    async with process_purchases.test_context() as agent:  # offsets restart: a redelivery
+        await agent.put(b"{broken", key=b"kris")
+    assert len(sent.by_topic("dead-letters")) == 1
