@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install browser demo test lint unit integration bench reliability devstack worker clean
+.PHONY: install browser demo test lint unit integration bench reliability reliability-quick devstack worker clean
 
 install: $(STAMP)
 
@@ -51,8 +51,12 @@ $(BENCH_STAMP): $(STAMP)
 bench: $(BENCH_STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
+# Fault injection: 2 workers, SIGKILL/SIGTERM, poison pills, offers, web load (~6-10 min).
 reliability: install
 	$(BIN)/python -m bench.reliability $(RELIABILITY_ARGS)
+
+reliability-quick: install
+	$(BIN)/python -m bench.reliability --quick
 
 devstack: install
 	$(BIN)/faust -A app devstack
