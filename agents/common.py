@@ -10,7 +10,7 @@ from typing import Any
 from app.deadletters import send_dead_letter
 from app.faust_app import METRICS
 from core.events import BadEvent
-from tables.deadletters import dead_letter_marks, mark_key
+from tables.deadletters import DEAD_LETTERS, already_dead_lettered, dead_letter_marks, mark_key
 from tables.loyalty import CATALOGUE
 from tables.offers import DISPLAYS, PROMOTIONS
 
@@ -23,14 +23,13 @@ async def dead_letter_once(message: Any, reason: str) -> str:
     """Dead-letter a message unless a previous run already did (redelivery after a crash).
 
     The offsets of valid events are remembered in each key's state; for bad events the
-    highest dead-lettered offset of the source partition is remembered instead.
+    highest dead-lettered offset of the source partition is remembered instead, in a
+    changelogged table and, for a crash between the two sends, on the dead-letters topic.
     """
-    key = mark_key(message.topic, message.partition)
-    marked = dead_letter_marks.get(key)
-    if marked is not None and marked >= message.offset:
+    if already_dead_lettered(message.topic, message.partition, message.offset):
         return DUPLICATE
     await send_dead_letter(message, reason)
-    dead_letter_marks[key] = message.offset
+    dead_letter_marks[mark_key(message.topic, message.partition)] = message.offset
     return "dead_letter"
 
 
@@ -38,7 +37,7 @@ async def dead_letter_once(message: Any, reason: str) -> str:
 Handler = Callable[[Any], Awaitable[str]]
 
 
-REPLICAS = (CATALOGUE, DISPLAYS, PROMOTIONS)
+REPLICAS = (CATALOGUE, DISPLAYS, PROMOTIONS, DEAD_LETTERS)
 
 
 async def handle(agent: str, message: Any, handler: Handler) -> None:

@@ -49,9 +49,7 @@ class TopicReplica(Generic[V]):
 
     def apply(self, key: bytes | None, value: bytes | None) -> None:
         """Apply one changelog record."""
-        if key is None:
-            return
-        name = key.decode("utf-8", errors="replace")
+        name = "" if key is None else key.decode("utf-8", errors="replace")
         old = self.data.get(name)
         new: V | None = None
         if value is None:

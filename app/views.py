@@ -8,6 +8,7 @@ from app.faust_app import METRICS, app
 from app.settings import SETTINGS
 from core.loyalty import Basket, Spend, Stamps
 from core.loyalty import customer_document as document
+from tables.deadletters import DEAD_LETTERS
 from tables.loyalty import CATALOGUE, baskets, price_history, profiles, spend, stamps
 from tables.offers import DISPLAYS, PROMOTIONS
 
@@ -52,6 +53,7 @@ def is_ready() -> bool:
         and CATALOGUE.ready
         and DISPLAYS.ready
         and PROMOTIONS.ready
+        and DEAD_LETTERS.ready
     )
 
 

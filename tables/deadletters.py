@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from app.faust_app import app
+from typing import Any
+
+import orjson
+
+from app.faust_app import app, replica_connection
+from app.replica import TopicReplica
+from app.settings import SETTINGS
 from tables.base import text_keyed_table
 
 #: "topic:partition" -> highest offset already sent to dead-letters. Written from the source
@@ -15,3 +21,39 @@ dead_letter_marks = text_keyed_table(
 def mark_key(topic: str, partition: int) -> str:
     """Table key of a source partition."""
     return f"{topic}:{partition}"
+
+
+#: (topic, partition) -> highest source offset present on the dead-letters topic itself.
+#: The marks table can miss a dead letter that reached the topic just before a crash (the
+#: mark was still in the producer's buffer); the topic cannot, so both are consulted.
+SENT: dict[str, int] = {}
+
+
+def _source(raw: bytes) -> tuple[str, int]:
+    letter: Any = orjson.loads(raw)
+    return mark_key(str(letter["topic"]), int(letter["partition"])), int(letter["offset"])
+
+
+def _letter_seen(key: str, old: tuple[str, int] | None, new: tuple[str, int] | None) -> None:
+    if new is not None:
+        source, offset = new
+        if offset > SENT.get(source, -1):
+            SENT[source] = offset
+
+
+DEAD_LETTERS: TopicReplica[tuple[str, int]] = TopicReplica(
+    SETTINGS.topics.dead_letters, _source, _letter_seen
+)
+
+
+def already_dead_lettered(topic: str, partition: int, offset: int) -> bool:
+    """Whether this source record was dead-lettered before (by any run of any worker)."""
+    key = mark_key(topic, partition)
+    marked = dead_letter_marks.get(key)
+    return (marked is not None and marked >= offset) or SENT.get(key, -1) >= offset
+
+
+@app.task  # type: ignore[untyped-decorator]
+async def follow_dead_letters() -> None:
+    """Keep this worker's index of dead-lettered source offsets up to date."""
+    await DEAD_LETTERS.run(*replica_connection())

@@ -13,7 +13,7 @@ os.environ.setdefault("APP_STORE", "memory://")
 import app as storestream
 from app import topics
 from tables import loyalty as tables
-from tables.deadletters import dead_letter_marks
+from tables.deadletters import DEAD_LETTERS, SENT, dead_letter_marks
 from tables.offers import DISPLAYS, PROMOTIONS
 
 
@@ -47,6 +47,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
         table.data.clear()
     tables.CATALOGUE.data.clear()
     dead_letter_marks.data.clear()
-    for replica in (tables.CATALOGUE, DISPLAYS, PROMOTIONS):
+    SENT.clear()
+    for replica in (tables.CATALOGUE, DISPLAYS, PROMOTIONS, DEAD_LETTERS):
         replica.ready = True  # no broker here: the replicas are filled by the tests
     yield captured

@@ -82,3 +82,13 @@ async def test_bad_event_redelivered_after_a_crash_is_dead_lettered_once(sent: S
     async with process_purchases.test_context() as agent:  # offsets restart: a redelivery
         await agent.put(b"{broken", key=b"kris")
     assert len(sent.by_topic("dead-letters")) == 1
+
+
+async def test_dead_letter_already_on_the_topic_is_not_sent_again(sent: Sent) -> None:
+    """A crash after the dead letter reached the topic but before its mark was written."""
+    from tables.deadletters import SENT, mark_key
+
+    SENT[mark_key(process_purchases.channel.get_topic_name(), 0)] = 0
+    async with process_purchases.test_context() as agent:
+        await agent.put(b"{broken", key=b"kris")
+    assert sent.by_topic("dead-letters") == []
