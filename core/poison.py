@@ -43,6 +43,13 @@ def poison_pills(n: int = 0) -> Iterator[Poison]:
                  b'{"user_id": "x", "product_id": "tea"}')
     yield Poison("opt_out_not_bool", "users", user,
                  b'{"user_id": "' + user + b'", "opt_out": "yes"}')
+    yield Poison("latitude_out_of_range", "customers.locations", user,
+                 b'{"uid": "' + user + b'", "lat": 91.5, "lon": 0.0}')
+    yield Poison("longitude_out_of_range", "customers.locations", user,
+                 b'{"uid": "' + user + b'", "lat": 0.0, "lon": 181}')
+    yield Poison("promotion_without_sku_or_segment", "products.promotions", b"p-none",
+                 b'{"pid": "p-none", "discount_pct": 10}')
+    yield Poison("display_without_position", "stores.products", b"77", b'{"sku": 77}')
     yield Poison("huge_value", "purchases", user,
                  b'{"user_id": "' + user + b'", "product_id": "' + b"x" * (1024 * 1024) + b'"}')
 

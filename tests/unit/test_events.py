@@ -9,7 +9,16 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.events import BadEvent, decode_object, parse_product, parse_purchase, parse_user
+from core.events import (
+    BadEvent,
+    decode_object,
+    parse_display_event,
+    parse_position,
+    parse_product,
+    parse_promotion_event,
+    parse_purchase,
+    parse_user,
+)
 from core.poison import poison_pills
 
 
@@ -59,6 +68,9 @@ def test_every_poison_pill_is_rejected() -> None:
         "purchases": lambda v, k: parse_purchase(v, k, 0.0),
         "products": lambda v, k: parse_product(v, k, 0.0),
         "users": parse_user,
+        "customers.locations": lambda v, k: parse_position(v, k, 0.0),
+        "products.promotions": lambda v, k: parse_promotion_event(v, k, 0.0),
+        "stores.products": parse_display_event,
     }
     for pill in poison_pills():
         with pytest.raises((BadEvent, UnicodeDecodeError)):
