@@ -10,9 +10,7 @@ from typing import Any
 from app.deadletters import send_dead_letter
 from app.faust_app import METRICS
 from core.events import BadEvent
-from tables.deadletters import DEAD_LETTERS, already_dead_lettered, dead_letter_marks, mark_key
-from tables.loyalty import CATALOGUE
-from tables.offers import DISPLAYS, PROMOTIONS
+from tables.deadletters import already_dead_lettered, dead_letter_marks, mark_key
 
 log = logging.getLogger(__name__)
 
@@ -37,19 +35,12 @@ async def dead_letter_once(message: Any, reason: str) -> str:
 Handler = Callable[[Any], Awaitable[str]]
 
 
-REPLICAS = (CATALOGUE, DISPLAYS, PROMOTIONS, DEAD_LETTERS)
-
-
 async def handle(agent: str, message: Any, handler: Handler) -> None:
     """Run ``handler`` on one message; bad input and even bugs are dead-lettered, not raised.
 
     An exception escaping a Faust agent would restart it and acknowledge (skip) the event
     silently; here the event goes to ``dead-letters`` with the reason and the agent goes on.
-    Nothing is processed before this worker's replicas of the reference data are loaded.
     """
-    for replica in REPLICAS:
-        if not replica.ready:
-            await replica.wait_ready()
     try:
         outcome = await handler(message)
     except (BadEvent, UnicodeDecodeError) as exc:

@@ -38,11 +38,6 @@ class TopicReplica(Generic[V]):
         self.ready = False
         self.applied = 0
 
-    async def wait_ready(self, poll_s: float = 0.05) -> None:
-        """Until everything that existed at start-up has been read."""
-        while not self.ready:
-            await asyncio.sleep(poll_s)
-
     def get(self, key: str) -> V | None:
         """The latest value for ``key`` (``None`` when absent)."""
         return self.data.get(key)
