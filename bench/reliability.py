@@ -61,15 +61,8 @@ from app.producer import MAX_REQUEST_BYTES, encode
 from app.topology import topic_specs
 from core import sample, simulation
 from core.geo import DisplayIndex, parse_display
-from core.loyalty import (
-    LoyaltyRules,
-    Purchase,
-    campaigns_met,
-    coffee_status,
-    replay,
-    view_spend,
-)
-from core.money import cents_to_number, to_cents
+from core.loyalty import LoyaltyRules, Purchase, customer_document, replay
+from core.money import to_cents
 from core.offers import (
     CooldownKey,
     PromotionIndex,
@@ -242,17 +235,7 @@ def reference_documents(inputs: Inputs, rules: LoyaltyRules) -> dict[str, dict[s
                               None if r.value.get("price") is None else to_cents(r.value["price"]))
                      for r in ordered]
         spend, stamps, basket, _ = replay(purchases, catalogue, rules)
-        view = view_spend(spend, catalogue, rules)
-        status = coffee_status(stamps, rules)
-        docs[user] = {
-            "user_id": user,
-            "total": cents_to_number(view.total_cents),
-            "reward_level": view.tier,
-            "unpriced_purchases": view.unpriced,
-            "coffee": {"total": status.total, "sequence": status.sequence,
-                       "next_one_free": status.next_one_free},
-            "promotions": campaigns_met(basket, spend, catalogue, rules),
-        }
+        docs[user] = customer_document(user, spend, stamps, basket, catalogue, rules)
     return docs
 
 

@@ -32,15 +32,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from app.devstack import DevStack, TopicSpec, ensure_topics
 from app.recovery import read_last_offsets
 from core.config import load_settings
-from core.loyalty import (
-    LoyaltyRules,
-    Purchase,
-    campaigns_met,
-    coffee_status,
-    replay,
-    view_spend,
-)
-from core.money import cents_to_number, to_cents
+from core.loyalty import LoyaltyRules, Purchase, customer_document, replay
+from core.money import to_cents
 from tests.integration.harness import Deployment, Worker, wait_for
 
 pytestmark = pytest.mark.integration
@@ -84,17 +77,7 @@ def reference(records: Iterable[Record], rules: LoyaltyRules) -> dict[str, dict[
     out: dict[str, dict[str, Any]] = {}
     for user, bought in by_user.items():
         spend, stamps, basket, _ = replay(bought, no_catalogue, rules)
-        view = view_spend(spend, no_catalogue, rules)
-        status = coffee_status(stamps, rules)
-        out[user] = {
-            "user_id": user,
-            "total": cents_to_number(view.total_cents),
-            "reward_level": view.tier,
-            "unpriced_purchases": view.unpriced,
-            "coffee": {"total": status.total, "sequence": status.sequence,
-                       "next_one_free": status.next_one_free},
-            "promotions": campaigns_met(basket, spend, no_catalogue, rules),
-        }
+        out[user] = customer_document(user, spend, stamps, basket, no_catalogue, rules)
     return out
 
 
