@@ -30,6 +30,9 @@ from bench.procstat import RESULT_PREFIX, cpu_seconds, memory_mb
 ROOT = Path(__file__).resolve().parents[1]
 
 
+from tests.integration.harness import wait_for  # noqa: E402  the one polling loop
+
+
 class BenchError(RuntimeError):
     """A benchmark step failed (the message says which and why)."""
 
@@ -37,14 +40,10 @@ class BenchError(RuntimeError):
 def wait_until(what: str, check: Callable[[], Any], timeout: float,
                interval: float = 0.2) -> Any:
     """Poll ``check()`` until truthy; raise :class:`BenchError` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        last = check()
-        if last:
-            return last
-        time.sleep(interval)
-    raise BenchError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+    try:
+        return wait_for(what, check, timeout, interval)
+    except AssertionError as exc:
+        raise BenchError(str(exc)) from None
 
 
 class Proc:
