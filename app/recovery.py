@@ -13,6 +13,12 @@ high watermark that the broker's fetch responses carry (those are right) and rai
 highwater to the last record it saw. It never lowers a highwater, so on a broker with correct
 end offsets it changes nothing (one short read per rebalance). Install it with
 ``faust.App(..., TableManager="app.recovery:TableManager")``.
+
+It also holds the stream partitions paused until every :class:`app.replica.TopicReplica` of
+the worker (catalogue, displays, promotions, dead-letter index) has loaded: otherwise a
+restarted worker processed positions and purchases a few hundred ms before it knew the
+displays, promotions and prices they depend on (measured in the fault-injection run: offers
+missing against a replay of the positions).
 """
 
 from __future__ import annotations
@@ -29,12 +35,17 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 
+from app.replica import REPLICAS, not_ready, wait_all_ready
+
 log = logging.getLogger(__name__)
 
 #: A probe's fetch wait (ms): short, the broker need not answer a waiting fetch early.
 PROBE_FETCH_WAIT_MS = 10
 #: Upper bound for one probe (s); past it, what was read so far is the answer.
 PROBE_TIMEOUT_S = 20.0
+#: Upper bound (s) for holding the streams for the replicas; past it they resume regardless
+#: (a loud warning): a worker that never starts is worse than one that starts short of data.
+REPLICA_WAIT_TIMEOUT_S = 120.0
 
 
 async def read_last_offsets(
@@ -109,6 +120,23 @@ class ProbingRecovery(Recovery):  # type: ignore[misc]
         for tp, last in raised.items():  # a Counter: update() would add
             destination[tp] = last
 
+    async def on_recovery_completed(self, generation_id: int = 0) -> None:
+        """Resume the streams only once the tables *and* the replicas are loaded."""
+        missing = not_ready()
+        if missing:
+            started = time.monotonic()
+            log.info("recovery done; holding the streams until replicas are loaded: %s",
+                     ", ".join(missing))
+            # _wait raises RebalanceAgain if a new rebalance starts meanwhile.
+            await self._wait(wait_all_ready(), timeout=REPLICA_WAIT_TIMEOUT_S)
+            still = not_ready()
+            if still:
+                log.error("replicas still loading after %.0f s, resuming the streams anyway: "
+                          "%s", REPLICA_WAIT_TIMEOUT_S, ", ".join(still))
+            else:
+                log.info("replicas loaded in %.2f s", time.monotonic() - started)
+        await super().on_recovery_completed(generation_id)
+
     async def _probe(self, highwaters: Mapping[TP, int]) -> dict[TP, int]:
         """Read from each reported highwater to the partition's real end."""
         conf = self.app.conf
@@ -131,7 +159,21 @@ class ProbingRecovery(Recovery):  # type: ignore[misc]
 
 
 class TableManager(FaustTableManager):  # type: ignore[misc]
-    """Faust's table manager with :class:`ProbingRecovery` as its recovery service."""
+    """Faust's table manager with :class:`ProbingRecovery` as its recovery service.
+
+    It also starts the worker's replicas (:data:`app.replica.REPLICAS`) as soon as it starts,
+    so they load while the tables recover, not after (Faust starts ``app.task`` functions
+    only once recovery is complete, which would deadlock with the hold above).
+    """
+
+    async def on_start(self) -> None:
+        """Start following the replicas, then Faust's own start-up (recovery)."""
+        from app.faust_app import replica_connection  # the app module configures this class
+
+        connection = replica_connection()
+        for replica in REPLICAS:
+            self.add_future(replica.follow(*connection))
+        await super().on_start()
 
     @property
     def recovery(self) -> Recovery:

@@ -20,6 +20,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 V = TypeVar("V")
 log = logging.getLogger(__name__)
 
+#: Every replica created in this process, in creation order (see :func:`wait_all_ready`).
+REPLICAS: list[TopicReplica[Any]] = []
+
 
 class TopicReplica(Generic[V]):
     """Follows a compacted topic into a dict (``None`` values are deletes)."""
@@ -34,9 +37,25 @@ class TopicReplica(Generic[V]):
         self._decode = decode
         self._on_change = on_change
         self.data: dict[str, V] = {}
-        #: True once everything that existed at start-up has been read.
-        self.ready = False
+        self._ready = asyncio.Event()
         self.applied = 0
+        REPLICAS.append(self)
+
+    @property
+    def ready(self) -> bool:
+        """True once everything that existed at start-up has been read."""
+        return self._ready.is_set()
+
+    @ready.setter
+    def ready(self, value: bool) -> None:
+        if value:
+            self._ready.set()
+        else:
+            self._ready.clear()
+
+    async def wait_ready(self) -> None:
+        """Return once :attr:`ready` is true."""
+        await self._ready.wait()
 
     def get(self, key: str) -> V | None:
         """The latest value for ``key`` (``None`` when absent)."""
@@ -58,6 +77,20 @@ class TopicReplica(Generic[V]):
         self.applied += 1
         if self._on_change is not None:
             self._on_change(name, old, new)
+
+    async def follow(self, bootstrap: str, auth: dict[str, Any], fetch_wait_ms: int) -> None:
+        """:meth:`run` forever, starting over (from the beginning) after an error."""
+        delay = 0.5
+        while True:
+            try:
+                await self.run(bootstrap, auth, fetch_wait_ms)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("replica %s: consumer failed, restarting in %.1f s",
+                              self.topic, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 10.0)
 
     async def run(self, bootstrap: str, auth: dict[str, Any], fetch_wait_ms: int) -> None:
         """Consume forever (cancel to stop)."""
@@ -91,6 +124,17 @@ class TopicReplica(Generic[V]):
                 return [TopicPartition(self.topic, p) for p in sorted(found)]
             await consumer._client.force_metadata_update()
             await asyncio.sleep(0.2)
+
+
+def not_ready() -> list[str]:
+    """Topics of the replicas in this process that are still loading."""
+    return [replica.topic for replica in REPLICAS if not replica.ready]
+
+
+async def wait_all_ready() -> None:
+    """Return once every replica created in this process is ready."""
+    for replica in list(REPLICAS):
+        await replica.wait_ready()
 
 
 async def _reached(consumer: AIOKafkaConsumer, targets: dict[TopicPartition, int]) -> bool:

@@ -6,7 +6,7 @@ from typing import Any
 
 import orjson
 
-from app.faust_app import app, replica_connection
+from app.faust_app import app
 from app.replica import TopicReplica
 from app.settings import SETTINGS
 from tables.base import text_keyed_table
@@ -52,8 +52,3 @@ def already_dead_lettered(topic: str, partition: int, offset: int) -> bool:
     marked = dead_letter_marks.get(key)
     return (marked is not None and marked >= offset) or SENT.get(key, -1) >= offset
 
-
-@app.task  # type: ignore[untyped-decorator]
-async def follow_dead_letters() -> None:
-    """Keep this worker's index of dead-lettered source offsets up to date."""
-    await DEAD_LETTERS.run(*replica_connection())

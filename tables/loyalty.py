@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from app.faust_app import app, replica_connection
+from app.faust_app import app
 from app.replica import TopicReplica
 from core.pricing import PriceHistory, history_from_json
 from tables.base import text_keyed_table
@@ -36,8 +36,3 @@ def price_history(product_id: str) -> PriceHistory:
     """The catalogue price history of a product (empty when never seen), on any worker."""
     return CATALOGUE.get(product_id) or ()
 
-
-@app.task  # type: ignore[untyped-decorator]
-async def follow_catalogue() -> None:
-    """Keep this worker's replica of the whole catalogue up to date."""
-    await CATALOGUE.run(*replica_connection())

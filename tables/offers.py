@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from app.faust_app import app, replica_connection
+from app.faust_app import app
 from app.replica import TopicReplica
 from core.geo import Display, DisplayIndex, parse_display
 from core.offers import Promotion, PromotionIndex, parse_promotion
@@ -82,13 +82,3 @@ def store_snapshot(store_id: str | None = None) -> dict[str, Any]:
     return {"displays": shown, "promotions": active}
 
 
-@app.task  # type: ignore[untyped-decorator]
-async def follow_displays() -> None:
-    """Keep this worker's replica of every display up to date."""
-    await DISPLAYS.run(*replica_connection())
-
-
-@app.task  # type: ignore[untyped-decorator]
-async def follow_promotions() -> None:
-    """Keep this worker's replica of every promotion up to date."""
-    await PROMOTIONS.run(*replica_connection())
