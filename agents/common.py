@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, cast
 
+from app.bulk import BulkWriter
 from app.deadletters import send_dead_letter
-from app.faust_app import METRICS
+from app.fastlane import Source
+from app.faust_app import METRICS, app
 from core.events import BadEvent
 from tables.deadletters import already_dead_lettered, dead_letter_marks, mark_key
 
@@ -16,6 +18,49 @@ log = logging.getLogger(__name__)
 
 OK = "ok"
 DUPLICATE = "duplicate"
+
+def bulk_writer() -> BulkWriter:
+    """The producer's bulk writer (the fast lane's changelog path)."""
+    return cast(BulkWriter, cast(Any, app.producer).bulk)
+
+
+_LANE_STARTED: set[str] = set()
+
+
+def lane_clock() -> tuple[float, float]:
+    """Wall-clock time and process CPU time now (for :func:`count_lane`)."""
+    return time.time(), time.process_time()
+
+
+def count_lane(batch: Sequence[Source], started: tuple[float, float]) -> None:
+    """Count a batch taken by the fast lane, and the lane's busy window so far.
+
+    The window (wall clock and process CPU at the start of the first batch and at the end of
+    the latest one) is what ``bench`` reads to time the worker as the peers time themselves.
+    """
+    topic = batch[0].topic
+    METRICS.inc("storestream_fast_lane_batches_total", topic=topic)
+    METRICS.inc("storestream_fast_lane_records_total", len(batch), topic=topic)
+    if topic not in _LANE_STARTED:
+        _LANE_STARTED.add(topic)
+        METRICS.set("storestream_fast_lane_first_batch_seconds", started[0], topic=topic)
+        METRICS.set("storestream_fast_lane_first_batch_cpu_seconds", started[1], topic=topic)
+    wall, cpu = lane_clock()
+    METRICS.set("storestream_fast_lane_last_batch_seconds", wall, topic=topic)
+    METRICS.set("storestream_fast_lane_last_batch_cpu_seconds", cpu, topic=topic)
+
+
+def count_batch(agent: str, batch: Sequence[Source], outcomes: Mapping[str, int]) -> None:
+    """Count a batch's outcomes and its newest record's end-to-end latency."""
+    topic = batch[0].topic
+    for outcome, count in outcomes.items():
+        if count:
+            METRICS.inc("storestream_events_total", count, topic=topic, outcome=outcome)
+    stamp = batch[-1].timestamp
+    if stamp:
+        METRICS.observe("storestream_agent_latency_seconds", max(0.0, time.time() - stamp),
+                        agent=agent)
+
 
 async def dead_letter_once(message: Any, reason: str) -> str:
     """Dead-letter a message unless a previous run already did (redelivery after a crash).

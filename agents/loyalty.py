@@ -2,22 +2,38 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from faust.types import StreamT
 
-from agents.common import DUPLICATE, OK, handle
+from agents.common import (
+    DUPLICATE,
+    OK,
+    bulk_writer,
+    count_batch,
+    count_lane,
+    dead_letter_once,
+    handle,
+    lane_clock,
+)
+from app import fastlane
 from app.deadletters import decode_key
-from app.faust_app import app
+from app.fastlane import Source
+from app.faust_app import METRICS, app
 from app.settings import SETTINGS
 from app.topics import loyalty_events_topic, products_topic, purchases_topic, users_topic
-from core.events import parse_product, parse_purchase, parse_user
+from core.events import BadEvent, parse_product, parse_purchase, parse_user
 from core.loyalty import Basket, LoyaltyEvent, Spend, Stamps, apply_purchase
 from core.pricing import history_from_json, history_to_json, with_price
+from tables.batch import TableWrites
 from tables.loyalty import baskets, catalogue, price_history, profiles, spend, stamps
 
 RULES = SETTINGS.loyalty
+log = logging.getLogger(__name__)
 
 
 async def apply_product(message: Any) -> str:
@@ -55,30 +71,83 @@ def loyalty_event_value(event: LoyaltyEvent) -> bytes:
     })
 
 
-async def apply_purchase_event(message: Any) -> str:
-    """Price a purchase as of its event time; update spend, stamps and basket."""
-    purchase = parse_purchase(message.value, decode_key(message.key), message.timestamp)
-    user = purchase.user_id
-    outcome = apply_purchase(
-        purchase,
-        message.offset,
-        Spend.from_json(spend.get(user)),
-        Stamps.from_json(stamps.get(user)),
-        Basket.from_json(baskets.get(user)),
-        price_history,
-        RULES,
-    )
-    if outcome.spend is None and outcome.stamps is None and outcome.basket is None:
-        return DUPLICATE
-    if outcome.spend is not None:
-        spend[user] = outcome.spend.to_json()
-    if outcome.stamps is not None:
-        stamps[user] = outcome.stamps.to_json()
-    if outcome.basket is not None:
-        baskets[user] = outcome.basket.to_json()
-    for change in outcome.events:
-        await loyalty_events_topic.send(key=user.encode(), value=loyalty_event_value(change))
-    return OK
+@dataclass(slots=True)
+class _Customer:
+    """A customer's decoded records while a batch is processed, and which ones changed."""
+
+    spend: Spend
+    stamps: Stamps
+    basket: Basket
+    changed: set[str]
+
+
+async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
+    """Price each purchase as of its event time; update spend, stamps and basket.
+
+    ``batch`` holds records of one partition in offset order. Each customer's records are
+    decoded once per batch and written once per batch (:class:`tables.batch.TableWrites`);
+    bad records are dead-lettered after the batch's state is queued.
+    """
+    customers: dict[str, _Customer] = {}
+    outcomes = {OK: 0, DUPLICATE: 0}
+    failed: list[tuple[Source, str]] = []
+    for source in batch:
+        try:
+            purchase = parse_purchase(source.value, decode_key(source.key), source.timestamp)
+            user = purchase.user_id
+            customer = customers.get(user)
+            if customer is None:
+                customer = customers[user] = _Customer(
+                    Spend.from_json(writes.get(spend, user)),
+                    Stamps.from_json(writes.get(stamps, user)),
+                    Basket.from_json(writes.get(baskets, user)),
+                    set(),
+                )
+            outcome = apply_purchase(purchase, source.offset, customer.spend, customer.stamps,
+                                     customer.basket, price_history, RULES)
+        except (BadEvent, UnicodeDecodeError) as exc:
+            failed.append((source, str(exc)))
+            continue
+        except Exception as exc:  # a bug must not stop the stream: dead-letter the event
+            log.exception("purchases: failed to process %s[%s]@%s", source.topic,
+                          source.partition, source.offset)
+            failed.append((source, f"processing failed: {exc!r}"))
+            continue
+        if outcome.spend is None and outcome.stamps is None and outcome.basket is None:
+            outcomes[DUPLICATE] += 1
+            continue
+        outcomes[OK] += 1
+        if outcome.spend is not None:
+            customer.spend = outcome.spend
+            customer.changed.add("spend")
+        if outcome.stamps is not None:
+            customer.stamps = outcome.stamps
+            customer.changed.add("stamps")
+        if outcome.basket is not None:
+            customer.basket = outcome.basket
+            customer.changed.add("basket")
+        for change in outcome.events:
+            loyalty_events_topic.send_soon(key=user.encode(), value=loyalty_event_value(change))
+    for user, customer in customers.items():
+        if "spend" in customer.changed:
+            writes.put(spend, user, customer.spend.to_json())
+        if "stamps" in customer.changed:
+            writes.put(stamps, user, customer.stamps.to_json())
+        if "basket" in customer.changed:
+            writes.put(baskets, user, customer.basket.to_json())
+    writes.commit()
+    count_batch("purchases", batch, outcomes)
+    for source, reason in failed:
+        outcome_name = await dead_letter_once(source, reason)
+        METRICS.inc("storestream_events_total", topic=source.topic, outcome=outcome_name)
+
+
+@fastlane.lane(purchases_topic.get_topic_name())
+async def purchases_lane(batch: Sequence[Source]) -> None:
+    """The fast lane for ``purchases``: one changelog write per customer and table per batch."""
+    started = lane_clock()
+    await apply_purchases(batch, TableWrites(batch[0].partition, bulk_writer()))
+    count_lane(batch, started)
 
 
 @app.agent(products_topic, name="products")
@@ -97,6 +166,7 @@ async def process_users(stream: StreamT[bytes]) -> None:
 
 @app.agent(purchases_topic, name="purchases")
 async def process_purchases(stream: StreamT[bytes]) -> None:
-    """Spend and tier, coffee stamps, basket campaigns."""
+    """Spend and tier, coffee stamps, basket campaigns (when the fast lane is off)."""
     async for event in stream.events():
-        await handle("purchases", event.message, apply_purchase_event)
+        source = fastlane.from_message(event.message)
+        await apply_purchases([source], TableWrites(source.partition, None))

@@ -103,6 +103,18 @@ METRICS.describe("storestream_offers_delivered_total", "counter",
                  "Offers pushed, by sink and outcome (delivered or duplicate)")
 METRICS.describe("storestream_offer_delivery_failures_total", "counter",
                  "Offers that could not be pushed (dead-lettered), by kind")
+METRICS.describe("storestream_fast_lane_records_total", "counter",
+                 "Records processed in the fast lane (app/fastlane.py), by topic")
+METRICS.describe("storestream_fast_lane_batches_total", "counter",
+                 "Partition batches processed in the fast lane, by topic")
+METRICS.describe("storestream_fast_lane_first_batch_seconds", "gauge",
+                 "Wall-clock time at the start of the first fast-lane batch")
+METRICS.describe("storestream_fast_lane_first_batch_cpu_seconds", "gauge",
+                 "Process CPU time at the start of the first fast-lane batch")
+METRICS.describe("storestream_fast_lane_last_batch_seconds", "gauge",
+                 "Wall-clock time at the end of the latest fast-lane batch")
+METRICS.describe("storestream_fast_lane_last_batch_cpu_seconds", "gauge",
+                 "Process CPU time at the end of the latest fast-lane batch")
 METRICS.describe("storestream_ready", "gauge", "1 once recovered and processing")
 METRICS.describe("storestream_replica_keys", "gauge", "Keys in this worker's replica")
 METRICS.describe("storestream_replica_applied_total", "counter",

@@ -1,4 +1,4 @@
-"""The aiokafka transport with a configurable consumer fetch wait.
+"""The aiokafka transport: a configurable fetch wait, the fast lane, a flush that drains.
 
 Faust hard-codes ``fetch_max_wait_ms=1500``; a broker that does not answer a waiting fetch
 early when data arrives (the embedded Tansu, DESIGN section 7) then adds up to 1.5 s per hop.
@@ -8,12 +8,18 @@ This transport keeps everything else of Faust's consumer and only changes that w
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from typing import Any
 
+from faust.events import Event
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.transport.producer import ProducerBuffer
+from faust.types import TP
+from faust.types.tuples import ack_lock
 
+from app import fastlane
+from app.bulk import BulkWriter
 from app.settings import SETTINGS
 
 
@@ -27,10 +33,100 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
 
 
 class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
-    """Faust's aiokafka consumer using :class:`FetchWaitConsumerThread`."""
+    """Faust's aiokafka consumer: configurable fetch wait, and the fast lane.
+
+    Records of topics registered in :data:`app.fastlane.LANES` are handed to their handler a
+    partition's batch at a time (see :mod:`app.fastlane`); every other record goes through
+    Faust's conductor to its agents as usual.
+    """
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        #: Per partition: (generation, highest offset) processed by the lane in that generation.
+        self._lane_done: dict[TP, tuple[int, int]] = {}
 
     def _new_consumer_thread(self) -> FetchWaitConsumerThread:
         return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
+        """Faust's ``getmany``, with fast-lane records dispatched in batches first."""
+        lanes = fastlane.LANES if fastlane.enabled(self.app.in_transaction) else {}
+        if not lanes:
+            async for item in super().getmany(timeout):
+                yield item
+            return
+        records, active = await self._wait_next_records(timeout)
+        generation_id = self.app.consumer_generation_id
+        if records is None or self.should_stop:
+            return
+        if not self.flow_active:
+            try:
+                await self.perform_seek()
+            except Exception as exc:
+                self.log.warning("exception performing seek when flow not active %r", exc)
+            return
+        rest = {}
+        for tp, batch in records.items():
+            handler = lanes.get(tp.topic)
+            if handler is None:
+                rest[tp] = batch
+                continue
+            if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                return
+            if active is not None and tp not in active and tp not in self._buffered_partitions:
+                continue
+            await self._run_lane(tp, batch, handler)
+        if not rest:
+            return
+        to_message = self._to_message
+        for tp, record in self.scheduler.iterate(rest):
+            if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                break
+            if active is None or tp in active or tp in self._buffered_partitions:
+                self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                yield tp, to_message(tp, record)
+
+    async def _run_lane(self, tp: TP, batch: list[Any], handler: fastlane.BatchHandler) -> None:
+        """Process one partition's records in the fast lane, then acknowledge them."""
+        read = self._read_offset[tp]
+        if read is not None:
+            batch = [record for record in batch if record.offset >= read]
+        generation = self.app.consumer_generation_id
+        seen = self._lane_done.get(tp)
+        if seen is not None and seen[0] == generation:
+            # Faust resumes the partitions before it seeks them to the committed offsets, so
+            # what was fetched in between comes again: processed already in this generation.
+            batch = [record for record in batch if record.offset > seen[1]]
+        if not batch:
+            return
+        self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+        expected = read + 1 if read is not None else None
+        first = batch[0]
+        event = Event(self.app, first.key, first.value, first.headers,
+                      self._to_message(tp, first))
+        with fastlane.current_event(event):
+            await handler([fastlane.from_record(record) for record in batch])
+        for record in batch:
+            if expected is not None and record.offset > expected:
+                await self._add_gap(tp, expected, record.offset - 1)
+            expected = record.offset + 1
+        self._ack_offsets(tp, [record.offset for record in batch])
+        self._read_offset[tp] = batch[-1].offset
+        self._lane_done[tp] = (generation, batch[-1].offset)
+
+    def _ack_offsets(self, tp: TP, offsets: list[int]) -> None:
+        """Faust's ``ack`` for records that never became ``Message`` objects."""
+        if not self.app.topics.acks_enabled_for(tp.topic):
+            return
+        with ack_lock:
+            committed = self._committed_offset[tp]
+            index = self._acked_index[tp]
+            acked = self._acked[tp]
+            for offset in offsets:
+                if (committed is None or offset >= committed) and offset not in index:
+                    index.add(offset)
+                    acked.append(offset)
+                    self._n_acked += 1
 
 
 class CompleteFlushBuffer(ProducerBuffer):  # type: ignore[misc]
@@ -65,13 +161,33 @@ class CompleteFlushBuffer(ProducerBuffer):  # type: ignore[misc]
 
 
 class Producer(faust_aiokafka.Producer):  # type: ignore[misc]
-    """Faust's aiokafka producer whose flush drains its buffer completely."""
+    """Faust's aiokafka producer whose flush drains its buffer completely.
+
+    It also owns the :class:`app.bulk.BulkWriter` of the fast lane and flushes it with
+    everything else before Faust commits offsets.
+    """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         buffer = CompleteFlushBuffer(loop=self.loop, beacon=self.beacon)
         buffer.app = self.app
         self.buffer = buffer
+        self.bulk = BulkWriter(on_error=self._bulk_failed)
+
+    async def on_start(self) -> None:
+        """Start aiokafka, then the bulk writer's sender."""
+        await super().on_start()
+        self.add_future(self.bulk.run(self._ensure_producer()))
+
+    async def flush(self) -> None:
+        """Everything queued (bulk records, Faust's buffer) acknowledged by the broker."""
+        if self._producer is not None:
+            await self.bulk.flush(self._producer)
+        await super().flush()
+
+    def _bulk_failed(self, exc: BaseException) -> None:
+        """A changelog batch was not written: stop the worker rather than diverge."""
+        self.add_future(self.crash(exc))
 
 
 class Transport(faust_aiokafka.Transport):  # type: ignore[misc]

@@ -89,6 +89,7 @@ class Settings:
     offer_radius_m: float = 0.9144
     offer_cooldown_s: float = 1800.0
     fetch_wait_ms: int = 10
+    fast_lane: bool = True
     broker_session_timeout_s: float = 6.0
     topics: Topics = Topics()
     loyalty: LoyaltyRules = LoyaltyRules()
@@ -105,6 +106,15 @@ def _ini_path(env: Mapping[str, str]) -> Path | None:
         if candidate.is_file():
             return candidate
     return None
+
+
+def _switch(value: str) -> bool:
+    text = value.strip().lower()
+    if text in ("on", "true", "yes", "1"):
+        return True
+    if text in ("off", "false", "no", "0"):
+        return False
+    raise ConfigError(f"expected on or off, got {value!r}")
 
 
 def _names(value: str) -> frozenset[str]:
@@ -187,6 +197,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             offer_radius_m=float(pick("OFFER_RADIUS_M", offers, "radius_m", 0.9144)),
             offer_cooldown_s=float(pick("OFFER_COOLDOWN_S", offers, "cooldown_s", 1800)),
             fetch_wait_ms=int(pick("FETCH_WAIT_MS", main, "fetch_wait_ms", 10)),
+            fast_lane=_switch(pick("FAST_LANE", main, "fast_lane", "on")),
             broker_session_timeout_s=float(
                 pick("BROKER_SESSION_TIMEOUT_S", main, "broker_session_timeout_s", 6)
             ),

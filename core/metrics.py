@@ -15,6 +15,13 @@ LATENCY_BUCKETS: tuple[float, ...] = (
 Labels = tuple[tuple[str, str], ...]
 
 
+def _number(value: float) -> str:
+    """A sample value at full precision (``:g`` kept 6 digits: 1234567 became 1.23457e+06)."""
+    if value.is_integer() and abs(value) < 2**53:
+        return str(int(value))
+    return repr(value)
+
+
 def _labels(labels: dict[str, str]) -> Labels:
     return tuple(sorted(labels.items()))
 
@@ -80,7 +87,7 @@ class Metrics:
                 kind, text = self._help.get(name, ("counter", name))
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} {kind}"]
                 for labels, value in sorted(self._counters[name].items()):
-                    lines.append(f"{name}{_render_labels(labels)} {value:g}")
+                    lines.append(f"{name}{_render_labels(labels)} {_number(value)}")
             for name in sorted(self._histograms):
                 _, text = self._help.get(name, ("histogram", name))
                 lines += [f"# HELP {name} {text}", f"# TYPE {name} histogram"]
@@ -90,12 +97,11 @@ class Metrics:
                         cumulative += count
                         lines.append(
                             f"{name}_bucket{_render_labels(labels, [('le', f'{bound:g}')])}"
-                            f" {cumulative:g}"
+                            f" {_number(cumulative)}"
                         )
                     cumulative += buckets[len(LATENCY_BUCKETS)]
-                    lines.append(
-                        f"{name}_bucket{_render_labels(labels, [('le', '+Inf')])} {cumulative:g}"
-                    )
-                    lines.append(f"{name}_sum{_render_labels(labels)} {buckets[-1]:g}")
-                    lines.append(f"{name}_count{_render_labels(labels)} {cumulative:g}")
+                    infinity = _render_labels(labels, [("le", "+Inf")])
+                    lines.append(f"{name}_bucket{infinity} {_number(cumulative)}")
+                    lines.append(f"{name}_sum{_render_labels(labels)} {_number(buckets[-1])}")
+                    lines.append(f"{name}_count{_render_labels(labels)} {_number(cumulative)}")
         return "\n".join(lines) + "\n"

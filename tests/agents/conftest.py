@@ -41,7 +41,12 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
                        **_: Any) -> None:
             captured.records.append((_name, key, value))
 
+        def send_soon(*, key: Any = None, value: Any = None, _name: str = name,
+                      **_: Any) -> None:
+            captured.records.append((_name, key, value))
+
         monkeypatch.setattr(topic, "send", send)
+        monkeypatch.setattr(topic, "send_soon", send_soon)
     for table in (tables.catalogue, tables.spend, tables.stamps, tables.baskets,
                   tables.profiles):
         table.data.clear()

@@ -57,6 +57,9 @@ def test_recipe_replay_gives_every_table_of_the_recipe(deployment: Deployment) -
     assert documents(worker) == expected
     assert worker.metric("storestream_events_total", outcome="ok") == produced + 1
     assert worker.metric("storestream_dead_letters_total") == 0
+    # Purchases took the fast lane (batches straight from the consumer, bulk changelog).
+    purchases = sum(1 for e in before_dog + dog if e.topic == "purchases")
+    assert worker.metric("storestream_fast_lane_records_total") == purchases
 
     status, missing = worker.get("/customers/nobody/")
     assert status == 404 and missing["error"] == "not found"

@@ -255,8 +255,15 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     wait_for("a commit of source offsets",
              lambda: asyncio.run(committed_total(deployment, "purchases")) > 0, 60,
              interval=0.2)
-    committed = asyncio.run(committed_total(deployment, "purchases"))
-    killed_at = purchases_counted(first, deployment)
+    moment: list[float] = []
+
+    def past_the_commit() -> bool:  # the worker is faster than the input: catch it ahead
+        moment[:] = [asyncio.run(committed_total(deployment, "purchases")),
+                     purchases_counted(first, deployment)]
+        return moment[0] < moment[1]
+
+    wait_for("purchases processed past the last commit", past_the_commit, 30, interval=0.05)
+    committed, killed_at = int(moment[0]), moment[1]
     first.stop(signal.SIGKILL)
     producer.join(60)
     assert not producer.is_alive() and not failure, failure

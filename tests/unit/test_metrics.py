@@ -25,3 +25,12 @@ def test_label_values_are_escaped() -> None:
     m = Metrics()
     m.inc("x", topic='a"b')
     assert 'x{topic="a\\"b"} 1' in m.render()
+
+
+def test_samples_keep_full_precision() -> None:
+    metrics = Metrics()
+    metrics.inc("events_total", 1_234_567)
+    metrics.set("last_batch_seconds", 1_763_839_234.125)
+    text = metrics.render()
+    assert "events_total 1234567\n" in text
+    assert "last_batch_seconds 1763839234.125\n" in text

@@ -1,0 +1,91 @@
+"""The fast lane: hot topics processed one fetched batch at a time, inside Faust's consumer.
+
+Faust hands every record to its agents one by one: a ``Message``, a conductor dispatch that
+``wait_first``s two tasks per record, a queue, an ``Event``, sensors and an ack each. For the
+high-volume topics (``purchases``, ``customers.locations``) the transport's consumer
+(:class:`app.transport.Consumer`) instead passes each partition's fetched records to the
+handler registered here, in one call, then acknowledges their offsets the way Faust's own
+ack does, so Faust's commits, rebalances, recovery and table routing are unchanged.
+
+A handler runs with the batch's partition as Faust's current event (table writes go to the
+changelog partition of the source partition, as in an agent). It must apply its state
+changes without awaiting between changing a table's data and queueing the changelog record
+(:mod:`tables.batch` does both in one step), so a cancelled batch never leaves memory ahead of
+the changelog. Each topic keeps an ordinary Faust agent too: it receives events only when
+the lane is off (``FAST_LANE=off``, ``exactly_once``) and in ``agent.test_context()`` tests,
+and it calls the same handler with batches of one.
+"""
+
+from __future__ import annotations
+
+import time
+import weakref
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from faust.streams import _current_event
+
+from app.settings import SETTINGS
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One input record: where it came from and its raw bytes.
+
+    ``timestamp`` is the record's timestamp in epoch seconds (the time it was read, for the
+    rare record without one).
+    """
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: float
+    key: bytes | None
+    value: bytes | None
+
+
+#: Processes records of one partition, in offset order.
+BatchHandler = Callable[[Sequence[Source]], Awaitable[None]]
+
+#: Topic name -> handler, for the topics that take the fast lane.
+LANES: dict[str, BatchHandler] = {}
+
+
+def lane(topic: str) -> Callable[[BatchHandler], BatchHandler]:
+    """Register the decorated function as the batch handler of ``topic``."""
+    def register(handler: BatchHandler) -> BatchHandler:
+        LANES[topic] = handler
+        return handler
+    return register
+
+
+def enabled(in_transaction: bool) -> bool:
+    """Whether hot topics take the fast lane (never in a transaction, i.e. exactly_once)."""
+    return SETTINGS.fast_lane and not in_transaction
+
+
+def from_record(record: Any) -> Source:
+    """A :class:`Source` from an aiokafka ``ConsumerRecord`` (timestamp in ms)."""
+    stamp = record.timestamp
+    return Source(record.topic, record.partition, record.offset,
+                  time.time() if stamp is None or stamp < 0 else stamp / 1000.0,
+                  record.key, record.value)
+
+
+def from_message(message: Any) -> Source:
+    """A :class:`Source` from a Faust ``Message`` (timestamp already in seconds)."""
+    stamp = message.timestamp
+    return Source(message.topic, message.partition, message.offset,
+                  time.time() if stamp is None else float(stamp), message.key, message.value)
+
+
+@contextmanager
+def current_event(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event (its partition is where table writes go)."""
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
