@@ -62,6 +62,36 @@ def count_batch(agent: str, batch: Sequence[Source], outcomes: Mapping[str, int]
                         agent=agent)
 
 
+async def process_batch(agent: str, batch: Sequence[Source],
+                        apply_one: Callable[[Source], str], finish: Callable[[], object]) -> None:
+    """Apply each record of a batch, then ``finish`` (write state), then dead-letter failures.
+
+    ``apply_one`` and ``finish`` are synchronous on purpose: between the first state change
+    and the last changelog record queued nothing awaits, so a batch cancelled by a rebalance
+    leaves nothing half-written. Bad input and even bugs in ``apply_one`` are collected and
+    dead-lettered after the batch's state is queued; the stream never stops for them.
+    """
+    outcomes: dict[str, int] = {}
+    failed: list[tuple[Source, str]] = []
+    for source in batch:
+        try:
+            outcome = apply_one(source)
+        except (BadEvent, UnicodeDecodeError) as exc:
+            failed.append((source, str(exc)))
+            continue
+        except Exception as exc:
+            log.exception("%s: failed to process %s[%s]@%s", agent, source.topic,
+                          source.partition, source.offset)
+            failed.append((source, f"processing failed: {exc!r}"))
+            continue
+        outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    finish()
+    count_batch(agent, batch, outcomes)
+    for source, reason in failed:
+        outcome = await dead_letter_once(source, reason)
+        METRICS.inc("storestream_events_total", topic=source.topic, outcome=outcome)
+
+
 async def dead_letter_once(message: Any, reason: str) -> str:
     """Dead-letter a message unless a previous run already did (redelivery after a crash).
 

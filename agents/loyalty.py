@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,26 +13,24 @@ from agents.common import (
     DUPLICATE,
     OK,
     bulk_writer,
-    count_batch,
     count_lane,
-    dead_letter_once,
     handle,
     lane_clock,
+    process_batch,
 )
 from app import fastlane
 from app.deadletters import decode_key
 from app.fastlane import Source
-from app.faust_app import METRICS, app
+from app.faust_app import app
 from app.settings import SETTINGS
 from app.topics import loyalty_events_topic, products_topic, purchases_topic, users_topic
-from core.events import BadEvent, parse_product, parse_purchase, parse_user
+from core.events import parse_product, parse_purchase, parse_user
 from core.loyalty import Basket, LoyaltyEvent, Spend, Stamps, apply_purchase
 from core.pricing import history_from_json, history_to_json, with_price
 from tables.batch import TableWrites
 from tables.loyalty import baskets, catalogue, price_history, profiles, spend, stamps
 
 RULES = SETTINGS.loyalty
-log = logging.getLogger(__name__)
 
 
 async def apply_product(message: Any) -> str:
@@ -85,38 +82,25 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
     """Price each purchase as of its event time; update spend, stamps and basket.
 
     ``batch`` holds records of one partition in offset order. Each customer's records are
-    decoded once per batch and written once per batch (:class:`tables.batch.TableWrites`);
-    bad records are dead-lettered after the batch's state is queued.
+    decoded once per batch and written once per batch (:class:`tables.batch.TableWrites`).
     """
     customers: dict[str, _Customer] = {}
-    outcomes = {OK: 0, DUPLICATE: 0}
-    failed: list[tuple[Source, str]] = []
-    for source in batch:
-        try:
-            purchase = parse_purchase(source.value, decode_key(source.key), source.timestamp)
-            user = purchase.user_id
-            customer = customers.get(user)
-            if customer is None:
-                customer = customers[user] = _Customer(
-                    Spend.from_json(writes.get(spend, user)),
-                    Stamps.from_json(writes.get(stamps, user)),
-                    Basket.from_json(writes.get(baskets, user)),
-                    set(),
-                )
-            outcome = apply_purchase(purchase, source.offset, customer.spend, customer.stamps,
-                                     customer.basket, price_history, RULES)
-        except (BadEvent, UnicodeDecodeError) as exc:
-            failed.append((source, str(exc)))
-            continue
-        except Exception as exc:  # a bug must not stop the stream: dead-letter the event
-            log.exception("purchases: failed to process %s[%s]@%s", source.topic,
-                          source.partition, source.offset)
-            failed.append((source, f"processing failed: {exc!r}"))
-            continue
+
+    def apply_one(source: Source) -> str:
+        purchase = parse_purchase(source.value, decode_key(source.key), source.timestamp)
+        user = purchase.user_id
+        customer = customers.get(user)
+        if customer is None:
+            customer = customers[user] = _Customer(
+                Spend.from_json(writes.get(spend, user)),
+                Stamps.from_json(writes.get(stamps, user)),
+                Basket.from_json(writes.get(baskets, user)),
+                set(),
+            )
+        outcome = apply_purchase(purchase, source.offset, customer.spend, customer.stamps,
+                                 customer.basket, price_history, RULES)
         if outcome.spend is None and outcome.stamps is None and outcome.basket is None:
-            outcomes[DUPLICATE] += 1
-            continue
-        outcomes[OK] += 1
+            return DUPLICATE
         if outcome.spend is not None:
             customer.spend = outcome.spend
             customer.changed.add("spend")
@@ -128,18 +112,19 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
             customer.changed.add("basket")
         for change in outcome.events:
             loyalty_events_topic.send_soon(key=user.encode(), value=loyalty_event_value(change))
-    for user, customer in customers.items():
-        if "spend" in customer.changed:
-            writes.put(spend, user, customer.spend.to_json())
-        if "stamps" in customer.changed:
-            writes.put(stamps, user, customer.stamps.to_json())
-        if "basket" in customer.changed:
-            writes.put(baskets, user, customer.basket.to_json())
-    writes.commit()
-    count_batch("purchases", batch, outcomes)
-    for source, reason in failed:
-        outcome_name = await dead_letter_once(source, reason)
-        METRICS.inc("storestream_events_total", topic=source.topic, outcome=outcome_name)
+        return OK
+
+    def finish() -> None:
+        for user, customer in customers.items():
+            if "spend" in customer.changed:
+                writes.put(spend, user, customer.spend.to_json())
+            if "stamps" in customer.changed:
+                writes.put(stamps, user, customer.stamps.to_json())
+            if "basket" in customer.changed:
+                writes.put(baskets, user, customer.basket.to_json())
+        writes.commit()
+
+    await process_batch("purchases", batch, apply_one, finish)
 
 
 @fastlane.lane(purchases_topic.get_topic_name())

@@ -7,13 +7,16 @@ index, never a scan) whose sku or segment is on an active promotion; eligible of
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
 from faust.types import StreamT
 
-from agents.common import OK, handle
+from agents.common import OK, bulk_writer, count_lane, handle, lane_clock, process_batch
+from app import fastlane
 from app.deadletters import decode_key
+from app.fastlane import Source
 from app.faust_app import METRICS, app
 from app.settings import SETTINGS
 from app.topics import displays_topic, locations_topic, offers_topic, promotions_topic
@@ -25,6 +28,7 @@ from core.offers import (
     prune_last_offered,
     record_offers,
 )
+from tables.batch import TableWrites
 from tables.loyalty import price_history, profiles, spend
 from tables.offers import (
     DISPLAY_INDEX,
@@ -74,38 +78,53 @@ def _cooldowns(raw: dict[str, float] | None) -> dict[CooldownKey, float]:
     return out
 
 
-async def apply_position(message: Any) -> str:
-    """Match one shopper position against nearby promoted displays; emit offers."""
-    position = parse_position(message.value, decode_key(message.key), message.timestamp)
-    uid = position.uid
-    profile = profiles.get(uid) or {}
-    state = shoppers.get(uid) or {}
-    last_offered = _cooldowns(state.get("last_offered"))
-    # Re-processing the very same position (a redelivery) yields the very same offers and
-    # ids, which delivery de-duplicates; anything else in the cooldown window is blocked.
-    blocking = {k: ts for k, ts in last_offered.items() if ts != position.ts}
-    offers = decide_offers(
-        uid, position.lat, position.lon, position.ts,
-        opted_out=bool(profile.get("opt_out", False)),
-        tier=customer_tier(uid),
-        displays=DISPLAY_INDEX,
-        promotions=PROMOTION_INDEX,
-        last_offered=blocking,
-        radius_m=SETTINGS.offer_radius_m,
-        cooldown_s=SETTINGS.offer_cooldown_s,
-    )
-    if not offers:
+async def apply_positions(batch: Sequence[Source], writes: TableWrites) -> None:
+    """Match each shopper position against nearby promoted displays; emit offers.
+
+    Offers are queued on Faust's producer buffer and cooldowns written once per shopper per
+    batch, both without awaiting, so a cancelled batch leaves neither half-done.
+    """
+    def apply_one(source: Source) -> str:
+        position = parse_position(source.value, decode_key(source.key), source.timestamp)
+        uid = position.uid
+        profile = profiles.get(uid) or {}
+        last_offered = _cooldowns((writes.get(shoppers, uid) or {}).get("last_offered"))
+        # Re-processing the very same position (a redelivery) yields the very same offers and
+        # ids, which delivery de-duplicates; anything else in the cooldown window is blocked.
+        blocking = {k: ts for k, ts in last_offered.items() if ts != position.ts}
+        offers = decide_offers(
+            uid, position.lat, position.lon, position.ts,
+            opted_out=bool(profile.get("opt_out", False)),
+            tier=customer_tier(uid),
+            displays=DISPLAY_INDEX,
+            promotions=PROMOTION_INDEX,
+            last_offered=blocking,
+            radius_m=SETTINGS.offer_radius_m,
+            cooldown_s=SETTINGS.offer_cooldown_s,
+        )
+        if not offers:
+            return OK
+        updated = prune_last_offered(
+            record_offers(last_offered, offers),
+            position.ts - SETTINGS.offer_cooldown_s,
+            SETTINGS.offer_cooldown_s,
+        )
+        writes.put(shoppers, uid,
+                   {"last_offered": {f"{p}{SEP}{s}": ts for (p, s), ts in updated.items()}})
+        for offer in offers:
+            offers_topic.send_soon(key=uid.encode(), value=orjson.dumps(offer.to_record()))
+            METRICS.inc("storestream_offers_total", store=offer.store_id or "-")
         return OK
-    updated = prune_last_offered(
-        record_offers(last_offered, offers),
-        position.ts - SETTINGS.offer_cooldown_s,
-        SETTINGS.offer_cooldown_s,
-    )
-    shoppers[uid] = {"last_offered": {f"{p}{SEP}{s}": ts for (p, s), ts in updated.items()}}
-    for offer in offers:
-        await offers_topic.send(key=uid.encode(), value=orjson.dumps(offer.to_record()))
-        METRICS.inc("storestream_offers_total", store=offer.store_id or "-")
-    return OK
+
+    await process_batch("locations", batch, apply_one, writes.commit)
+
+
+@fastlane.lane(locations_topic.get_topic_name())
+async def locations_lane(batch: Sequence[Source]) -> None:
+    """The fast lane for ``customers.locations``."""
+    started = lane_clock()
+    await apply_positions(batch, TableWrites(batch[0].partition, bulk_writer()))
+    count_lane(batch, started)
 
 
 @app.agent(displays_topic, name="displays")
@@ -124,6 +143,7 @@ async def process_promotions(stream: StreamT[bytes]) -> None:
 
 @app.agent(locations_topic, name="locations")
 async def process_locations(stream: StreamT[bytes]) -> None:
-    """The distance join: positions -> offers."""
+    """The distance join: positions -> offers (when the fast lane is off)."""
     async for event in stream.events():
-        await handle("locations", event.message, apply_position)
+        source = fastlane.from_message(event.message)
+        await apply_positions([source], TableWrites(source.partition, None))
