@@ -27,7 +27,7 @@ from app.topics import loyalty_events_topic, products_topic, purchases_topic, us
 from core.events import parse_product, parse_purchase, parse_user
 from core.loyalty import Basket, LoyaltyEvent, Spend, Stamps, apply_purchase
 from core.pricing import history_from_json, history_to_json, with_price
-from tables.batch import TableWrites
+from tables.batch import DecodedCache, TableWrites
 from tables.loyalty import baskets, catalogue, price_history, profiles, spend, stamps
 
 RULES = SETTINGS.loyalty
@@ -68,6 +68,12 @@ def loyalty_event_value(event: LoyaltyEvent) -> bytes:
     })
 
 
+#: Decoded forms of this worker's loyalty records (see tables.batch.DecodedCache).
+SPEND = DecodedCache(Spend.from_json)
+STAMPS = DecodedCache(Stamps.from_json)
+BASKETS = DecodedCache(Basket.from_json)
+
+
 @dataclass(slots=True)
 class _Customer:
     """A customer's decoded records while a batch is processed, and which ones changed."""
@@ -92,9 +98,9 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
         customer = customers.get(user)
         if customer is None:
             customer = customers[user] = _Customer(
-                Spend.from_json(writes.get(spend, user)),
-                Stamps.from_json(writes.get(stamps, user)),
-                Basket.from_json(writes.get(baskets, user)),
+                SPEND.get(user, writes.get(spend, user)),
+                STAMPS.get(user, writes.get(stamps, user)),
+                BASKETS.get(user, writes.get(baskets, user)),
                 set(),
             )
         outcome = apply_purchase(purchase, source.offset, customer.spend, customer.stamps,
@@ -117,11 +123,17 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
     def finish() -> None:
         for user, customer in customers.items():
             if "spend" in customer.changed:
-                writes.put(spend, user, customer.spend.to_json())
+                raw = customer.spend.to_json()
+                SPEND.remember(user, raw, customer.spend)
+                writes.put(spend, user, raw)
             if "stamps" in customer.changed:
-                writes.put(stamps, user, customer.stamps.to_json())
+                raw = customer.stamps.to_json()
+                STAMPS.remember(user, raw, customer.stamps)
+                writes.put(stamps, user, raw)
             if "basket" in customer.changed:
-                writes.put(baskets, user, customer.basket.to_json())
+                raw = customer.basket.to_json()
+                BASKETS.remember(user, raw, customer.basket)
+                writes.put(baskets, user, raw)
         writes.commit()
 
     await process_batch("purchases", batch, apply_one, finish)

@@ -120,6 +120,22 @@ class ProbingRecovery(Recovery):  # type: ignore[misc]
         for tp, last in raised.items():  # a Counter: update() would add
             destination[tp] = last
 
+    async def _seek_offsets(
+        self, consumer: Any, tps: set[TP], offsets: Any, title: str
+    ) -> None:
+        """Faust's seek, with start offsets below -1 ("nothing read") clamped to -1.
+
+        Faust starts reading a changelog at its earliest offset - 1; the embedded broker has
+        answered an earliest offset of -1, so Faust sought to -2 and the worker crashed with
+        ``ValueError: Offset must be a positive integer`` (seen once in a fault run).
+        """
+        for tp in tps:
+            if offsets[tp] is not None and offsets[tp] < -1:
+                log.warning("%s changelog %s[%d]: start offset %d clamped to the beginning",
+                            title, tp.topic, tp.partition, offsets[tp])
+                offsets[tp] = -1
+        await super()._seek_offsets(consumer, tps, offsets, title)
+
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         """Resume the streams only once the tables *and* the replicas are loaded."""
         missing = not_ready()

@@ -42,11 +42,11 @@ class LoyaltyRules:
     campaigns: tuple[Campaign, ...] = DEFAULT_CAMPAIGNS
     lateness_s: float = 86_400.0
     max_pending: int = 1_000
+    #: Products whose spend campaigns need (derived from ``campaigns``).
+    watched: frozenset[str] = field(init=False, repr=False, compare=False)
 
-    @property
-    def watched(self) -> frozenset[str]:
-        """Products whose spend campaigns need."""
-        return watched_products(self.campaigns)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "watched", watched_products(self.campaigns))
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +209,8 @@ def _settle(spend: Spend, catalogue: Catalogue, rules: LoyaltyRules) -> Spend:
     """Fix the price of pending purchases that are out of the lateness window (or over the cap)."""
     horizon = spend.newest_ts - rules.lateness_s
     overflow = len(spend.pending) - rules.max_pending
+    if overflow <= 0 and (not spend.pending or spend.pending[0].ts >= horizon):
+        return spend  # pending is sorted by time: nothing is out of the window
     keep: list[Pending] = []
     settled = spend.settled_cents
     unpriced = spend.settled_unpriced
@@ -227,35 +229,30 @@ def _settle(spend: Spend, catalogue: Catalogue, rules: LoyaltyRules) -> Spend:
                 watched_cents[item.product_id] = watched_cents.get(item.product_id, 0) + cents
     if len(keep) == len(spend.pending):
         return spend
-    return replace(
-        spend,
-        settled_cents=settled,
-        settled_unpriced=unpriced,
-        watched_cents=watched_cents,
-        pending=tuple(keep),
-    )
+    return Spend(settled, unpriced, watched_cents, tuple(keep), spend.purchases,
+                 spend.newest_ts, spend.tier, spend.last_offset)
 
 
-def _add_to_spend(spend: Spend, purchase: Purchase, rules: LoyaltyRules) -> Spend:
+def _pending_order(item: Pending) -> tuple[float, str]:
+    return item.ts, item.product_id
+
+
+def _add_to_spend(spend: Spend, purchase: Purchase, rules: LoyaltyRules, offset: int) -> Spend:
+    newest = max(spend.newest_ts, purchase.ts)
     if purchase.price_cents is None:
         pending_list = list(spend.pending)
         bisect.insort(pending_list, Pending(purchase.ts, purchase.product_id),
-                      key=lambda p: (p.ts, p.product_id))
-        pending = tuple(pending_list)
-        return replace(spend, pending=pending, purchases=spend.purchases + 1,
-                       newest_ts=max(spend.newest_ts, purchase.ts))
-    watched_cents = dict(spend.watched_cents)
+                      key=_pending_order)
+        return Spend(spend.settled_cents, spend.settled_unpriced, spend.watched_cents,
+                     tuple(pending_list), spend.purchases + 1, newest, spend.tier, offset)
+    watched_cents = spend.watched_cents
     if purchase.product_id in rules.watched:
+        watched_cents = dict(watched_cents)
         watched_cents[purchase.product_id] = (
             watched_cents.get(purchase.product_id, 0) + purchase.price_cents
         )
-    return replace(
-        spend,
-        settled_cents=spend.settled_cents + purchase.price_cents,
-        watched_cents=watched_cents,
-        purchases=spend.purchases + 1,
-        newest_ts=max(spend.newest_ts, purchase.ts),
-    )
+    return Spend(spend.settled_cents + purchase.price_cents, spend.settled_unpriced,
+                 watched_cents, spend.pending, spend.purchases + 1, newest, spend.tier, offset)
 
 
 def apply_purchase(
@@ -279,8 +276,7 @@ def apply_purchase(
     view: SpendView | None = None
 
     if offset > spend.last_offset:
-        new_spend = _settle(_add_to_spend(spend, purchase, rules), catalogue, rules)
-        new_spend = replace(new_spend, last_offset=offset)
+        new_spend = _settle(_add_to_spend(spend, purchase, rules, offset), catalogue, rules)
         view = view_spend(new_spend, catalogue, rules)
         if view.tier != spend.tier:
             events.append(LoyaltyEvent(purchase.user_id, TIER_CHANGED, {

@@ -17,12 +17,15 @@ Keys are UTF-8 text and values JSON, the serializers of :func:`tables.base.text_
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 import orjson
 from faust.types import TP
 
 from app.bulk import BulkWriter
+
+T = TypeVar("T")
 
 
 class TableWrites:
@@ -78,3 +81,35 @@ def _persisted(store: Any, tp: TP) -> Any:
     def remember(offset: int) -> None:
         store.set_persisted_offset(tp, offset)
     return remember
+
+
+class DecodedCache(Generic[T]):
+    """Decoded table values, reused while the table still holds the very same value object.
+
+    Decoding a customer's JSON records into rule objects (and back) once per batch was the
+    largest cost left in the loyalty lane. The memory store keeps the value object written,
+    so an identity check proves the cached object is the decoded form of what the table holds
+    (after a recovery or with ``rocksdb://`` values are new objects: decoded again). Bounded:
+    past ``limit`` keys the cache starts over.
+    """
+
+    def __init__(self, decode: Callable[[Any], T], limit: int = 200_000) -> None:
+        self._decode = decode
+        self._limit = limit
+        self._entries: dict[str, tuple[Any, T]] = {}
+
+    def get(self, key: str, raw: Any) -> T:
+        """The decoded form of ``raw``, the value the table holds for ``key``."""
+        entry = self._entries.get(key)
+        if entry is not None and raw is not None and entry[0] is raw:
+            return entry[1]
+        return self._decode(raw)
+
+    def remember(self, key: str, raw: Any, value: T) -> None:
+        """``raw`` (about to be written for ``key``) is the encoded form of ``value``."""
+        if len(self._entries) >= self._limit and key not in self._entries:
+            self._entries.clear()
+        self._entries[key] = (raw, value)
+
+    def __len__(self) -> int:
+        return len(self._entries)
