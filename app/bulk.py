@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 
 #: (topic, partition)
 Destination = tuple[str, int]
+#: The partition of records whose partition is chosen by key when they are sent.
+KEYED = -1
 #: Called with the offset of the last record of a delivered batch.
 Delivered = Callable[[int], None]
 
@@ -57,6 +59,10 @@ class BulkWriter:
         if self._work is not None:
             self._work.set()
 
+    def enqueue_keyed(self, topic: str, key: bytes, value: bytes | None) -> None:
+        """Queue one record for the partition the producer's partitioner gives ``key``."""
+        self.enqueue(topic, KEYED, key, value)
+
     def on_delivered(self, topic: str, partition: int, callback: Delivered) -> None:
         """Call ``callback(last_offset)`` after each delivered batch to that partition."""
         self._on_delivered[(topic, partition)] = callback
@@ -82,7 +88,12 @@ class BulkWriter:
             while self._queued:
                 queued, self._queued = self._queued, {}
                 for (topic, partition), records in queued.items():
-                    await self._send(producer, topic, partition, records)
+                    if partition == KEYED:
+                        for chosen, share in (await _by_partition(producer, topic,
+                                                                  records)).items():
+                            await self._send(producer, topic, chosen, share)
+                    else:
+                        await self._send(producer, topic, partition, records)
 
     async def flush(self, producer: Any) -> None:
         """Return once every record queued before the call is acknowledged; raise a failure."""
@@ -133,3 +144,15 @@ class BulkWriter:
                 callback(fut.result().offset + count - 1)
 
         future.add_done_callback(done)
+
+
+async def _by_partition(producer: Any, topic: str,
+                        records: list[tuple[bytes | None, bytes | None]]
+                        ) -> dict[int, list[tuple[bytes | None, bytes | None]]]:
+    """Records grouped by the partition the producer's partitioner picks for their key."""
+    await producer.client._wait_on_metadata(topic)
+    out: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
+    for key, value in records:
+        partition = producer._partition(topic, None, None, None, key, None)
+        out.setdefault(partition, []).append((key, value))
+    return out

@@ -36,6 +36,11 @@ class TableWrites:
         self._bulk = bulk
         self._pending: dict[Any, dict[str, Any]] = {}
 
+    @property
+    def bulk(self) -> BulkWriter | None:
+        """The bulk writer of the fast lane (``None`` on the agent path)."""
+        return self._bulk
+
     def get(self, table: Any, key: str) -> Any:
         """The value of ``key``: this batch's pending one, else the table's (``None``)."""
         pending = self._pending.get(table)
