@@ -8,42 +8,94 @@ once; transient failures are retried with backoff, and an offer that still canno
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from faust.types import StreamT
 
-from agents.common import DUPLICATE, OK, handle
-from app.delivery import DeliveryError, OfferDelivery
+from agents.common import DUPLICATE, OK, count_batch, count_lane, dead_letter_once, lane_clock
+from app import fastlane
+from app.delivery import DeliveryError, DeliveryOutcome, OfferDelivery, validate_offer
+from app.fastlane import Source
 from app.faust_app import METRICS, app
 from app.settings import SETTINGS
 from app.topics import offers_topic
 from core.events import BadEvent, decode_object
 
 
-async def push(delivery: OfferDelivery, message: Any) -> str:
-    """Deliver one offer record."""
-    offer = decode_object(message.value)
-    try:
-        outcome = await delivery.deliver(offer)
-    except DeliveryError as exc:
-        kind = "permanent" if exc.permanent else "transient, retries exhausted"
-        METRICS.inc("storestream_offer_delivery_failures_total", kind=kind.split(",")[0])
-        raise BadEvent(f"delivery failed ({kind}): {exc}") from exc
+def _failure(exc: DeliveryError) -> str:
+    kind = "permanent" if exc.permanent else "transient, retries exhausted"
+    METRICS.inc("storestream_offer_delivery_failures_total", kind=kind.split(",")[0])
+    return f"delivery failed ({kind}): {exc}"
+
+
+def _delivered(outcome: DeliveryOutcome) -> str:
     METRICS.inc("storestream_offers_delivered_total", sink="redis", outcome=outcome.redis)
     if outcome.ably == "delivered":
         METRICS.inc("storestream_offers_delivered_total", sink="ably", outcome="delivered")
     return DUPLICATE if outcome.duplicate else OK
 
 
+async def deliver_batch(delivery: OfferDelivery, batch: Sequence[Source]) -> None:
+    """Deliver a batch of offer records (Redis pipelined); failures go to dead-letters."""
+    offers: list[tuple[Source, dict[str, Any]]] = []
+    failed: list[tuple[Source, str]] = []
+    for source in batch:
+        try:
+            offer = decode_object(source.value)
+            validate_offer(offer)
+        except BadEvent as exc:
+            failed.append((source, str(exc)))
+            continue
+        except DeliveryError as exc:
+            failed.append((source, _failure(exc)))
+            continue
+        offers.append((source, offer))
+    outcomes: dict[str, int] = {}
+    results = await delivery.deliver_many([offer for _, offer in offers])
+    for (source, _), result in zip(offers, results, strict=True):
+        if isinstance(result, DeliveryError):
+            failed.append((source, _failure(result)))
+        else:
+            outcome = _delivered(result)
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+    count_batch("delivery", batch, outcomes)
+    for source, reason in sorted(failed, key=lambda item: item[0].offset):
+        outcome = await dead_letter_once(source, reason)
+        METRICS.inc("storestream_events_total", topic=source.topic, outcome=outcome)
+
+
+_DELIVERY: list[OfferDelivery] = []
+
+
+def _delivery() -> OfferDelivery:
+    """This worker's delivery client (created on first use, in the worker's loop)."""
+    if not _DELIVERY:
+        _DELIVERY.append(OfferDelivery.from_settings(
+            SETTINGS.redis_url, SETTINGS.ably_api_key, key_prefix=SETTINGS.topics.prefix,
+            max_elapsed_s=30.0,
+        ))
+    return _DELIVERY[0]
+
+
+@fastlane.lane(offers_topic.get_topic_name())
+async def delivery_lane(batch: Sequence[Source]) -> None:
+    """The fast lane for ``customers.promotions``: a partition's offers per call."""
+    started = lane_clock()
+    await deliver_batch(_delivery(), batch)
+    count_lane(batch, started)
+
+
 @app.agent(offers_topic, name="delivery")
 async def deliver_offers(stream: StreamT[bytes]) -> None:
-    """Push every offer to the shopper's channels."""
+    """Push every offer to the shopper's channels (when the fast lane is off)."""
     delivery = OfferDelivery.from_settings(
         SETTINGS.redis_url, SETTINGS.ably_api_key, key_prefix=SETTINGS.topics.prefix,
         max_elapsed_s=30.0,
     )
     try:
         async for event in stream.events():
-            await handle("delivery", event.message, lambda m: push(delivery, m))
+            await deliver_batch(delivery, [fastlane.from_message(event.message)])
     finally:
         await delivery.close()
+
