@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Iterator
 from typing import Any
@@ -38,8 +39,11 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
         name = topic.get_topic_name()
 
         async def send(*, key: Any = None, value: Any = None, _name: str = name,
-                       **_: Any) -> None:
+                       **_: Any) -> asyncio.Future[None]:
             captured.records.append((_name, key, value))
+            delivered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            delivered.set_result(None)  # what a broker acknowledgement resolves
+            return delivered
 
         def send_soon(*, key: Any = None, value: Any = None, _name: str = name,
                       **_: Any) -> None:
