@@ -705,8 +705,10 @@ class OfferDelivery:
         same offer again later is safe (Redis reports a duplicate, Ably dedups by id).
         """
         validate_offer(offer)
-        offer_id: str = offer["offer_id"]
-        redis_new = await self._attempt(self.redis_sink, offer)
+        return await self._then_ably(offer, await self._attempt(self.redis_sink, offer))
+
+    async def _then_ably(self, offer: Mapping[str, Any], redis_new: bool) -> DeliveryOutcome:
+        """Publish to Ably (when configured) an offer Redis has taken; the outcome."""
         redis_state: Literal["delivered", "duplicate"] = "delivered" if redis_new else "duplicate"
         ably_state: Literal["delivered", "skipped"] = "skipped"
         if self.ably_sink is not None:
@@ -716,7 +718,7 @@ class OfferDelivery:
                 exc.reason = f"{exc.reason} (redis: {redis_state})"
                 raise
             ably_state = "delivered"
-        return DeliveryOutcome(offer_id, redis_state, ably_state)
+        return DeliveryOutcome(offer["offer_id"], redis_state, ably_state)
 
     async def deliver_many(
         self, offers: Sequence[Mapping[str, Any]]
@@ -741,18 +743,8 @@ class OfferDelivery:
             try:
                 if fresh is None:
                     results.append(await self.deliver(offer))
-                    continue
-                state: Literal["delivered", "duplicate"] = (
-                    "delivered" if fresh[index] else "duplicate")
-                ably: Literal["delivered", "skipped"] = "skipped"
-                if self.ably_sink is not None:
-                    try:
-                        await self._attempt(self.ably_sink, offer)
-                    except DeliveryError as exc:
-                        exc.reason = f"{exc.reason} (redis: {state})"
-                        raise
-                    ably = "delivered"
-                results.append(DeliveryOutcome(offer["offer_id"], state, ably))
+                else:
+                    results.append(await self._then_ably(offer, fresh[index]))
             except DeliveryError as exc:
                 results.append(exc)
         return results
