@@ -169,9 +169,30 @@ def storestream(stack: DevStack, tmp: Path, rate: float, seconds: float,
         result["cpu_percent"] = round(100 * (worker.cpu_seconds() - cpu0)
                                       / (time.monotonic() - t0), 1)
         result["dead_letters"] = worker.metric("storestream_dead_letters_total")
+        result["worker_side"] = worker_side_lag(worker)
         return result
     finally:
         worker.stop()
+
+
+def worker_side_lag(worker: Any) -> dict[str, float]:
+    """Share of position batches whose newest record was processed within each bound.
+
+    From the worker's ``storestream_agent_latency_seconds{agent="locations"}`` histogram
+    (record timestamp -> end of its batch): splits the end-to-end latency into the part
+    before the offer is queued in the worker and the part after (produce, broker, fetch).
+    """
+    samples = worker.metrics()
+    count = next((v for k, v in samples.items() if k.startswith(
+        "storestream_agent_latency_seconds_count{") and 'agent="locations"' in k), 0.0)
+    out: dict[str, float] = {}
+    for series, value in samples.items():
+        if (series.startswith("storestream_agent_latency_seconds_bucket{")
+                and 'agent="locations"' in series and count):
+            bound = series.split('le="', 1)[1].split('"', 1)[0]
+            if bound in ("0.01", "0.025", "0.05", "0.1", "0.25"):
+                out[f"<= {float(bound) * 1000:g} ms"] = round(value / count, 3)
+    return out
 
 
 def plain(stack: DevStack, tmp: Path, rate: float, seconds: float,
@@ -217,6 +238,10 @@ def run(stack: DevStack, tmp: Path, quick: bool) -> dict[str, Any]:
                 r = row[name]
                 log(f"latency: {name}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
                     f"{r['received']}/{r['sent']} received")
+                if r.get("worker_side"):
+                    log(f"latency: {name} worker side (record -> its batch processed): "
+                        + ", ".join(f"{share:.0%} {bound}"
+                                    for bound, share in r["worker_side"].items()))
         ss, pl = row.get("storestream", {}), row.get("aiokafka", {})
         if ss.get("p50_ms") and pl.get("p50_ms"):
             row["ratio_p50"] = round(ss["p50_ms"] / pl["p50_ms"], 2)
