@@ -30,7 +30,7 @@ from faust.streams import _current_event
 from app.settings import SETTINGS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass costs ~1.2 us more per record
 class Source:
     """One input record: where it came from and its raw bytes.
 
