@@ -87,7 +87,12 @@ async def process_batch(agent: str, batch: Sequence[Source],
         outcomes[outcome] = outcomes.get(outcome, 0) + 1
     finish()
     count_batch(agent, batch, outcomes)
-    for source, reason in failed:
+    await dead_letter_all(failed)
+
+
+async def dead_letter_all(failed: Sequence[tuple[Source, str]]) -> None:
+    """Dead-letter each (record, reason) once, in offset order, and count it."""
+    for source, reason in sorted(failed, key=lambda item: item[0].offset):
         outcome = await dead_letter_once(source, reason)
         METRICS.inc("storestream_events_total", topic=source.topic, outcome=outcome)
 

@@ -8,12 +8,13 @@ once; transient failures are retried with backoff, and an offer that still canno
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
 from faust.types import StreamT
 
-from agents.common import DUPLICATE, OK, count_batch, count_lane, dead_letter_once, lane_clock
+from agents.common import DUPLICATE, OK, count_batch, count_lane, dead_letter_all, lane_clock
 from app import fastlane
 from app.delivery import DeliveryError, DeliveryOutcome, OfferDelivery, validate_offer
 from app.fastlane import Source
@@ -60,39 +61,33 @@ async def deliver_batch(delivery: OfferDelivery, batch: Sequence[Source]) -> Non
             outcome = _delivered(result)
             outcomes[outcome] = outcomes.get(outcome, 0) + 1
     count_batch("delivery", batch, outcomes)
-    for source, reason in sorted(failed, key=lambda item: item[0].offset):
-        outcome = await dead_letter_once(source, reason)
-        METRICS.inc("storestream_events_total", topic=source.topic, outcome=outcome)
+    await dead_letter_all(failed)
 
 
-_DELIVERY: list[OfferDelivery] = []
+def new_delivery() -> OfferDelivery:
+    """A delivery client from this worker's settings (Redis, and Ably when configured)."""
+    return OfferDelivery.from_settings(
+        SETTINGS.redis_url, SETTINGS.ably_api_key, key_prefix=SETTINGS.topics.prefix,
+        max_elapsed_s=30.0,
+    )
 
 
-def _delivery() -> OfferDelivery:
-    """This worker's delivery client (created on first use, in the worker's loop)."""
-    if not _DELIVERY:
-        _DELIVERY.append(OfferDelivery.from_settings(
-            SETTINGS.redis_url, SETTINGS.ably_api_key, key_prefix=SETTINGS.topics.prefix,
-            max_elapsed_s=30.0,
-        ))
-    return _DELIVERY[0]
+#: The fast lane's client: created on first use, in the worker's loop, kept for its life.
+_lane_delivery = functools.cache(new_delivery)
 
 
 @fastlane.lane(offers_topic.get_topic_name())
 async def delivery_lane(batch: Sequence[Source]) -> None:
     """The fast lane for ``customers.promotions``: a partition's offers per call."""
     started = lane_clock()
-    await deliver_batch(_delivery(), batch)
+    await deliver_batch(_lane_delivery(), batch)
     count_lane(batch, started)
 
 
 @app.agent(offers_topic, name="delivery")
 async def deliver_offers(stream: StreamT[bytes]) -> None:
     """Push every offer to the shopper's channels (when the fast lane is off)."""
-    delivery = OfferDelivery.from_settings(
-        SETTINGS.redis_url, SETTINGS.ably_api_key, key_prefix=SETTINGS.topics.prefix,
-        max_elapsed_s=30.0,
-    )
+    delivery = new_delivery()
     try:
         async for event in stream.events():
             await deliver_batch(delivery, [fastlane.from_message(event.message)])

@@ -96,28 +96,31 @@ app.on_worker_init.connect(_check_guarantee)
 
 #: Process-wide metrics served at ``/metrics``.
 METRICS = Metrics()
-METRICS.describe("storestream_events_total", "counter", "Events processed, by topic and outcome")
-METRICS.describe("storestream_dead_letters_total", "counter", "Events sent to dead-letters")
-METRICS.describe("storestream_offers_total", "counter", "Offers emitted, by store")
-METRICS.describe("storestream_offers_delivered_total", "counter",
-                 "Offers pushed, by sink and outcome (delivered or duplicate)")
-METRICS.describe("storestream_offer_delivery_failures_total", "counter",
-                 "Offers that could not be pushed (dead-lettered), by kind")
-METRICS.describe("storestream_fast_lane_records_total", "counter",
-                 "Records processed in the fast lane (app/fastlane.py), by topic")
-METRICS.describe("storestream_fast_lane_batches_total", "counter",
-                 "Partition batches processed in the fast lane, by topic")
-METRICS.describe("storestream_fast_lane_first_batch_seconds", "gauge",
-                 "Wall-clock time at the start of the first fast-lane batch")
-METRICS.describe("storestream_fast_lane_first_batch_cpu_seconds", "gauge",
-                 "Process CPU time at the start of the first fast-lane batch")
-METRICS.describe("storestream_fast_lane_last_batch_seconds", "gauge",
-                 "Wall-clock time at the end of the latest fast-lane batch")
-METRICS.describe("storestream_fast_lane_last_batch_cpu_seconds", "gauge",
-                 "Process CPU time at the end of the latest fast-lane batch")
-METRICS.describe("storestream_ready", "gauge", "1 once recovered and processing")
-METRICS.describe("storestream_replica_keys", "gauge", "Keys in this worker's replica")
-METRICS.describe("storestream_replica_applied_total", "counter",
-                 "Changelog records applied to this worker's replica")
-METRICS.describe("storestream_agent_latency_seconds", "histogram",
-                 "Time from record timestamp to processed, per agent")
+for _name, _kind, _help in (
+    ("storestream_events_total", "counter", "Events processed, by topic and outcome"),
+    ("storestream_dead_letters_total", "counter", "Events sent to dead-letters"),
+    ("storestream_offers_total", "counter", "Offers emitted, by store"),
+    ("storestream_offers_delivered_total", "counter",
+     "Offers pushed, by sink and outcome (delivered or duplicate)"),
+    ("storestream_offer_delivery_failures_total", "counter",
+     "Offers that could not be pushed (dead-lettered), by kind"),
+    ("storestream_fast_lane_records_total", "counter",
+     "Records processed in the fast lane (app/fastlane.py), by topic"),
+    ("storestream_fast_lane_batches_total", "counter",
+     "Partition batches processed in the fast lane, by topic"),
+    ("storestream_fast_lane_first_batch_seconds", "gauge",
+     "Wall-clock time at the start of the first fast-lane batch"),
+    ("storestream_fast_lane_first_batch_cpu_seconds", "gauge",
+     "Process CPU time at the start of the first fast-lane batch"),
+    ("storestream_fast_lane_last_batch_seconds", "gauge",
+     "Wall-clock time at the end of the latest fast-lane batch"),
+    ("storestream_fast_lane_last_batch_cpu_seconds", "gauge",
+     "Process CPU time at the end of the latest fast-lane batch"),
+    ("storestream_ready", "gauge", "1 once recovered and processing"),
+    ("storestream_replica_keys", "gauge", "Keys in this worker's replica"),
+    ("storestream_replica_applied_total", "counter",
+     "Changelog records applied to this worker's replica"),
+    ("storestream_agent_latency_seconds", "histogram",
+     "Time from record timestamp to processed, per agent"),
+):
+    METRICS.describe(_name, _kind, _help)
