@@ -42,6 +42,8 @@ def test_recipe_replay_gives_every_table_of_the_recipe(deployment: Deployment) -
     wait_for("every event counted", lambda: worker.metric("storestream_events_total") >= produced,
              60)
 
+    # The catalogue replica follows the catalogue changelog on its own consumer: wait for it.
+    wait_for("kris priced", lambda: worker.get("/customers/kris/")[1]["total"] == 74.28, 30)
     kris = worker.get("/customers/kris/")[1]
     assert kris["total"] == 74.28 and kris["reward_level"] == "CLIMBING"
     assert kris["promotions"] == {"loose_leaf": ["coffee"]}
