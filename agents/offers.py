@@ -129,7 +129,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites) -> None:
     await process_batch("locations", batch, apply_one, writes.commit)
 
 
-@fastlane.lane(locations_topic.get_topic_name())
+@fastlane.lane(locations_topic.get_topic_name(), urgent=True)
 async def locations_lane(batch: Sequence[Source]) -> None:
     """The fast lane for ``customers.locations``."""
     started = lane_clock()

@@ -407,23 +407,47 @@ class RedisOfferSink:
 
         The script runs once per offer, in order, so a repeated offer_id in the batch is a
         duplicate the second time. Raises a :class:`DeliveryError` for the whole batch.
+        The pipeline calls the script by its SHA without asking first whether the server
+        has it (redis-py's script pipelines add a ``SCRIPT EXISTS`` round trip to every
+        batch); offers the server answered ``NOSCRIPT`` are sent again once it is loaded.
         """
         if not offers:
             return []
-        pipe = self._client.pipeline(transaction=False)
+        calls: list[tuple[list[str], list[str | int]]] = []
         for offer in offers:
             validate_offer(offer)
             args: list[str | int] = [self.channel(offer["uid"]), offer_json(offer),
                                      self.maxlen, self.dedup_ttl_ms]
             for field, value in stream_fields(offer).items():
                 args.extend((field, value))
-            await self._script(keys=[self.dedup_key(offer["offer_id"]), self.stream_key],
-                               args=args, client=pipe)
+            calls.append(([self.dedup_key(offer["offer_id"]), self.stream_key], args))
+        results = await self._run_script_calls(calls)
+        missing = [index for index, result in enumerate(results)
+                   if isinstance(result, redis_errors.NoScriptError)]
+        if missing:
+            try:
+                self._script.sha = await self._client.script_load(_DELIVER_LUA)
+            except Exception as exc:
+                raise classify_redis_error(exc) from exc
+            again = await self._run_script_calls([calls[index] for index in missing])
+            for index, result in zip(missing, again, strict=True):
+                results[index] = result
+        for result in results:
+            if isinstance(result, Exception):
+                raise classify_redis_error(result) from result
+        return [int(result) == 1 for result in results]
+
+    async def _run_script_calls(
+        self, calls: Sequence[tuple[list[str], list[str | int]]]
+    ) -> list[Any]:
+        """EVALSHA of the delivery script per call, pipelined; errors returned in place."""
+        pipe = self._client.pipeline(transaction=False)
+        for keys, args in calls:
+            pipe.evalsha(self._script.sha, len(keys), *keys, *args)
         try:
-            results = await pipe.execute()
+            return list(await pipe.execute(raise_on_error=False))
         except Exception as exc:
             raise classify_redis_error(exc) from exc
-        return [int(result) == 1 for result in results]
 
     async def close(self) -> None:
         """Close the client if this sink created it."""

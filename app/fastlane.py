@@ -53,12 +53,24 @@ BatchHandler = Callable[[Sequence[Source]], Awaitable[None]]
 LANES: dict[str, BatchHandler] = {}
 
 
-def lane(topic: str) -> Callable[[BatchHandler], BatchHandler]:
+#: Topics whose batches run before every other batch of the same fetch (waiting for a
+#: reply, like a shopper's position waiting for its offer).
+URGENT: set[str] = set()
+
+
+def lane(topic: str, *, urgent: bool = False) -> Callable[[BatchHandler], BatchHandler]:
     """Register the decorated function as the batch handler of ``topic``."""
     def register(handler: BatchHandler) -> BatchHandler:
         LANES[topic] = handler
+        if urgent:
+            URGENT.add(topic)
         return handler
     return register
+
+
+def urgent_first(topic: str) -> bool:
+    """Sort key: batches of :data:`URGENT` topics first (``False`` sorts first)."""
+    return topic not in URGENT
 
 
 def enabled(in_transaction: bool) -> bool:

@@ -8,9 +8,10 @@ This transport keeps everything else of Faust's consumer and only changes that w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.events import Event
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -45,6 +46,42 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         #: Per partition: (generation, highest offset) processed by the lane in that generation.
         self._lane_done: dict[TP, tuple[int, int]] = {}
 
+    def pause_partitions(self, tps: Iterable[TP]) -> None:
+        """Faust's pause, and aiokafka stops fetching those partitions too."""
+        tps = set(tps)
+        super().pause_partitions(tps)
+        self._fetch_control(tps, pause=True)
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        """Faust's resume, and aiokafka fetches those partitions again."""
+        tps = set(tps)
+        super().resume_partitions(tps)
+        self._fetch_control(tps, pause=False)
+
+    def _fetch_control(self, tps: set[TP], *, pause: bool) -> None:
+        """Mirror a Faust pause or resume in aiokafka, on the consumer thread's loop.
+
+        Faust's pause is only a filter on what it takes from aiokafka: aiokafka keeps
+        fetching every assigned partition, so one worker's fetch covered 129 partitions
+        (its tables' own changelogs too) where 56 carry input. A broker that answers a
+        fetch at the end of its wait then serves each fetch for all of them, and aiokafka
+        holds the next fetch to the node while a fetched batch sits unconsumed (up to its
+        100 ms prefetch backoff): records of a partition Faust paused are never consumed.
+        """
+        thread = getattr(self, "_thread", None)
+        consumer = getattr(thread, "_consumer", None)
+        if thread is None or consumer is None or not tps:
+            return
+        wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps]
+
+        def apply() -> None:
+            assigned = consumer.assignment()
+            chosen = [tp for tp in wanted if tp in assigned]
+            if chosen:
+                (consumer.pause if pause else consumer.resume)(*chosen)
+
+        thread.thread_loop.call_soon_threadsafe(apply)
+
     def _new_consumer_thread(self) -> FetchWaitConsumerThread:
         return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
@@ -66,7 +103,7 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                 self.log.warning("exception performing seek when flow not active %r", exc)
             return
         rest = {}
-        for tp, batch in records.items():
+        for tp, batch in sorted(records.items(), key=_urgent_first):
             handler = lanes.get(tp.topic)
             if handler is None:
                 rest[tp] = batch
@@ -127,6 +164,10 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                     index.add(offset)
                     acked.append(offset)
                     self._n_acked += 1
+
+
+def _urgent_first(item: tuple[TP, Any]) -> bool:
+    return fastlane.urgent_first(item[0].topic)
 
 
 class CompleteFlushBuffer(ProducerBuffer):  # type: ignore[misc]

@@ -73,6 +73,7 @@ async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: 
     await producer.start()
     run = uuid.uuid4().hex[:4]
     latencies: list[float] = []
+    last_hop: list[float] = []  # output record's own timestamp -> received
     seen = {"warm": 0, "measured": 0}
     last_received = [0.0]
     stop = asyncio.Event()
@@ -93,6 +94,8 @@ async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: 
                         last_received[0] = received
                         if float(value["ts"]) >= measure_from:
                             latencies.append(received - float(value["ts"]))
+                            if record.timestamp is not None and record.timestamp > 0:
+                                last_hop.append(received - record.timestamp / 1000)
 
     collector = asyncio.create_task(collect())
     try:
@@ -141,6 +144,9 @@ async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: 
         "p50_ms": round(percentile(ms, 50), 1), "p95_ms": round(percentile(ms, 95), 1),
         "p99_ms": round(percentile(ms, 99), 1), "max_ms": round(max(ms, default=0.0), 1),
         "mean_ms": round(statistics.fmean(ms), 1) if ms else 0.0,
+        # The last hop alone (output produced -> received), the same broker work for both.
+        "last_hop_p50_ms": round(percentile([x * 1000 for x in last_hop], 50), 1),
+        "last_hop_p99_ms": round(percentile([x * 1000 for x in last_hop], 99), 1),
     }
 
 

@@ -210,6 +210,36 @@ async def test_existing_client_is_left_open(
     assert await redis_client.ping() is True
 
 
+async def test_batch_delivery_answers_each_offer_in_order(
+    redis_sink: RedisOfferSink, redis_client: redis_async.Redis, prefix: str, uid: str
+) -> None:
+    first, second, earlier = make_offer(uid, 1), make_offer(uid, 2), make_offer(uid, 3)
+    assert await redis_sink.deliver(earlier) is True
+    results = await redis_sink.deliver_many([first, second, first, earlier])
+    assert results == [True, True, False, False]
+    assert await redis_client.xlen(f"{prefix}offers") == 3
+
+
+async def test_batch_delivery_loads_the_script_when_the_server_lost_it(
+    redis_sink: RedisOfferSink, redis_client: redis_async.Redis, prefix: str, uid: str
+) -> None:
+    assert await redis_sink.deliver_many([make_offer(uid, 1)]) == [True]
+    await redis_client.script_flush()  # e.g. a Redis restart or failover
+    assert await redis_sink.deliver_many([make_offer(uid, 2), make_offer(uid, 1)]) == [
+        True, False]
+    assert await redis_client.xlen(f"{prefix}offers") == 2
+
+
+async def test_batch_with_a_wrong_type_is_permanent(
+    redis_sink: RedisOfferSink, redis_client: redis_async.Redis, prefix: str, uid: str
+) -> None:
+    await redis_client.set(f"{prefix}offers", "not a stream")
+    with pytest.raises(DeliveryError) as info:
+        await redis_sink.deliver_many([make_offer(uid, 1)])
+    assert info.value.permanent and "WRONGTYPE" in info.value.reason
+    await redis_client.delete(f"{prefix}offers")
+
+
 async def test_wrong_type_is_permanent_and_leaves_no_marker(
     redis_sink: RedisOfferSink, redis_client: redis_async.Redis, prefix: str, uid: str
 ) -> None:
