@@ -117,6 +117,8 @@ for _name, _kind, _help in (
     ("storestream_fast_lane_last_batch_cpu_seconds", "gauge",
      "Process CPU time at the end of the latest fast-lane batch"),
     ("storestream_ready", "gauge", "1 once recovered and processing"),
+    ("storestream_consumer_partitions", "gauge",
+     "Partitions assigned to the worker's consumer, by kind and fetch state in aiokafka"),
     ("storestream_replica_keys", "gauge", "Keys in this worker's replica"),
     ("storestream_replica_applied_total", "counter",
      "Changelog records applied to this worker's replica"),

@@ -84,6 +84,23 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
 
         thread.thread_loop.call_soon_threadsafe(apply)
 
+    def fetch_counts(self) -> dict[tuple[str, str], int]:
+        """Assigned partitions by (kind, state): changelog/input, fetching/paused in aiokafka."""
+        consumer = getattr(getattr(self, "_thread", None), "_consumer", None)
+        counts: dict[tuple[str, str], int] = {}
+        if consumer is None:
+            return counts
+        try:  # read from the event loop while the consumer thread owns the state
+            assigned, paused = consumer.assignment(), consumer.paused()
+        except RuntimeError:  # changed during iteration: a rebalance; next scrape
+            return counts
+        changelogs = self.app.tables.changelog_topics
+        for tp in assigned:
+            key = ("changelog" if tp.topic in changelogs else "input",
+                   "paused" if tp in paused else "fetching")
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
     def _new_consumer_thread(self) -> FetchWaitConsumerThread:
         return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 

@@ -71,6 +71,11 @@ async def metrics(web: Any, request: Any) -> Any:
                           ("promotions", PROMOTIONS)):
         METRICS.set("storestream_replica_keys", float(len(replica.data)), table=name)
         METRICS.set("storestream_replica_applied_total", float(replica.applied), table=name)
+    counts: dict[tuple[str, str], int] = getattr(app.consumer, "fetch_counts", dict)()
+    for kind in ("changelog", "input"):
+        for state in ("fetching", "paused"):
+            METRICS.set("storestream_consumer_partitions", float(counts.get((kind, state), 0)),
+                        kind=kind, state=state)
     return web.text(METRICS.render(), content_type="text/plain; version=0.0.4")
 
 
