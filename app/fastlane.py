@@ -68,11 +68,6 @@ def lane(topic: str, *, urgent: bool = False) -> Callable[[BatchHandler], BatchH
     return register
 
 
-def urgent_first(topic: str) -> bool:
-    """Sort key: batches of :data:`URGENT` topics first (``False`` sorts first)."""
-    return topic not in URGENT
-
-
 def enabled(in_transaction: bool) -> bool:
     """Whether hot topics take the fast lane (never in a transaction, i.e. exactly_once)."""
     return SETTINGS.fast_lane and not in_transaction

@@ -147,7 +147,8 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
 
 
 def _urgent_first(item: tuple[TP, Any]) -> bool:
-    return fastlane.urgent_first(item[0].topic)
+    """Sort key: batches of :data:`app.fastlane.URGENT` topics first (``False`` sorts first)."""
+    return item[0].topic not in fastlane.URGENT
 
 
 class CompleteFlushBuffer(ProducerBuffer):  # type: ignore[misc]
