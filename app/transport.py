@@ -111,8 +111,8 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         generation = self.app.consumer_generation_id
         seen = self._lane_done.get(tp)
         if seen is not None and seen[0] == generation:
-            # Faust resumes the partitions before it seeks them to the committed offsets, so
-            # what was fetched in between comes again: processed already in this generation.
+            # A seek back to the committed offsets within a generation (Faust's getmany seeks
+            # whenever it finds the flow stopped) delivers again what the lane processed.
             batch = [record for record in batch if record.offset > seen[1]]
         if not batch:
             return

@@ -399,8 +399,10 @@ async def read_topic(bootstrap: str, topic: str, *, at_least: int = 0, timeout: 
         await consumer.stop()
 
 
-async def group_lag(bootstrap: str, group: str, ends: dict[TopicPartition, int]) -> int | None:
-    """Records of ``ends`` not yet committed by the consumer group (``None``: unknown)."""
+async def group_lag_by_partition(
+    bootstrap: str, group: str, ends: dict[TopicPartition, int]
+) -> dict[TopicPartition, int] | None:
+    """Per partition of ``ends``: records not yet committed by the group (``None``: unknown)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
     try:
         await admin.start()
@@ -411,12 +413,18 @@ async def group_lag(bootstrap: str, group: str, ends: dict[TopicPartition, int])
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
-    lag = 0
+    lags: dict[TopicPartition, int] = {}
     for tp, end in ends.items():
         meta = committed.get(tp)
         done = meta.offset if meta is not None and meta.offset >= 0 else 0
-        lag += max(0, end - done)
-    return lag
+        lags[tp] = max(0, end - done)
+    return lags
+
+
+async def group_lag(bootstrap: str, group: str, ends: dict[TopicPartition, int]) -> int | None:
+    """Records of ``ends`` not yet committed by the consumer group (``None``: unknown)."""
+    lags = await group_lag_by_partition(bootstrap, group, ends)
+    return None if lags is None else sum(lags.values())
 
 
 async def describe_group(bootstrap: str, group: str) -> dict[str, Any]:
@@ -758,6 +766,9 @@ class Run:
             "examples_for_valid_events": [
                 {k: d.get(k) for k in ("topic", "partition", "offset", "error")}
                 for d in for_valid[:5]],
+            "examples_without_letter": [
+                {"topic": t, "partition": p, "offset": o, "kind": kind}
+                for (t, p, o), kind in sorted(bad.items()) if (t, p, o) not in sources][:10],
         }
         duplicated = [k for k, n in sources.items() if n > 1]
         result["duplicated_kinds"] = dict(Counter(bad.get(k, "valid?") for k in duplicated))
@@ -1008,6 +1019,11 @@ class Run:
             figures["drain_s"] = round(time.monotonic() - settle_started, 1)
             self.say(f"settle: uncommitted input records {figures['input_lag_end']} after "
                      f"{figures['drain_s']} s")
+            if figures["input_lag_end"]:
+                lags = await group_lag_by_partition(self.stack.bootstrap, self.group, ends) or {}
+                self.say("settle: uncommitted by partition: " + ", ".join(
+                    f"{tp.topic}[{tp.partition}] {lag}/{ends[tp]}"
+                    for tp, lag in sorted(lags.items()) if lag))
 
             self.phase = "verify"
             figures["state"] = await self.verify_state(deadline + 15)
@@ -1112,7 +1128,8 @@ def failures(figures: dict[str, Any]) -> list[str]:
         need(letters["for_valid_events"] == 0,
              f"dead letters for valid events: {letters['for_valid_events']}")
         need(letters["bad_without_letter"] == 0,
-             f"bad events without a dead letter: {letters['bad_without_letter']}")
+             f"bad events without a dead letter: {letters['bad_without_letter']} "
+             f"(e.g. {letters.get('examples_without_letter', [])[:3]})")
     offers = figures.get("offers")
     if offers is None:
         out.append("offers not verified")
