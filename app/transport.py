@@ -8,9 +8,10 @@ This transport keeps everything else of Faust's consumer and only changes that w
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
+from aiokafka import TopicPartition
 from faust.events import Event
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -44,6 +45,44 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         super().__post_init__()
         #: Per partition: (generation, highest offset) processed by the lane in that generation.
         self._lane_done: dict[TP, tuple[int, int]] = {}
+
+    def pause_partitions(self, tps: Iterable[TP]) -> None:
+        """Faust's pause; aiokafka stops fetching paused changelog partitions too."""
+        tps = set(tps)
+        super().pause_partitions(tps)
+        self._changelog_fetch(tps, pause=True)
+
+    def resume_partitions(self, tps: Iterable[TP]) -> None:
+        """Faust's resume; aiokafka fetches resumed changelog partitions again."""
+        tps = set(tps)
+        super().resume_partitions(tps)
+        self._changelog_fetch(tps, pause=False)
+
+    def _changelog_fetch(self, tps: set[TP], *, pause: bool) -> None:
+        """Mirror a Faust pause or resume of changelog partitions in aiokafka.
+
+        Faust's pause is only a filter on what it takes from aiokafka: aiokafka keeps
+        fetching every assigned partition, so one worker's fetches covered 129 partitions
+        where 56 carry input; the other 73 were its tables' own changelogs, paused by Faust
+        once recovered, whose records are fetched, decoded and then never taken. Changelog
+        partitions only: input partitions keep Faust's own (proven) fetch behaviour. Runs on
+        the consumer thread's loop, in call order.
+        """
+        thread = getattr(self, "_thread", None)
+        consumer = getattr(thread, "_consumer", None)
+        changelogs = self.app.tables.changelog_topics
+        wanted = [TopicPartition(tp.topic, tp.partition) for tp in tps
+                  if tp.topic in changelogs]
+        if thread is None or consumer is None or not wanted:
+            return
+
+        def apply() -> None:
+            assigned = consumer.assignment()
+            chosen = [tp for tp in wanted if tp in assigned]
+            if chosen:
+                (consumer.pause if pause else consumer.resume)(*chosen)
+
+        thread.thread_loop.call_soon_threadsafe(apply)
 
     def fetch_counts(self) -> dict[tuple[str, str], int]:
         """Assigned partitions by (kind, state): changelog/input, fetching/paused in aiokafka."""

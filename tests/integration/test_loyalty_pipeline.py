@@ -63,9 +63,14 @@ def test_recipe_replay_gives_every_table_of_the_recipe(deployment: Deployment) -
     purchases = sum(1 for e in before_dog + dog if e.topic == "purchases")
     assert worker.metric("storestream_fast_lane_records_total") == purchases
 
-    # What the worker's aiokafka consumer fetches is visible (Faust's pause only filters).
+    # Input partitions are fetched; the tables' own changelogs, once recovered, are paused
+    # in aiokafka too (Faust's pause alone only filters what it takes from aiokafka).
     assert worker.metric("storestream_consumer_partitions", kind="input",
                          state="fetching") > 0
+    assert worker.metric("storestream_consumer_partitions", kind="changelog",
+                         state="paused") > 0
+    assert worker.metric("storestream_consumer_partitions", kind="changelog",
+                         state="fetching") == 0
 
     status, missing = worker.get("/customers/nobody/")
     assert status == 404 and missing["error"] == "not found"
