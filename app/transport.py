@@ -105,12 +105,12 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
     async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Any]]:
-        """Faust's ``getmany``, with fast-lane records dispatched in batches first."""
+        """Faust's ``getmany``, with fast-lane records dispatched in batches first.
+
+        With the fast lane off every record takes Faust's path, and records Faust does not
+        take are rewound either way (:meth:`_rewind`).
+        """
         lanes = fastlane.LANES if fastlane.enabled(self.app.in_transaction) else {}
-        if not lanes:
-            async for item in super().getmany(timeout):
-                yield item
-            return
         records, active = await self._wait_next_records(timeout)
         generation_id = self.app.consumer_generation_id
         if records is None or self.should_stop:
