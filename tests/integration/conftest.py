@@ -27,6 +27,17 @@ def deployment(stack: DevStack, tmp_path: Path) -> Iterator[Deployment]:
     deployed.stop()
 
 
+@pytest.fixture(params=["on", "off"], ids=["fast-lane", "agent-path"])
+def each_path(request: pytest.FixtureRequest, stack: DevStack,
+              tmp_path: Path) -> Iterator[Deployment]:
+    """Like :func:`deployment`, once per processing path: the fast lane (the default) and
+    Faust's agents (``FAST_LANE=off``, the path ``exactly_once`` always takes)."""
+    deployed = Deployment(stack, tmp_path, extra_env={"FAST_LANE": request.param})
+    deployed.create_topics()
+    yield deployed
+    deployed.stop()
+
+
 @pytest.fixture
 def secured(stack: DevStack, tmp_path: Path) -> Iterator[Deployment]:
     """Like :func:`deployment`, with ``WEB_TOKEN`` set."""

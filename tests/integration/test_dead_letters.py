@@ -11,8 +11,9 @@ pytestmark = pytest.mark.integration
 
 
 def test_malformed_events_go_to_dead_letters_and_valid_ones_count_once(
-    deployment: Deployment,
+    each_path: Deployment,
 ) -> None:
+    deployment = each_path
     worker = deployment.start_worker("w1")
     worker.wait_ready()
     deployment.produce([("products", "tea", {"product_id": "tea", "price": 2.55, "ts": 1.0})])

@@ -24,12 +24,15 @@ def ably() -> Iterator[AblyStub]:
         yield stub
 
 
-@pytest.fixture
-def pushed(stack: DevStack, tmp_path: Path, ably: AblyStub) -> Iterator[Deployment]:
-    """A deployment whose workers push offers to the session's redis and the Ably stub."""
+@pytest.fixture(params=["on", "off"], ids=["fast-lane", "agent-path"])
+def pushed(request: pytest.FixtureRequest, stack: DevStack, tmp_path: Path,
+           ably: AblyStub) -> Iterator[Deployment]:
+    """A deployment whose workers push offers to the session's redis and the Ably stub, once
+    per processing path (the fast lane, and Faust's delivery agent with ``FAST_LANE=off``)."""
     deployed = Deployment(stack, tmp_path, extra_env={
         "ABLY_API_KEY": str(ably.api_key), "ABLY_REST_HOST": ably.host,
         "ABLY_REST_PORT": str(ably.port), "ABLY_TLS": "false",
+        "FAST_LANE": request.param,
     })
     deployed.create_topics()
     yield deployed

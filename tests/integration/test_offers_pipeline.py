@@ -19,8 +19,9 @@ def wait_replicas(worker: Worker, displays: int, promotions: int) -> None:
 
 
 def test_offers_follow_radius_segment_sku_tier_opt_out_cooldown_and_promotion_end(
-    deployment: Deployment,
+    each_path: Deployment,
 ) -> None:
+    deployment = each_path
     worker = deployment.start_worker("w1")
     worker.wait_ready()
     deployment.produce(store.display_records() + store.promotion_records() + [

@@ -234,8 +234,9 @@ async def committed_total(deployment: Deployment, base_topic: str) -> int:
 
 
 def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
-        deployment: Deployment) -> None:
+        each_path: Deployment) -> None:
     """kill -9 after a source-offset commit, with purchases still arriving and in flight."""
+    deployment = each_path
     first = deployment.start_worker("w1")
     first.wait_ready()
     records = purchases(seed=2)
