@@ -226,29 +226,53 @@ def plain(stack: DevStack, tmp: Path, rate: float, seconds: float,
         proc.stop()
 
 
+def median_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The trial with the median p99 (the lower middle one of an even count), with every
+    trial's p99 and p50 attached; an error when no trial succeeded."""
+    done = [t for t in trials if "error" not in t]
+    if not done:
+        return trials[-1] if trials else {"error": "no trial ran"}
+    ordered = sorted(done, key=lambda t: t["p99_ms"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["trials"] = len(trials)
+    chosen["trials_p99_ms"] = [t.get("p99_ms") for t in trials]
+    chosen["trials_p50_ms"] = [t.get("p50_ms") for t in trials]
+    return chosen
+
+
 def run(stack: DevStack, tmp: Path, quick: bool) -> dict[str, Any]:
-    """Every rate for both peers: ``{"<rate>/s": {"storestream": ..., "aiokafka": ...}}``."""
-    plan = [(200.0, 4.0)] if quick else [(500.0, 15.0), (2_000.0, 15.0)]
+    """Every rate for both peers: ``{"<rate>/s": {"storestream": ..., "aiokafka": ...}}``.
+
+    At 500/s (the rate of the p99 target) the peers run three alternating trials and each
+    reports its median-p99 trial: one 15-s run's p99 moves by 2-3x on a shared 2-core
+    machine (README, Performance).
+    """
+    plan = [(200.0, 4.0, 1)] if quick else [(500.0, 15.0, 3), (2_000.0, 15.0, 1)]
     drain_s = 10.0 if quick else 30.0
     out: dict[str, Any] = {}
-    for rate, seconds in plan:
+    for rate, seconds, trials in plan:
         row: dict[str, Any] = {"seconds": seconds}
-        for name, runner in (("storestream", storestream), ("aiokafka", plain)):
-            log(f"latency: {name} at {rate:,.0f} positions/s for {seconds:.0f} s ...")
-            try:
-                row[name] = runner(stack, tmp, rate, seconds, drain_s)
-            except Exception as exc:
-                row[name] = {"error": f"{exc}"[-2000:]}
-                log(f"latency: {name} FAILED: {exc}")
-            else:
-                r = row[name]
-                log(f"latency: {name}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-                    f"{r['received']}/{r['sent']} received")
-                if r.get("worker_side"):
-                    log(f"latency: {name} worker side (record -> its batch processed): "
-                        + ", ".join(f"{share:.0%} {bound}"
-                                    for bound, share in r["worker_side"].items()))
-        ss, pl = row.get("storestream", {}), row.get("aiokafka", {})
+        runs: dict[str, list[dict[str, Any]]] = {"storestream": [], "aiokafka": []}
+        for trial in range(1, trials + 1):
+            for name, runner in (("storestream", storestream), ("aiokafka", plain)):
+                of = f" (trial {trial}/{trials})" if trials > 1 else ""
+                log(f"latency: {name} at {rate:,.0f} positions/s for {seconds:.0f} s{of} ...")
+                try:
+                    r = runner(stack, tmp, rate, seconds, drain_s)
+                except Exception as exc:
+                    r = {"error": f"{exc}"[-2000:]}
+                    log(f"latency: {name} FAILED: {exc}")
+                else:
+                    log(f"latency: {name}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+                        f"{r['received']}/{r['sent']} received")
+                    if r.get("worker_side"):
+                        log(f"latency: {name} worker side (record -> its batch processed): "
+                            + ", ".join(f"{share:.0%} {bound}"
+                                        for bound, share in r["worker_side"].items()))
+                runs[name].append(r)
+        for name, results in runs.items():
+            row[name] = median_trial(results)
+        ss, pl = row["storestream"], row["aiokafka"]
         if ss.get("p50_ms") and pl.get("p50_ms"):
             row["ratio_p50"] = round(ss["p50_ms"] / pl["p50_ms"], 2)
             row["ratio_p99"] = round(ss["p99_ms"] / max(pl["p99_ms"], 0.1), 2)

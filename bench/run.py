@@ -151,7 +151,10 @@ def format_latency(section: dict[str, Any]) -> str:
                          f"{r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} "
                          f"{r['received']:>5}/{r['sent']:<5} {r.get('output_rate', 0):>6.0f} "
                          f"{r.get('cpu_percent', 0):>5.0f}"
-                         + ("  saturated" if r.get("saturated") else ""))
+                         + ("  saturated" if r.get("saturated") else "")
+                         + (f"  median of {r['trials']} trials, p99s "
+                            + "/".join(f"{p:.0f}" for p in r["trials_p99_ms"] if p is not None)
+                            if r.get("trials", 1) > 1 else ""))
         if "ratio_p50" in row:
             lines.append(f"{'':>8} {'ss/aiokafka':12} {row['ratio_p50']:>8.2f} {'':>8} "
                          f"{row['ratio_p99']:>8.2f}")
