@@ -185,22 +185,28 @@ def format_report(report: dict[str, Any]) -> str:
              f"{m['cores']} cores, Python {m['python']}, load {m['loadavg_start']} -> "
              f"{m.get('loadavg_end')}; {report['runtime_s']:.0f} s"]
     throughput = report.get("throughput", {})
-    parts += ["", "Throughput (first event -> last processed)",
-              format_throughput(throughput) if "results" in throughput else str(throughput)]
+    if throughput:
+        parts += ["", "Throughput (first event -> last processed)",
+                  format_throughput(throughput) if "results" in throughput
+                  else str(throughput)]
     lat = report.get("latency", {})
-    parts += ["", "Location -> offer latency",
-              format_latency(lat) if "error" not in lat else str(lat)]
+    if lat:
+        parts += ["", "Location -> offer latency",
+                  format_latency(lat) if "error" not in lat else str(lat)]
     rec = report.get("recovery", {})
-    parts += ["", "Recovery and memory",
-              format_recovery(rec) if "error" not in rec else str(rec)]
+    if rec:
+        parts += ["", "Recovery and memory",
+                  format_recovery(rec) if "error" not in rec else str(rec)]
     geo = report.get("geo", {})
-    if "error" not in geo:
+    if geo and "error" not in geo:
         from bench import geo_bench
 
         try:
             parts += ["", "Geo lookup", geo_bench.format_table(geo)]
         except Exception as exc:  # the geo module is someone else's: never lose the report
             parts += ["", f"Geo lookup: {exc!r}"]
+    elif geo:
+        parts += ["", f"Geo lookup: {geo}"]
     errors = report.get("errors") or []
     if errors:
         parts += ["", "ERRORS", *errors]
