@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from app.devstack import DevStack, free_port
-from tests.integration.harness import Deployment
+from tests.integration.harness import PATH_IDS, PATHS, Deployment, deployed
 
 
 @pytest.fixture(scope="session")
@@ -21,27 +21,21 @@ def stack() -> Iterator[DevStack]:
 @pytest.fixture
 def deployment(stack: DevStack, tmp_path: Path) -> Iterator[Deployment]:
     """An isolated deployment (unique app id and topic prefix) with its topics created."""
-    deployed = Deployment(stack, tmp_path)
-    deployed.create_topics()
-    yield deployed
-    deployed.stop()
+    with deployed(stack, tmp_path) as running:
+        yield running
 
 
-@pytest.fixture(params=["on", "off"], ids=["fast-lane", "agent-path"])
+@pytest.fixture(params=PATHS, ids=PATH_IDS)
 def each_path(request: pytest.FixtureRequest, stack: DevStack,
               tmp_path: Path) -> Iterator[Deployment]:
     """Like :func:`deployment`, once per processing path: the fast lane (the default) and
     Faust's agents (``FAST_LANE=off``, the path ``exactly_once`` always takes)."""
-    deployed = Deployment(stack, tmp_path, extra_env={"FAST_LANE": request.param})
-    deployed.create_topics()
-    yield deployed
-    deployed.stop()
+    with deployed(stack, tmp_path, extra_env={"FAST_LANE": request.param}) as running:
+        yield running
 
 
 @pytest.fixture
 def secured(stack: DevStack, tmp_path: Path) -> Iterator[Deployment]:
     """Like :func:`deployment`, with ``WEB_TOKEN`` set."""
-    deployed = Deployment(stack, tmp_path, token="it-token-123")
-    deployed.create_topics()
-    yield deployed
-    deployed.stop()
+    with deployed(stack, tmp_path, token="it-token-123") as running:
+        yield running

@@ -11,7 +11,8 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,11 @@ def wait_for(what: str, check: Callable[[], Any], timeout: float, interval: floa
             return last
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+
+
+#: The processing paths a test can run on: ``FAST_LANE`` values, and their test ids.
+PATHS = ["on", "off"]
+PATH_IDS = ["fast-lane", "agent-path"]
 
 
 class Deployment:
@@ -97,6 +103,17 @@ class Deployment:
     def read_topic(self, base: str, expect: int, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Read a topic from the start until ``expect`` records arrived (or ``timeout``)."""
         return asyncio.run(read_all(self.stack.bootstrap, self.topic(base), expect, timeout))
+
+
+@contextmanager
+def deployed(stack: DevStack, tmp: Path, **options: Any) -> Iterator[Deployment]:
+    """A :class:`Deployment` with its topics created, stopped (workers too) on exit."""
+    deployment = Deployment(stack, tmp, **options)
+    deployment.create_topics()
+    try:
+        yield deployment
+    finally:
+        deployment.stop()
 
 
 class Worker:

@@ -21,7 +21,7 @@ import pytest
 from app.devstack import DevStack
 from app.guarantees import TransactionsUnsupported, check_transactions, require_transactions
 from core import sample
-from tests.integration.harness import Deployment, Worker, wait_for
+from tests.integration.harness import Deployment, Worker, deployed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -30,10 +30,8 @@ CUSTOMERS = [name for _, name in sample.USERS]
 
 @pytest.fixture
 def exactly_once(stack: DevStack, tmp_path: Path) -> Any:
-    deployed = Deployment(stack, tmp_path, extra_env={"PROCESSING_GUARANTEE": "exactly_once"})
-    deployed.create_topics()
-    yield deployed
-    deployed.stop()
+    with deployed(stack, tmp_path, extra_env={"PROCESSING_GUARANTEE": "exactly_once"}) as running:
+        yield running
 
 
 def transactions_missing(deployment: Deployment) -> str | None:

@@ -13,7 +13,7 @@ import redis.asyncio as redis
 from app.devstack import DevStack
 from tests.integration import store
 from tests.integration.ably_stub import AblyStub
-from tests.integration.harness import Deployment, wait_for
+from tests.integration.harness import PATH_IDS, PATHS, Deployment, deployed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -24,19 +24,17 @@ def ably() -> Iterator[AblyStub]:
         yield stub
 
 
-@pytest.fixture(params=["on", "off"], ids=["fast-lane", "agent-path"])
+@pytest.fixture(params=PATHS, ids=PATH_IDS)
 def pushed(request: pytest.FixtureRequest, stack: DevStack, tmp_path: Path,
            ably: AblyStub) -> Iterator[Deployment]:
     """A deployment whose workers push offers to the session's redis and the Ably stub, once
     per processing path (the fast lane, and Faust's delivery agent with ``FAST_LANE=off``)."""
-    deployed = Deployment(stack, tmp_path, extra_env={
+    with deployed(stack, tmp_path, extra_env={
         "ABLY_API_KEY": str(ably.api_key), "ABLY_REST_HOST": ably.host,
         "ABLY_REST_PORT": str(ably.port), "ABLY_TLS": "false",
         "FAST_LANE": request.param,
-    })
-    deployed.create_topics()
-    yield deployed
-    deployed.stop()
+    }) as running:
+        yield running
 
 
 def stream_entries(redis_url: str, stream: str) -> list[dict[str, str]]:

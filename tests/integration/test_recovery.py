@@ -34,7 +34,7 @@ from app.recovery import read_last_offsets
 from core.config import load_settings
 from core.loyalty import LoyaltyRules, Purchase, customer_document, replay
 from core.money import to_cents
-from tests.integration.harness import Deployment, Worker, wait_for
+from tests.integration.harness import Deployment, Worker, deployed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -288,9 +288,7 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
 
 
 def test_rocksdb_restart_with_its_local_state(stack: DevStack, tmp_path: Path) -> None:
-    deployment = Deployment(stack, tmp_path, extra_env={"APP_STORE": "rocksdb://"})
-    deployment.create_topics()
-    try:
+    with deployed(stack, tmp_path, extra_env={"APP_STORE": "rocksdb://"}) as deployment:
         first = deployment.start_worker("w1")
         first.wait_ready()
         _, expected, users = fill(deployment, first, seed=3)
@@ -301,5 +299,3 @@ def test_rocksdb_restart_with_its_local_state(stack: DevStack, tmp_path: Path) -
         again.wait_ready(90)
         assert_restored(again, expected, users)
         assert purchases_counted(again, deployment, outcome="ok") == 0
-    finally:
-        deployment.stop()
