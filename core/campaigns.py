@@ -53,12 +53,14 @@ def watched_products(campaigns: Iterable[Campaign]) -> frozenset[str]:
 
 def qualifies(campaign: Campaign, bought: Iterable[str], spend_cents: Mapping[str, int]) -> bool:
     """Whether a basket (set of products bought, spend per product) meets a campaign."""
-    basket = set(bought)
-    if not campaign.require <= basket or campaign.exclude & basket:
+    basket = bought if isinstance(bought, set | frozenset) else set(bought)
+    if not campaign.require <= basket or not campaign.exclude.isdisjoint(basket):
         return False
     if campaign.min_spend_cents is None:
         return True
-    watched_spend = sum(spend_cents.get(p, 0) for p in campaign.watch)
+    watched_spend = 0
+    for product in campaign.watch:
+        watched_spend += spend_cents.get(product, 0)
     return watched_spend > campaign.min_spend_cents
 
 
@@ -66,9 +68,9 @@ def qualifying(
     campaigns: Iterable[Campaign], bought: Iterable[str], spend_cents: Mapping[str, int]
 ) -> dict[str, list[str]]:
     """Campaigns met by a basket, each with the sorted watched products the customer bought."""
-    basket = set(bought)
-    return {
-        c.name: sorted(basket & c.watch)
-        for c in campaigns
-        if qualifies(c, basket, spend_cents)
-    }
+    basket = bought if isinstance(bought, set | frozenset) else set(bought)
+    met: dict[str, list[str]] = {}
+    for campaign in campaigns:
+        if qualifies(campaign, basket, spend_cents):
+            met[campaign.name] = sorted(campaign.watch.intersection(basket))
+    return met

@@ -15,15 +15,19 @@ outside that window. The result does not depend on the order in which the ``prod
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, NamedTuple
 
 from core.campaigns import DEFAULT_CAMPAIGNS, Campaign, qualifying, watched_products
 from core.money import cents_to_number
 from core.pricing import PriceHistory, price_at
-from core.stamps import StampCard, StampStatus, stamp_status
+from core.stamps import StampCard, StampStatus, next_one_free, stamp_status
 from core.tiers import CLIMBING, TierThresholds, tier_for
+
+#: A new customer's spend per watched product (read-only: records are values).
+EMPTY_CENTS: Mapping[str, int] = MappingProxyType({})
 
 #: Looks up a product's price history (empty when the product was never seen).
 Catalogue = Callable[[str], PriceHistory]
@@ -49,8 +53,7 @@ class LoyaltyRules:
         object.__setattr__(self, "watched", watched_products(self.campaigns))
 
 
-@dataclass(frozen=True, slots=True)
-class Purchase:
+class Purchase(NamedTuple):
     """A validated purchase event."""
 
     user_id: str
@@ -60,21 +63,19 @@ class Purchase:
     purchase_id: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Pending:
+class Pending(NamedTuple):
     """A catalogue-priced purchase whose price may still be revised by a late price change."""
 
     ts: float
     product_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class Spend:
+class Spend(NamedTuple):
     """Settled spend, pending purchases, and the tier last announced."""
 
     settled_cents: int = 0
     settled_unpriced: int = 0
-    watched_cents: Mapping[str, int] = field(default_factory=dict)
+    watched_cents: Mapping[str, int] = EMPTY_CENTS
     pending: tuple[Pending, ...] = ()
     purchases: int = 0
     newest_ts: float = 0.0
@@ -111,8 +112,7 @@ class Spend:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class Stamps:
+class Stamps(NamedTuple):
     """Stamped purchases so far."""
 
     total: int = 0
@@ -130,8 +130,7 @@ class Stamps:
         return cls(total=int(raw["total"]), last_offset=int(raw["last_offset"]))
 
 
-@dataclass(frozen=True, slots=True)
-class Basket:
+class Basket(NamedTuple):
     """Watched products bought, and campaigns already announced as qualified."""
 
     products: frozenset[str] = frozenset()
@@ -158,8 +157,7 @@ class Basket:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class LoyaltyEvent:
+class LoyaltyEvent(NamedTuple):
     """A change that matters to the customer (goes to ``loyalty.events``)."""
 
     user_id: str
@@ -168,8 +166,7 @@ class LoyaltyEvent:
     ts: float
 
 
-@dataclass(frozen=True, slots=True)
-class SpendView:
+class SpendView(NamedTuple):
     """Spend as of now: settled plus pending purchases priced at their event time."""
 
     total_cents: int
@@ -178,8 +175,7 @@ class SpendView:
     tier: str
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
+class Outcome(NamedTuple):
     """The records after one purchase (``None`` where a record did not change) and events."""
 
     spend: Spend | None
@@ -188,71 +184,92 @@ class Outcome:
     events: tuple[LoyaltyEvent, ...]
 
 
+def _price_pending(
+    pending: Sequence[Pending], catalogue: Catalogue, watched: frozenset[str],
+    by_product: dict[str, int] | None,
+) -> tuple[int, int]:
+    """Cents and unpriced count of ``pending`` priced now; watched products' cents are added
+    to ``by_product`` when it is given."""
+    cents_total = 0
+    unpriced = 0
+    for item in pending:
+        cents = price_at(catalogue(item.product_id), item.ts)
+        if cents is None:
+            unpriced += 1
+            continue
+        cents_total += cents
+        if by_product is not None and item.product_id in watched:
+            by_product[item.product_id] = by_product.get(item.product_id, 0) + cents
+    return cents_total, unpriced
+
+
 def view_spend(spend: Spend, catalogue: Catalogue, rules: LoyaltyRules) -> SpendView:
     """Total, unpriced count, spend on watched products and tier, pricing pending purchases now."""
-    total = spend.settled_cents
-    unpriced = spend.settled_unpriced
     by_product = dict(spend.watched_cents)
+    cents, unpriced = _price_pending(spend.pending, catalogue, rules.watched, by_product)
+    total = spend.settled_cents + cents
+    return SpendView(total, spend.settled_unpriced + unpriced, by_product,
+                     tier_for(total, rules.tiers))
+
+
+def _settled_count(pending: Sequence[Pending], horizon: float, max_pending: int) -> int:
+    """How many of the oldest pending purchases are settled: those before ``horizon`` and
+    those over the cap (``pending`` is sorted by time, so both are a prefix)."""
+    cut = max(len(pending) - max_pending, 0)
+    while cut < len(pending) and pending[cut].ts < horizon:
+        cut += 1
+    return cut
+
+
+def _with_pending(pending: tuple[Pending, ...], item: Pending) -> tuple[Pending, ...]:
+    """``pending`` with ``item`` inserted in (time, product) order."""
+    if not pending or pending[-1] <= item:
+        return (*pending, item)  # the usual case: purchases arrive roughly in time order
+    ordered = list(pending)
+    bisect.insort(ordered, item)
+    return tuple(ordered)
+
+
+def _next_spend(
+    spend: Spend, purchase: Purchase, offset: int, catalogue: Catalogue, rules: LoyaltyRules,
+    by_product: dict[str, int] | None,
+) -> tuple[Spend, int]:
+    """``spend`` after ``purchase`` with purchases out of the lateness window (or over the cap)
+    settled, and the new total spend with pending purchases priced now.
+
+    Each pending purchase is priced once. When ``by_product`` is given it receives the spend on
+    watched products (settled and pending), as :func:`view_spend` reports it.
+    """
     watched = rules.watched
-    for item in spend.pending:
-        cents = price_at(catalogue(item.product_id), item.ts)
-        if cents is None:
-            unpriced += 1
-            continue
-        total += cents
-        if item.product_id in watched:
-            by_product[item.product_id] = by_product.get(item.product_id, 0) + cents
-    return SpendView(total, unpriced, by_product, tier_for(total, rules.tiers))
-
-
-def _settle(spend: Spend, catalogue: Catalogue, rules: LoyaltyRules) -> Spend:
-    """Fix the price of pending purchases that are out of the lateness window (or over the cap)."""
-    horizon = spend.newest_ts - rules.lateness_s
-    overflow = len(spend.pending) - rules.max_pending
-    if overflow <= 0 and (not spend.pending or spend.pending[0].ts >= horizon):
-        return spend  # pending is sorted by time: nothing is out of the window
-    keep: list[Pending] = []
     settled = spend.settled_cents
-    unpriced = spend.settled_unpriced
-    watched_cents = dict(spend.watched_cents)
-    watched = rules.watched
-    for index, item in enumerate(spend.pending):
-        if item.ts >= horizon and index >= overflow:
-            keep.append(item)
-            continue
-        cents = price_at(catalogue(item.product_id), item.ts)
-        if cents is None:
-            unpriced += 1
-        else:
-            settled += cents
-            if item.product_id in watched:
-                watched_cents[item.product_id] = watched_cents.get(item.product_id, 0) + cents
-    if len(keep) == len(spend.pending):
-        return spend
-    return Spend(settled, unpriced, watched_cents, tuple(keep), spend.purchases,
-                 spend.newest_ts, spend.tier, spend.last_offset)
-
-
-def _pending_order(item: Pending) -> tuple[float, str]:
-    return item.ts, item.product_id
-
-
-def _add_to_spend(spend: Spend, purchase: Purchase, rules: LoyaltyRules, offset: int) -> Spend:
-    newest = max(spend.newest_ts, purchase.ts)
-    if purchase.price_cents is None:
-        pending_list = list(spend.pending)
-        bisect.insort(pending_list, Pending(purchase.ts, purchase.product_id),
-                      key=_pending_order)
-        return Spend(spend.settled_cents, spend.settled_unpriced, spend.watched_cents,
-                     tuple(pending_list), spend.purchases + 1, newest, spend.tier, offset)
+    settled_unpriced = spend.settled_unpriced
     watched_cents = spend.watched_cents
-    if purchase.product_id in rules.watched:
-        watched_cents = dict(watched_cents)
-        watched_cents[purchase.product_id] = (
-            watched_cents.get(purchase.product_id, 0) + purchase.price_cents
-        )
-    return Spend(spend.settled_cents + purchase.price_cents, spend.settled_unpriced,
-                 watched_cents, spend.pending, spend.purchases + 1, newest, spend.tier, offset)
+    pending = spend.pending
+    if purchase.price_cents is None:
+        pending = _with_pending(pending, Pending(purchase.ts, purchase.product_id))
+    else:
+        settled += purchase.price_cents
+        if purchase.product_id in watched:
+            watched_cents = dict(watched_cents)
+            watched_cents[purchase.product_id] = (
+                watched_cents.get(purchase.product_id, 0) + purchase.price_cents
+            )
+    newest = max(spend.newest_ts, purchase.ts)
+    cut = _settled_count(pending, newest - rules.lateness_s, rules.max_pending)
+    if cut:
+        settling = dict(watched_cents)
+        cents, unpriced = _price_pending(pending[:cut], catalogue, watched, settling)
+        watched_cents = settling
+        settled += cents
+        settled_unpriced += unpriced
+        pending = pending[cut:]
+    if by_product is not None:
+        by_product.update(watched_cents)
+    cents, _ = _price_pending(pending, catalogue, watched, by_product)
+    total = settled + cents
+    tier = tier_for(total, rules.tiers)
+    return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
+                 tier, offset), total
 
 
 def apply_purchase(
@@ -273,36 +290,40 @@ def apply_purchase(
     new_spend: Spend | None = None
     new_stamps: Stamps | None = None
     new_basket: Basket | None = None
-    view: SpendView | None = None
+    product_id = purchase.product_id
+    is_watched = product_id in rules.watched and offset > basket.last_offset
+    by_product: dict[str, int] | None = None
 
     if offset > spend.last_offset:
-        new_spend = _settle(_add_to_spend(spend, purchase, rules, offset), catalogue, rules)
-        view = view_spend(new_spend, catalogue, rules)
-        if view.tier != spend.tier:
+        by_product = {} if is_watched else None
+        new_spend, total = _next_spend(spend, purchase, offset, catalogue, rules, by_product)
+        if new_spend.tier != spend.tier:
             events.append(LoyaltyEvent(purchase.user_id, TIER_CHANGED, {
-                "from": spend.tier, "to": view.tier, "total_cents": view.total_cents,
+                "from": spend.tier, "to": new_spend.tier, "total_cents": total,
             }, purchase.ts))
-            new_spend = replace(new_spend, tier=view.tier)
 
-    if purchase.product_id == rules.stamps.product_id and offset > stamps.last_offset:
-        new_stamps = Stamps(total=stamps.total + 1, last_offset=offset)
-        status = stamp_status(new_stamps.total, rules.stamps)
-        if status.next_one_free:
+    if product_id == rules.stamps.product_id and offset > stamps.last_offset:
+        new_stamps = Stamps(stamps.total + 1, offset)
+        if next_one_free(new_stamps.total, rules.stamps):
             events.append(LoyaltyEvent(purchase.user_id, FREE_COFFEE_READY, {
-                "product_id": rules.stamps.product_id, "total": status.total,
+                "product_id": product_id, "total": new_stamps.total,
             }, purchase.ts))
 
-    if purchase.product_id in rules.watched and offset > basket.last_offset:
-        products = basket.products | {purchase.product_id}
-        if view is None:
-            view = view_spend(spend, catalogue, rules)
-        met = qualifying(rules.campaigns, products, view.by_product_cents)
-        newly = sorted(set(met) - basket.announced)
-        for name in newly:
+    if is_watched:
+        products = basket.products
+        if product_id not in products:
+            products = products | {product_id}
+        spent: Mapping[str, int] = (
+            view_spend(spend, catalogue, rules).by_product_cents if by_product is None
+            else by_product
+        )
+        met = qualifying(rules.campaigns, products, spent)
+        announced = frozenset(met)
+        for name in sorted(announced - basket.announced):
             events.append(LoyaltyEvent(purchase.user_id, CAMPAIGN_QUALIFIED, {
                 "campaign": name, "products": met[name],
             }, purchase.ts))
-        new_basket = Basket(products=products, announced=frozenset(met), last_offset=offset)
+        new_basket = Basket(products, announced, offset)
 
     return Outcome(new_spend, new_stamps, new_basket, tuple(events))
 

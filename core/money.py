@@ -8,6 +8,7 @@ from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 CENT = Decimal("0.01")
 #: No single price reaches a trillion; anything that does is a bad event, not a purchase.
 MAX_AMOUNT = Decimal(10) ** 12
+_MAX_FLOAT = float(MAX_AMOUNT)
 
 
 class MoneyError(ValueError):
@@ -27,6 +28,9 @@ def to_cents(value: object) -> int:
     elif isinstance(value, float):
         if not math.isfinite(value):
             raise MoneyError(f"price must be finite, got {value!r}")
+        cents = _whole_cents(value)
+        if cents is not None:
+            return cents
         amount = Decimal(repr(value))
     elif isinstance(value, str):
         try:
@@ -42,6 +46,19 @@ def to_cents(value: object) -> int:
     if amount >= MAX_AMOUNT:
         raise MoneyError(f"price must be below {MAX_AMOUNT}, got {value!r}")
     return int(amount.quantize(CENT, rounding=ROUND_HALF_EVEN) * 100)
+
+
+def _whole_cents(value: float) -> int | None:
+    """``value`` in cents when its shortest repr has at most two decimals (the usual price),
+    without going through ``Decimal``; ``None`` otherwise.
+
+    ``cents / 100 == value`` holds exactly when the decimal ``cents / 100`` reads back as
+    ``value``, i.e. when ``repr(value)`` is that decimal: the same answer as the exact path.
+    """
+    if not 0 <= value < _MAX_FLOAT:
+        return None  # negative or too large: the exact path raises the right error
+    cents = round(value * 100)
+    return cents if cents / 100 == value else None
 
 
 def cents_to_decimal(cents: int) -> Decimal:

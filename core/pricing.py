@@ -31,8 +31,15 @@ def price_at(history: Sequence[tuple[float, int]], ts: float) -> int | None:
     """
     if not history:
         return None
-    index = bisect.bisect_right(history, ts, key=lambda entry: entry[0])
+    last_ts, last_cents = history[-1]
+    if ts >= last_ts:
+        return last_cents  # the usual case: the current price
+    index = bisect.bisect_right(history, ts, key=_entry_ts)
     return history[max(index - 1, 0)][1]
+
+
+def _entry_ts(entry: tuple[float, int]) -> float:
+    return entry[0]
 
 
 def history_from_json(raw: object) -> PriceHistory:

@@ -26,7 +26,12 @@ class StampStatus:
     next_one_free: bool
 
 
+def next_one_free(total: int, card: StampCard = StampCard()) -> bool:
+    """Whether the purchase after ``total`` stamped ones is free."""
+    return total % card.cycle == card.cycle - 1
+
+
 def stamp_status(total: int, card: StampCard = StampCard()) -> StampStatus:
     """Status after ``total`` stamped purchases: ``sequence = total % cycle``."""
-    sequence = total % card.cycle
-    return StampStatus(total=total, sequence=sequence, next_one_free=sequence == card.cycle - 1)
+    return StampStatus(total=total, sequence=total % card.cycle,
+                       next_one_free=next_one_free(total, card))

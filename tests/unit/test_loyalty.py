@@ -274,3 +274,44 @@ def test_result_does_not_depend_on_consumption_order(
         ("b", i) for i in range(len(purchases))
     ]
     assert consume(interleave()) == consume(products_first)
+
+
+# --- the single-pass rules agree with the plain ones ---------------------------------------
+
+oracle_purchases = st.lists(
+    st.tuples(st.sampled_from(["coffee", "tea", "dog", "beret", "bagel", "unknown"]),
+              st.integers(0, 40), st.one_of(st.none(), st.integers(0, 10_000)),
+              st.booleans()),
+    max_size=40,
+)
+
+
+@settings(max_examples=300)
+@given(price_events, oracle_purchases, st.integers(0, 30), st.integers(1, 6))
+def test_rules_agree_with_the_plain_oracle(
+    prices_in: list[tuple[str, int, int]],
+    purchases_in: list[tuple[str, int, int | None, bool]],
+    lateness: int,
+    max_pending: int,
+) -> None:
+    """Same records and events as the straightforward rules, event by event, including
+    replays, late (out-of-order) purchases, the lateness window and the pending cap."""
+    from tests.unit import loyalty_oracle
+
+    prices: dict[str, PriceHistory] = {}
+    for product, ts, cents in prices_in:
+        prices[product] = with_price(prices.get(product, ()), float(ts), cents)
+    catalogue = catalogue_of(prices)
+    rules = LoyaltyRules(lateness_s=float(lateness), max_pending=max_pending)
+    spend, stamps, basket = Spend(), Stamps(), Basket()
+    offset = 0
+    for product, ts, price, replayed in purchases_in:
+        offset = offset - 1 if replayed and offset > 0 else offset + 1
+        purchase = Purchase("k", product, float(ts), price)
+        fast = apply_purchase(purchase, offset, spend, stamps, basket, catalogue, rules)
+        plain = loyalty_oracle.apply(purchase, offset, spend, stamps, basket, catalogue, rules)
+        assert fast == plain
+        spend, stamps, basket = (fast.spend or spend, fast.stamps or stamps,
+                                 fast.basket or basket)
+        assert view_spend(spend, catalogue, rules).total_cents == (
+            loyalty_oracle.priced(spend, catalogue)[0])
