@@ -117,7 +117,7 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
             customer.basket = outcome.basket
             customer.changed.add("basket")
         for change in outcome.events:
-            loyalty_events_topic.send_soon(key=user.encode(), value=loyalty_event_value(change))
+            writes.emit(loyalty_events_topic, user.encode(), loyalty_event_value(change))
         return OK
 
     def finish() -> None:

@@ -81,19 +81,9 @@ def _cooldowns(raw: dict[str, float] | None) -> dict[CooldownKey, float]:
 async def apply_positions(batch: Sequence[Source], writes: TableWrites) -> None:
     """Match each shopper position against nearby promoted displays; emit offers.
 
-    Offers are queued (``send``: the bulk writer in the fast lane, Faust's producer buffer
-    otherwise) and cooldowns written once per shopper per batch, both without awaiting, so a
-    cancelled batch leaves neither half-done.
+    Offers are queued (:meth:`tables.batch.TableWrites.emit`) and cooldowns written once per
+    shopper per batch, both without awaiting, so a cancelled batch leaves neither half-done.
     """
-    topic = offers_topic.get_topic_name()
-    bulk = writes.bulk
-
-    def send(key: bytes, value: bytes) -> None:
-        if bulk is None:
-            offers_topic.send_soon(key=key, value=value)
-        else:
-            bulk.enqueue_keyed(topic, key, value)
-
     def apply_one(source: Source) -> str:
         position = parse_position(source.value, decode_key(source.key), source.timestamp)
         uid = position.uid
@@ -122,7 +112,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites) -> None:
         writes.put(shoppers, uid,
                    {"last_offered": {f"{p}{SEP}{s}": ts for (p, s), ts in updated.items()}})
         for offer in offers:
-            send(uid.encode(), orjson.dumps(offer.to_record()))
+            writes.emit(offers_topic, uid.encode(), orjson.dumps(offer.to_record()))
             METRICS.inc("storestream_offers_total", store=offer.store_id or "-")
         return OK
 

@@ -36,11 +36,6 @@ class TableWrites:
         self._bulk = bulk
         self._pending: dict[Any, dict[str, Any]] = {}
 
-    @property
-    def bulk(self) -> BulkWriter | None:
-        """The bulk writer of the fast lane (``None`` on the agent path)."""
-        return self._bulk
-
     def get(self, table: Any, key: str) -> Any:
         """The value of ``key``: this batch's pending one, else the table's (``None``)."""
         pending = self._pending.get(table)
@@ -57,6 +52,15 @@ class TableWrites:
 
     def __len__(self) -> int:
         return sum(len(values) for values in self._pending.values())
+
+    def emit(self, topic: Any, key: bytes, value: bytes) -> None:
+        """Queue a record for an output ``topic`` (a Faust topic), partitioned by ``key``:
+        on the bulk writer in the fast lane, in Faust's producer buffer otherwise. Never
+        awaits, so a cancelled batch cannot leave it half-sent."""
+        if self._bulk is None:
+            topic.send_soon(key=key, value=value)
+        else:
+            self._bulk.enqueue_keyed(topic.get_topic_name(), key, value)
 
     def commit(self) -> int:
         """Write every pending value to its table and changelog; return how many."""
