@@ -9,7 +9,7 @@ from typing import Any
 import faust
 from faust.serializers import codecs
 
-from app import transport
+from app import gc_tuning, transport
 from app.auth import bearer_auth
 from app.guarantees import on_worker_init as check_processing_guarantee
 from app.settings import SETTINGS
@@ -91,7 +91,13 @@ def _check_guarantee(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> 
     check_processing_guarantee(sender, **kwargs)
 
 
+def _tune_gc(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    """Every module is imported by now: freeze them and raise the collector's threshold."""
+    gc_tuning.tune(SETTINGS.gc_gen0_threshold)
+
+
 app.on_worker_init.connect(_check_guarantee)
+app.on_worker_init.connect(_tune_gc)
 
 
 #: Process-wide metrics served at ``/metrics``.

@@ -90,6 +90,7 @@ class Settings:
     offer_cooldown_s: float = 1800.0
     fetch_wait_ms: int = 10
     fast_lane: bool = True
+    gc_gen0_threshold: int = 10_000
     broker_session_timeout_s: float = 6.0
     topics: Topics = Topics()
     loyalty: LoyaltyRules = LoyaltyRules()
@@ -198,6 +199,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             offer_cooldown_s=float(pick("OFFER_COOLDOWN_S", offers, "cooldown_s", 1800)),
             fetch_wait_ms=int(pick("FETCH_WAIT_MS", main, "fetch_wait_ms", 10)),
             fast_lane=_switch(pick("FAST_LANE", main, "fast_lane", "on")),
+            gc_gen0_threshold=int(pick("GC_GEN0_THRESHOLD", main, "gc_gen0_threshold",
+                                       defaults.gc_gen0_threshold)),
             broker_session_timeout_s=float(
                 pick("BROKER_SESSION_TIMEOUT_S", main, "broker_session_timeout_s", 6)
             ),
@@ -208,6 +211,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"bad setting: {exc}") from exc
+    if settings.gc_gen0_threshold < 0:
+        raise ConfigError("GC_GEN0_THRESHOLD must be >= 0 (0: Python's default collector)")
     if settings.topic_partitions < 1:
         raise ConfigError("TOPIC_PARTITIONS must be >= 1")
     if settings.offer_radius_m <= 0 or settings.offer_cooldown_s < 0:

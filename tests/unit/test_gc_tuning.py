@@ -1,0 +1,33 @@
+"""The worker's collector tuning: start-up objects frozen, a higher youngest threshold."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+from app import gc_tuning
+
+
+@pytest.fixture
+def restored_collector() -> Iterator[None]:
+    thresholds = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*thresholds)
+
+
+@pytest.mark.usefixtures("restored_collector")
+def test_tune_freezes_start_up_objects_and_raises_the_threshold() -> None:
+    _, gen1, gen2 = gc.get_threshold()
+    gc_tuning.tune(12_345)
+    assert gc.get_threshold() == (12_345, gen1, gen2)
+    assert gc.get_freeze_count() > 0
+
+
+@pytest.mark.usefixtures("restored_collector")
+def test_zero_leaves_the_collector_alone() -> None:
+    before = gc.get_threshold()
+    gc_tuning.tune(0)
+    assert gc.get_threshold() == before and gc.get_freeze_count() == 0
