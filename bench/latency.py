@@ -5,7 +5,8 @@ exactly one offer. Positions are produced at a steady rate with ``ts`` = send ti
 consumer reads the output topic and records ``receive time - ts``. The plain loop
 (``bench.plain_peer echo``) forwards each position as one record, measured the same way.
 Producer, measuring consumer and fetch wait (10 ms) are the same for both; each rate gets
-a fresh deployment. The first second of each run is warm-up and left out.
+a fresh deployment per trial, the peers taking turns (:func:`run`). The first second of each
+trial is warm-up and left out.
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import statistics
 import sys
 import time
 import uuid
+from collections.abc import Callable, Coroutine, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.devstack import DevStack, TopicSpec
 from bench.deploy import BenchError, Proc, StoreDeployment, wait_until
+from bench.procstat import host_cpu_ticks, steal_percent
 from bench.workload import EVENT_TOPIC_CONFIG, create_topics, log
 
 DISPLAY = {"sku": "9001", "lat": 51.5, "lon": -0.1, "segment": "bench", "store_id": "s1"}
@@ -32,6 +36,9 @@ PROMOTION = {"pid": "p-bench", "sku": "9001", "discount_pct": 10, "ts": 1.0}
 SHOPPERS = 1_000
 WARMUP_S = 1.0
 FETCH_WAIT_MS = 10
+
+#: Measures one window: ``(seconds, drain_s) -> result``.
+Window = Callable[[float, float], dict[str, Any]]
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -150,9 +157,10 @@ async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: 
     }
 
 
-def storestream(stack: DevStack, tmp: Path, rate: float, seconds: float,
-                drain_s: float) -> dict[str, Any]:
-    """Latency through a real storestream worker (positions -> offers)."""
+@contextmanager
+def storestream(stack: DevStack, tmp: Path, rate: float) -> Iterator[Window]:
+    """A storestream worker (positions -> offers) on fresh topics, ready; yields its
+    measuring function."""
     deployment = StoreDeployment(stack, tmp, f"lat{int(rate)}", partitions=8,
                                  extra_env={"OFFER_COOLDOWN_S": "0"})
     deployment.create_topics()
@@ -168,17 +176,28 @@ def storestream(stack: DevStack, tmp: Path, rate: float, seconds: float,
         wait_until("display and promotion on the worker", lambda: worker.metric(
             "storestream_replica_keys", table="displays") >= 1 and worker.metric(
             "storestream_replica_applied_total", table="promotions") >= 1, 60)
-        cpu0, t0 = worker.cpu_seconds(), time.monotonic()
-        result = asyncio.run(measure(stack.bootstrap, deployment.topic("customers.locations"),
-                                     deployment.topic("customers.promotions"), rate, seconds,
-                                     drain_s))
-        result["cpu_percent"] = round(100 * (worker.cpu_seconds() - cpu0)
-                                      / (time.monotonic() - t0), 1)
-        result["dead_letters"] = worker.metric("storestream_dead_letters_total")
-        result["worker_side"] = worker_side_lag(worker)
-        return result
+
+        def window(seconds: float, drain_s: float) -> dict[str, Any]:
+            result = _timed(worker.cpu_seconds, lambda: measure(
+                stack.bootstrap, deployment.topic("customers.locations"),
+                deployment.topic("customers.promotions"), rate, seconds, drain_s))
+            result["dead_letters"] = worker.metric("storestream_dead_letters_total")
+            result["worker_side"] = worker_side_lag(worker)
+            return result
+
+        yield window
     finally:
         worker.stop()
+
+
+def _timed(cpu_seconds: Callable[[], float],
+           run: Callable[[], Coroutine[Any, Any, dict[str, Any]]]) -> dict[str, Any]:
+    """Run one measurement; add the peer's CPU share and the host's steal over it."""
+    cpu0, host0, t0 = cpu_seconds(), host_cpu_ticks(), time.monotonic()
+    result = asyncio.run(run())
+    result["cpu_percent"] = round(100 * (cpu_seconds() - cpu0) / (time.monotonic() - t0), 1)
+    result["steal_percent"] = steal_percent(host0, host_cpu_ticks())
+    return result
 
 
 def worker_side_lag(worker: Any) -> dict[str, float]:
@@ -201,9 +220,9 @@ def worker_side_lag(worker: Any) -> dict[str, float]:
     return out
 
 
-def plain(stack: DevStack, tmp: Path, rate: float, seconds: float,
-          drain_s: float) -> dict[str, Any]:
-    """Latency through the plain aiokafka echo loop."""
+@contextmanager
+def plain(stack: DevStack, tmp: Path, rate: float) -> Iterator[Window]:
+    """The plain aiokafka echo loop on fresh topics, ready; yields its measuring function."""
     prefix = f"bench-lat-plain-{uuid.uuid4().hex[:6]}."
     source, sink = f"{prefix}customers.locations", f"{prefix}out"
     asyncio.run(create_topics(stack.bootstrap, [TopicSpec(source, 8, EVENT_TOPIC_CONFIG),
@@ -217,18 +236,19 @@ def plain(stack: DevStack, tmp: Path, rate: float, seconds: float,
                 raise BenchError(f"echo loop exited:\n{proc.log_tail()}")
             return "READY" in proc.log_text()
         wait_until("the echo loop", ready, 60, 0.1)
-        cpu0, t0 = proc.cpu_seconds(), time.monotonic()
-        result = asyncio.run(measure(stack.bootstrap, source, sink, rate, seconds, drain_s))
-        result["cpu_percent"] = round(100 * (proc.cpu_seconds() - cpu0)
-                                      / (time.monotonic() - t0), 1)
-        return result
+
+        def window(seconds: float, drain_s: float) -> dict[str, Any]:
+            return _timed(proc.cpu_seconds, lambda: measure(
+                stack.bootstrap, source, sink, rate, seconds, drain_s))
+
+        yield window
     finally:
         proc.stop()
 
 
 def median_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
-    """The trial with the median p99 (the lower middle one of an even count), with every
-    trial's p99 and p50 attached; an error when no trial succeeded."""
+    """The trial (window) with the median p99 (the lower middle one of an even count), with
+    every trial's p99, p50 and host steal attached; an error when no trial succeeded."""
     done = [t for t in trials if "error" not in t]
     if not done:
         return trials[-1] if trials else {"error": "no trial ran"}
@@ -237,44 +257,61 @@ def median_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
     chosen["trials"] = len(trials)
     chosen["trials_p99_ms"] = [t.get("p99_ms") for t in trials]
     chosen["trials_p50_ms"] = [t.get("p50_ms") for t in trials]
+    chosen["trials_steal_percent"] = [t.get("steal_percent") for t in trials]
     return chosen
+
+
+def trial_order(trial: int) -> tuple[str, str]:
+    """Which peer goes first in ``trial`` (0-based): ABBA, so a drift in the machine's state
+    over the run weighs on both peers alike."""
+    return ("storestream", "aiokafka") if trial % 4 in (0, 3) else ("aiokafka", "storestream")
 
 
 def run(stack: DevStack, tmp: Path, quick: bool) -> dict[str, Any]:
     """Every rate for both peers: ``{"<rate>/s": {"storestream": ..., "aiokafka": ...}}``.
 
-    At 500/s (the rate of the p99 target) the peers run three alternating trials and each
-    reports its median-p99 trial: one 15-s run's p99 moves by 2-3x on a shared 2-core
-    machine (README, Performance).
+    The peers take turns in ABBA order, each trial on a fresh deployment with fresh topics
+    (on the embedded broker a topic's fetch latency grows as it fills: measured, the plain
+    loop's p50 rose from ~40 to ~100-180 ms over six 10-s windows on the same topics and
+    stayed at ~20-30 ms on fresh ones). Each peer reports its median-p99 trial: one 15-s
+    run's p99 moves by 2-3x on a shared 2-core machine (README, Performance); each trial
+    also records the host's CPU steal.
     """
-    plan = [(200.0, 4.0, 1)] if quick else [(500.0, 15.0, 3), (2_000.0, 15.0, 1)]
+    plan = [(200.0, 4.0, 1)] if quick else [(500.0, 15.0, 4), (2_000.0, 15.0, 2)]
     drain_s = 10.0 if quick else 30.0
+    peers = {"storestream": storestream, "aiokafka": plain}
     out: dict[str, Any] = {}
     for rate, seconds, trials in plan:
         row: dict[str, Any] = {"seconds": seconds}
         runs: dict[str, list[dict[str, Any]]] = {"storestream": [], "aiokafka": []}
-        for trial in range(1, trials + 1):
-            for name, runner in (("storestream", storestream), ("aiokafka", plain)):
-                of = f" (trial {trial}/{trials})" if trials > 1 else ""
+        for trial in range(trials):
+            for name in trial_order(trial):
+                of = f" (trial {trial + 1}/{trials})" if trials > 1 else ""
                 log(f"latency: {name} at {rate:,.0f} positions/s for {seconds:.0f} s{of} ...")
-                try:
-                    r = runner(stack, tmp, rate, seconds, drain_s)
-                except Exception as exc:
-                    r = {"error": f"{exc}"[-2000:]}
-                    log(f"latency: {name} FAILED: {exc}")
-                else:
-                    log(f"latency: {name}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-                        f"{r['received']}/{r['sent']} received")
-                    if r.get("worker_side"):
-                        log(f"latency: {name} worker side (record -> its batch processed): "
-                            + ", ".join(f"{share:.0%} {bound}"
-                                        for bound, share in r["worker_side"].items()))
-                runs[name].append(r)
+                runs[name].append(_trial(name, peers[name], stack, tmp, rate, seconds, drain_s))
         for name, results in runs.items():
             row[name] = median_trial(results)
-        ss, pl = row["storestream"], row["aiokafka"]
-        if ss.get("p50_ms") and pl.get("p50_ms"):
-            row["ratio_p50"] = round(ss["p50_ms"] / pl["p50_ms"], 2)
-            row["ratio_p99"] = round(ss["p99_ms"] / max(pl["p99_ms"], 0.1), 2)
+        ss_row, pl_row = row["storestream"], row["aiokafka"]
+        if ss_row.get("p50_ms") and pl_row.get("p50_ms"):
+            row["ratio_p50"] = round(ss_row["p50_ms"] / pl_row["p50_ms"], 2)
+            row["ratio_p99"] = round(ss_row["p99_ms"] / max(pl_row["p99_ms"], 0.1), 2)
         out[f"{rate:.0f}/s"] = row
     return out
+
+
+def _trial(name: str, peer: Callable[[DevStack, Path, float], AbstractContextManager[Window]],
+           stack: DevStack, tmp: Path, rate: float, seconds: float,
+           drain_s: float) -> dict[str, Any]:
+    """One trial of one peer on a fresh deployment; an error result when it failed."""
+    try:
+        with peer(stack, tmp, rate) as window:
+            r = window(seconds, drain_s)
+    except Exception as exc:
+        log(f"latency: {name} FAILED: {exc}")
+        return {"error": f"{exc}"[-2000:]}
+    log(f"latency: {name}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
+        f"{r['received']}/{r['sent']} received, steal {r['steal_percent']}%")
+    if r.get("worker_side"):
+        log(f"latency: {name} worker side (record -> its batch processed): "
+            + ", ".join(f"{share:.0%} {bound}" for bound, share in r["worker_side"].items()))
+    return r

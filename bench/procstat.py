@@ -18,6 +18,21 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
 
 
+def host_cpu_ticks() -> tuple[int, int]:
+    """``(steal, total)`` CPU ticks of the whole machine so far (``/proc/stat``): steal is
+    time a virtual machine's CPUs were ready but the hypervisor ran something else."""
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    steal = fields[7] if len(fields) > 7 else 0
+    return steal, sum(fields[:8])
+
+
+def steal_percent(before: tuple[int, int], after: tuple[int, int]) -> float:
+    """The share of CPU time stolen by the hypervisor between two :func:`host_cpu_ticks`."""
+    total = after[1] - before[1]
+    return round(100 * (after[0] - before[0]) / total, 1) if total > 0 else 0.0
+
+
 def memory_mb(pid: int) -> tuple[float, float]:
     """``(current RSS, peak RSS)`` of process ``pid`` in MB (VmRSS, VmHWM)."""
     rss = peak = 0.0

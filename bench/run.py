@@ -154,6 +154,9 @@ def format_latency(section: dict[str, Any]) -> str:
                          + ("  saturated" if r.get("saturated") else "")
                          + (f"  median of {r['trials']} trials, p99s "
                             + "/".join(f"{p:.0f}" for p in r["trials_p99_ms"] if p is not None)
+                            + ", steal% " + "/".join(
+                                f"{p:.0f}" for p in r.get("trials_steal_percent", [])
+                                if p is not None)
                             if r.get("trials", 1) > 1 else ""))
         if "ratio_p50" in row:
             lines.append(f"{'':>8} {'ss/aiokafka':12} {row['ratio_p50']:>8.2f} {'':>8} "

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from bench.latency import median_trial, percentile
+from bench.latency import median_trial, percentile, trial_order
+from bench.procstat import steal_percent
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -26,3 +27,15 @@ def test_a_failed_trial_is_listed_but_never_chosen() -> None:
     chosen = median_trial(trials)
     assert chosen["p99_ms"] == 40.0 and chosen["trials_p99_ms"] == [None, 40.0]
     assert median_trial([{"error": "boom"}]) == {"error": "boom"}
+
+
+def test_peers_take_turns_in_abba_order() -> None:
+    firsts = [trial_order(t)[0] for t in range(6)]
+    assert firsts == ["storestream", "aiokafka", "aiokafka", "storestream",
+                      "storestream", "aiokafka"]
+    assert all(set(trial_order(t)) == {"storestream", "aiokafka"} for t in range(6))
+
+
+def test_steal_is_the_stolen_share_of_all_cpu_ticks() -> None:
+    assert steal_percent((100, 10_000), (150, 11_000)) == 5.0
+    assert steal_percent((100, 10_000), (100, 10_000)) == 0.0
