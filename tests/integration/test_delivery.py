@@ -220,6 +220,30 @@ async def test_batch_delivery_answers_each_offer_in_order(
     assert await redis_client.xlen(f"{prefix}offers") == 3
 
 
+async def test_batch_and_single_delivery_write_the_same_entry_and_message(
+    redis_sink: RedisOfferSink, redis_client: redis_async.Redis, prefix: str, uid: str
+) -> None:
+    odd = {"segment": "thé\n\u0000 😀 \"q\"", "extra": {"nested": [1.5, None]}}
+    single, batched = make_offer(uid, 1, **odd), make_offer(uid, 2, **odd)
+    pubsub = redis_client.pubsub()
+    await pubsub.subscribe(redis_sink.channel(uid))
+    assert await redis_sink.deliver(single) is True
+    assert await redis_sink.deliver_many([batched]) == [True]
+    entries: Any = await redis_client.xrange(f"{prefix}offers")
+    first, second = entries[0][1], entries[1][1]
+    assert first.pop("offer_id") != second.pop("offer_id")
+    assert first.pop("ts") != second.pop("ts")
+    assert first == second and first["segment"] == odd["segment"]
+    messages = []
+    deadline = asyncio.get_running_loop().time() + 5
+    while len(messages) < 2 and asyncio.get_running_loop().time() < deadline:
+        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
+        if message is not None:  # None: nothing yet, or the subscription's confirmation
+            messages.append(json.loads(message["data"]))
+    await pubsub.aclose()
+    assert messages == [single, batched]
+
+
 async def test_batch_delivery_loads_the_script_when_the_server_lost_it(
     redis_sink: RedisOfferSink, redis_client: redis_async.Redis, prefix: str, uid: str
 ) -> None:
