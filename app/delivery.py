@@ -365,6 +365,8 @@ class RedisOfferSink:
     """
 
     name = "redis"
+    #: Offers per script call: a call holds the server for its whole run.
+    SCRIPT_BATCH = 500
 
     def __init__(
         self,
@@ -431,13 +433,18 @@ class RedisOfferSink:
     async def deliver_many(self, offers: Sequence[Mapping[str, Any]]) -> list[bool]:
         """:meth:`deliver` for many offers in one script call, one round trip (same results).
 
-        The offers are delivered in order, so a repeated offer_id in the batch is a duplicate
-        the second time. Raises a :class:`DeliveryError` for the whole batch. One call
-        instead of a pipeline of one call per offer: redis-py packed ~30 arguments per offer
-        in Python, which cost more CPU than the rest of the position-to-offer path.
+        The offers are delivered in order (:attr:`SCRIPT_BATCH` per call), so a repeated
+        offer_id in the batch is a duplicate the second time. Raises a
+        :class:`DeliveryError` for the whole batch. One call instead of a pipeline of one
+        call per offer: redis-py packed ~30 arguments per offer in Python, which cost more
+        CPU than the rest of the position-to-offer path.
         """
-        if not offers:
-            return []
+        delivered: list[bool] = []
+        for start in range(0, len(offers), self.SCRIPT_BATCH):
+            delivered += await self._deliver_chunk(offers[start:start + self.SCRIPT_BATCH])
+        return delivered
+
+    async def _deliver_chunk(self, offers: Sequence[Mapping[str, Any]]) -> list[bool]:
         keys = [self.stream_key]
         args: list[str | int | bytes] = [self.maxlen, self.dedup_ttl_ms]
         for offer in offers:

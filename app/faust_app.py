@@ -59,6 +59,7 @@ app = faust.App(
     broker_session_timeout=SETTINGS.broker_session_timeout_s,
     broker_heartbeat_interval=min(3.0, SETTINGS.broker_session_timeout_s / 3),
     consumer_auto_offset_reset="earliest",
+    consumer_max_fetch_size=SETTINGS.consumer_max_fetch_size,
     key_serializer="raw",
     value_serializer="raw",
     table_standby_replicas=1,

@@ -89,6 +89,7 @@ class Settings:
     offer_radius_m: float = 0.9144
     offer_cooldown_s: float = 1800.0
     fetch_wait_ms: int = 10
+    consumer_max_fetch_size: int = 4 * 1024 * 1024
     fast_lane: bool = True
     gc_gen0_threshold: int = 10_000
     broker_session_timeout_s: float = 6.0
@@ -198,6 +199,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             offer_radius_m=float(pick("OFFER_RADIUS_M", offers, "radius_m", 0.9144)),
             offer_cooldown_s=float(pick("OFFER_COOLDOWN_S", offers, "cooldown_s", 1800)),
             fetch_wait_ms=int(pick("FETCH_WAIT_MS", main, "fetch_wait_ms", 10)),
+            consumer_max_fetch_size=int(pick(
+                "CONSUMER_MAX_FETCH_SIZE", main, "consumer_max_fetch_size",
+                defaults.consumer_max_fetch_size)),
             fast_lane=_switch(pick("FAST_LANE", main, "fast_lane", "on")),
             gc_gen0_threshold=int(pick("GC_GEN0_THRESHOLD", main, "gc_gen0_threshold",
                                        defaults.gc_gen0_threshold)),
@@ -211,6 +215,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         if isinstance(exc, ConfigError):
             raise
         raise ConfigError(f"bad setting: {exc}") from exc
+    if settings.consumer_max_fetch_size < 1024:
+        raise ConfigError("CONSUMER_MAX_FETCH_SIZE must be >= 1024 bytes (and at least the "
+                          "largest record)")
     if settings.gc_gen0_threshold < 0:
         raise ConfigError("GC_GEN0_THRESHOLD must be >= 0 (0: Python's default collector)")
     if settings.topic_partitions < 1:

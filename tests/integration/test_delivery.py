@@ -244,6 +244,14 @@ async def test_batch_and_single_delivery_write_the_same_entry_and_message(
     assert messages == [single, batched]
 
 
+async def test_a_large_batch_is_delivered_in_several_script_calls(
+    redis_sink: RedisOfferSink, redis_client: redis_async.Redis, prefix: str, uid: str
+) -> None:
+    offers = [make_offer(uid, n) for n in range(RedisOfferSink.SCRIPT_BATCH + 3)]
+    assert await redis_sink.deliver_many([*offers, offers[0]]) == [True] * len(offers) + [False]
+    assert await redis_client.xlen(f"{prefix}offers") == len(offers)
+
+
 async def test_batch_delivery_loads_the_script_when_the_server_lost_it(
     redis_sink: RedisOfferSink, redis_client: redis_async.Redis, prefix: str, uid: str
 ) -> None:

@@ -24,6 +24,7 @@ def test_faust_ini_defaults_reproduce_the_recipe() -> None:
     }
     assert settings.offer_radius_m == 0.9144 and settings.offer_cooldown_s == 1800
     assert settings.gc_gen0_threshold == 10_000
+    assert settings.consumer_max_fetch_size == 4 * 1024 * 1024
 
 
 def test_environment_overrides_the_file() -> None:
@@ -54,6 +55,7 @@ def test_campaigns_and_tiers_come_from_the_ini(tmp_path: Path) -> None:
 @pytest.mark.parametrize("env", [
     {"PROCESSING_GUARANTEE": "maybe"}, {"APP_STORE": "redis://"}, {"TOPIC_PARTITIONS": "0"},
     {"WEB_PORT": "http"}, {"OFFER_RADIUS_M": "-1"}, {"GC_GEN0_THRESHOLD": "-5"},
+    {"CONSUMER_MAX_FETCH_SIZE": "0"},
 ])
 def test_bad_settings_are_refused_with_a_message(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
