@@ -29,6 +29,7 @@ from core.money import format_cents, to_cents
 from core.pricing import PriceHistory, price_at, with_price
 from core.stamps import StampCard, stamp_status
 from core.tiers import TIER_ORDER, TierThresholds, tier_for, tier_rank
+from tests.unit import loyalty_oracle
 
 RULES = LoyaltyRules()
 
@@ -296,8 +297,6 @@ def test_rules_agree_with_the_plain_oracle(
 ) -> None:
     """Same records and events as the straightforward rules, event by event, including
     replays, late (out-of-order) purchases, the lateness window and the pending cap."""
-    from tests.unit import loyalty_oracle
-
     prices: dict[str, PriceHistory] = {}
     for product, ts, cents in prices_in:
         prices[product] = with_price(prices.get(product, ()), float(ts), cents)
