@@ -319,24 +319,12 @@ class OfferSink(Protocol):
     async def close(self) -> None: ...
 
 
-# KEYS[1] dedup marker, KEYS[2] stream
-# ARGV[1] channel, ARGV[2] JSON payload, ARGV[3] stream maxlen, ARGV[4] marker TTL (ms),
-# ARGV[5..] stream field/value pairs
+#: Offers in order, in one call: KEYS = stream, then each offer's marker; ARGV = maxlen,
+#: marker TTL, then per offer its channel, JSON and stream fields (a JSON array of strings).
+#: Per offer: if its marker exists, 0; else XADD, PUBLISH, then the marker (so an error
+#: part-way leaves none), 1. An error stops the script at that offer (offers before it are
+#: done: delivery is idempotent).
 _DELIVER_LUA: Final = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  return 0
-end
-local entry = redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', unpack(ARGV, 5))
-redis.call('PUBLISH', ARGV[1], ARGV[2])
-redis.call('SET', KEYS[1], entry, 'PX', ARGV[4])
-return 1
-"""
-
-#: The same for a batch, in order, in one call: KEYS = stream, then each offer's marker;
-#: ARGV = maxlen, marker TTL, then per offer its channel, JSON and stream fields (a JSON
-#: array of strings). Returns 1 or 0 per offer. An error stops the script at that offer,
-#: which has no marker then (offers before it are done: delivery is idempotent).
-_DELIVER_MANY_LUA: Final = """
 local delivered = {}
 for i = 2, #KEYS do
   local arg = 3 + (i - 2) * 3
@@ -399,7 +387,6 @@ class RedisOfferSink:
         self.maxlen = maxlen
         self.dedup_ttl_ms = max(1, int(dedup_ttl_s * 1000))
         self._script = self._client.register_script(_DELIVER_LUA)
-        self._many_script = self._client.register_script(_DELIVER_MANY_LUA)
 
     @property
     def client(self) -> redis_async.Redis:
@@ -416,19 +403,8 @@ class RedisOfferSink:
 
     async def deliver(self, offer: Mapping[str, Any]) -> bool:
         """PUBLISH + XADD once per offer_id; True if done now, False for a duplicate."""
-        validate_offer(offer)
-        payload = offer_json(offer)
-        channel = self.channel(offer["uid"])
-        args: list[str | int] = [channel, payload, self.maxlen, self.dedup_ttl_ms]
-        for field, value in stream_fields(offer).items():
-            args.extend((field, value))
-        try:
-            result = await self._script(
-                keys=[self.dedup_key(offer["offer_id"]), self.stream_key], args=args
-            )
-        except Exception as exc:
-            raise classify_redis_error(exc) from exc
-        return int(result) == 1
+        (delivered,) = await self._deliver_chunk([offer])
+        return delivered
 
     async def deliver_many(self, offers: Sequence[Mapping[str, Any]]) -> list[bool]:
         """:meth:`deliver` for many offers in one script call, one round trip (same results).
@@ -456,7 +432,7 @@ class RedisOfferSink:
             keys.append(self.dedup_key(offer["offer_id"]))
             args += (self.channel(offer["uid"]), offer_json(offer), orjson.dumps(fields))
         try:
-            results = await self._many_script(keys=keys, args=args)
+            results = await self._script(keys=keys, args=args)
         except Exception as exc:
             raise classify_redis_error(exc) from exc
         return [int(result) == 1 for result in results]
