@@ -21,16 +21,34 @@ from faust.types.tuples import ack_lock
 
 from app import fastlane
 from app.bulk import BulkWriter
+from app.fetch_schedule import ReferencePolling
 from app.settings import SETTINGS
 
 
 class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
-    """Faust's consumer thread, with the fetch wait taken from settings."""
+    """Faust's consumer thread: the fetch wait taken from settings, reference topics
+    fetched once per ``REFERENCE_FETCH_INTERVAL_MS`` (:mod:`app.fetch_schedule`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = SETTINGS.fetch_wait_ms
         return consumer
+
+    async def on_start(self) -> None:
+        """Start aiokafka, then (in a worker) the reference topics' fetch schedule."""
+        await super().on_start()
+        if SETTINGS.reference_fetch_interval_ms > 0 and not self.app.client_only:
+            schedule = ReferencePolling.for_fetch_wait(
+                SETTINGS.topics.reference, SETTINGS.reference_fetch_interval_ms,
+                SETTINGS.fetch_wait_ms)
+            self.add_future(schedule.run(
+                lambda: self._consumer, self._fetched_not_taken, self.sleep,
+                lambda: not self.should_stop))
+
+    def _fetched_not_taken(self) -> Any:
+        """Partitions whose fetched records aiokafka holds, not yet taken by Faust."""
+        fetcher = getattr(self._consumer, "_fetcher", None)
+        return getattr(fetcher, "_records", None) or {}
 
 
 class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]

@@ -70,6 +70,12 @@ class Topics:
     def dead_letters(self) -> str:
         return self.name("dead-letters")
 
+    @property
+    def reference(self) -> frozenset[str]:
+        """Reference data (catalogue, profiles, displays, promotions): read by every worker,
+        changing rarely, never waited on by a shopper."""
+        return frozenset((self.products, self.users, self.displays, self.promotions))
+
 
 @dataclass(frozen=True, slots=True)
 class Settings:
@@ -90,6 +96,7 @@ class Settings:
     offer_cooldown_s: float = 1800.0
     fetch_wait_ms: int = 10
     consumer_max_fetch_size: int = 4 * 1024 * 1024
+    reference_fetch_interval_ms: int = 100
     fast_lane: bool = True
     gc_gen0_threshold: int = 10_000
     broker_session_timeout_s: float = 6.0
@@ -202,6 +209,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             consumer_max_fetch_size=int(pick(
                 "CONSUMER_MAX_FETCH_SIZE", main, "consumer_max_fetch_size",
                 defaults.consumer_max_fetch_size)),
+            reference_fetch_interval_ms=int(pick(
+                "REFERENCE_FETCH_INTERVAL_MS", main, "reference_fetch_interval_ms",
+                defaults.reference_fetch_interval_ms)),
             fast_lane=_switch(pick("FAST_LANE", main, "fast_lane", "on")),
             gc_gen0_threshold=int(pick("GC_GEN0_THRESHOLD", main, "gc_gen0_threshold",
                                        defaults.gc_gen0_threshold)),
@@ -218,6 +228,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     if settings.consumer_max_fetch_size < 1024:
         raise ConfigError("CONSUMER_MAX_FETCH_SIZE must be >= 1024 bytes (and at least the "
                           "largest record)")
+    if not 0 <= settings.reference_fetch_interval_ms <= 60_000:
+        raise ConfigError("REFERENCE_FETCH_INTERVAL_MS must be 0 (every fetch) to 60000")
     if settings.gc_gen0_threshold < 0:
         raise ConfigError("GC_GEN0_THRESHOLD must be >= 0 (0: Python's default collector)")
     if settings.topic_partitions < 1:

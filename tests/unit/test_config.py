@@ -25,6 +25,7 @@ def test_faust_ini_defaults_reproduce_the_recipe() -> None:
     assert settings.offer_radius_m == 0.9144 and settings.offer_cooldown_s == 1800
     assert settings.gc_gen0_threshold == 10_000
     assert settings.consumer_max_fetch_size == 4 * 1024 * 1024
+    assert settings.reference_fetch_interval_ms == 100
 
 
 def test_environment_overrides_the_file() -> None:
@@ -32,8 +33,11 @@ def test_environment_overrides_the_file() -> None:
         "STORESTREAM_CONFIG": str(ROOT / "faust.ini"), "BROKER_URL": "kafka://k1:9093",
         "WEB_PORT": "7000", "WEB_TOKEN": "t", "TOPIC_PARTITIONS": "8", "APP_STORE": "rocksdb://",
         "OFFER_RADIUS_M": "2.5", "TOPIC_PREFIX": "x.", "GC_GEN0_THRESHOLD": "0",
+        "REFERENCE_FETCH_INTERVAL_MS": "0",
     })
-    assert settings.gc_gen0_threshold == 0
+    assert settings.gc_gen0_threshold == 0 and settings.reference_fetch_interval_ms == 0
+    assert settings.topics.reference == {"x.products", "x.users", "x.stores.products",
+                                         "x.products.promotions"}
     assert (settings.broker_url, settings.web_port, settings.web_token) == (
         "kafka://k1:9093", 7000, "t")
     assert settings.topic_partitions == 8 and settings.store == "rocksdb://"
@@ -55,7 +59,8 @@ def test_campaigns_and_tiers_come_from_the_ini(tmp_path: Path) -> None:
 @pytest.mark.parametrize("env", [
     {"PROCESSING_GUARANTEE": "maybe"}, {"APP_STORE": "redis://"}, {"TOPIC_PARTITIONS": "0"},
     {"WEB_PORT": "http"}, {"OFFER_RADIUS_M": "-1"}, {"GC_GEN0_THRESHOLD": "-5"},
-    {"CONSUMER_MAX_FETCH_SIZE": "0"},
+    {"CONSUMER_MAX_FETCH_SIZE": "0"}, {"REFERENCE_FETCH_INTERVAL_MS": "-1"},
+    {"REFERENCE_FETCH_INTERVAL_MS": "60001"},
 ])
 def test_bad_settings_are_refused_with_a_message(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):

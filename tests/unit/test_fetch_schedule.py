@@ -1,0 +1,108 @@
+"""The reference topics' fetch schedule (app/fetch_schedule.py), on a stand-in consumer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, NamedTuple
+
+from app.fetch_schedule import ReferencePolling
+
+
+class TP(NamedTuple):
+    topic: str
+    partition: int
+
+
+PRODUCTS = [TP("products", p) for p in range(2)]
+LOCATIONS = [TP("customers.locations", p) for p in range(2)]
+
+
+class StandInConsumer:
+    """Records pause/resume calls; its assignment can change between them."""
+
+    def __init__(self, assigned: list[TP]) -> None:
+        self.assigned = set(assigned)
+        self.paused: set[TP] = set()
+        self.calls: list[tuple[str, frozenset[TP]]] = []
+
+    def assignment(self) -> set[TP]:
+        return set(self.assigned)
+
+    def pause(self, *tps: Any) -> None:
+        assert set(tps) <= self.assigned, "aiokafka refuses to pause unassigned partitions"
+        self.paused |= set(tps)
+        self.calls.append(("pause", frozenset(tps)))
+
+    def resume(self, *tps: Any) -> None:
+        assert set(tps) <= self.assigned, "aiokafka refuses to resume unassigned partitions"
+        self.paused -= set(tps)
+        self.calls.append(("resume", frozenset(tps)))
+
+
+SCHEDULE = ReferencePolling(frozenset({"products"}), interval_s=0.1, window_s=0.05)
+
+
+def run_cycles(consumer: StandInConsumer, cycles: int, buffered: set[TP] | None = None,
+               between: Any = None) -> list[float]:
+    """Run the schedule for ``cycles`` pause/resume cycles; the sleeps it asked for."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if between is not None:
+            between(len(slept))
+
+    async def main() -> None:
+        await SCHEDULE.run(lambda: consumer, lambda: buffered or set(), sleep,
+                           lambda: len(slept) < 2 * cycles)
+
+    asyncio.run(main())
+    return slept
+
+
+def test_reference_partitions_are_fetched_for_a_window_once_per_interval() -> None:
+    consumer = StandInConsumer(PRODUCTS + LOCATIONS)
+    slept = run_cycles(consumer, 2)
+    assert slept == [0.1, 0.05, 0.1, 0.05]
+    assert consumer.calls == [("pause", frozenset(PRODUCTS)), ("resume", frozenset(PRODUCTS))] * 2
+    assert not consumer.paused
+
+
+def test_hot_partitions_are_never_paused() -> None:
+    consumer = StandInConsumer(PRODUCTS + LOCATIONS)
+    run_cycles(consumer, 3)
+    assert all(not (tps & set(LOCATIONS)) for _, tps in consumer.calls)
+
+
+def test_partition_with_records_waiting_to_be_taken_is_not_paused() -> None:
+    consumer = StandInConsumer(PRODUCTS)
+    run_cycles(consumer, 1, buffered={PRODUCTS[0]})
+    assert consumer.calls == [("pause", frozenset({PRODUCTS[1]})),
+                              ("resume", frozenset({PRODUCTS[1]}))]
+
+
+def test_partition_revoked_while_paused_is_not_resumed() -> None:
+    consumer = StandInConsumer(PRODUCTS + LOCATIONS)
+
+    def rebalance(sleeps: int) -> None:
+        if sleeps == 1:  # during the interval, products[1] moves to another worker
+            consumer.assigned.discard(PRODUCTS[1])
+
+    run_cycles(consumer, 1, between=rebalance)
+    assert consumer.calls == [("pause", frozenset(PRODUCTS)), ("resume", frozenset({PRODUCTS[0]}))]
+
+
+def test_window_spans_a_fetch_in_flight_and_the_next() -> None:
+    assert ReferencePolling.for_fetch_wait(["products"], 100, 10).window_s == 0.05
+    assert ReferencePolling.for_fetch_wait(["products"], 250, 100).window_s == 0.4
+    assert ReferencePolling.for_fetch_wait(["products"], 250, 100).interval_s == 0.25
+
+
+def test_no_consumer_yet_means_nothing_to_pause() -> None:
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    asyncio.run(SCHEDULE.run(lambda: None, set, sleep, lambda: len(slept) < 2))
+    assert slept == [0.1, 0.05]
