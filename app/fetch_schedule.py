@@ -1,4 +1,4 @@
-"""Reference topics fetched once per interval, hot topics in every fetch.
+"""Reference topics and idle partitions fetched once per interval, busy ones in every fetch.
 
 aiokafka sends one fetch request per broker for every assigned, unpaused partition, and on
 the embedded broker a fetch that finds no data is answered only when its wait runs out
@@ -11,17 +11,20 @@ and the positions' fetches took longer to come back.
 
 :class:`ReferencePolling` pauses the reference partitions in aiokafka and resumes them for a
 short window once per interval, so they are read in one or two fetches per interval
-instead of in every one. A paused partition keeps its position: nothing is skipped, its
-records are only read later (at most one interval plus a window). A partition with fetched
-records not yet taken by Faust is never paused (aiokafka would drop them and fetch them
-again). No Faust import: the consumer is anything with ``assignment``, ``pause`` and
-``resume``.
+instead of in every one. Partitions of the other ``idle_topics`` (purchases, offers) get the
+same while idle: one whose position did not move over a whole cycle is paused for the next
+interval; once it has records it moves, and stays in every fetch while it keeps moving.
+Topics outside both sets (the urgent positions, the tables' changelogs, Faust's own) are
+never touched. A paused partition keeps its position: nothing is skipped, its records are
+only read later (at most one interval plus a window). A partition with fetched records not
+yet taken by Faust is never paused (aiokafka would drop them and fetch them again). No
+Faust import: the consumer is anything with ``assignment``, ``pause`` and ``resume``.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -38,41 +41,55 @@ class PausableConsumer(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class ReferencePolling:
-    """Fetch partitions of ``topics`` for ``window_s`` once every ``interval_s``."""
+    """Fetch partitions of ``topics`` (and idle ones of ``idle_topics``) for ``window_s``
+    once every ``interval_s``."""
 
     topics: frozenset[str]
     interval_s: float
     window_s: float
+    idle_topics: frozenset[str] = frozenset()
 
     @classmethod
-    def for_fetch_wait(cls, topics: Iterable[str], interval_ms: int,
-                       fetch_wait_ms: int) -> ReferencePolling:
+    def for_fetch_wait(cls, topics: Iterable[str], interval_ms: int, fetch_wait_ms: int,
+                       idle_topics: Iterable[str] = ()) -> ReferencePolling:
         """The schedule for a consumer whose fetches wait ``fetch_wait_ms``: the window spans
         a fetch already in flight when it opens and the next one (plus replies)."""
         return cls(frozenset(topics), interval_ms / 1000,
-                   max(0.05, 4 * fetch_wait_ms / 1000))
+                   max(0.05, 4 * fetch_wait_ms / 1000), frozenset(idle_topics))
 
-    def to_pause(self, assigned: Iterable[Hashable],
-                 buffered: Collection[Hashable]) -> list[Any]:
-        """Assigned reference partitions that may be paused now (none with records waiting
-        to be taken)."""
-        return [tp for tp in assigned
-                if getattr(tp, "topic", None) in self.topics and tp not in buffered]
+    def to_pause(self, assigned: Iterable[Hashable], buffered: Collection[Hashable],
+                 moved: Collection[Hashable] = ()) -> list[Any]:
+        """Assigned partitions that may be paused now: reference ones, and idle ones (not in
+        ``moved``) of ``idle_topics``; none with records waiting to be taken."""
+        out = []
+        for tp in assigned:
+            topic = getattr(tp, "topic", None)
+            if tp in buffered:
+                continue
+            if topic in self.topics or (topic in self.idle_topics and tp not in moved):
+                out.append(tp)
+        return out
 
     async def run(self, consumer: Callable[[], PausableConsumer | None],
                   buffered: Callable[[], Collection[Hashable]],
                   sleep: Callable[[float], Awaitable[Any]],
-                  running: Callable[[], bool]) -> None:
+                  running: Callable[[], bool],
+                  positions: Callable[[], Mapping[Hashable, int]] = dict) -> None:
         """Pause, wait an interval, resume, wait a window; until ``running()`` is false.
 
-        ``consumer`` returns the current consumer (``None`` until it exists) and ``buffered``
-        the partitions with fetched records not yet taken.
+        ``consumer`` returns the current consumer (``None`` until it exists), ``buffered``
+        the partitions with fetched records not yet taken, ``positions`` each assigned
+        partition's next offset to fetch (a partition first seen counts as moved).
         """
+        last: Mapping[Hashable, int] = {}
         while running():
             current = consumer()
             paused: list[Any] = []
             if current is not None:
-                paused = self.to_pause(current.assignment(), buffered())
+                now = positions()
+                moved = {tp for tp, offset in now.items() if last.get(tp) != offset}
+                last = now
+                paused = self.to_pause(current.assignment(), buffered(), moved)
                 if paused:
                     current.pause(*paused)
             await sleep(self.interval_s)

@@ -38,12 +38,27 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
         """Start aiokafka, then (in a worker) the reference topics' fetch schedule."""
         await super().on_start()
         if SETTINGS.reference_fetch_interval_ms > 0 and not self.app.client_only:
+            topics = SETTINGS.topics
             schedule = ReferencePolling.for_fetch_wait(
-                SETTINGS.topics.reference, SETTINGS.reference_fetch_interval_ms,
-                SETTINGS.fetch_wait_ms)
+                topics.reference, SETTINGS.reference_fetch_interval_ms,
+                SETTINGS.fetch_wait_ms, idle_topics=(topics.purchases, topics.offers))
             self.add_future(schedule.run(
                 lambda: self._consumer, self._fetched_not_taken, self.sleep,
-                lambda: not self.should_stop))
+                lambda: not self.should_stop, self._positions))
+
+    def _positions(self) -> dict[Any, int]:
+        """Each assigned partition's next offset to fetch (those with a known position)."""
+        subscription = getattr(getattr(self._consumer, "_subscription", None), "subscription",
+                               None)
+        assignment = getattr(subscription, "assignment", None)
+        if assignment is None:
+            return {}
+        out: dict[Any, int] = {}
+        for tp in assignment.tps:
+            state = assignment.state_value(tp)
+            if state is not None and state.has_valid_position:
+                out[tp] = state.position
+        return out
 
     def _fetched_not_taken(self) -> Any:
         """Partitions whose fetched records aiokafka holds, not yet taken by Faust."""

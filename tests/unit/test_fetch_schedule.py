@@ -14,6 +14,7 @@ class TP(NamedTuple):
 
 
 PRODUCTS = [TP("products", p) for p in range(2)]
+PURCHASES = [TP("purchases", p) for p in range(2)]
 LOCATIONS = [TP("customers.locations", p) for p in range(2)]
 
 
@@ -39,11 +40,12 @@ class StandInConsumer:
         self.calls.append(("resume", frozenset(tps)))
 
 
-SCHEDULE = ReferencePolling(frozenset({"products"}), interval_s=0.1, window_s=0.05)
+SCHEDULE = ReferencePolling(frozenset({"products"}), interval_s=0.1, window_s=0.05,
+                            idle_topics=frozenset({"purchases"}))
 
 
 def run_cycles(consumer: StandInConsumer, cycles: int, buffered: set[TP] | None = None,
-               between: Any = None) -> list[float]:
+               between: Any = None, positions: Any = dict) -> list[float]:
     """Run the schedule for ``cycles`` pause/resume cycles; the sleeps it asked for."""
     slept: list[float] = []
 
@@ -54,7 +56,7 @@ def run_cycles(consumer: StandInConsumer, cycles: int, buffered: set[TP] | None 
 
     async def main() -> None:
         await SCHEDULE.run(lambda: consumer, lambda: buffered or set(), sleep,
-                           lambda: len(slept) < 2 * cycles)
+                           lambda: len(slept) < 2 * cycles, positions)
 
     asyncio.run(main())
     return slept
@@ -106,3 +108,32 @@ def test_no_consumer_yet_means_nothing_to_pause() -> None:
 
     asyncio.run(SCHEDULE.run(lambda: None, set, sleep, lambda: len(slept) < 2))
     assert slept == [0.1, 0.05]
+
+
+def test_idle_partition_is_fetched_once_per_interval_busy_one_in_every_fetch() -> None:
+    consumer = StandInConsumer(PURCHASES + LOCATIONS)
+    offsets = {PURCHASES[0]: 10, PURCHASES[1]: 50, LOCATIONS[0]: 0}
+
+    def purchases_0_keeps_moving(sleeps: int) -> None:
+        offsets[PURCHASES[0]] += 100
+
+    run_cycles(consumer, 3, between=purchases_0_keeps_moving, positions=lambda: dict(offsets))
+    # First sight counts as moved; from then on only the idle partition is paused, never
+    # the busy one, and never a partition of a topic outside both sets.
+    assert consumer.calls == [("pause", frozenset({PURCHASES[1]})),
+                              ("resume", frozenset({PURCHASES[1]}))] * 2
+
+
+def test_partition_that_gets_records_again_is_fetched_in_every_fetch() -> None:
+    consumer = StandInConsumer(PURCHASES[:1])
+    offsets = {PURCHASES[0]: 10}
+
+    def records_from_the_second_window_on(sleeps: int) -> None:
+        if sleeps >= 4:
+            offsets[PURCHASES[0]] += 5
+
+    run_cycles(consumer, 4, between=records_from_the_second_window_on,
+               positions=lambda: dict(offsets))
+    # Cycle 1: first sight; cycle 2: idle, paused; cycles 3-4: moving, fetched every time.
+    assert consumer.calls == [("pause", frozenset(PURCHASES[:1])),
+                              ("resume", frozenset(PURCHASES[:1]))]
