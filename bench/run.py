@@ -152,7 +152,7 @@ def format_latency(section: dict[str, Any]) -> str:
                          f"{r['received']:>5}/{r['sent']:<5} {r.get('output_rate', 0):>6.0f} "
                          f"{r.get('cpu_percent', 0):>5.0f}"
                          + ("  saturated" if r.get("saturated") else "")
-                         + (f"  median of {r['trials']} trials, p99s "
+                         + (f"  median of {_pool(r)}, p99s "
                             + "/".join(f"{p:.0f}" for p in r["trials_p99_ms"] if p is not None)
                             + ", steal% " + "/".join(
                                 f"{p:.0f}" for p in r.get("trials_steal_percent", [])
@@ -160,8 +160,19 @@ def format_latency(section: dict[str, Any]) -> str:
                             if r.get("trials", 1) > 1 else ""))
         if "ratio_p50" in row:
             lines.append(f"{'':>8} {'ss/aiokafka':12} {row['ratio_p50']:>8.2f} {'':>8} "
-                         f"{row['ratio_p99']:>8.2f}")
+                         f"{row['ratio_p99']:>8.2f}"
+                         + ("" if row.get("comparable", True) else
+                            "  not comparable: a peer had too few quiet trials"))
     return "\n".join(lines)
+
+
+def _pool(r: dict[str, Any]) -> str:
+    """Which trials a latency median is over: the quiet ones, or all when too few were."""
+    if r.get("disturbed"):
+        return f"all {r['trials']} trials (only {r.get('quiet_trials', 0)} quiet: disturbed)"
+    if r.get("quiet_trials") is not None and r["quiet_trials"] < r["trials"]:
+        return f"{r['quiet_trials']} quiet of {r['trials']} trials"
+    return f"{r['trials']} trials"
 
 
 def format_recovery(section: dict[str, Any]) -> str:
