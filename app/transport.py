@@ -21,7 +21,7 @@ from faust.types.tuples import ack_lock
 
 from app import fastlane
 from app.bulk import BulkWriter
-from app.fetch_schedule import ReferencePolling
+from app.fetch_schedule import FetchSchedule
 from app.settings import SETTINGS
 
 
@@ -39,7 +39,7 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
         await super().on_start()
         if SETTINGS.reference_fetch_interval_ms > 0 and not self.app.client_only:
             topics = SETTINGS.topics
-            schedule = ReferencePolling.for_fetch_wait(
+            schedule = FetchSchedule.for_fetch_wait(
                 topics.reference, SETTINGS.reference_fetch_interval_ms,
                 SETTINGS.fetch_wait_ms, idle_topics=(topics.purchases, topics.offers))
             self.add_future(schedule.run(
@@ -47,7 +47,11 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
                 lambda: not self.should_stop, self._positions))
 
     def _positions(self) -> dict[Any, int]:
-        """Each assigned partition's next offset to fetch (those with a known position)."""
+        """Each assigned partition's next offset to fetch (those with a known position).
+
+        Read from aiokafka 0.14's subscription state (no public synchronous accessor);
+        re-check on upgrade, like :mod:`app.recovery`.
+        """
         subscription = getattr(getattr(self._consumer, "_subscription", None), "subscription",
                                None)
         assignment = getattr(subscription, "assignment", None)
@@ -61,7 +65,8 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
         return out
 
     def _fetched_not_taken(self) -> Any:
-        """Partitions whose fetched records aiokafka holds, not yet taken by Faust."""
+        """Partitions whose fetched records aiokafka holds, not yet taken by Faust (aiokafka
+        0.14's fetcher buffer)."""
         fetcher = getattr(self._consumer, "_fetcher", None)
         return getattr(fetcher, "_records", None) or {}
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, NamedTuple
 
-from app.fetch_schedule import ReferencePolling
+from app.fetch_schedule import FetchSchedule
 
 
 class TP(NamedTuple):
@@ -40,7 +40,7 @@ class StandInConsumer:
         self.calls.append(("resume", frozenset(tps)))
 
 
-SCHEDULE = ReferencePolling(frozenset({"products"}), interval_s=0.1, window_s=0.05,
+SCHEDULE = FetchSchedule(frozenset({"products"}), interval_s=0.1, window_s=0.05,
                             idle_topics=frozenset({"purchases"}))
 
 
@@ -95,9 +95,9 @@ def test_partition_revoked_while_paused_is_not_resumed() -> None:
 
 
 def test_window_spans_a_fetch_in_flight_and_the_next() -> None:
-    assert ReferencePolling.for_fetch_wait(["products"], 100, 10).window_s == 0.05
-    assert ReferencePolling.for_fetch_wait(["products"], 250, 100).window_s == 0.4
-    assert ReferencePolling.for_fetch_wait(["products"], 250, 100).interval_s == 0.25
+    assert FetchSchedule.for_fetch_wait(["products"], 100, 10).window_s == 0.05
+    assert FetchSchedule.for_fetch_wait(["products"], 250, 100).window_s == 0.4
+    assert FetchSchedule.for_fetch_wait(["products"], 250, 100).interval_s == 0.25
 
 
 def test_no_consumer_yet_means_nothing_to_pause() -> None:
@@ -137,3 +137,10 @@ def test_partition_that_gets_records_again_is_fetched_in_every_fetch() -> None:
     # Cycle 1: first sight; cycle 2: idle, paused; cycles 3-4: moving, fetched every time.
     assert consumer.calls == [("pause", frozenset(PURCHASES[:1])),
                               ("resume", frozenset(PURCHASES[:1]))]
+
+
+def test_partition_without_a_position_yet_is_not_paused_as_idle() -> None:
+    consumer = StandInConsumer(PURCHASES)
+    run_cycles(consumer, 3, positions=lambda: {PURCHASES[0]: 7})  # [1]: offset still unknown
+    assert consumer.calls == [("pause", frozenset({PURCHASES[0]})),
+                              ("resume", frozenset({PURCHASES[0]}))] * 2
