@@ -10,11 +10,11 @@ partitions more in a 10 ms fetch loop raised the broker's CPU from ~30% to ~47% 
 and the positions' fetches took longer to come back.
 
 :class:`FetchSchedule` pauses the reference partitions in aiokafka and resumes them for a
-short window once per interval, so they are read in one or two fetches per interval
-instead of in every one. Partitions of the other ``idle_topics`` (purchases, offers) get the
-same while idle: one whose position did not move over a whole cycle is paused for the next
-interval; once it has records it moves, and stays in every fetch while it keeps moving.
-Topics outside both sets (the urgent positions, the tables' changelogs, Faust's own) are
+short window once per interval, so they are read in one or two fetches per interval instead
+of in every one. Partitions of the ``idle_topics`` (purchases) get the same while idle: one
+whose position did not move over a whole cycle is paused for the next interval; once it has
+records it moves, and stays in every fetch while it keeps moving. Topics outside both sets
+(positions and offers, which a shopper waits for, the tables' changelogs, Faust's own) are
 never touched. A paused partition keeps its position: nothing is skipped, its records are
 only read later (at most one interval plus a window). A partition with fetched records not
 yet taken by Faust is never paused (aiokafka would drop them and fetch them again). No
@@ -23,12 +23,9 @@ Faust import: the consumer is anything with ``assignment``, ``pause`` and ``resu
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
-
-log = logging.getLogger(__name__)
 
 
 class PausableConsumer(Protocol):
@@ -58,7 +55,7 @@ class FetchSchedule:
                    max(0.05, 4 * fetch_wait_ms / 1000), frozenset(idle_topics))
 
     def to_pause(self, assigned: Iterable[Hashable], buffered: Collection[Hashable],
-                 moved: Collection[Hashable] = ()) -> list[Any]:
+                 moved: Collection[Hashable]) -> list[Any]:
         """Assigned partitions that may be paused now: reference ones, and idle ones (not in
         ``moved``) of ``idle_topics``; none with records waiting to be taken."""
         out = []

@@ -26,8 +26,9 @@ from app.settings import SETTINGS
 
 
 class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
-    """Faust's consumer thread: the fetch wait taken from settings, reference topics
-    fetched once per ``REFERENCE_FETCH_INTERVAL_MS`` (:mod:`app.fetch_schedule`)."""
+    """Faust's consumer thread: the fetch wait taken from settings, reference topics and
+    idle purchases partitions fetched once per ``REFERENCE_FETCH_INTERVAL_MS``
+    (:mod:`app.fetch_schedule`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -35,13 +36,13 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
         return consumer
 
     async def on_start(self) -> None:
-        """Start aiokafka, then (in a worker) the reference topics' fetch schedule."""
+        """Start aiokafka, then (in a worker) the fetch schedule."""
         await super().on_start()
         if SETTINGS.reference_fetch_interval_ms > 0 and not self.app.client_only:
             topics = SETTINGS.topics
             schedule = FetchSchedule.for_fetch_wait(
                 topics.reference, SETTINGS.reference_fetch_interval_ms,
-                SETTINGS.fetch_wait_ms, idle_topics=(topics.purchases, topics.offers))
+                SETTINGS.fetch_wait_ms, idle_topics=(topics.purchases,))
             self.add_future(schedule.run(
                 lambda: self._consumer, self._fetched_not_taken, self.sleep,
                 lambda: not self.should_stop, self._positions))
