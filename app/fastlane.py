@@ -53,8 +53,9 @@ BatchHandler = Callable[[Sequence[Source]], Awaitable[None]]
 LANES: dict[str, BatchHandler] = {}
 
 
-#: Topics whose batches run before every other batch of the same fetch (waiting for a
-#: reply, like a shopper's position waiting for its offer).
+#: Topics whose batches run before every other batch of the same fetch and whose output is
+#: sent as soon as the batch is done (waiting for a reply, like a shopper's position waiting
+#: for its offer).
 URGENT: set[str] = set()
 
 
