@@ -74,7 +74,8 @@ class FetchSchedule:
                   positions: Callable[[], Mapping[Hashable, int]] = dict) -> None:
         """Pause, wait an interval, resume, wait a window; until ``running()`` is false.
 
-        ``consumer`` returns the current consumer (``None`` until it exists), ``buffered``
+        ``consumer`` returns the current consumer (``None`` until it exists; until it has an
+        assignment the schedule looks again every window), ``buffered``
         the partitions with fetched records not yet taken, ``positions`` each assigned
         partition's next offset to fetch (without it, partitions of ``idle_topics`` are
         never paused).
@@ -82,18 +83,21 @@ class FetchSchedule:
         last: Mapping[Hashable, int] = {}
         while running():
             current = consumer()
-            paused: list[Any] = []
-            if current is not None:
-                assigned = current.assignment()
-                now = positions()
-                # A partition without a position yet, or first seen, counts as moved.
-                moved = {tp for tp in assigned if now.get(tp) is None or last.get(tp) != now[tp]}
-                last = now
-                paused = self.to_pause(assigned, buffered(), moved)
-                if paused:
-                    current.pause(*paused)
+            assigned = current.assignment() if current is not None else set()
+            if current is None or not assigned:
+                # Not started or not assigned yet: look again after a window, not an
+                # interval (a long interval would leave the first assignment unscheduled).
+                await sleep(self.window_s)
+                continue
+            now = positions()
+            # A partition without a position yet, or first seen, counts as moved.
+            moved = {tp for tp in assigned if now.get(tp) is None or last.get(tp) != now[tp]}
+            last = now
+            paused = self.to_pause(assigned, buffered(), moved)
+            if paused:
+                current.pause(*paused)
             await sleep(self.interval_s)
-            if current is not None and paused:
+            if paused:
                 assigned = current.assignment()  # a rebalance may have taken some away
                 still = [tp for tp in paused if tp in assigned]
                 if still:

@@ -107,7 +107,19 @@ def test_no_consumer_yet_means_nothing_to_pause() -> None:
         slept.append(seconds)
 
     asyncio.run(SCHEDULE.run(lambda: None, set, sleep, lambda: len(slept) < 2))
-    assert slept == [0.1, 0.05]
+    assert slept == [0.05, 0.05]
+
+
+def test_first_assignment_is_scheduled_within_a_window() -> None:
+    consumer = StandInConsumer([])
+
+    def assigned_after_the_first_look(sleeps: int) -> None:
+        if sleeps == 1:
+            consumer.assigned = set(PRODUCTS + LOCATIONS)
+
+    slept = run_cycles(consumer, 1, between=assigned_after_the_first_look)
+    assert slept == [0.05, 0.1, 0.05]
+    assert consumer.calls == [("pause", frozenset(PRODUCTS)), ("resume", frozenset(PRODUCTS))]
 
 
 def test_idle_partition_is_fetched_once_per_interval_busy_one_in_every_fetch() -> None:
