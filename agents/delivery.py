@@ -1,9 +1,13 @@
 """The delivery agent: offers from ``customers.promotions`` to Redis and Ably.
 
-A separate agent on its own topic, so a slow push never delays matching. Delivery is
-idempotent per offer_id (a Redis marker, Ably's message id), so a redelivered offer is pushed
-once; transient failures are retried with backoff, and an offer that still cannot be pushed
-(or never could: bad key, malformed offer) goes to ``dead-letters`` with the reason.
+With direct push (``OFFER_BACKSTOP_MS`` > 0, the default) the matcher hands its offers to
+:data:`PUSHER`, which pushes them from its own task (:mod:`app.pusher`), and this agent is the
+backstop: it reads the topic once per interval and delivers every offer the pusher has not
+confirmed. Without it, this agent delivers every offer, reading the topic in every fetch.
+Delivery is idempotent per offer_id (a Redis marker, Ably's message id), so a redelivered
+offer is pushed once; transient failures are retried with backoff, and an offer that still
+cannot be pushed (or never could: bad key, malformed offer) goes to ``dead-letters`` with
+the reason.
 """
 
 from __future__ import annotations
@@ -19,9 +23,14 @@ from app import fastlane
 from app.delivery import DeliveryError, DeliveryOutcome, OfferDelivery, validate_offer
 from app.fastlane import Source
 from app.faust_app import METRICS, app
+from app.pusher import DirectPusher
 from app.settings import SETTINGS
 from app.topics import offers_topic
 from core.events import BadEvent, decode_object
+from core.retry import RetryPolicy
+
+#: Outcome of an offer the pusher had already delivered when the backstop read it.
+PUSHED = "pushed"
 
 
 def _failure(exc: DeliveryError) -> str:
@@ -53,6 +62,11 @@ async def deliver_batch(delivery: OfferDelivery, batch: Sequence[Source]) -> Non
             continue
         offers.append((source, offer))
     outcomes: dict[str, int] = {}
+    pushed = sum(1 for _, offer in offers if PUSHER.pushed(str(offer["offer_id"])))
+    if pushed:
+        outcomes[PUSHED] = pushed
+        offers = [(source, offer) for source, offer in offers
+                  if not PUSHER.pushed(str(offer["offer_id"]))]
     results = await delivery.deliver_many([offer for _, offer in offers])
     for (source, _), result in zip(offers, results, strict=True):
         if isinstance(result, DeliveryError):
@@ -74,6 +88,28 @@ def new_delivery() -> OfferDelivery:
 
 #: The fast lane's client: created on first use, in the worker's loop, kept for its life.
 _lane_delivery = functools.cache(new_delivery)
+
+
+def _not_pushed(reason: str, count: int) -> None:
+    METRICS.inc("storestream_offers_left_to_backstop_total", count, reason=reason)
+
+
+#: Pushes the matcher's offers as they are emitted (one try each: the backstop retries).
+PUSHER = DirectPusher(
+    lambda: OfferDelivery.from_settings(
+        SETTINGS.redis_url, SETTINGS.ably_api_key, key_prefix=SETTINGS.topics.prefix,
+        policy=RetryPolicy(attempts=1)),
+    on_pushed=_delivered, on_not_pushed=_not_pushed,
+)
+
+
+async def push_offers() -> None:
+    """Run the direct pusher in a worker with direct push on."""
+    if SETTINGS.direct_push and not app.client_only:
+        await PUSHER.run()
+
+
+app.task(push_offers)
 
 
 @fastlane.lane(offers_topic.get_topic_name())

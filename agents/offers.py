@@ -14,6 +14,7 @@ import orjson
 from faust.types import StreamT
 
 from agents.common import OK, bulk_writer, count_lane, handle, lane_clock, process_batch
+from agents.delivery import PUSHER
 from app import fastlane
 from app.deadletters import decode_key
 from app.fastlane import Source
@@ -78,11 +79,13 @@ def _cooldowns(raw: dict[str, float] | None) -> dict[CooldownKey, float]:
     return out
 
 
-async def apply_positions(batch: Sequence[Source], writes: TableWrites) -> None:
+async def apply_positions(batch: Sequence[Source], writes: TableWrites,
+                          emitted: list[dict[str, object]] | None = None) -> None:
     """Match each shopper position against nearby promoted displays; emit offers.
 
     Offers are queued (:meth:`tables.batch.TableWrites.emit`) and cooldowns written once per
     shopper per batch, both without awaiting, so a cancelled batch leaves neither half-done.
+    Each offer emitted is also appended to ``emitted`` when given.
     """
     def apply_one(source: Source) -> str:
         position = parse_position(source.value, decode_key(source.key), source.timestamp)
@@ -112,7 +115,10 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites) -> None:
         writes.put(shoppers, uid,
                    {"last_offered": {f"{p}{SEP}{s}": ts for (p, s), ts in updated.items()}})
         for offer in offers:
-            writes.emit(offers_topic, uid.encode(), orjson.dumps(offer.to_record()))
+            record = offer.to_record()
+            writes.emit(offers_topic, uid.encode(), orjson.dumps(record))
+            if emitted is not None:
+                emitted.append(record)
             METRICS.inc("storestream_offers_total", store=offer.store_id or "-")
         return OK
 
@@ -121,9 +127,13 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites) -> None:
 
 @fastlane.lane(locations_topic.get_topic_name(), urgent=True)
 async def locations_lane(batch: Sequence[Source]) -> None:
-    """The fast lane for ``customers.locations``."""
+    """The fast lane for ``customers.locations``; its offers are pushed directly when direct
+    push is on (:mod:`app.pusher`)."""
     started = lane_clock()
-    await apply_positions(batch, TableWrites(batch[0].partition, bulk_writer()))
+    emitted: list[dict[str, object]] | None = [] if SETTINGS.direct_push else None
+    await apply_positions(batch, TableWrites(batch[0].partition, bulk_writer()), emitted)
+    if emitted:
+        PUSHER.submit(emitted)
     count_lane(batch, started)
 
 

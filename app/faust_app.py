@@ -109,6 +109,8 @@ for _name, _kind, _help in (
     ("storestream_offers_total", "counter", "Offers emitted, by store"),
     ("storestream_offers_delivered_total", "counter",
      "Offers pushed, by sink and outcome (delivered or duplicate)"),
+    ("storestream_offers_left_to_backstop_total", "counter",
+     "Offers the direct push did not deliver, left to the offers topic's consumer, by reason"),
     ("storestream_offer_delivery_failures_total", "counter",
      "Offers that could not be pushed (dead-lettered), by kind"),
     ("storestream_fast_lane_records_total", "counter",

@@ -46,6 +46,13 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
             self.add_future(schedule.run(
                 lambda: self._consumer, self._fetched_not_taken, self.sleep,
                 lambda: not self.should_stop, self._positions))
+        if SETTINGS.direct_push and not self.app.client_only:
+            # Offers are pushed by the worker that emits them; their topic is the backstop.
+            backstop = FetchSchedule.for_fetch_wait(
+                (SETTINGS.topics.offers,), SETTINGS.offer_backstop_ms, SETTINGS.fetch_wait_ms)
+            self.add_future(backstop.run(
+                lambda: self._consumer, self._fetched_not_taken, self.sleep,
+                lambda: not self.should_stop, self._positions))
 
     def _positions(self) -> dict[Any, int]:
         """Each assigned partition's next offset to fetch (those with a known position).

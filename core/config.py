@@ -97,11 +97,20 @@ class Settings:
     fetch_wait_ms: int = 10
     consumer_max_fetch_size: int = 4 * 1024 * 1024
     reference_fetch_interval_ms: int = 100
+    offer_backstop_ms: int = 1000
     fast_lane: bool = True
     gc_gen0_threshold: int = 10_000
     broker_session_timeout_s: float = 6.0
     topics: Topics = Topics()
     loyalty: LoyaltyRules = LoyaltyRules()
+
+    @property
+    def direct_push(self) -> bool:
+        """Whether the matcher pushes its offers itself, the offers topic's consumer being
+        the backstop read once per ``offer_backstop_ms``: only with the fast lane, which
+        never runs in a transaction (an aborted offer must not have been pushed)."""
+        return (self.offer_backstop_ms > 0 and self.fast_lane
+                and self.processing_guarantee == "at_least_once")
 
 
 def _ini_path(env: Mapping[str, str]) -> Path | None:
@@ -212,6 +221,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             reference_fetch_interval_ms=int(pick(
                 "REFERENCE_FETCH_INTERVAL_MS", main, "reference_fetch_interval_ms",
                 defaults.reference_fetch_interval_ms)),
+            offer_backstop_ms=int(pick("OFFER_BACKSTOP_MS", offers, "backstop_ms",
+                                       defaults.offer_backstop_ms)),
             fast_lane=_switch(pick("FAST_LANE", main, "fast_lane", "on")),
             gc_gen0_threshold=int(pick("GC_GEN0_THRESHOLD", main, "gc_gen0_threshold",
                                        defaults.gc_gen0_threshold)),
@@ -230,6 +241,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                           "largest record)")
     if not 0 <= settings.reference_fetch_interval_ms <= 60_000:
         raise ConfigError("REFERENCE_FETCH_INTERVAL_MS must be 0 (every fetch) to 60000")
+    if not 0 <= settings.offer_backstop_ms <= 60_000:
+        raise ConfigError("OFFER_BACKSTOP_MS must be 0 (no direct push) to 60000")
     if settings.gc_gen0_threshold < 0:
         raise ConfigError("GC_GEN0_THRESHOLD must be >= 0 (0: Python's default collector)")
     if settings.topic_partitions < 1:

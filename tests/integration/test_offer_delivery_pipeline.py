@@ -60,15 +60,23 @@ def test_each_offer_is_pushed_once_to_redis_and_ably(pushed: Deployment, ably: A
     # The same offer record again (a redelivery): pushed once, Ably sees the same id.
     again = {k: v for k, v in offers[0].items() if not k.startswith("_")}
     pushed.produce([("customers.promotions", again["uid"], again)])
-    wait_for("three deliveries", lambda: worker.metric(
-        "storestream_offers_delivered_total", sink="redis") >= 3, 30)
+    topic = pushed.topic("customers.promotions")
+    wait_for("three offer records read back", lambda: worker.metric(
+        "storestream_events_total", topic=topic) >= 3, 30)
 
     prefix = pushed.settings.topics.prefix
     entries = stream_entries(pushed.stack.redis_url, f"{prefix}offers")
     assert sorted(e["offer_id"] for e in entries) == sorted(o["offer_id"] for o in offers)
     assert worker.metric("storestream_offers_delivered_total", sink="redis",
-                         outcome="duplicate") == 1
-    wait_for("ably publishes", lambda: len(ably.published) >= 3, 30)
+                         outcome="delivered") == 2
+    if pushed.settings.direct_push:
+        # Pushed by the matcher; the topic's consumer found all three records already pushed.
+        assert worker.metric("storestream_events_total", topic=topic, outcome="pushed") == 3
+        assert worker.metric("storestream_offers_delivered_total", outcome="duplicate") == 0
+    else:
+        assert worker.metric("storestream_offers_delivered_total", sink="redis",
+                             outcome="duplicate") == 1
+    wait_for("ably publishes", lambda: len(ably.unique_ids()) >= 2, 30)
     assert sorted(ably.unique_ids()) == sorted(o["offer_id"] for o in offers)
     for offer in offers:
         (message, *_) = ably.on_channel(f"{prefix}offers:{offer['uid']}")
@@ -91,3 +99,28 @@ def test_permanent_push_failure_goes_to_dead_letters(pushed: Deployment, ably: A
     assert any("not valid JSON" in r for r in reasons), reasons
     assert orjson.loads(next(d for d in letters if "401" in d["error"])["raw"])["offer_id"] == "o-1"
     assert worker.process.poll() is None
+
+
+def test_offer_is_pushed_without_waiting_for_its_topic(stack: DevStack, tmp_path: Path,
+                                                        ably: AblyStub) -> None:
+    """Direct push: the matcher's worker pushes the offer itself; the topic's consumer (here
+    reading it once a minute) is only the backstop."""
+    with deployed(stack, tmp_path, extra_env={
+        "ABLY_API_KEY": str(ably.api_key), "ABLY_REST_HOST": ably.host,
+        "ABLY_REST_PORT": str(ably.port), "ABLY_TLS": "false", "OFFER_BACKSTOP_MS": "60000",
+    }) as running:
+        worker = running.start_worker("w1")
+        worker.wait_ready()
+        running.produce(store.display_records() + store.promotion_records())
+        wait_for("the store", lambda: worker.metric("storestream_replica_keys",
+                                                    table="displays") == 3, 30)
+        running.produce([store.position("dave", store.D2, 100)])
+        (offer,) = running.read_topic("customers.promotions", expect=1, timeout=30)
+        wait_for("the push", lambda: len(ably.unique_ids()) == 1, 10)
+        assert ably.unique_ids() == [offer["offer_id"]]
+        entries = stream_entries(running.stack.redis_url,
+                                 f"{running.settings.topics.prefix}offers")
+        assert [e["offer_id"] for e in entries] == [offer["offer_id"]]
+        # Not read back from the topic yet: the push did not wait for it.
+        assert worker.metric("storestream_events_total",
+                             topic=running.topic("customers.promotions")) == 0

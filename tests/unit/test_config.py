@@ -26,6 +26,7 @@ def test_faust_ini_defaults_reproduce_the_recipe() -> None:
     assert settings.gc_gen0_threshold == 10_000
     assert settings.consumer_max_fetch_size == 4 * 1024 * 1024
     assert settings.reference_fetch_interval_ms == 100
+    assert settings.offer_backstop_ms == 1000 and settings.direct_push
 
 
 def test_environment_overrides_the_file() -> None:
@@ -33,8 +34,9 @@ def test_environment_overrides_the_file() -> None:
         "STORESTREAM_CONFIG": str(ROOT / "faust.ini"), "BROKER_URL": "kafka://k1:9093",
         "WEB_PORT": "7000", "WEB_TOKEN": "t", "TOPIC_PARTITIONS": "8", "APP_STORE": "rocksdb://",
         "OFFER_RADIUS_M": "2.5", "TOPIC_PREFIX": "x.", "GC_GEN0_THRESHOLD": "0",
-        "REFERENCE_FETCH_INTERVAL_MS": "0",
+        "REFERENCE_FETCH_INTERVAL_MS": "0", "OFFER_BACKSTOP_MS": "0",
     })
+    assert settings.offer_backstop_ms == 0 and not settings.direct_push
     assert settings.gc_gen0_threshold == 0 and settings.reference_fetch_interval_ms == 0
     assert settings.topics.reference == {"x.products", "x.users", "x.stores.products",
                                          "x.products.promotions"}
@@ -60,11 +62,19 @@ def test_campaigns_and_tiers_come_from_the_ini(tmp_path: Path) -> None:
     {"PROCESSING_GUARANTEE": "maybe"}, {"APP_STORE": "redis://"}, {"TOPIC_PARTITIONS": "0"},
     {"WEB_PORT": "http"}, {"OFFER_RADIUS_M": "-1"}, {"GC_GEN0_THRESHOLD": "-5"},
     {"CONSUMER_MAX_FETCH_SIZE": "0"}, {"REFERENCE_FETCH_INTERVAL_MS": "-1"},
-    {"REFERENCE_FETCH_INTERVAL_MS": "60001"},
+    {"REFERENCE_FETCH_INTERVAL_MS": "60001"}, {"OFFER_BACKSTOP_MS": "-1"},
 ])
 def test_bad_settings_are_refused_with_a_message(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
         load_settings({"STORESTREAM_CONFIG": str(ROOT / "faust.ini"), **env})
+
+
+@pytest.mark.parametrize("env", [
+    {"FAST_LANE": "off"}, {"PROCESSING_GUARANTEE": "exactly_once"},
+])
+def test_offers_are_not_pushed_directly_outside_the_fast_lane(env: dict[str, str]) -> None:
+    settings = load_settings({"STORESTREAM_CONFIG": str(ROOT / "faust.ini"), **env})
+    assert settings.offer_backstop_ms == 1000 and not settings.direct_push
 
 
 def test_campaign_requiring_an_unwatched_product_is_refused(tmp_path: Path) -> None:
