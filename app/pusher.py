@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -37,6 +38,9 @@ REMEMBERED = 50_000
 MAX_QUEUED = 10_000
 #: Offers per delivery round (one pipelined Redis round trip).
 ROUND = 500
+#: After a round in which nothing could be pushed (Redis or Ably down), offers are left to the
+#: backstop for this long instead of being tried one by one again at the offer rate.
+BACKOFF_S = 1.0
 
 
 class BatchDelivery(Protocol):
@@ -55,8 +59,11 @@ class DirectPusher:
     def __init__(self, new_delivery: Callable[[], BatchDelivery], *,
                  on_pushed: Callable[[DeliveryOutcome], object] = lambda outcome: None,
                  on_not_pushed: Callable[[str, int], None] = lambda reason, count: None,
-                 remembered: int = REMEMBERED, max_queued: int = MAX_QUEUED) -> None:
+                 remembered: int = REMEMBERED, max_queued: int = MAX_QUEUED,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self._new_delivery = new_delivery
+        self._clock = clock
+        self._backing_off_until = 0.0
         self._on_pushed = on_pushed
         self._on_not_pushed = on_not_pushed
         self._pushed = RecentIds(remembered)
@@ -65,10 +72,14 @@ class DirectPusher:
         self._wake = asyncio.Event()
 
     def submit(self, offers: Iterable[Mapping[str, Any]]) -> None:
-        """Queue offers for a push (never awaits); beyond the bound they are left to the
-        backstop."""
-        room = self._max_queued - len(self._queue)
+        """Queue offers for a push (never awaits); beyond the bound, or while backing off
+        after a round that pushed nothing, they are left to the backstop."""
         offers = list(offers)
+        if self._backing_off_until and self._clock() < self._backing_off_until:
+            if offers:
+                self._on_not_pushed("backing off", len(offers))
+            return
+        room = self._max_queued - len(self._queue)
         if len(offers) > room:
             self._on_not_pushed("queue full", len(offers) - max(0, room))
             offers = offers[:max(0, room)]
@@ -92,6 +103,8 @@ class DirectPusher:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                # Let the producer's sender hand the batch's records to the broker first.
+                await asyncio.sleep(0)
                 while self._queue:
                     await self.push_round(delivery)
         finally:
@@ -105,6 +118,7 @@ class DirectPusher:
         except Exception as exc:  # the backstop delivers them, with retries
             log.warning("direct push of %d offers failed: %r", len(offers), exc)
             self._on_not_pushed("error", len(offers))
+            self._back_off()
             return
         failed = 0
         for result in results:
@@ -115,3 +129,12 @@ class DirectPusher:
                 self._on_pushed(result)
         if failed:
             self._on_not_pushed("delivery failed", failed)
+            if failed == len(offers):
+                self._back_off()
+
+    def _back_off(self) -> None:
+        """Leave offers to the backstop for :data:`BACKOFF_S`, dropping what is queued."""
+        self._backing_off_until = self._clock() + BACKOFF_S
+        if self._queue:
+            self._on_not_pushed("backing off", len(self._queue))
+            self._queue = []

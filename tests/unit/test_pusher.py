@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.delivery import DeliveryError, DeliveryOutcome
-from app.pusher import DirectPusher
+from app.pusher import BACKOFF_S, DirectPusher
 
 
 class StandInDelivery:
@@ -62,6 +62,23 @@ def test_a_broken_delivery_leaves_the_whole_round_to_the_backstop() -> None:
     pusher.submit([offer(1), offer(2)])
     asyncio.run(pusher.push_round(delivery))
     assert not pusher.pushed("o1") and left == [("error", 2)]
+
+
+def test_after_a_round_that_pushed_nothing_offers_go_to_the_backstop_for_a_while() -> None:
+    delivery = StandInDelivery(broken=True)
+    left: list[tuple[str, int]] = []
+    now = [100.0]
+    pusher = DirectPusher(lambda: delivery, clock=lambda: now[0],
+                          on_not_pushed=lambda r, n: left.append((r, n)))
+    pusher.submit([offer(1)])
+    asyncio.run(pusher.push_round(delivery))
+    pusher.submit([offer(2)])
+    assert pusher.queued == 0 and left == [("error", 1), ("backing off", 1)]
+    now[0] += BACKOFF_S
+    delivery.broken = False
+    pusher.submit([offer(3)])
+    asyncio.run(pusher.push_round(delivery))
+    assert pusher.pushed("o3") and not pusher.pushed("o2")
 
 
 def test_offers_beyond_the_queue_bound_are_left_to_the_backstop() -> None:
