@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import orjson
 from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from app.devstack import TopicSpec, ensure_topics
 from bench.catalogue import CATALOGUE, PERIOD_S, PRICE_CHANGES, STAMP_PRODUCT, T0, price_of
@@ -101,6 +102,23 @@ def expected_totals(workload: Workload) -> tuple[dict[str, float], dict[str, int
 async def create_topics(bootstrap: str, specs: Sequence[TopicSpec]) -> None:
     """Create topics with explicit settings (retention.ms and cleanup.policy always set)."""
     await ensure_topics(bootstrap, specs, timeout=30.0)
+
+
+async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> list[str]:
+    """Delete every topic whose name starts with one of ``prefixes``; the names deleted.
+
+    A trial's topics stay on the embedded broker (which keeps everything in memory) unless
+    deleted, and later trials would run next to all of them.
+    """
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if t.startswith(tuple(prefixes))]
+        if names:
+            await admin.delete_topics(names)
+        return names
+    finally:
+        await admin.close()
 
 
 def peer_topics(prefix: str, partitions: int) -> list[TopicSpec]:
