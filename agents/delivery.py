@@ -62,11 +62,11 @@ async def deliver_batch(delivery: OfferDelivery, batch: Sequence[Source]) -> Non
             continue
         offers.append((source, offer))
     outcomes: dict[str, int] = {}
-    pushed = sum(1 for _, offer in offers if PUSHER.pushed(str(offer["offer_id"])))
-    if pushed:
-        outcomes[PUSHED] = pushed
-        offers = [(source, offer) for source, offer in offers
+    to_deliver = [(source, offer) for source, offer in offers
                   if not PUSHER.pushed(str(offer["offer_id"]))]
+    if len(to_deliver) < len(offers):
+        outcomes[PUSHED] = len(offers) - len(to_deliver)
+        offers = to_deliver
     results = await delivery.deliver_many([offer for _, offer in offers])
     for (source, _), result in zip(offers, results, strict=True):
         if isinstance(result, DeliveryError):

@@ -14,11 +14,13 @@ short window once per interval, so they are read in one or two fetches per inter
 of in every one. Partitions of the ``idle_topics`` (purchases) get the same while idle: one
 whose position did not move over a whole cycle is paused for the next interval; once it has
 records it moves, and stays in every fetch while it keeps moving. Topics outside both sets
-(positions and offers, which a shopper waits for, the tables' changelogs, Faust's own) are
-never touched. A paused partition keeps its position: nothing is skipped, its records are
-only read later (at most one interval plus a window). A partition with fetched records not
-yet taken by Faust is never paused (aiokafka would drop them and fetch them again). No
-Faust import: the consumer is anything with ``assignment``, ``pause`` and ``resume``.
+(positions, which a shopper waits for, the tables' changelogs, Faust's own) are never
+touched by this schedule; with direct push (:mod:`app.pusher`) a second schedule treats the
+offers topic as reference data, once per ``OFFER_BACKSTOP_MS``. A paused partition keeps
+its position: nothing is skipped, its records are only read later (at most one interval
+plus a window). A partition with fetched records not yet taken by Faust is never paused
+(aiokafka would drop them and fetch them again). No Faust import: the consumer is anything
+with ``assignment``, ``pause`` and ``resume``.
 """
 
 from __future__ import annotations

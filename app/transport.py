@@ -27,8 +27,8 @@ from app.settings import SETTINGS
 
 class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
     """Faust's consumer thread: the fetch wait taken from settings, reference topics and
-    idle purchases partitions fetched once per ``REFERENCE_FETCH_INTERVAL_MS``
-    (:mod:`app.fetch_schedule`)."""
+    idle purchases partitions fetched once per ``REFERENCE_FETCH_INTERVAL_MS``, and offers
+    (with direct push) once per ``OFFER_BACKSTOP_MS`` (:mod:`app.fetch_schedule`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -36,23 +36,25 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
         return consumer
 
     async def on_start(self) -> None:
-        """Start aiokafka, then (in a worker) the fetch schedule."""
+        """Start aiokafka, then (in a worker) the fetch schedules."""
         await super().on_start()
-        if SETTINGS.reference_fetch_interval_ms > 0 and not self.app.client_only:
-            topics = SETTINGS.topics
-            schedule = FetchSchedule.for_fetch_wait(
+        if self.app.client_only:
+            return
+        topics = SETTINGS.topics
+        if SETTINGS.reference_fetch_interval_ms > 0:
+            self._schedule(FetchSchedule.for_fetch_wait(
                 topics.reference, SETTINGS.reference_fetch_interval_ms,
-                SETTINGS.fetch_wait_ms, idle_topics=(topics.purchases,))
-            self.add_future(schedule.run(
-                lambda: self._consumer, self._fetched_not_taken, self.sleep,
-                lambda: not self.should_stop, self._positions))
-        if SETTINGS.direct_push and not self.app.client_only:
+                SETTINGS.fetch_wait_ms, idle_topics=(topics.purchases,)))
+        if SETTINGS.direct_push:
             # Offers are pushed by the worker that emits them; their topic is the backstop.
-            backstop = FetchSchedule.for_fetch_wait(
-                (SETTINGS.topics.offers,), SETTINGS.offer_backstop_ms, SETTINGS.fetch_wait_ms)
-            self.add_future(backstop.run(
-                lambda: self._consumer, self._fetched_not_taken, self.sleep,
-                lambda: not self.should_stop, self._positions))
+            self._schedule(FetchSchedule.for_fetch_wait(
+                (topics.offers,), SETTINGS.offer_backstop_ms, SETTINGS.fetch_wait_ms))
+
+    def _schedule(self, schedule: FetchSchedule) -> None:
+        """Run ``schedule`` on this thread's aiokafka consumer for the thread's life."""
+        self.add_future(schedule.run(
+            lambda: self._consumer, self._fetched_not_taken, self.sleep,
+            lambda: not self.should_stop, self._positions))
 
     def _positions(self) -> dict[Any, int]:
         """Each assigned partition's next offset to fetch (those with a known position).
