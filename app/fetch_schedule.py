@@ -20,11 +20,12 @@ offers topic as reference data, once per ``OFFER_BACKSTOP_MS``. A paused partiti
 its position: nothing is skipped, its records are only read later (at most one interval
 plus a window). A partition with fetched records not yet taken by Faust is never paused
 (aiokafka would drop them and fetch them again). No Faust import: the consumer is anything
-with ``assignment``, ``pause`` and ``resume``.
+with ``assignment``, ``paused``, ``pause`` and ``resume``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Collection, Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -34,6 +35,7 @@ class PausableConsumer(Protocol):
     """The part of ``aiokafka.AIOKafkaConsumer`` the schedule uses."""
 
     def assignment(self) -> Any: ...
+    def paused(self) -> Any: ...
     def pause(self, *partitions: Any) -> None: ...
     def resume(self, *partitions: Any) -> None: ...
 
@@ -69,12 +71,32 @@ class FetchSchedule:
                 out.append(tp)
         return out
 
+    async def _hold(self, current: PausableConsumer, paused: list[Any],
+                    buffered: Callable[[], Collection[Hashable]],
+                    sleep: Callable[[float], Awaitable[Any]]) -> list[Any]:
+        """Wait an interval in window-long steps, pausing again any reference partition that
+        is no longer paused (a rebalance: aiokafka forgets the pauses of what it assigns).
+        Returns every partition paused."""
+        steps = max(1, math.ceil(self.interval_s / self.window_s - 1e-9))
+        for step in range(steps):
+            await sleep(self.interval_s / steps)
+            if step == steps - 1:
+                break
+            assigned, already = current.assignment(), current.paused()
+            again = [tp for tp in self.to_pause(assigned, buffered(), moved=assigned)
+                     if tp not in already]  # moved=assigned: reference partitions only
+            if again:
+                current.pause(*again)
+                paused = list(dict.fromkeys([*paused, *again]))
+        return paused
+
     async def run(self, consumer: Callable[[], PausableConsumer | None],
                   buffered: Callable[[], Collection[Hashable]],
                   sleep: Callable[[float], Awaitable[Any]],
                   running: Callable[[], bool],
                   positions: Callable[[], Mapping[Hashable, int]] = dict) -> None:
-        """Pause, wait an interval, resume, wait a window; until ``running()`` is false.
+        """Pause, wait an interval (re-pausing after a rebalance), resume, wait a window;
+        until ``running()`` is false.
 
         ``consumer`` returns the current consumer (``None`` until it exists; until it has an
         assignment the schedule looks again every window), ``buffered``
@@ -98,7 +120,7 @@ class FetchSchedule:
             paused = self.to_pause(assigned, buffered(), moved)
             if paused:
                 current.pause(*paused)
-            await sleep(self.interval_s)
+            paused = await self._hold(current, paused, buffered, sleep)
             if paused:
                 assigned = current.assignment()  # a rebalance may have taken some away
                 still = [tp for tp in paused if tp in assigned]

@@ -23,25 +23,30 @@ class StandInConsumer:
 
     def __init__(self, assigned: list[TP]) -> None:
         self.assigned = set(assigned)
-        self.paused: set[TP] = set()
+        self.paused_now: set[TP] = set()
         self.calls: list[tuple[str, frozenset[TP]]] = []
 
     def assignment(self) -> set[TP]:
         return set(self.assigned)
 
+    def paused(self) -> set[TP]:
+        return set(self.paused_now)
+
     def pause(self, *tps: Any) -> None:
         assert set(tps) <= self.assigned, "aiokafka refuses to pause unassigned partitions"
-        self.paused |= set(tps)
+        self.paused_now |= set(tps)
         self.calls.append(("pause", frozenset(tps)))
 
     def resume(self, *tps: Any) -> None:
         assert set(tps) <= self.assigned, "aiokafka refuses to resume unassigned partitions"
-        self.paused -= set(tps)
+        self.paused_now -= set(tps)
         self.calls.append(("resume", frozenset(tps)))
 
 
 SCHEDULE = FetchSchedule(frozenset({"products"}), interval_s=0.1, window_s=0.05,
                             idle_topics=frozenset({"purchases"}))
+#: Sleeps per cycle of SCHEDULE: the interval in two window-long steps, then the window.
+SLEEPS = 3
 
 
 def run_cycles(consumer: StandInConsumer, cycles: int, buffered: set[TP] | None = None,
@@ -56,7 +61,7 @@ def run_cycles(consumer: StandInConsumer, cycles: int, buffered: set[TP] | None 
 
     async def main() -> None:
         await SCHEDULE.run(lambda: consumer, lambda: buffered or set(), sleep,
-                           lambda: len(slept) < 2 * cycles, positions)
+                           lambda: len(slept) < SLEEPS * cycles, positions)
 
     asyncio.run(main())
     return slept
@@ -65,9 +70,9 @@ def run_cycles(consumer: StandInConsumer, cycles: int, buffered: set[TP] | None 
 def test_reference_partitions_are_fetched_for_a_window_once_per_interval() -> None:
     consumer = StandInConsumer(PRODUCTS + LOCATIONS)
     slept = run_cycles(consumer, 2)
-    assert slept == [0.1, 0.05, 0.1, 0.05]
+    assert slept == [0.05] * 6
     assert consumer.calls == [("pause", frozenset(PRODUCTS)), ("resume", frozenset(PRODUCTS))] * 2
-    assert not consumer.paused
+    assert not consumer.paused_now
 
 
 def test_hot_partitions_are_never_paused() -> None:
@@ -94,6 +99,18 @@ def test_partition_revoked_while_paused_is_not_resumed() -> None:
     assert consumer.calls == [("pause", frozenset(PRODUCTS)), ("resume", frozenset({PRODUCTS[0]}))]
 
 
+def test_partitions_reassigned_during_the_interval_are_paused_again() -> None:
+    consumer = StandInConsumer(PRODUCTS + PURCHASES + LOCATIONS)
+
+    def rebalance(sleeps: int) -> None:
+        if sleeps == 1:  # the same partitions assigned again: aiokafka forgot the pauses
+            consumer.paused_now.clear()
+
+    run_cycles(consumer, 1, between=rebalance, positions=lambda: {})
+    assert consumer.calls == [("pause", frozenset(PRODUCTS)), ("pause", frozenset(PRODUCTS)),
+                              ("resume", frozenset(PRODUCTS))]
+
+
 def test_window_spans_a_fetch_in_flight_and_the_next() -> None:
     assert FetchSchedule.for_fetch_wait(["products"], 100, 10).window_s == 0.05
     assert FetchSchedule.for_fetch_wait(["products"], 250, 100).window_s == 0.4
@@ -118,7 +135,7 @@ def test_first_assignment_is_scheduled_within_a_window() -> None:
             consumer.assigned = set(PRODUCTS + LOCATIONS)
 
     slept = run_cycles(consumer, 1, between=assigned_after_the_first_look)
-    assert slept == [0.05, 0.1, 0.05]
+    assert slept == [0.05] * 4
     assert consumer.calls == [("pause", frozenset(PRODUCTS)), ("resume", frozenset(PRODUCTS))]
 
 
