@@ -99,10 +99,9 @@ class FetchSchedule:
         until ``running()`` is false.
 
         ``consumer`` returns the current consumer (``None`` until it exists; until it has an
-        assignment the schedule looks again every window), ``buffered``
-        the partitions with fetched records not yet taken, ``positions`` each assigned
-        partition's next offset to fetch (without it, partitions of ``idle_topics`` are
-        never paused).
+        assignment the schedule looks again every window), ``buffered`` the partitions with
+        fetched records not yet taken, ``positions`` each assigned partition's next offset to
+        fetch (without it, partitions of ``idle_topics`` are never paused).
         """
         last: Mapping[Hashable, int] = {}
         while running():

@@ -1,0 +1,65 @@
+"""An urgent lane's output goes to the producer as soon as its batch is done."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict
+from types import SimpleNamespace
+from typing import Any
+
+from aiokafka.structs import ConsumerRecord
+from faust.types import TP
+
+import app as storestream  # noqa: F401  (registers the agents and their lanes)
+from app.fastlane import Source
+from app.topics import locations_topic, purchases_topic
+from app.transport import Consumer
+
+
+class StandInConsumer:
+    """The part of the transport's consumer that ``_run_lane`` touches, recording order."""
+
+    def __init__(self, steps: list[str]) -> None:
+        async def send_queued() -> None:
+            steps.append("sent")
+
+        self.app = SimpleNamespace(
+            consumer_generation_id=1,
+            monitor=SimpleNamespace(track_tp_end_offset=lambda tp, offset: None),
+            producer=SimpleNamespace(send_queued=send_queued),
+        )
+        self._read_offset: dict[TP, int | None] = defaultdict(lambda: None)
+        self._lane_done: dict[TP, tuple[int, int]] = {}
+        self.steps = steps
+
+    def highwater(self, tp: TP) -> int:
+        return 0
+
+    def _to_message(self, tp: TP, record: Any) -> Any:
+        return record
+
+    async def _add_gap(self, tp: TP, start: int, end: int) -> None:
+        return None
+
+    def _ack_offsets(self, tp: TP, offsets: list[int]) -> None:
+        self.steps.append(f"acked {offsets}")
+
+
+def run_lane(topic: str) -> list[str]:
+    steps: list[str] = []
+    tp = TP(topic, 0)
+    record = ConsumerRecord(topic, 0, 7, 1_000, 0, b"k", b"{}", None, 2, 2, [])
+
+    async def handler(batch: list[Source]) -> None:
+        steps.append(f"handled {[s.offset for s in batch]}")
+
+    asyncio.run(Consumer._run_lane(StandInConsumer(steps), tp, [record], handler))
+    return steps
+
+
+def test_urgent_batch_output_is_sent_before_its_offsets_are_acked() -> None:
+    assert run_lane(locations_topic.get_topic_name()) == ["handled [7]", "sent", "acked [7]"]
+
+
+def test_other_batches_leave_their_output_to_the_bulk_writer() -> None:
+    assert run_lane(purchases_topic.get_topic_name()) == ["handled [7]", "acked [7]"]
