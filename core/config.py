@@ -99,6 +99,7 @@ class Settings:
     reference_fetch_interval_ms: int = 100
     offer_backstop_ms: int = 1000
     fast_lane: bool = True
+    consumer_thread: bool = False
     gc_gen0_threshold: int = 10_000
     broker_session_timeout_s: float = 6.0
     topics: Topics = Topics()
@@ -224,6 +225,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             offer_backstop_ms=int(pick("OFFER_BACKSTOP_MS", offers, "backstop_ms",
                                        defaults.offer_backstop_ms)),
             fast_lane=_switch(pick("FAST_LANE", main, "fast_lane", "on")),
+            consumer_thread=_switch(pick("CONSUMER_THREAD", main, "consumer_thread", "off")),
             gc_gen0_threshold=int(pick("GC_GEN0_THRESHOLD", main, "gc_gen0_threshold",
                                        defaults.gc_gen0_threshold)),
             broker_session_timeout_s=float(

@@ -82,3 +82,9 @@ def test_campaign_requiring_an_unwatched_product_is_refused(tmp_path: Path) -> N
     ini.write_text("[campaign broken]\nwatch = dog\nrequire = cat\n")
     with pytest.raises(ConfigError, match="broken"):
         load_settings({"STORESTREAM_CONFIG": str(ini)})
+
+
+def test_consumer_runs_on_the_worker_loop_unless_asked_for_a_thread() -> None:
+    ini = str(ROOT / "faust.ini")
+    assert not load_settings({"STORESTREAM_CONFIG": ini}).consumer_thread
+    assert load_settings({"STORESTREAM_CONFIG": ini, "CONSUMER_THREAD": "on"}).consumer_thread
