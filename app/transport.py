@@ -1,8 +1,10 @@
-"""The aiokafka transport: a configurable fetch wait, the fast lane, a flush that drains.
+"""The aiokafka transport: a configurable fetch wait, fetch schedules, aiokafka on the
+worker's loop, the fast lane, a flush that drains.
 
 Faust hard-codes ``fetch_max_wait_ms=1500``; a broker that does not answer a waiting fetch
 early when data arrives (the embedded Tansu, DESIGN section 7) then adds up to 1.5 s per hop.
-This transport keeps everything else of Faust's consumer and only changes that wait.
+Faust keeps the group, assignment, rebalances, commits and recovery; this transport changes
+how records are fetched and handed over, and how the producer flushes.
 """
 
 from __future__ import annotations
