@@ -106,13 +106,13 @@ class InlineConsumerThread(FetchWaitConsumerThread):
         await self._default_start()
 
     async def stop(self) -> None:
-        """Stop aiokafka, then this service's children, tasks and exit stacks."""
+        """Stop aiokafka (Faust's own thread-stop step), then this service's children, tasks
+        and exit stacks, in the order mode's thread would."""
         if not self._started.is_set() or self._stopped.is_set():
             return
         self._stopped.set()
         await self.on_stop()
-        if self._consumer is not None:
-            await self._consumer.stop()
+        await self.on_thread_stop()
         await self._default_stop_children()
         await self._default_stop_futures()
         await self._default_stop_exit_stacks()
