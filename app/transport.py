@@ -22,7 +22,7 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from faust.types.tuples import ack_lock
 
-from app import fastlane
+from app import fastlane, fetch_actions
 from app.bulk import BulkWriter
 from app.fetch_schedule import FetchSchedule
 from app.settings import SETTINGS
@@ -41,6 +41,8 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
     async def on_start(self) -> None:
         """Start aiokafka, then (in a worker) the fetch schedules."""
         await super().on_start()
+        if self._consumer is not None:  # paused partitions cost nothing per fetch wake
+            fetch_actions.skip_paused(self._consumer._fetcher, self.thread_loop)
         if self.app.client_only:
             return
         topics = SETTINGS.topics

@@ -1,0 +1,103 @@
+"""Paused partitions answered cheaply in aiokafka's fetch loop (app/fetch_actions.py), on
+aiokafka's real subscription state and a stand-in for the fetcher's own decision."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.consumer.subscription_state import SubscriptionState
+
+from app.fetch_actions import ResumeSignal, skip_paused, split_paused
+
+CHANGELOG = [TopicPartition("spend-changelog", p) for p in range(4)]
+POSITIONS = [TopicPartition("customers.locations", p) for p in range(2)]
+
+
+def subscribed(positions: dict[TopicPartition, int | None]) -> SubscriptionState:
+    """A user assignment of ``positions`` (``None``: no position yet)."""
+    state = SubscriptionState()
+    state.assign_from_user(set(positions))
+    for tp, offset in positions.items():
+        if offset is not None:
+            state.seek(tp, offset)
+    return state
+
+
+class StandInFetcher:
+    """Records which partitions aiokafka's own decision was asked about."""
+
+    def __init__(self) -> None:
+        self._records: dict[TopicPartition, object] = {}
+        self.asked: list[set[TopicPartition]] = []
+        self.own_future: asyncio.Future[None] | None = None
+
+    def _get_actions_per_node(self, assignment: Any) -> tuple[Any, ...]:
+        self.asked.append(set(assignment.tps))
+        for tp in assignment.tps:
+            assignment.state_value(tp)  # the decision reads every partition's state
+        futures = [self.own_future] if self.own_future is not None else []
+        return [("node", "request")], {}, 0.2, False, futures
+
+
+async def test_quietly_paused_partitions_are_not_decided_one_by_one() -> None:
+    state = subscribed({**dict.fromkeys(CHANGELOG, 10), **dict.fromkeys(POSITIONS, 3)})
+    state.pause(CHANGELOG[0])
+    state.pause(CHANGELOG[1])
+    decide, resume = split_paused(state.subscription.assignment, {})
+    assert set(decide) == set(CHANGELOG[2:]) | set(POSITIONS)
+    assert len(resume) == 2 and all(not future.done() for future in resume)
+
+
+async def test_paused_partition_with_buffered_records_or_no_position_is_still_decided() -> None:
+    state = subscribed({CHANGELOG[0]: 10, CHANGELOG[1]: None, POSITIONS[0]: 3})
+    state.pause(CHANGELOG[0])
+    state.pause(CHANGELOG[1])
+    decide, resume = split_paused(state.subscription.assignment, {CHANGELOG[0]: object()})
+    assert set(decide) == {CHANGELOG[0], CHANGELOG[1], POSITIONS[0]}
+    assert resume == []
+
+
+async def test_resuming_any_paused_partition_completes_the_one_signal() -> None:
+    state = subscribed(dict.fromkeys(CHANGELOG, 0))
+    for tp in CHANGELOG:
+        state.pause(tp)
+    signal = ResumeSignal(asyncio.get_running_loop())
+    _, resume = split_paused(state.subscription.assignment, {})
+    first = signal.covering(resume)
+    assert signal.covering(resume) is first and signal.watched == 4
+    state.resume(CHANGELOG[2])
+    await asyncio.wait_for(first, 1)
+    assert signal.watched == 3
+    _, resume = split_paused(state.subscription.assignment, {})
+    second = signal.covering(resume)
+    assert second is not first and not second.done()
+    state.resume(CHANGELOG[0])
+    await asyncio.wait_for(second, 1)
+
+
+async def test_fetcher_decides_only_on_what_it_can_fetch_and_waits_on_one_signal() -> None:
+    state = subscribed({**dict.fromkeys(CHANGELOG, 10), **dict.fromkeys(POSITIONS, 3)})
+    for tp in CHANGELOG:
+        state.pause(tp)
+    fetcher = StandInFetcher()
+    fetcher.own_future = asyncio.get_running_loop().create_future()
+    skip_paused(fetcher, asyncio.get_running_loop())
+    fetches, resets, timeout, invalid, futures = fetcher._get_actions_per_node(
+        state.subscription.assignment)
+    assert fetcher.asked == [set(POSITIONS)]
+    assert (fetches, resets, timeout, invalid) == ([("node", "request")], {}, 0.2, False)
+    assert futures[0] is fetcher.own_future and len(futures) == 2
+    state.resume(CHANGELOG[3])
+    await asyncio.wait_for(futures[1], 1)
+    fetcher._get_actions_per_node(state.subscription.assignment)
+    assert fetcher.asked[-1] == {*POSITIONS, CHANGELOG[3]}
+
+
+async def test_fetcher_without_paused_partitions_decides_as_before() -> None:
+    state = subscribed(dict.fromkeys(POSITIONS, 3))
+    fetcher = StandInFetcher()
+    skip_paused(fetcher, asyncio.get_running_loop())
+    *_, futures = fetcher._get_actions_per_node(state.subscription.assignment)
+    assert fetcher.asked == [set(POSITIONS)] and futures == []
