@@ -91,17 +91,70 @@ def split_paused(assignment: Any, buffered: Any) -> tuple[list[Any], list[Any]]:
     return decide, resume
 
 
-def skip_paused(fetcher: Any, loop: asyncio.AbstractEventLoop) -> None:
-    """Make ``fetcher`` (a started aiokafka ``Fetcher``) answer paused partitions cheaply."""
+class FetchLog:
+    """Counts the fetch requests built per topic, so that a caller can wait until a fetch of
+    some partitions has been answered.
+
+    aiokafka keeps one fetch in flight per broker and builds the next request for a broker
+    only once the previous one was answered and its records were taken; so the second
+    request that names a topic after a moment ``t`` is proof that the first one, sent after
+    ``t``, came back. (With partitions of one topic on several brokers this is a good
+    approximation; the wait is bounded either way, and a partition paused while its fetch is
+    in flight only has that fetch's records discarded by aiokafka and read again later.)
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[str, int] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def built(self, fetches: Any) -> None:
+        """Record the fetch requests ``(node, request)`` the fetch routine is about to send."""
+        for _node, request in fetches:
+            for topic, _partitions in request.topics:
+                self.requests[topic] = self.requests.get(topic, 0) + 1
+        if self._waiters:
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+    async def answered(self, partitions: list[Any], bound_s: float) -> None:
+        """Return once a fetch of any of ``partitions`` sent from now on was answered, or
+        after ``bound_s`` seconds."""
+        topics = {tp.topic for tp in partitions}
+        start = {topic: self.requests.get(topic, 0) for topic in topics}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + bound_s
+        while max(self.requests.get(topic, 0) - start[topic] for topic in topics) < 2:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                return
+
+
+def skip_paused(fetcher: Any, loop: asyncio.AbstractEventLoop,
+                log: FetchLog | None = None) -> None:
+    """Make ``fetcher`` (a started aiokafka ``Fetcher``) answer paused partitions cheaply,
+    and record the requests it builds in ``log``."""
     decide_all: Callable[[Any], Actions] = fetcher._get_actions_per_node
     signal = ResumeSignal(loop)
 
     def actions(assignment: Any) -> Actions:
         decide, resume = split_paused(assignment, fetcher._records)
         if not resume:
-            return decide_all(assignment)
-        fetches, resets, timeout, invalid, futures = decide_all(_Fetchable(assignment, decide))
-        return fetches, resets, timeout, invalid, [*futures, signal.covering(resume)]
+            result = decide_all(assignment)
+        else:
+            fetches, resets, timeout, invalid, futures = decide_all(
+                _Fetchable(assignment, decide))
+            result = fetches, resets, timeout, invalid, [*futures, signal.covering(resume)]
+        if log is not None and result[0]:
+            log.built(result[0])
+        return result
 
     fetcher._get_actions_per_node = actions
     fetcher._resume_signal = signal

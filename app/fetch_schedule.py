@@ -11,7 +11,11 @@ and the positions' fetches took longer to come back.
 
 :class:`FetchSchedule` pauses the reference partitions in aiokafka and resumes them for a
 short window once per interval, so they are read in one or two fetches per interval instead
-of in every one. Partitions of the ``idle_topics`` (purchases) get the same while idle: one
+of in every one. Given a ``window`` wait (the worker passes
+:meth:`app.fetch_actions.FetchLog.answered`), the window closes as soon as one fetch of the
+resumed partitions was answered: measured at 500 positions/s, the 49-partition fetches fell
+from ~25% to ~9% of a worker's fetches (each ~2 ms slower on the embedded broker than the
+9-partition fetch of the positions alone). Partitions of the ``idle_topics`` (purchases) get the same while idle: one
 whose position did not move over a whole cycle is paused for the next interval; once it has
 records it moves, and stays in every fetch while it keeps moving. Topics outside both sets
 (positions, which a shopper waits for, the tables' changelogs, Faust's own) are never
@@ -38,6 +42,10 @@ class PausableConsumer(Protocol):
     def paused(self) -> Any: ...
     def pause(self, *partitions: Any) -> None: ...
     def resume(self, *partitions: Any) -> None: ...
+
+
+#: Waits until the partitions just resumed were fetched once (bounded by the window, seconds).
+WindowWait = Callable[[list[Any], float], Awaitable[Any]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,14 +102,19 @@ class FetchSchedule:
                   buffered: Callable[[], Collection[Hashable]],
                   sleep: Callable[[float], Awaitable[Any]],
                   running: Callable[[], bool],
-                  positions: Callable[[], Mapping[Hashable, int]] = dict) -> None:
+                  positions: Callable[[], Mapping[Hashable, int]] = dict,
+                  window: WindowWait | None = None) -> None:
         """Pause, wait an interval (re-pausing after a rebalance), resume, wait a window;
         until ``running()`` is false.
 
         ``consumer`` returns the current consumer (``None`` until it exists; until it has an
         assignment the schedule looks again every window), ``buffered`` the partitions with
         fetched records not yet taken, ``positions`` each assigned partition's next offset to
-        fetch (without it, partitions of ``idle_topics`` are never paused).
+        fetch (without it, partitions of ``idle_topics`` are never paused). ``window``, when
+        given, is awaited instead of a window-long sleep once partitions were resumed: with
+        the resumed partitions and ``window_s`` as its bound, it returns as soon as a fetch
+        of them has been answered (:class:`app.fetch_actions.FetchLog`), so they are in one
+        fetch per interval rather than in every fetch for a whole window.
         """
         last: Mapping[Hashable, int] = {}
         while running():
@@ -125,4 +138,7 @@ class FetchSchedule:
                 still = [tp for tp in paused if tp in assigned]
                 if still:
                     current.resume(*still)
+                    if window is not None:
+                        await window(still, self.window_s)
+                        continue
             await sleep(self.window_s)

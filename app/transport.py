@@ -41,8 +41,10 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
     async def on_start(self) -> None:
         """Start aiokafka, then (in a worker) the fetch schedules."""
         await super().on_start()
+        self._fetch_log = fetch_actions.FetchLog()
         if self._consumer is not None:  # paused partitions cost nothing per fetch wake
-            fetch_actions.skip_paused(self._consumer._fetcher, self.thread_loop)
+            fetch_actions.skip_paused(self._consumer._fetcher, self.thread_loop,
+                                      self._fetch_log)
         if self.app.client_only:
             return
         topics = SETTINGS.topics
@@ -59,7 +61,7 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
         """Run ``schedule`` on this thread's aiokafka consumer for the thread's life."""
         self.add_future(schedule.run(
             lambda: self._consumer, self._fetched_not_taken, self.sleep,
-            lambda: not self.should_stop, self._positions))
+            lambda: not self.should_stop, self._positions, self._fetch_log.answered))
 
     def _positions(self) -> dict[Any, int]:
         """Each assigned partition's next offset to fetch (those with a known position).

@@ -4,12 +4,12 @@ aiokafka's real subscription state and a stand-in for the fetcher's own decision
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiokafka import TopicPartition
 from aiokafka.consumer.subscription_state import SubscriptionState
 
-from app.fetch_actions import ResumeSignal, skip_paused, split_paused
+from app.fetch_actions import FetchLog, ResumeSignal, skip_paused, split_paused
 
 CHANGELOG = [TopicPartition("spend-changelog", p) for p in range(4)]
 POSITIONS = [TopicPartition("customers.locations", p) for p in range(2)]
@@ -101,3 +101,31 @@ async def test_fetcher_without_paused_partitions_decides_as_before() -> None:
     skip_paused(fetcher, asyncio.get_running_loop())
     *_, futures = fetcher._get_actions_per_node(state.subscription.assignment)
     assert fetcher.asked == [set(POSITIONS)] and futures == []
+
+
+class Request(NamedTuple):
+    topics: list[tuple[str, list[tuple[int, int, int]]]]
+
+
+def fetch_of(*topics: str) -> list[tuple[int, Request]]:
+    return [(0, Request([(topic, [(0, 0, 1024)]) for topic in topics]))]
+
+
+async def test_window_ends_once_a_fetch_sent_after_the_resume_was_answered() -> None:
+    log = FetchLog()
+    waiting = asyncio.ensure_future(log.answered([TopicPartition("products", 0)], 5.0))
+    await asyncio.sleep(0)
+    log.built(fetch_of("customers.locations"))  # in flight before the resume: no proof
+    log.built(fetch_of("customers.locations", "products"))  # first fetch naming products
+    await asyncio.sleep(0)
+    assert not waiting.done()
+    log.built(fetch_of("customers.locations", "products"))  # only once the first came back
+    await asyncio.wait_for(waiting, 1)
+
+
+async def test_window_is_bounded_when_no_fetch_names_the_partitions() -> None:
+    log = FetchLog()
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await log.answered([TopicPartition("products", 0)], 0.05)
+    assert 0.04 <= loop.time() - started < 1.0

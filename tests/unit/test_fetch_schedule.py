@@ -173,3 +173,22 @@ def test_partition_without_a_position_yet_is_not_paused_as_idle() -> None:
     run_cycles(consumer, 3, positions=lambda: {PURCHASES[0]: 7})  # [1]: offset still unknown
     assert consumer.calls == [("pause", frozenset({PURCHASES[0]})),
                               ("resume", frozenset({PURCHASES[0]}))] * 2
+
+
+def test_window_given_ends_when_the_resumed_partitions_were_fetched_once() -> None:
+    consumer = StandInConsumer(PRODUCTS + LOCATIONS)
+    slept: list[float] = []
+    windows: list[tuple[frozenset[TP], float]] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    async def fetched_once(resumed: list[TP], bound_s: float) -> None:
+        windows.append((frozenset(resumed), bound_s))
+
+    asyncio.run(SCHEDULE.run(lambda: consumer, set, sleep, lambda: len(windows) < 2,
+                             window=fetched_once))
+    # The interval is still slept in window-long steps; the window is one fetch, not a sleep.
+    assert slept == [0.05] * 4
+    assert windows == [(frozenset(PRODUCTS), 0.05)] * 2
+    assert consumer.calls == [("pause", frozenset(PRODUCTS)), ("resume", frozenset(PRODUCTS))] * 2
