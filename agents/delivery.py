@@ -20,6 +20,7 @@ from faust.types import StreamT
 
 from agents.common import DUPLICATE, OK, count_batch, count_lane, dead_letter_all, lane_clock
 from app import fastlane
+from app import pusher as direct_push
 from app.delivery import DeliveryError, DeliveryOutcome, OfferDelivery, validate_offer
 from app.fastlane import Source
 from app.faust_app import METRICS, app
@@ -101,6 +102,7 @@ PUSHER = DirectPusher(
         policy=RetryPolicy(attempts=1)),
     on_pushed=_delivered, on_not_pushed=_not_pushed,
 )
+direct_push.register(PUSHER)
 
 
 async def push_offers() -> None:

@@ -15,16 +15,22 @@ of in every one. Given a ``window`` wait (the worker passes
 :meth:`app.fetch_actions.FetchLog.answered`), the window closes as soon as one fetch of the
 resumed partitions was answered: measured at 500 positions/s, the 49-partition fetches fell
 from ~25% to ~9% of a worker's fetches (each ~2 ms slower on the embedded broker than the
-9-partition fetch of the positions alone). Partitions of the ``idle_topics`` (purchases) get the same while idle: one
-whose position did not move over a whole cycle is paused for the next interval; once it has
-records it moves, and stays in every fetch while it keeps moving. Topics outside both sets
-(positions, which a shopper waits for, the tables' changelogs, Faust's own) are never
-touched by this schedule; with direct push (:mod:`app.pusher`) a second schedule treats the
-offers topic as reference data, once per ``OFFER_BACKSTOP_MS``. A paused partition keeps
-its position: nothing is skipped, its records are only read later (at most one interval
-plus a window). A partition with fetched records not yet taken by Faust is never paused
-(aiokafka would drop them and fetch them again). No Faust import: the consumer is anything
-with ``assignment``, ``paused``, ``pause`` and ``resume``.
+9-partition fetch of the positions alone).
+
+Partitions of the ``idle_topics`` (purchases) get the same while idle: one whose position
+did not move over a whole cycle is paused for the next interval; once it has records it
+moves, and stays in every fetch while it keeps moving. Topics outside both sets (positions,
+which a shopper waits for, the tables' changelogs, Faust's own) are never touched by this
+schedule; with direct push (:mod:`app.pusher`) a second schedule treats the offers topic as
+reference data, read within ``OFFER_BACKSTOP_MS`` when something was left to it and after a
+quiet interval (``quiet_interval_s``, ten times as long) when every offer was pushed: on the
+embedded broker a fetch costs time in proportion to the record batches its partitions hold,
+and the offers topic's fetch was the slowest of a worker's (17-27 ms after 15 s at 500
+positions/s; the positions in it waited for it: 53 of the 70 slowest in a trial came right
+after one). A paused partition keeps its position: nothing is skipped, its records are only
+read later (at most one interval plus a window). A partition with fetched records not yet
+taken by Faust is never paused (aiokafka would drop them and fetch them again). No Faust
+import: the consumer is anything with ``assignment``, ``paused``, ``pause`` and ``resume``.
 """
 
 from __future__ import annotations
@@ -57,14 +63,18 @@ class FetchSchedule:
     interval_s: float
     window_s: float
     idle_topics: frozenset[str] = frozenset()
+    #: With a ``due`` check (:meth:`run`): the interval while nothing is due.
+    quiet_interval_s: float | None = None
 
     @classmethod
     def for_fetch_wait(cls, topics: Iterable[str], interval_ms: int, fetch_wait_ms: int,
-                       idle_topics: Iterable[str] = ()) -> FetchSchedule:
+                       idle_topics: Iterable[str] = (),
+                       quiet_interval_ms: int | None = None) -> FetchSchedule:
         """The schedule for a consumer whose fetches wait ``fetch_wait_ms``: the window spans
         a fetch already in flight when it opens and the next one (plus replies)."""
         return cls(frozenset(topics), interval_ms / 1000,
-                   max(0.05, 4 * fetch_wait_ms / 1000), frozenset(idle_topics))
+                   max(0.05, 4 * fetch_wait_ms / 1000), frozenset(idle_topics),
+                   None if quiet_interval_ms is None else quiet_interval_ms / 1000)
 
     def to_pause(self, assigned: Iterable[Hashable], buffered: Collection[Hashable],
                  moved: Collection[Hashable]) -> list[Any]:
@@ -81,14 +91,24 @@ class FetchSchedule:
 
     async def _hold(self, current: PausableConsumer, paused: list[Any],
                     buffered: Callable[[], Collection[Hashable]],
-                    sleep: Callable[[float], Awaitable[Any]]) -> list[Any]:
+                    sleep: Callable[[float], Awaitable[Any]],
+                    due: Callable[[], bool] | None = None) -> list[Any]:
         """Wait an interval in window-long steps, pausing again any reference partition that
         is no longer paused (a rebalance: aiokafka forgets the pauses of what it assigns).
-        Returns every partition paused."""
-        steps = max(1, math.ceil(self.interval_s / self.window_s - 1e-9))
+        With ``due`` and a quiet interval, wait the quiet interval, but only the interval
+        once ``due()`` says something is waiting or a rebalance happened. Returns every
+        partition paused."""
+        quiet = due is not None and self.quiet_interval_s is not None
+        longest = max(self.interval_s, self.quiet_interval_s or 0.0) if quiet else self.interval_s
+        steps = max(1, math.ceil(longest / self.window_s - 1e-9))
+        step_s = longest / steps
+        rebalanced = False
         for step in range(steps):
-            await sleep(self.interval_s / steps)
+            await sleep(step_s)
             if step == steps - 1:
+                break
+            if (quiet and (step + 1) * step_s >= self.interval_s - 1e-9
+                    and (rebalanced or (due is not None and due()))):
                 break
             assigned, already = current.assignment(), current.paused()
             again = [tp for tp in self.to_pause(assigned, buffered(), moved=assigned)
@@ -96,6 +116,7 @@ class FetchSchedule:
             if again:
                 current.pause(*again)
                 paused = list(dict.fromkeys([*paused, *again]))
+                rebalanced = True  # partitions new to this worker: read them soon
         return paused
 
     async def run(self, consumer: Callable[[], PausableConsumer | None],
@@ -103,7 +124,8 @@ class FetchSchedule:
                   sleep: Callable[[float], Awaitable[Any]],
                   running: Callable[[], bool],
                   positions: Callable[[], Mapping[Hashable, int]] = dict,
-                  window: WindowWait | None = None) -> None:
+                  window: WindowWait | None = None,
+                  due: Callable[[], bool] | None = None) -> None:
         """Pause, wait an interval (re-pausing after a rebalance), resume, wait a window;
         until ``running()`` is false.
 
@@ -114,7 +136,8 @@ class FetchSchedule:
         given, is awaited instead of a window-long sleep once partitions were resumed: with
         the resumed partitions and ``window_s`` as its bound, it returns as soon as a fetch
         of them has been answered (:class:`app.fetch_actions.FetchLog`), so they are in one
-        fetch per interval rather than in every fetch for a whole window.
+        fetch per interval rather than in every fetch for a whole window. ``due``, with a
+        quiet interval, says whether something waits to be read (see :meth:`_hold`).
         """
         last: Mapping[Hashable, int] = {}
         while running():
@@ -132,7 +155,7 @@ class FetchSchedule:
             paused = self.to_pause(assigned, buffered(), moved)
             if paused:
                 current.pause(*paused)
-            paused = await self._hold(current, paused, buffered, sleep)
+            paused = await self._hold(current, paused, buffered, sleep, due)
             if paused:
                 assigned = current.assignment()  # a rebalance may have taken some away
                 still = [tp for tp in paused if tp in assigned]

@@ -65,11 +65,14 @@ class DirectPusher:
         self._clock = clock
         self._backing_off_until = 0.0
         self._on_pushed = on_pushed
-        self._on_not_pushed = on_not_pushed
+        self._report_not_pushed = on_not_pushed
         self._pushed = RecentIds(remembered)
         self._max_queued = max_queued
         self._queue: list[Mapping[str, Any]] = []
         self._wake = asyncio.Event()
+        # Something may be waiting for the backstop: true at start (offers emitted before a
+        # restart), then whenever offers are left to it.
+        self._backstop_due = True
 
     def submit(self, offers: Iterable[Mapping[str, Any]]) -> None:
         """Queue offers for a push (never awaits); beyond the bound, or while backing off
@@ -86,6 +89,17 @@ class DirectPusher:
         if offers:
             self._queue.extend(offers)
             self._wake.set()
+
+    def _on_not_pushed(self, reason: str, count: int) -> None:
+        self._backstop_due = True
+        self._report_not_pushed(reason, count)
+
+    def backstop_due(self) -> bool:
+        """Whether offers were left to the backstop since the last call (true the first
+        time): the backstop then reads the topic after its short interval, otherwise after
+        its quiet one (:class:`app.fetch_schedule.FetchSchedule`)."""
+        due, self._backstop_due = self._backstop_due, False
+        return due
 
     def pushed(self, offer_id: str) -> bool:
         """Whether this offer was pushed by this process (and is still remembered)."""
@@ -138,3 +152,19 @@ class DirectPusher:
         if self._queue:
             self._on_not_pushed("backing off", len(self._queue))
             self._queue = []
+
+
+#: The process's pusher, when direct push runs (see :func:`backstop_due`).
+_REGISTERED: list[DirectPusher] = []
+
+
+def register(pusher: DirectPusher) -> None:
+    """Make ``pusher`` the one :func:`backstop_due` asks (the worker's consumer has no
+    reference to the agents that own it)."""
+    _REGISTERED[:] = [pusher]
+
+
+def backstop_due() -> bool:
+    """Whether the registered pusher left offers to the backstop since it was last asked
+    (true when none is registered: nothing vouches for the topic)."""
+    return _REGISTERED[0].backstop_due() if _REGISTERED else True

@@ -22,10 +22,14 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from faust.types.tuples import ack_lock
 
-from app import fastlane, fetch_actions
+from app import fastlane, fetch_actions, pusher
 from app.bulk import BulkWriter
 from app.fetch_schedule import FetchSchedule
 from app.settings import SETTINGS
+
+#: The offers topic's backstop reads it once per ``OFFER_BACKSTOP_MS`` while the pusher leaves
+#: offers to it, else once per this many times that (every offer was pushed).
+BACKSTOP_QUIET_FACTOR = 10
 
 
 class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
@@ -54,14 +58,18 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
                 SETTINGS.fetch_wait_ms, idle_topics=(topics.purchases,)))
         if SETTINGS.direct_push:
             # Offers are pushed by the worker that emits them; their topic is the backstop.
+            # Read soon when the pusher left offers to it, else after a quiet interval.
             self._schedule(FetchSchedule.for_fetch_wait(
-                (topics.offers,), SETTINGS.offer_backstop_ms, SETTINGS.fetch_wait_ms))
+                (topics.offers,), SETTINGS.offer_backstop_ms, SETTINGS.fetch_wait_ms,
+                quiet_interval_ms=BACKSTOP_QUIET_FACTOR * SETTINGS.offer_backstop_ms),
+                due=pusher.backstop_due)
 
-    def _schedule(self, schedule: FetchSchedule) -> None:
+    def _schedule(self, schedule: FetchSchedule,
+                  due: Callable[[], bool] | None = None) -> None:
         """Run ``schedule`` on this thread's aiokafka consumer for the thread's life."""
         self.add_future(schedule.run(
             lambda: self._consumer, self._fetched_not_taken, self.sleep,
-            lambda: not self.should_stop, self._positions, self._fetch_log.answered))
+            lambda: not self.should_stop, self._positions, self._fetch_log.answered, due))
 
     def _positions(self) -> dict[Any, int]:
         """Each assigned partition's next offset to fetch (those with a known position).

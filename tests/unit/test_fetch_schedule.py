@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any, NamedTuple
+
+import pytest
 
 from app.fetch_schedule import FetchSchedule
 
@@ -192,3 +195,53 @@ def test_window_given_ends_when_the_resumed_partitions_were_fetched_once() -> No
     assert slept == [0.05] * 4
     assert windows == [(frozenset(PRODUCTS), 0.05)] * 2
     assert consumer.calls == [("pause", frozenset(PRODUCTS)), ("resume", frozenset(PRODUCTS))] * 2
+
+
+QUIET = FetchSchedule(frozenset({"offers"}), interval_s=0.1, window_s=0.05,
+                      quiet_interval_s=0.5)
+OFFERS = [TP("offers", p) for p in range(2)]
+
+
+def hold_once(due: list[bool], between: Any = None) -> tuple[list[float], StandInConsumer]:
+    """One pause/resume cycle of QUIET; ``due`` answers each due() check in turn."""
+    consumer = StandInConsumer(OFFERS + LOCATIONS)
+    slept: list[float] = []
+    answers = iter(due)
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+        if between is not None:
+            between(len(slept), consumer)
+
+    async def window(resumed: list[TP], bound_s: float) -> None:
+        raise SystemExit  # one cycle is enough
+
+    async def main() -> None:
+        with contextlib.suppress(SystemExit):
+            await QUIET.run(lambda: consumer, set, sleep, lambda: True, window=window,
+                            due=lambda: next(answers, False))
+
+    asyncio.run(main())
+    return slept, consumer
+
+
+def test_backstop_waits_the_quiet_interval_while_nothing_is_due() -> None:
+    slept, consumer = hold_once([False] * 20)
+    assert sum(slept) == pytest.approx(0.5)
+    assert consumer.calls == [("pause", frozenset(OFFERS)), ("resume", frozenset(OFFERS))]
+
+
+def test_backstop_reads_after_the_short_interval_once_something_is_due() -> None:
+    slept, _ = hold_once([True])
+    assert sum(slept) == pytest.approx(0.1)
+    slept, _ = hold_once([False, False, True])  # due from the third check on
+    assert sum(slept) == pytest.approx(0.2)
+
+
+def test_backstop_reads_soon_after_a_rebalance() -> None:
+    def reassigned(sleeps: int, consumer: StandInConsumer) -> None:
+        if sleeps == 1:  # aiokafka forgot the pauses of what it assigned again
+            consumer.paused_now.clear()
+
+    slept, _ = hold_once([False] * 20, between=reassigned)
+    assert sum(slept) == pytest.approx(0.1)  # the short interval, as when due

@@ -107,3 +107,30 @@ def test_the_pusher_task_pushes_what_is_submitted_and_closes_its_client() -> Non
 
     asyncio.run(scenario())
     assert pushed == ["o1"] and delivery.closed
+
+
+def test_backstop_is_due_at_start_and_after_offers_were_left_to_it_only() -> None:
+    delivery = StandInDelivery(failing=frozenset({"u2"}))
+    pusher = DirectPusher(lambda: delivery)
+    assert pusher.backstop_due()  # offers emitted before a restart may wait in the topic
+    assert not pusher.backstop_due()
+    pusher.submit([offer(1)])
+    asyncio.run(pusher.push_round(delivery))
+    assert not pusher.backstop_due()  # everything pushed: nothing for the backstop
+    pusher.submit([offer(2, uid="u2")])
+    asyncio.run(pusher.push_round(delivery))
+    assert pusher.backstop_due() and not pusher.backstop_due()
+
+
+def test_registered_pusher_answers_whether_the_backstop_is_due() -> None:
+    from app import pusher as direct_push
+
+    pusher = DirectPusher(lambda: StandInDelivery())
+    saved = list(direct_push._REGISTERED)
+    try:
+        direct_push.register(pusher)
+        assert direct_push.backstop_due() and not direct_push.backstop_due()
+        direct_push._REGISTERED.clear()
+        assert direct_push.backstop_due()  # nothing vouches for the topic
+    finally:
+        direct_push._REGISTERED[:] = saved
