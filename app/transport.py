@@ -1,5 +1,6 @@
 """The aiokafka transport: a configurable fetch wait, fetch schedules, aiokafka on the
-worker's loop, the fast lane, a flush that drains.
+worker's loop with paused partitions cheap in its fetch loop (:mod:`app.fetch_actions`), the
+fast lane and the next fetch sent before urgent batches run, a flush that drains.
 
 Faust hard-codes ``fetch_max_wait_ms=1500``; a broker that does not answer a waiting fetch
 early when data arrives (the embedded Tansu, DESIGN section 7) then adds up to 1.5 s per hop.

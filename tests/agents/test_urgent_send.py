@@ -63,3 +63,30 @@ def test_urgent_batch_output_is_sent_before_its_offsets_are_acked() -> None:
 
 def test_other_batches_leave_their_output_to_the_bulk_writer() -> None:
     assert run_lane(purchases_topic.get_topic_name()) == ["handled [7]", "acked [7]"]
+
+
+def test_next_fetch_is_sent_before_an_urgent_batch_is_processed() -> None:
+    """aiokafka's shape: taking records wakes its fetch routine, which starts a task that
+    writes the next request; both get their turns before the lanes run."""
+    from app.transport import _let_fetcher_send
+
+    async def main() -> list[str]:
+        steps: list[str] = []
+        taken = asyncio.Event()
+
+        async def write_request() -> None:
+            steps.append("next fetch sent")
+
+        async def fetch_routine() -> None:
+            await taken.wait()
+            asyncio.get_running_loop().create_task(write_request())
+
+        routine = asyncio.create_task(fetch_routine())
+        await asyncio.sleep(0)  # the routine waits for records to be taken
+        taken.set()  # getmany took the fetched records
+        await _let_fetcher_send()
+        steps.append("lanes run")
+        await routine
+        return steps
+
+    assert asyncio.run(main()) == ["next fetch sent", "lanes run"]
