@@ -56,7 +56,7 @@ STAGES: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("  offset commits (Consumer.commit)", ("Consumer.commit (faust/",), None),
     ("Faust ProducerBuffer + aiokafka producer (sends, flush)",
      ("(faust/transport/producer.py", "(aiokafka/producer/"), None),
-    ("aiokafka fetchers in the main loop (the TopicReplica consumers)",
+    ("aiokafka fetchers in the main loop (Faust's, inline by default, and the replicas')",
      ("(aiokafka/consumer/",), "main loop"),
     ("Faust consumer thread (fetching; wall: the whole thread)", ("",), "consumer thread"),
     ("aiokafka protocol encode/decode (any thread)", ("(aiokafka/protocol/",
