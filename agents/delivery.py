@@ -24,7 +24,6 @@ from app import pusher as direct_push
 from app.delivery import DeliveryError, DeliveryOutcome, OfferDelivery, validate_offer
 from app.fastlane import Source
 from app.faust_app import METRICS, app
-from app.pusher import DirectPusher
 from app.settings import SETTINGS
 from app.topics import offers_topic
 from core.events import BadEvent, decode_object
@@ -96,7 +95,7 @@ def _not_pushed(reason: str, count: int) -> None:
 
 
 #: Pushes the matcher's offers as they are emitted (one try each: the backstop retries).
-PUSHER = DirectPusher(
+PUSHER = direct_push.DirectPusher(
     lambda: OfferDelivery.from_settings(
         SETTINGS.redis_url, SETTINGS.ably_api_key, key_prefix=SETTINGS.topics.prefix,
         policy=RetryPolicy(attempts=1)),

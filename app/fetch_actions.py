@@ -122,6 +122,8 @@ class FetchLog:
         """Return once a fetch of any of ``partitions`` sent from now on was answered, or
         after ``bound_s`` seconds."""
         topics = {tp.topic for tp in partitions}
+        if not topics:
+            return
         start = {topic: self.requests.get(topic, 0) for topic in topics}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + bound_s
@@ -157,4 +159,3 @@ def skip_paused(fetcher: Any, loop: asyncio.AbstractEventLoop,
         return result
 
     fetcher._get_actions_per_node = actions
-    fetcher._resume_signal = signal

@@ -98,8 +98,10 @@ class FetchSchedule:
         With ``due`` and a quiet interval, wait the quiet interval, but only the interval
         once ``due()`` says something is waiting or a rebalance happened. Returns every
         partition paused."""
-        quiet = due is not None and self.quiet_interval_s is not None
-        longest = max(self.interval_s, self.quiet_interval_s or 0.0) if quiet else self.interval_s
+        if self.quiet_interval_s is None:
+            due = None  # no quiet interval: always the interval
+        longest = self.interval_s if due is None else max(self.interval_s,
+                                                          self.quiet_interval_s or 0.0)
         steps = max(1, math.ceil(longest / self.window_s - 1e-9))
         step_s = longest / steps
         rebalanced = False
@@ -107,8 +109,8 @@ class FetchSchedule:
             await sleep(step_s)
             if step == steps - 1:
                 break
-            if (quiet and (step + 1) * step_s >= self.interval_s - 1e-9
-                    and (rebalanced or (due is not None and due()))):
+            if (due is not None and (step + 1) * step_s >= self.interval_s - 1e-9
+                    and (rebalanced or due())):
                 break
             assigned, already = current.assignment(), current.paused()
             again = [tp for tp in self.to_pause(assigned, buffered(), moved=assigned)

@@ -25,8 +25,17 @@ def subscribed(positions: dict[TopicPartition, int | None]) -> SubscriptionState
     return state
 
 
+class Request(NamedTuple):
+    topics: list[tuple[str, list[tuple[int, int, int]]]]
+
+
+def fetch_of(*topics: str) -> list[tuple[int, Request]]:
+    return [(0, Request([(topic, [(0, 0, 1024)]) for topic in topics]))]
+
+
 class StandInFetcher:
-    """Records which partitions aiokafka's own decision was asked about."""
+    """Records which partitions aiokafka's own decision was asked about; decides to fetch
+    every partition it was asked about."""
 
     def __init__(self) -> None:
         self._records: dict[TopicPartition, object] = {}
@@ -38,7 +47,8 @@ class StandInFetcher:
         for tp in assignment.tps:
             assignment.state_value(tp)  # the decision reads every partition's state
         futures = [self.own_future] if self.own_future is not None else []
-        return [("node", "request")], {}, 0.2, False, futures
+        return (fetch_of(*sorted({tp.topic for tp in assignment.tps})), {}, 0.2, False,
+                futures)
 
 
 async def test_quietly_paused_partitions_are_not_decided_one_by_one() -> None:
@@ -83,16 +93,20 @@ async def test_fetcher_decides_only_on_what_it_can_fetch_and_waits_on_one_signal
         state.pause(tp)
     fetcher = StandInFetcher()
     fetcher.own_future = asyncio.get_running_loop().create_future()
-    skip_paused(fetcher, asyncio.get_running_loop())
+    log = FetchLog()
+    skip_paused(fetcher, asyncio.get_running_loop(), log)
     fetches, resets, timeout, invalid, futures = fetcher._get_actions_per_node(
         state.subscription.assignment)
     assert fetcher.asked == [set(POSITIONS)]
-    assert (fetches, resets, timeout, invalid) == ([("node", "request")], {}, 0.2, False)
+    assert (fetches, resets, timeout, invalid) == (
+        fetch_of("customers.locations"), {}, 0.2, False)
+    assert log.requests == {"customers.locations": 1}  # the requests built are logged
     assert futures[0] is fetcher.own_future and len(futures) == 2
     state.resume(CHANGELOG[3])
     await asyncio.wait_for(futures[1], 1)
     fetcher._get_actions_per_node(state.subscription.assignment)
     assert fetcher.asked[-1] == {*POSITIONS, CHANGELOG[3]}
+    assert log.requests == {"customers.locations": 2, "spend-changelog": 1}
 
 
 async def test_fetcher_without_paused_partitions_decides_as_before() -> None:
@@ -101,14 +115,6 @@ async def test_fetcher_without_paused_partitions_decides_as_before() -> None:
     skip_paused(fetcher, asyncio.get_running_loop())
     *_, futures = fetcher._get_actions_per_node(state.subscription.assignment)
     assert fetcher.asked == [set(POSITIONS)] and futures == []
-
-
-class Request(NamedTuple):
-    topics: list[tuple[str, list[tuple[int, int, int]]]]
-
-
-def fetch_of(*topics: str) -> list[tuple[int, Request]]:
-    return [(0, Request([(topic, [(0, 0, 1024)]) for topic in topics]))]
 
 
 async def test_window_ends_once_a_fetch_sent_after_the_resume_was_answered() -> None:
