@@ -26,7 +26,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -91,6 +91,28 @@ def _fetched_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     return None if highwater is None else int(highwater)
 
 
+def seek_positions(
+    offsets: Mapping[TP, object], tps: Iterable[TP]
+) -> tuple[dict[TP, int], dict[TP, object]]:
+    """Seek positions for changelog partitions ``tps`` whose last read offsets are ``offsets``.
+
+    An int >= 0 is the position itself and -1 ("nothing read") is 0, as in Faust's recovery.
+    Anything else (``None``, a bool or any other non-int, an int below -1) is 0 too, the
+    start, and is also returned in the second mapping (partition -> the value it had, ``None``
+    for a partition missing from ``offsets``).
+    """
+    positions: dict[TP, int] = {}
+    unusable: dict[TP, object] = {}
+    for tp in tps:
+        offset = offsets.get(tp)
+        if isinstance(offset, int) and not isinstance(offset, bool) and offset >= -1:
+            positions[tp] = max(offset, 0)
+        else:
+            positions[tp] = 0
+            unusable[tp] = offset
+    return positions, unusable
+
+
 class ProbingRecovery(Recovery):  # type: ignore[misc]
     """Faust's recovery, with highwaters checked by reading past them (see module doc)."""
 
@@ -123,18 +145,42 @@ class ProbingRecovery(Recovery):  # type: ignore[misc]
     async def _seek_offsets(
         self, consumer: Any, tps: set[TP], offsets: Any, title: str
     ) -> None:
-        """Faust's seek, with start offsets below -1 ("nothing read") clamped to -1.
+        """Faust's seek of changelog partitions to where reading starts, with positions that
+        are always ints >= 0 (checked against faust-streaming 0.15.3 and aiokafka 0.14.0).
 
-        Faust starts reading a changelog at its earliest offset - 1; the embedded broker has
-        answered an earliest offset of -1, so Faust sought to -2 and the worker crashed with
-        ``ValueError: Offset must be a positive integer`` (seen once in a fault run).
+        ``offsets`` is Faust's Counter of the last offset read per partition (-1: nothing).
+        Faust's own ``_seek_offsets`` maps exactly -1 to 0 and hands every other value on
+        unchanged to aiokafka's ``seek``, which raises ``ValueError: Offset must be a positive
+        integer`` for anything not an int or below 0; that exception ends recovery's task and
+        the worker (issue 16: three workers in one full fault run). The value was ``None``
+        (the clamp that was here skipped ``None`` and never warned; ``_build_offsets`` and
+        the changelog reader only write ints): ``Recovery.on_rebalance`` puts ``None`` in the
+        Counter for a newly assigned changelog partition without a persisted offset (always so
+        with ``memory://``), and only ``_build_offsets`` replaces it. A rebalance that lands
+        as the active recovery ends is missed by Faust's ``_wait`` (the signal's task is not
+        done yet), so the standby seek runs with the new assignment and no ``_build_offsets``;
+        its first step (aiokafka on this loop, :mod:`app.transport`) raises, and mode's
+        ``wait_first`` re-raises that before it looks at the rebalance signal. Start offsets
+        below -1 (an earliest offset of -1 from the broker, minus Faust's 1) were the same
+        hazard.
+
+        :func:`seek_positions` computes the positions here: ints >= 0 unchanged, -1 to 0 as
+        in Faust, and anything else to 0, the start, with one warning. Reading a changelog
+        from its start is always safe (re-applying records only rewrites the same values);
+        those partitions are also marked -1 ("nothing read") in ``offsets`` so Faust's
+        remaining-records counts neither skip them (``None``) nor fail on them. (The other
+        seeks here cannot meet such a value: the probe seeks ``max(highwater, 0)`` with Faust's
+        int highwaters, and the end of recovery's ``perform_seek`` lets aiokafka seek only
+        committed offsets > 0.)
         """
-        for tp in tps:
-            if offsets[tp] is not None and offsets[tp] < -1:
-                log.warning("%s changelog %s[%d]: start offset %d clamped to the beginning",
-                            title, tp.topic, tp.partition, offsets[tp])
+        positions, unusable = seek_positions(offsets, tps)
+        if unusable:
+            log.warning("%s changelog start offsets unusable, reading from the beginning: %s",
+                        title, ", ".join(f"{tp.topic}[{tp.partition}]={value!r}"
+                                         for tp, value in sorted(unusable.items())))
+            for tp in unusable:
                 offsets[tp] = -1
-        await super()._seek_offsets(consumer, tps, offsets, title)
+        await consumer.seek_wait(positions)
 
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         """Resume the streams only once the tables *and* the replicas are loaded."""
