@@ -9,7 +9,7 @@ from typing import Any
 import faust
 from faust.serializers import codecs
 
-from app import gc_tuning, transport
+from app import broker_check, gc_tuning, transport
 from app.auth import bearer_auth
 from app.guarantees import on_worker_init as check_processing_guarantee
 from app.settings import SETTINGS
@@ -31,15 +31,32 @@ transport.install()
 
 
 def broker_credentials() -> faust.SASLCredentials | None:
-    """SASL_SSL credentials from ``KAFKA_SASL_*`` environment variables, when set."""
+    """SASL_SSL credentials from ``KAFKA_SASL_*`` environment variables, when set.
+
+    ``KAFKA_SASL_USERNAME`` turns SASL over TLS on; ``KAFKA_SASL_MECHANISM`` is one of
+    :data:`app.broker_check.SASL_MECHANISMS` (default ``PLAIN``); the broker's certificate is
+    verified against ``KAFKA_SSL_CAFILE`` (a PEM file), else the system's CAs, and must name
+    the host of ``BROKER_URL``. A mechanism or CA file that cannot be used ends the process
+    with one line (``SystemExit``) rather than a traceback.
+    """
     username = os.environ.get("KAFKA_SASL_USERNAME")
     if not username:
         return None
-    context = ssl.create_default_context(cafile=os.environ.get("KAFKA_SSL_CAFILE") or None)
+    mechanism = (os.environ.get("KAFKA_SASL_MECHANISM") or "PLAIN").strip().upper()
+    if mechanism not in broker_check.SASL_MECHANISMS:
+        raise SystemExit(f"storestream: KAFKA_SASL_MECHANISM={mechanism} is not supported: "
+                         f"use one of {', '.join(broker_check.SASL_MECHANISMS)}")
+    cafile = os.environ.get("KAFKA_SSL_CAFILE") or None
+    try:
+        context = ssl.create_default_context(cafile=cafile)
+    except OSError as exc:  # ssl.SSLError too
+        reason = exc.strerror or exc
+        raise SystemExit(f"storestream: KAFKA_SSL_CAFILE={cafile} cannot be used as the CA of "
+                         f"the Kafka brokers: {reason}") from None
     return faust.SASLCredentials(
         username=username,
         password=os.environ.get("KAFKA_SASL_PASSWORD", ""),
-        mechanism=os.environ.get("KAFKA_SASL_MECHANISM", "PLAIN"),
+        mechanism=mechanism,
         ssl_context=context,
     )
 
@@ -97,6 +114,7 @@ def _tune_gc(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
     gc_tuning.tune(SETTINGS.gc_gen0_threshold)
 
 
+app.on_worker_init.connect(broker_check.on_worker_init)
 app.on_worker_init.connect(_check_guarantee)
 app.on_worker_init.connect(_tune_gc)
 
