@@ -1,4 +1,8 @@
-"""CLI commands: ``faust -A app devstack`` and ``faust -A app simulate``."""
+"""CLI commands: ``faust -A app devstack``, ``faust -A app simulate`` and ``faust -A app topics``.
+
+Importing this module also connects the worker's start-up topic check
+(:mod:`app.topic_startup`).
+"""
 
 from __future__ import annotations
 
@@ -7,10 +11,14 @@ from typing import Any
 
 from faust.cli import option
 
-from app import devstack
-from app.faust_app import app
+from app import devstack, topic_startup
+from app.faust_app import app, replica_connection
 from app.settings import SETTINGS
 from app.simulate import simulate as run_simulation
+from app.topic_admin import TopicAdminError, format_rows, reconcile
+from app.topology import desired_topics
+
+topic_startup.connect(app)
 
 
 @app.command(name="devstack")
@@ -37,3 +45,40 @@ async def simulate_command(self: Any, shoppers: int, rate: float, duration: floa
     """Drive shoppers through the demo store (positions to customers.locations)."""
     await run_simulation(SETTINGS, shoppers=shoppers, rate=rate, duration=duration,
                          load=load_store, seed=seed)
+
+
+@app.command(
+    option("--dry-run", is_flag=True, default=False,
+           help="Only report: create nothing (missing topics make the exit status 1)."),
+    name="topics",
+)
+async def topics_command(self: Any, dry_run: bool) -> None:
+    """Create the missing topics and verify the others (partitions, replication, settings).
+
+    One line per topic: created, ok, differs (and how) or missing. Exit status 0 when every
+    topic is as app/topology.py declares it, 1 when any differs or is missing, 2 when the
+    broker could not be asked. Existing topics are never changed.
+    """
+    bootstrap, auth, _ = replica_connection()
+    desired = desired_topics(SETTINGS)
+    try:
+        report = await reconcile(bootstrap, auth, desired, create_missing=not dry_run)
+    except TopicAdminError as exc:
+        print(f"topics: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    for line in format_rows(report.rows()):
+        print(line, flush=True)
+    if report.ok:
+        print(f"topics: all {len(desired)} topics as declared "
+              f"({len(report.created)} created)", flush=True)
+        return
+    if report.differs:
+        names = [line.split(": ", 1)[0] for line in report.differs]
+        print(f"topics: {len(names)} differ from app/topology.py ({', '.join(names)}; how: "
+              f"above). Nothing was changed: fix them by hand (kafka-configs.sh --alter for "
+              f"settings) or recreate them", file=sys.stderr, flush=True)
+    if report.missing:
+        print(f"topics: missing: {', '.join(report.missing)}"
+              + ("" if dry_run else " (the broker refused to create them, see above)"),
+              file=sys.stderr, flush=True)
+    sys.exit(1)

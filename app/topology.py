@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from app.devstack import TopicSpec
 from core.config import Settings
+from core.topic_plan import DesiredTopic
 
 #: Seven days for event topics; positions are kept far shorter (they are personal data).
 EVENT_RETENTION_MS = 7 * 24 * 3600 * 1000
@@ -31,3 +32,13 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.loyalty_events, n, events),
         TopicSpec(t.dead_letters, n, events),
     ]
+
+
+def desired_topics(settings: Settings) -> list[DesiredTopic]:
+    """:func:`topic_specs` as ``faust -A app topics`` and a starting worker create and verify
+    them: every spec's settings (the devstack's defaults included), ``TOPIC_REPLICATION``,
+    and ``min.insync.replicas`` when that is above 1 (:func:`core.topic_plan.min_insync_replicas`).
+    """
+    return [DesiredTopic.build(spec.name, spec.partitions, settings.topic_replication,
+                               spec.effective_config())
+            for spec in topic_specs(settings)]

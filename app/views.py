@@ -5,6 +5,8 @@ from __future__ import annotations
 from typing import Any, cast
 
 from app.faust_app import METRICS, app
+from app.readiness import waiting_for
+from app.replica import not_ready
 from app.settings import SETTINGS
 from core.loyalty import Basket, Spend, Stamps
 from core.loyalty import customer_document as document
@@ -58,10 +60,12 @@ def is_ready() -> bool:
 
 
 async def health(web: Any, request: Any) -> Any:
-    """200 once recovered and processing, 503 before (no customer data)."""
-    ready = is_ready()
-    return web.json({"status": "ok" if ready else "starting", "ready": ready},
-                    status=200 if ready else 503)
+    """200 once recovered and processing; 503 before, with what the worker waits for
+    (phases, table and topic names: no customer data, app/readiness.py)."""
+    if is_ready():
+        return web.json({"status": "ok", "ready": True})
+    return web.json({"status": "starting", "ready": False,
+                     "waiting_for": waiting_for(app, not_ready())}, status=503)
 
 
 async def metrics(web: Any, request: Any) -> Any:

@@ -90,6 +90,10 @@ class Settings:
     store: str = "memory://"
     datadir: str = "data"
     topic_partitions: int = 4
+    #: Replication factor of the topics ``faust -A app topics`` (or a worker) creates.
+    topic_replication: int = 1
+    #: Whether a worker creates missing topics at start (else it exits naming them).
+    topic_create: bool = True
     processing_guarantee: str = "at_least_once"
     ably_api_key: str | None = None
     offer_radius_m: float = 0.9144
@@ -211,6 +215,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             store=store,
             datadir=pick("APP_DATADIR", main, "datadir", defaults.datadir),
             topic_partitions=int(pick("TOPIC_PARTITIONS", main, "topic_partitions", 4)),
+            topic_replication=int(pick("TOPIC_REPLICATION", main, "topic_replication",
+                                       defaults.topic_replication)),
+            topic_create=_switch(pick("TOPIC_CREATE", main, "create_topics", "on")),
             processing_guarantee=guarantee,
             ably_api_key=env.get("ABLY_API_KEY") or None,
             offer_radius_m=float(pick("OFFER_RADIUS_M", offers, "radius_m", 0.9144)),
@@ -249,6 +256,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("GC_GEN0_THRESHOLD must be >= 0 (0: Python's default collector)")
     if settings.topic_partitions < 1:
         raise ConfigError("TOPIC_PARTITIONS must be >= 1")
+    if settings.topic_replication < 1:
+        raise ConfigError("TOPIC_REPLICATION must be >= 1 (and at most the number of brokers)")
     if settings.offer_radius_m <= 0 or settings.offer_cooldown_s < 0:
         raise ConfigError("OFFER_RADIUS_M must be > 0 and OFFER_COOLDOWN_S >= 0")
     return settings

@@ -1,0 +1,118 @@
+"""A worker on a broker without its topics creates them at start, or exits naming them.
+
+Without this, a worker on a fresh broker waited forever ("holding the streams until replicas
+are loaded: dead-letters", /health 503): nothing reads or writes the dead-letters topic until
+something goes wrong, so nothing created it. :func:`ensure_topics_at_start` runs from
+``app.on_worker_init``, before the worker starts its producer, consumer, tables or replicas:
+
+* every topic of :func:`app.topology.desired_topics` that is missing is created as
+  ``faust -A app topics`` creates it (``TOPIC_CREATE=on``, the default), or
+* with ``TOPIC_CREATE=off`` the worker exits at once (status 1) with one line naming the
+  missing topics and the command that creates them;
+* existing topics that differ (partitions, replication, settings) are named in a warning:
+  the worker runs, ``faust -A app topics`` says how they differ and exits non-zero.
+
+Faust sends ``on_worker_init`` while it loads the app for *any* ``faust -A app`` command
+(``topics``, ``devstack``, ``simulate`` ...), so the receiver acts only when the command is
+``worker``: ``faust -A app topics`` must work on a broker without topics, and ``devstack``
+starts before there is a broker. When the broker cannot be reached at all, the check is
+skipped with a warning and the worker behaves as it would without it.
+
+Logging is not configured yet when this runs: the lines it writes are complete sentences
+on stderr (Python's last-resort handler), prefixed ``storestream:``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from app.topic_admin import TopicAdminError, TopicReport, reconcile, run_blocking
+from app.topology import desired_topics
+from core.config import Settings
+
+log = logging.getLogger(__name__)
+
+#: Bound (s) for the start-up check: connect, describe, create.
+STARTUP_TIMEOUT_S = 30.0
+#: Faust's top-level options that take a value (to find the command in argv).
+_VALUE_OPTIONS = frozenset({"-A", "--app", "-W", "--workdir", "-D", "--datadir", "-L", "--loop",
+                            "-f", "--logfile", "-l", "--loglevel", "--blocking-timeout",
+                            "--console-port"})
+_checked = False
+
+
+def invoked_command(argv: Sequence[str]) -> str | None:
+    """The ``faust`` subcommand in ``argv`` (``faust -A app worker -l info`` -> ``worker``)."""
+    skip = False
+    for arg in argv[1:]:
+        if skip:
+            skip = False
+        elif arg in _VALUE_OPTIONS:
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
+
+
+def missing_topics_message(report: TopicReport, bootstrap: str) -> str:
+    """The one line a worker with ``TOPIC_CREATE=off`` exits with."""
+    return (f"storestream: {len(report.missing)} topic(s) missing on the broker at "
+            f"{bootstrap} and TOPIC_CREATE=off: {', '.join(report.missing)}. Create them with "
+            f"`faust -A app topics` (same environment as the worker), or start the worker "
+            f"with TOPIC_CREATE=on")
+
+
+def ensure_topics_at_start(settings: Settings, bootstrap: str, auth: dict[str, Any],
+                           timeout_s: float = STARTUP_TIMEOUT_S) -> None:
+    """Create the missing topics or, with ``TOPIC_CREATE=off``, exit naming them."""
+    try:
+        report = run_blocking(lambda: reconcile(
+            bootstrap, auth, desired_topics(settings), create_missing=settings.topic_create,
+            timeout_s=timeout_s))
+    except TopicAdminError as exc:
+        log.warning("storestream: topics not checked at start (%s); the worker starts "
+                    "anyway, `faust -A app topics` creates and verifies them", exc)
+        return
+    if report.created:
+        log.warning("storestream: created %d missing topic(s) on the broker at %s: %s",
+                    len(report.created), bootstrap, ", ".join(report.created))
+    if report.missing:
+        if not settings.topic_create:
+            log.error("%s", missing_topics_message(report, bootstrap))
+        else:
+            log.error("storestream: could not create topic(s) on the broker at %s: %s",
+                      bootstrap, _grouped(report.failures))
+        raise SystemExit(1)
+    if report.differs:
+        log.warning("storestream: topics differ from app/topology.py (the worker runs; "
+                    "`faust -A app topics` reports them): %s", " | ".join(report.differs))
+
+
+def _grouped(failures: Mapping[str, str]) -> str:
+    """``why (a, b); why (c)``: one reason per group of topics refused for it."""
+    by_reason: dict[str, list[str]] = {}
+    for name, why in failures.items():
+        by_reason.setdefault(why, []).append(name)
+    return "; ".join(f"{why} ({', '.join(names)})" for why, names in by_reason.items())
+
+
+def on_worker_init(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any) -> None:
+    """``app.on_worker_init`` receiver: :func:`ensure_topics_at_start`, for ``worker`` only
+    and once per process (Faust may load the app twice)."""
+    global _checked
+    if _checked or invoked_command(sys.argv) != "worker":
+        return
+    _checked = True
+    from app.faust_app import replica_connection
+    from app.settings import SETTINGS
+
+    bootstrap, auth, _ = replica_connection()
+    ensure_topics_at_start(SETTINGS, bootstrap, auth)
+
+
+def connect(app: Any) -> None:
+    """Connect :func:`on_worker_init` to ``app.on_worker_init``."""
+    app.on_worker_init.connect(on_worker_init)
