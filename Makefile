@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install browser demo test lint unit integration bench reliability reliability-quick devstack worker clean
+.PHONY: install browser java kafka demo test lint unit integration bench reliability reliability-quick devstack worker clean
 
 install: $(STAMP)
 
@@ -25,10 +25,23 @@ browser:
 	  $$SUDO apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
+# Java 17 and Maven (Debian's packages) for the Apache Kafka broker of the tests.
+java:
+	@{ command -v java >/dev/null 2>&1 && command -v mvn >/dev/null 2>&1; } || { \
+	  echo "==> installing Debian's JDK 17 and Maven for the Apache Kafka broker"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq \
+	    openjdk-17-jdk-headless maven >/dev/null; }
+
+# Apache Kafka's jars from Maven Central (kafka/pom.xml) into .cache/kafka (first run only).
+kafka: install java
+	$(BIN)/python app/kafka_broker.py
+
 demo: install
 	$(BIN)/python -m app.demo
 
-test: install browser lint
+test: install browser kafka lint
 	$(BIN)/python -m pytest -q
 
 lint: install
@@ -38,7 +51,7 @@ lint: install
 unit: install
 	$(BIN)/python -m pytest -q tests/unit
 
-integration: install
+integration: install browser kafka
 	$(BIN)/python -m pytest -q tests/integration
 
 BENCH_STAMP := $(VENV)/.installed-bench-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
@@ -58,11 +71,14 @@ reliability: install
 reliability-quick: install
 	$(BIN)/python -m bench.reliability --quick
 
-devstack: install
-	$(BIN)/faust -A app devstack
+# BROKER=kafka: Apache Kafka instead of Tansu; KAFKA_NODES=3: a three-node cluster.
+BROKER ?= tansu
+KAFKA_NODES ?= 1
+devstack: install $(if $(filter kafka,$(BROKER)),kafka)
+	DEVSTACK_BROKER=$(BROKER) DEVSTACK_KAFKA_NODES=$(KAFKA_NODES) $(BIN)/faust -A app devstack
 
 worker: install
 	$(BIN)/faust -A app worker -l info
 
 clean:
-	rm -rf $(VENV) data .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) data .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis

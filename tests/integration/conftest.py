@@ -1,4 +1,10 @@
-"""One embedded broker + redis for the whole test session; one deployment per test."""
+"""Brokers for the integration tier: Apache Kafka by default, Tansu where the demo relies on it.
+
+Every integration test runs against a real Apache Kafka 4.4 node (KRaft, jars from Maven
+Central, :mod:`app.kafka_broker`). A module that also covers the demo's path marks itself
+``pytest.mark.brokers("kafka", "tansu")`` and runs once per broker (ids ``[kafka]`` and
+``[tansu]``). Each broker, with its redis-server, is started once per session, on first use.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +16,26 @@ import pytest
 from app.devstack import DevStack, free_port
 from tests.integration.harness import PATH_IDS, PATHS, Deployment, deployed
 
+DEFAULT_BROKERS = ("kafka",)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "brokers(*kinds): run the test once per broker kind (default: kafka)")
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "broker_kind" not in metafunc.fixturenames:
+        return
+    marker = metafunc.definition.get_closest_marker("brokers")
+    kinds = list(marker.args) if marker is not None else list(DEFAULT_BROKERS)
+    metafunc.parametrize("broker_kind", kinds, scope="session")
+
 
 @pytest.fixture(scope="session")
-def stack() -> Iterator[DevStack]:
-    """The session's Tansu broker and redis-server on free loopback ports."""
-    with DevStack(free_port(), free_port()) as running:
+def stack(broker_kind: str) -> Iterator[DevStack]:
+    """The session's broker of that kind and a redis-server, on free loopback ports."""
+    with DevStack(free_port(), free_port(), broker=broker_kind, startup_timeout=90) as running:
         yield running
 
 

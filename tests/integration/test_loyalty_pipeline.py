@@ -9,7 +9,8 @@ import pytest
 from core import sample
 from tests.integration.harness import Deployment, Worker, wait_for
 
-pytestmark = pytest.mark.integration
+# The demo runs on Tansu: the recipe replay and offers are proven on both brokers.
+pytestmark = [pytest.mark.integration, pytest.mark.brokers("kafka", "tansu")]
 
 CUSTOMERS = [name for _, name in sample.USERS]
 
