@@ -72,6 +72,7 @@ app = faust.App(
     store=SETTINGS.store,
     datadir=SETTINGS.datadir,
     topic_partitions=SETTINGS.topic_partitions,
+    topic_replication_factor=SETTINGS.topic_replication,
     processing_guarantee=SETTINGS.processing_guarantee,
     broker_session_timeout=SETTINGS.broker_session_timeout_s,
     broker_heartbeat_interval=min(3.0, SETTINGS.broker_session_timeout_s / 3),

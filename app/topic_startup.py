@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
+from app.broker_check import invoked_command
+from app.broker_check import on_worker_init as check_broker_access
 from app.topic_admin import TopicAdminError, TopicReport, reconcile, run_blocking
 from app.topology import desired_topics
 from core.config import Settings
@@ -37,24 +39,7 @@ log = logging.getLogger(__name__)
 
 #: Bound (s) for the start-up check: connect, describe, create.
 STARTUP_TIMEOUT_S = 30.0
-#: Faust's top-level options that take a value (to find the command in argv).
-_VALUE_OPTIONS = frozenset({"-A", "--app", "-W", "--workdir", "-D", "--datadir", "-L", "--loop",
-                            "-f", "--logfile", "-l", "--loglevel", "--blocking-timeout",
-                            "--console-port"})
 _checked = False
-
-
-def invoked_command(argv: Sequence[str]) -> str | None:
-    """The ``faust`` subcommand in ``argv`` (``faust -A app worker -l info`` -> ``worker``)."""
-    skip = False
-    for arg in argv[1:]:
-        if skip:
-            skip = False
-        elif arg in _VALUE_OPTIONS:
-            skip = True
-        elif not arg.startswith("-"):
-            return arg
-    return None
 
 
 def missing_topics_message(report: TopicReport, bootstrap: str) -> str:
@@ -106,6 +91,9 @@ def on_worker_init(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any
     if _checked or invoked_command(sys.argv) != "worker":
         return
     _checked = True
+    # Receivers run in no fixed order: a refused login must be the one line the worker
+    # prints, before this check's own connection attempt logs anything (runs once).
+    check_broker_access(sender)
     from app.faust_app import replica_connection
     from app.settings import SETTINGS
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.topic_startup import invoked_command
+from app.broker_check import invoked_command
 from app.topology import desired_topics
 from core.config import ConfigError, load_settings
 from core.topic_plan import (
