@@ -4,10 +4,15 @@ A :class:`StoreDeployment` is what ``tests/integration/harness.py`` calls a depl
 own ``APP_ID``, ``TOPIC_PREFIX`` and topics created with explicit settings); its workers are
 real ``faust -A app worker`` processes with their own web port. :class:`Proc` runs any
 process in its own session, logging to a file, and stops it by its own process group only.
+
+The broker a bench runs on is chosen the same way everywhere: :func:`add_broker_argument`
+(``--broker kafka|tansu``, each bench with its own default) and :func:`bench_stack`, which
+builds the :class:`~app.devstack.DevStack` of that kind on free loopback ports.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import contextlib
 import os
@@ -24,13 +29,30 @@ from typing import Any
 
 import orjson
 
-from app.devstack import DevStack, ensure_topics, free_port
+from app.devstack import BROKERS, DevStack, ensure_topics, free_port
 from bench.procstat import RESULT_PREFIX, cpu_seconds, memory_mb
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 from tests.integration.harness import wait_for  # noqa: E402  the one polling loop
+
+#: Seconds a bench waits for its broker to answer: a JVM starting next to busy workers on
+#: two shared cores takes far longer than the Tansu binary.
+STARTUP_TIMEOUT_S = {"kafka": 90.0, "tansu": 30.0}
+
+
+def add_broker_argument(parser: argparse.ArgumentParser, default: str) -> None:
+    """``--broker kafka|tansu``: the broker the bench starts (``default`` when not given)."""
+    parser.add_argument("--broker", choices=sorted(BROKERS), default=default,
+                        help=f"broker to run on: Apache Kafka (one KRaft node) or the embedded "
+                             f"Tansu (default {default})")
+
+
+def bench_stack(broker: str, **kwargs: Any) -> DevStack:
+    """A (not yet started) broker of kind ``broker`` plus redis, on free loopback ports."""
+    kwargs.setdefault("startup_timeout", STARTUP_TIMEOUT_S[broker])
+    return DevStack(free_port(), free_port(), broker=broker, **kwargs)
 
 
 class BenchError(RuntimeError):

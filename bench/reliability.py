@@ -1,9 +1,11 @@
-"""Fault injection against the real embedded broker, checked against the input log.
+"""Fault injection against a real broker, checked against the input log.
 
-``python -m bench.reliability [--quick] [--json PATH] [--seed N] [--keep-logs]``
-(``make reliability``) starts its own embedded broker (Tansu) and redis, two real
-``faust -A app worker`` processes of one deployment, and then, while purchases, malformed
-events and shopper positions are produced over time, SIGKILLs and SIGTERMs random workers
+``python -m bench.reliability [--quick] [--broker kafka|tansu] [--json PATH] [--seed N]
+[--keep-logs]`` (``make reliability``, ``make reliability BROKER=tansu``) starts its own
+broker (Apache Kafka, one KRaft node, by default; the embedded Tansu with ``--broker
+tansu``) and redis, two real ``faust -A app worker`` processes of one deployment, and then,
+while purchases, malformed events and shopper positions are produced over time, SIGKILLs
+and SIGTERMs random workers
 at random moments (the whole process group), restarting each victim at once (same app id,
 its own data dir and web port). When everything has been produced and both workers are
 ready again, it checks, by state rather than by counters (a restarted worker's counters
@@ -20,9 +22,10 @@ start from zero, and redeliveries count as ``duplicate``):
 * restart -> ``/health`` 200 time for every restart;
 
 then runs a web load test against both workers (half of the requests for customers the
-other worker owns). It prints progress lines, a figure table, writes the figures as JSON
-(``bench/results/reliability.json``, ``reliability-quick.json`` with ``--quick``) and exits
-1 when a figure that must be zero is not (2 when the run itself could not be carried out).
+other worker owns). It prints progress lines (every fault with its time and target), a
+figure table, writes the figures as JSON (``bench/results/reliability.json``,
+``reliability-quick.json`` with ``--quick``) and exits 1 when a figure that must be zero is
+not (2 when the run itself could not be carried out).
 Worker logs are kept (path printed) when something failed or with ``--keep-logs``.
 """
 
@@ -59,6 +62,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from app.devstack import DevStack, ensure_topics, free_port
 from app.producer import MAX_REQUEST_BYTES, encode
 from app.topology import topic_specs
+from bench.deploy import add_broker_argument, bench_stack
 from core import sample, simulation
 from core.geo import DisplayIndex, parse_display
 from core.loyalty import LoyaltyRules, Purchase, customer_document, replay
@@ -561,7 +565,7 @@ class Run:
         await asyncio.gather(*futures, return_exceptions=True)
 
     # -- faults
-    async def kill_and_restart(self, slot: Slot, sig: int) -> None:
+    async def kill_and_restart(self, slot: Slot, sig: int, was_ready: bool = True) -> None:
         worker = slot.worker
         assert worker is not None
         slot.busy = True
@@ -578,9 +582,12 @@ class Run:
         finally:
             slot.busy = False
         kills = Counter(r.signal for r in self.restarts)
-        self.say(f"{self.phase}: {restart.signal} {slot.name} (pid {old_pid}, gone in "
-                 f"{exit_s:.1f} s{', escalated to SIGKILL' if escalated else ''}) -> restarted "
-                 f"as pid {new.process.pid}; so far {kills['SIGKILL']} SIGKILL, "
+        total = self.plan.sigkills + self.plan.sigterms
+        self.say(f"{self.phase}: FAULT {len(self.restarts)}/{total} at {restart.at_s:.1f} s: "
+                 f"{restart.signal} to {worker.name} (pid {old_pid}, "
+                 f"{'ready' if was_ready else 'still recovering'}), gone in {exit_s:.1f} s"
+                 f"{', escalated to SIGKILL' if escalated else ''} -> restarted as "
+                 f"{new.name} (pid {new.process.pid}); so far {kills['SIGKILL']} SIGKILL, "
                  f"{kills['SIGTERM']} SIGTERM")
 
     async def track(self, restart: Restart, worker: BenchWorker, slot: Slot,
@@ -614,7 +621,8 @@ class Run:
             # a random worker among those ready at that moment, so most restarts get a
             # recovery time; when neither is ready, either (a kill during recovery)
             ready = [slot for slot in self.slots if await self.ready(slot)]
-            await self.kill_and_restart(self.rnd.choice(ready or self.slots), sig)
+            target = self.rnd.choice(ready or self.slots)
+            await self.kill_and_restart(target, sig, was_ready=target in ready)
 
     async def watch(self, stop: asyncio.Event) -> None:
         """Progress lines; restart (and count) workers that exit without being killed."""
@@ -1227,8 +1235,9 @@ def table(figures: dict[str, Any]) -> str:
         f"{_n(load.get('error_rate'))} ({_n(load.get('remote_share'))})", "0")
     row("runtime s", figures.get("runtime_s"))
     width = [max(len(r[i]) for r in rows) for i in range(3)]
-    title = (f"storestream reliability ({figures.get('mode')}): {figures.get('workers')} workers, "
-             f"{figures.get('partitions')} partitions, seed {figures.get('seed')}")
+    title = (f"storestream reliability ({figures.get('mode')}, {figures.get('broker')}): "
+             f"{figures.get('workers')} workers, {figures.get('partitions')} partitions, "
+             f"seed {figures.get('seed')}")
     lines = [title, "-" * len(title),
              f"{'figure':<{width[0]}}  {'value':>{width[1]}}  must be"]
     lines += [f"{a:<{width[0]}}  {b:>{width[1]}}  {c}" for a, b, c in rows]
@@ -1245,13 +1254,19 @@ def table(figures: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def run(plan: Plan, seed: int = 7, keep_logs: bool = False) -> dict[str, Any]:
-    """One run on its own embedded broker and redis; returns the figures."""
+def run(plan: Plan, seed: int = 7, keep_logs: bool = False,
+        broker: str = "kafka") -> dict[str, Any]:
+    """One run on its own broker (``kafka`` or ``tansu``) and redis; returns the figures."""
     started = time.monotonic()
     run_dir = Path(tempfile.mkdtemp(prefix=f"storestream-reliability-{plan.mode}-"))
     figures: dict[str, Any]
-    with DevStack(free_port(), free_port()) as stack:
+    print(f"[  0.0s] stack: starting {broker} and redis-server", flush=True)
+    with bench_stack(broker) as stack:
+        print(f"[{time.monotonic() - started:6.1f}s] stack: {broker} at {stack.broker_url}, "
+              f"redis at {stack.redis_url}", flush=True)
         bench = Run(plan, seed, stack, run_dir)
+        bench.t0 = started
+        bench.figures["broker"] = broker
         try:
             asyncio.run(bench.execute())
         except Exception as exc:
@@ -1274,11 +1289,12 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="where to write the figures")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-logs", action="store_true", help="keep worker logs")
+    add_broker_argument(parser, default="kafka")
     args = parser.parse_args(list(argv) if argv is not None else None)
     plan = QUICK if args.quick else FULL
     path = args.json or RESULTS / ("reliability-quick.json" if args.quick
                                    else "reliability.json")
-    figures = run(plan, args.seed, args.keep_logs)
+    figures = run(plan, args.seed, args.keep_logs, args.broker)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(figures, indent=2, default=str) + "\n")
     print()

@@ -31,8 +31,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.devstack import DevStack, free_port
 from bench import latency, peers, recovery
+from bench.deploy import add_broker_argument, bench_stack
 from bench.peers import LABELS
 from bench.workload import build, log
 
@@ -242,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip", default="", help=f"comma list of sections: {SECTIONS}")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--keep-logs", action="store_true", help="keep the process logs")
+    add_broker_argument(parser, default="tansu")
     args = parser.parse_args(argv)
     quick = args.quick
     events = args.events or (10_000 if quick else 200_000)
@@ -267,8 +268,9 @@ def main(argv: list[str] | None = None) -> int:
                                       / max(1, events), 3),
         "products_events": len(workload.products), "max_window_s": max_window,
     }
-    with DevStack(free_port(), free_port(), startup_timeout=30.0) as stack:
-        log(f"stack up: {stack.broker_url} {stack.redis_url}")
+    with bench_stack(args.broker) as stack:
+        report["broker"] = args.broker
+        log(f"stack up: {args.broker} {stack.broker_url} {stack.redis_url}")
         if "throughput" not in skip:
             def throughput() -> dict[str, Any]:
                 results = peers.run_all(stack, workload, tmp, max_window, chosen)
