@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import logging
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, cast
 
@@ -27,6 +28,8 @@ from app import fastlane, fetch_actions, pusher
 from app.bulk import BulkWriter
 from app.fetch_schedule import FetchSchedule
 from app.settings import SETTINGS
+
+log = logging.getLogger(__name__)
 
 #: The offers topic's backstop reads it once per ``OFFER_BACKSTOP_MS`` while the pusher leaves
 #: offers to it, else once per this many times that (every offer was pushed).
@@ -416,11 +419,46 @@ class Producer(faust_aiokafka.Producer):  # type: ignore[misc]
         self.add_future(self.crash(exc))
 
 
+#: Longest wait (s) for a topic just created (or found existing) to show in the metadata.
+TOPIC_METADATA_WAIT_S = 10.0
+
+
+async def _until_in_metadata(client: Any, topic: str, timeout_s: float) -> None:
+    """Return once a metadata request shows ``topic`` with partitions (or after ``timeout_s``).
+
+    Apache Kafka answers CreateTopics once the controller has committed the topic; a broker's
+    metadata shows it a moment later (KRaft brokers replay the record). A consumer subscribing
+    in that moment is told the changelog does not exist, its group leader assigns none of its
+    partitions and records 0 for it until the next metadata refresh (5 min): measured on
+    Kafka 4.4, the first dead letter of a fresh deployment then crashed the worker with
+    ``PartitionsMismatch`` (dead_letter_marks "has 0 partitions").
+    """
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    while True:
+        try:
+            if (await client.fetch_all_metadata()).partitions_for_topic(topic):
+                return
+        except Exception as exc:  # the broker's own error handling applies later
+            log.debug("metadata for new topic %s: %r", topic, exc)
+        if asyncio.get_running_loop().time() >= deadline:
+            log.warning("topic %s not in the broker's metadata %.0f s after its creation",
+                        topic, timeout_s)
+            return
+        await asyncio.sleep(0.1)
+
+
 class Transport(faust_aiokafka.Transport):  # type: ignore[misc]
-    """``kafka://`` transport: configurable fetch wait, a producer flush that drains."""
+    """``kafka://`` transport: configurable fetch wait, a producer flush that drains, topic
+    creation that returns once the new topic is in the broker's metadata."""
 
     Consumer = Consumer
     Producer = Producer
+
+    async def _really_create_topic(self, owner: Any, client: Any, topic: str,
+                                   partitions: int, replication: int, **kwargs: Any) -> None:
+        await super()._really_create_topic(owner, client, topic, partitions, replication,
+                                           **kwargs)
+        await _until_in_metadata(client, topic, TOPIC_METADATA_WAIT_S)
 
 
 def install() -> None:
