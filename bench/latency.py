@@ -18,7 +18,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -162,11 +162,17 @@ async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: 
 
 
 @contextmanager
-def storestream(stack: DevStack, tmp: Path, rate: float) -> Iterator[Window]:
+def storestream(stack: DevStack, tmp: Path, rate: float, env: Mapping[str, str] | None = None,
+                idle_s: float = 0.0) -> Iterator[Window]:
     """A storestream worker (positions -> offers) on fresh topics, ready; yields its
-    measuring function."""
+    measuring function.
+
+    ``env`` overrides the worker's settings (``bench.broker_workarounds`` compares variants);
+    with ``idle_s`` each window first measures the ready, idle worker's CPU over that many
+    seconds (``idle_cpu_percent``).
+    """
     deployment = StoreDeployment(stack, tmp, f"lat{int(rate)}", partitions=8,
-                                 extra_env={"OFFER_COOLDOWN_S": "0"})
+                                 extra_env={"OFFER_COOLDOWN_S": "0", **(env or {})})
     deployment.create_topics()
     worker = deployment.start_worker("lat")
     try:
@@ -182,9 +188,17 @@ def storestream(stack: DevStack, tmp: Path, rate: float) -> Iterator[Window]:
             "storestream_replica_applied_total", table="promotions") >= 1, 60)
 
         def window(seconds: float, drain_s: float) -> dict[str, Any]:
+            idle_cpu = None
+            if idle_s > 0:
+                cpu0, t0 = worker.cpu_seconds(), time.monotonic()
+                time.sleep(idle_s)
+                idle_cpu = 100 * (worker.cpu_seconds() - cpu0) / (time.monotonic() - t0)
             result = _timed(worker.cpu_seconds, lambda: measure(
                 stack.bootstrap, deployment.topic("customers.locations"),
                 deployment.topic("customers.promotions"), rate, seconds, drain_s))
+            if idle_cpu is not None:
+                result["idle_cpu_percent"] = round(idle_cpu, 2)
+            result["redis_stream"] = f"{deployment.prefix}offers"  # the worker's offers stream
             result["dead_letters"] = worker.metric("storestream_dead_letters_total")
             result["worker_side"] = worker_side_lag(worker)
             return result
