@@ -11,7 +11,9 @@ from app.bulk import BulkWriter
 from app.deadletters import send_dead_letter
 from app.fastlane import Source
 from app.faust_app import METRICS, app
+from app.guarantees import GATE
 from core.events import BadEvent
+from tables.batch import TableWrites
 from tables.deadletters import already_dead_lettered, dead_letter_marks, mark_key
 
 log = logging.getLogger(__name__)
@@ -22,6 +24,38 @@ DUPLICATE = "duplicate"
 def bulk_writer() -> BulkWriter:
     """The producer's bulk writer (the fast lane's changelog path)."""
     return cast(BulkWriter, cast(Any, app.producer).bulk)
+
+
+class EventWrites(TableWrites):
+    """The agent path's writes of one event under exactly_once: records for output topics are
+    sent from the event's own task (:meth:`send_emitted`), where the transaction manager
+    knows the event and sends them in the transaction of its source partition
+    (:class:`app.guarantees.TransactionManager`). Faust's producer buffer, which
+    :meth:`TableWrites.emit` uses, sends from a task of its own that knows no event."""
+
+    def __init__(self, partition: int) -> None:
+        super().__init__(partition, None)
+        self._outbox: list[tuple[Any, bytes, bytes]] = []
+
+    def emit(self, topic: Any, key: bytes, value: bytes) -> None:
+        self._outbox.append((topic, key, value))
+
+    async def send_emitted(self) -> None:
+        """Hand every emitted record to the event's transactional producer, in order."""
+        outbox, self._outbox = self._outbox, []
+        for topic, key, value in outbox:
+            await topic.send(key=key, value=value)
+
+
+def agent_writes(partition: int) -> TableWrites:
+    """Writes for one event on the agent path (:class:`EventWrites` under exactly_once)."""
+    return EventWrites(partition) if app.in_transaction else TableWrites(partition, None)
+
+
+async def send_emitted(writes: TableWrites) -> None:
+    """Send what :class:`EventWrites` kept (nothing to do for plain writes)."""
+    if isinstance(writes, EventWrites):
+        await writes.send_emitted()
 
 
 _LANE_STARTED: set[str] = set()
@@ -120,15 +154,17 @@ async def handle(agent: str, message: Any, handler: Handler) -> None:
 
     An exception escaping a Faust agent would restart it and acknowledge (skip) the event
     silently; here the event goes to ``dead-letters`` with the reason and the agent goes on.
+    Under exactly_once no commit happens while the event is processed (:data:`GATE`).
     """
-    try:
-        outcome = await handler(message)
-    except (BadEvent, UnicodeDecodeError) as exc:
-        outcome = await dead_letter_once(message, str(exc))
-    except Exception as exc:
-        log.exception("%s: failed to process %s[%s]@%s", agent, message.topic,
-                      message.partition, message.offset)
-        outcome = await dead_letter_once(message, f"processing failed: {exc!r}")
+    async with GATE.event():
+        try:
+            outcome = await handler(message)
+        except (BadEvent, UnicodeDecodeError) as exc:
+            outcome = await dead_letter_once(message, str(exc))
+        except Exception as exc:
+            log.exception("%s: failed to process %s[%s]@%s", agent, message.topic,
+                          message.partition, message.offset)
+            outcome = await dead_letter_once(message, f"processing failed: {exc!r}")
     METRICS.inc("storestream_events_total", topic=message.topic, outcome=outcome)
     if message.timestamp:
         METRICS.observe("storestream_agent_latency_seconds",

@@ -12,16 +12,19 @@ from faust.types import StreamT
 from agents.common import (
     DUPLICATE,
     OK,
+    agent_writes,
     bulk_writer,
     count_lane,
     handle,
     lane_clock,
     process_batch,
+    send_emitted,
 )
 from app import fastlane
 from app.deadletters import decode_key
 from app.fastlane import Source
 from app.faust_app import app
+from app.guarantees import GATE
 from app.settings import SETTINGS
 from app.topics import loyalty_events_topic, products_topic, purchases_topic, users_topic
 from core.events import parse_product, parse_purchase, parse_user
@@ -166,4 +169,7 @@ async def process_purchases(stream: StreamT[bytes]) -> None:
     """Spend and tier, coffee stamps, basket campaigns (when the fast lane is off)."""
     async for event in stream.events():
         source = fastlane.from_message(event.message)
-        await apply_purchases([source], TableWrites(source.partition, None))
+        async with GATE.event():
+            writes = agent_writes(source.partition)
+            await apply_purchases([source], writes)
+            await send_emitted(writes)

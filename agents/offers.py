@@ -13,12 +13,22 @@ from typing import Any
 import orjson
 from faust.types import StreamT
 
-from agents.common import OK, bulk_writer, count_lane, handle, lane_clock, process_batch
+from agents.common import (
+    OK,
+    agent_writes,
+    bulk_writer,
+    count_lane,
+    handle,
+    lane_clock,
+    process_batch,
+    send_emitted,
+)
 from agents.delivery import PUSHER
 from app import fastlane
 from app.deadletters import decode_key
 from app.fastlane import Source
 from app.faust_app import METRICS, app
+from app.guarantees import GATE
 from app.settings import SETTINGS
 from app.topics import displays_topic, locations_topic, offers_topic, promotions_topic
 from core.events import parse_display_event, parse_position, parse_promotion_event
@@ -156,4 +166,7 @@ async def process_locations(stream: StreamT[bytes]) -> None:
     """The distance join: positions -> offers (when the fast lane is off)."""
     async for event in stream.events():
         source = fastlane.from_message(event.message)
-        await apply_positions([source], TableWrites(source.partition, None))
+        async with GATE.event():
+            writes = agent_writes(source.partition)
+            await apply_positions([source], writes)
+            await send_emitted(writes)

@@ -13,18 +13,26 @@ default replication of the transaction log) makes aiokafka retry forever instead
 message that says what to do. Connect :func:`on_worker_init` to ``app.on_worker_init``: it
 runs after autodiscovery and before the app's producer starts, and only checks when the
 processing guarantee is ``exactly_once``.
+
+On a broker with transactions, :class:`TransactionManager` (the transport's) and
+:func:`commit_barrier` (around each consumer commit) make each transaction hold exactly the
+output of the source offsets it commits: see the notes above :class:`CommitGate`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
+from faust.streams import current_event
+from faust.transport.consumer import TransactionManager as _FaustTransactionManager
 
 log = logging.getLogger(__name__)
 
@@ -100,3 +108,135 @@ def on_worker_init(app: Any, **kwargs: Any) -> None:
     bootstrap = ",".join(f"{url.host}:{url.port or 9092}" for url in conf.broker)
     auth = dict(credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context))
     require_transactions(bootstrap, conf.id, auth)
+
+
+# ------------------------------------------------------------------------- transactions
+#
+# What Faust 0.15.3 does under exactly_once, and what storestream changes (measured on Apache
+# Kafka 4.4 by dumping record batch attributes of each topic's segments):
+#
+# * Faust picks the transactional producer of a record by its *destination* partition
+#   (faust/transport/consumer.py TransactionManager.send: ``consumer.key_partition(topic,
+#   key)`` then ``{app_id}-{group_for_topic(topic)}-{partition}``). For a topic the worker does
+#   not consume (``loyalty.events``, ``dead-letters``) the consumer's metadata has no
+#   partitions, ``key_partition`` returns None and the record goes to the plain producer:
+#   measured, every loyalty event was written outside any transaction (producer id of the
+#   app's idempotent producer, no transactional bit), so a restart after a crash could write
+#   it again, and offers were visible to read_committed readers before the transaction of
+#   the position that produced them committed. :class:`TransactionManager` sends a record
+#   produced while an event is processed with the producer of the event's *source*
+#   partition, the one whose transaction commits that event's offset.
+# * Faust's commit under exactly_once does not flush its producer buffer (consumer.py
+#   ``_commit_offsets``: ``producer.flush()`` only in the at_least_once branch), so table
+#   changelog records still in the buffer when the offsets are chosen went into the next
+#   transaction: a crash in between lost them with their offsets committed. And it chooses
+#   the offsets while agents keep processing: records of events processed after that moment
+#   (not acked yet) went into the transaction committing the older offsets, so after a crash
+#   such an event was processed again on top of part of its own output. :func:`commit_barrier`
+#   (around the consumer's ``force_commit``) holds new events at :data:`GATE`, waits until
+#   no event is half-processed, flushes the buffer, and only then lets Faust choose the
+#   offsets and commit: each transaction holds exactly the output of the offsets it commits.
+
+
+class CommitGate:
+    """Events are processed between commits, never across one (exactly_once only).
+
+    Each event's processing runs inside :meth:`event`; :meth:`closed` stops new events at the
+    gate and returns once none is in flight. With nothing closing it (at_least_once) it costs
+    two counter updates per event.
+    """
+
+    def __init__(self) -> None:
+        self._in_flight = 0
+        self._open = asyncio.Event()
+        self._open.set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def in_flight(self) -> int:
+        """Events being processed now."""
+        return self._in_flight
+
+    @contextlib.asynccontextmanager
+    async def event(self) -> AsyncIterator[None]:
+        """Process one event (or one batch) between two commits."""
+        while not self._open.is_set():
+            await self._open.wait()
+        self._in_flight += 1
+        self._idle.clear()
+        try:
+            yield
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._idle.set()
+
+    @contextlib.asynccontextmanager
+    async def closed(self) -> AsyncIterator[None]:
+        """Hold new events; enter once no event is in flight; reopen on the way out."""
+        self._open.clear()
+        try:
+            started = time.monotonic()
+            while not self._idle.is_set():
+                try:
+                    await asyncio.wait_for(self._idle.wait(), IDLE_WARNING_S)
+                except TimeoutError:
+                    log.warning("commit waits for %d event(s) in flight for %.0f s",
+                                self._in_flight, time.monotonic() - started)
+            yield
+        finally:
+            self._open.set()
+
+
+#: Logged when a commit has waited this long for events in flight (s).
+IDLE_WARNING_S = 10.0
+
+#: The worker's gate: agents process events inside ``GATE.event()``.
+GATE = CommitGate()
+
+
+@contextlib.asynccontextmanager
+async def commit_barrier(app: Any) -> AsyncIterator[None]:
+    """Around a consumer commit: under exactly_once, no event in flight and every record of
+    the events processed so far handed to its transactional producer (at_least_once:
+    nothing)."""
+    if not app.in_transaction:
+        yield
+        return
+    async with GATE.closed():
+        await app.producer.flush()
+        yield
+
+
+def source_transaction(app: Any, topic: str, partition: int) -> str:
+    """Faust's transactional id of a source partition (faust/transport/consumer.py)."""
+    return f"{app.conf.id}-{app.assignor.group_for_topic(topic)}-{partition}"
+
+
+class TransactionManager(_FaustTransactionManager):  # type: ignore[misc]
+    """Faust's transaction manager, sending what an event produces in the transaction that
+    commits the event's offset (see the notes above)."""
+
+    _warned: set[str]
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._warned = set()
+
+    async def send(self, topic: str, key: bytes | None, value: bytes | None,
+                   partition: int | None, timestamp: float | None, headers: Any, *,
+                   transactional_id: str | None = None) -> Any:
+        event = current_event()
+        if event is not None:
+            tp = event.message.tp
+            return await self.producer.send(
+                topic, key, value, partition, timestamp, headers,
+                transactional_id=source_transaction(self.app, tp.topic, tp.partition))
+        # No event: Faust's producer buffer sending a table's changelog record, whose
+        # partition is the source partition (Faust's choice is right for it).
+        if partition is None and topic not in self._warned:
+            self._warned.add(topic)
+            log.warning("record for %s sent outside any event under exactly_once: Faust "
+                        "picks its transaction by destination partition", topic)
+        return await super().send(topic, key, value, partition, timestamp, headers)

@@ -17,6 +17,8 @@ from typing import Any, Generic, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
+from app.settings import SETTINGS
+
 V = TypeVar("V")
 log = logging.getLogger(__name__)
 
@@ -96,7 +98,8 @@ class TopicReplica(Generic[V]):
         """Consume forever (cancel to stop)."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
-            auto_offset_reset="earliest", fetch_max_wait_ms=fetch_wait_ms, **auth,
+            auto_offset_reset="earliest", fetch_max_wait_ms=fetch_wait_ms,
+            isolation_level=isolation_level(), **auth,
         )
         await consumer.start()
         try:
@@ -124,6 +127,14 @@ class TopicReplica(Generic[V]):
                 return [TopicPartition(self.topic, p) for p in sorted(found)]
             await consumer._client.force_metadata_update()
             await asyncio.sleep(0.2)
+
+
+def isolation_level() -> str:
+    """``read_committed`` under exactly_once: a record of a transaction that is aborted (a
+    worker killed before its commit) is never applied; e.g. an aborted dead letter would
+    otherwise mark its source record as dead-lettered and the rerun would not send it."""
+    exactly_once = SETTINGS.processing_guarantee == "exactly_once"
+    return "read_committed" if exactly_once else "read_uncommitted"
 
 
 def not_ready() -> list[str]:

@@ -24,7 +24,7 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from faust.types.tuples import ack_lock
 
-from app import fastlane, fetch_actions, pusher
+from app import fastlane, fetch_actions, guarantees, pusher
 from app.bulk import BulkWriter
 from app.fetch_schedule import FetchSchedule
 from app.settings import SETTINGS
@@ -214,6 +214,15 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                    "paused" if tp in paused else "fetching")
             counts[key] = counts.get(key, 0) + 1
         return counts
+
+    async def force_commit(self, topics: Any = None,
+                           start_new_transaction: bool = True) -> bool:
+        """Faust's commit; under exactly_once with no event half-processed and every record
+        of the processed ones with its transactional producer (:func:`app.guarantees.
+        commit_barrier`)."""
+        async with guarantees.commit_barrier(self.app):
+            return cast(bool, await super().force_commit(
+                topics, start_new_transaction=start_new_transaction))
 
     def _new_consumer_thread(self) -> FetchWaitConsumerThread:
         if SETTINGS.consumer_thread:
@@ -453,6 +462,7 @@ class Transport(faust_aiokafka.Transport):  # type: ignore[misc]
 
     Consumer = Consumer
     Producer = Producer
+    TransactionManager = guarantees.TransactionManager
 
     async def _really_create_topic(self, owner: Any, client: Any, topic: str,
                                    partitions: int, replication: int, **kwargs: Any) -> None:
