@@ -242,10 +242,15 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     records = purchases(seed=2)
     placed: list[tuple[str, int, int]] = []
     failure: list[BaseException] = []
+    killed = threading.Event()
 
-    def produce_slowly() -> None:  # ~6 s of input, so the kill lands mid-stream
+    def produce_slowly() -> None:
+        """~5 s of input; the last fifth only after the kill, so input is still coming
+        whatever the host's load (on Kafka a quick worker otherwise caught up first)."""
         try:
             for start in range(0, len(records), 150):
+                if start >= len(records) * 4 // 5:
+                    killed.wait(120)
                 placed.extend(deployment.produce_placed(records[start:start + 150]))
                 time.sleep(0.3)
         except BaseException as exc:  # reported by the test thread
@@ -263,9 +268,15 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
                      purchases_counted(first, deployment)]
         return moment[0] < moment[1]
 
-    wait_for("purchases processed past the last commit", past_the_commit, 30, interval=0.05)
+    try:
+        wait_for("purchases processed past the last commit", past_the_commit, 30,
+                 interval=0.05)
+    except AssertionError:
+        killed.set()  # never leave the producer waiting
+        raise
     committed, killed_at = int(moment[0]), moment[1]
     first.stop(signal.SIGKILL)
+    killed.set()
     producer.join(60)
     assert not producer.is_alive() and not failure, failure
     assert committed < killed_at < PURCHASES  # processed past the commit; input still coming
