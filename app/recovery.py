@@ -36,6 +36,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 
 from app.replica import REPLICAS, not_ready, wait_all_ready
+from app.settings import SETTINGS
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +121,7 @@ class ProbingRecovery(Recovery):  # type: ignore[misc]
         self, consumer: Any, tps: set[TP], destination: Any, title: str
     ) -> None:
         await super()._build_highwaters(consumer, tps, destination, title)
-        if not tps:
+        if not tps or not SETTINGS.recovery_probe:
             return
         started = time.monotonic()
         try:
@@ -139,6 +140,9 @@ class ProbingRecovery(Recovery):  # type: ignore[misc]
                 ", ".join(f"{tp.topic}[{tp.partition}] {destination[tp]}->{last}"
                           for tp, last in sorted(raised.items())),
             )
+        else:
+            log.info("highwater probe of %d %s changelog partitions: %.2f s, none raised",
+                     len(tps), title, time.monotonic() - started)
         for tp, last in raised.items():  # a Counter: update() would add
             destination[tp] = last
 

@@ -106,6 +106,9 @@ class Settings:
     consumer_thread: bool = False
     gc_gen0_threshold: int = 10_000
     broker_session_timeout_s: float = 6.0
+    #: Whether recovery reads past each changelog end offset the broker reports
+    #: (``app/recovery.py``: Tansu reports them too low).
+    recovery_probe: bool = True
     topics: Topics = Topics()
     loyalty: LoyaltyRules = LoyaltyRules()
 
@@ -238,6 +241,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             broker_session_timeout_s=float(
                 pick("BROKER_SESSION_TIMEOUT_S", main, "broker_session_timeout_s", 6)
             ),
+            recovery_probe=_switch(pick("RECOVERY_PROBE", main, "recovery_probe", "on")),
             topics=Topics(prefix=pick("TOPIC_PREFIX", main, "topic_prefix", "")),
             loyalty=rules,
         )

@@ -88,3 +88,9 @@ def test_consumer_runs_on_the_worker_loop_unless_asked_for_a_thread() -> None:
     ini = str(ROOT / "faust.ini")
     assert not load_settings({"STORESTREAM_CONFIG": ini}).consumer_thread
     assert load_settings({"STORESTREAM_CONFIG": ini, "CONSUMER_THREAD": "on"}).consumer_thread
+
+
+def test_recovery_probe_is_on_unless_turned_off() -> None:
+    ini = str(ROOT / "faust.ini")
+    assert load_settings({"STORESTREAM_CONFIG": ini}).recovery_probe
+    assert not load_settings({"STORESTREAM_CONFIG": ini, "RECOVERY_PROBE": "off"}).recovery_probe
