@@ -45,6 +45,8 @@ class TopicReport:
     created: tuple[str, ...] = ()
     #: Topic name -> why the broker refused to create it.
     failures: Mapping[str, str] = field(default_factory=dict)
+    #: Topic name -> partition count, of every desired topic that exists (or was created).
+    partitions: Mapping[str, int] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, TopicState, str]]:
         """``(name, state, detail)`` per topic, in the order of ``app/topology.py``."""
@@ -172,13 +174,18 @@ async def reconcile(bootstrap: str, auth: Mapping[str, Any], desired: Sequence[D
 async def _reconcile(admin: AIOKafkaAdminClient, desired: Sequence[DesiredTopic],
                      create_missing: bool, timeout_s: float) -> TopicReport:
     await admin.start()
-    before = plan(desired, await describe(admin, desired))
+    found = await describe(admin, desired)
+    before = plan(desired, found)
+    counts = {name: topic.partitions for name, topic in found.items()}
     if not create_missing or not before.create:
-        return TopicReport(before)
+        return TopicReport(before, partitions=counts)
     created, existing, failures = await create(admin, before.create, timeout_s)
     if existing:  # created meanwhile by someone else: compare them like any existing topic
-        before = plan(desired, await describe(admin, desired))
-    return TopicReport(before, tuple(created), failures)
+        found = await describe(admin, desired)
+        before = plan(desired, found)
+        counts = {name: topic.partitions for name, topic in found.items()}
+    counts.update((t.name, t.partitions) for t in desired if t.name in created)
+    return TopicReport(before, tuple(created), failures, counts)
 
 
 def run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:

@@ -10,7 +10,9 @@ something goes wrong, so nothing created it. :func:`ensure_topics_at_start` runs
 * with ``TOPIC_CREATE=off`` the worker exits at once (status 1) with one line naming the
   missing topics and the command that creates them;
 * existing topics that differ (partitions, replication, settings) are named in a warning:
-  the worker runs, ``faust -A app topics`` says how they differ and exits non-zero.
+  the worker runs, ``faust -A app topics`` says how they differ and exits non-zero;
+* input topics with unequal partition counts end the worker at once (status 1) with one line
+  naming the counts (:func:`core.topic_plan.unequal_partitions`).
 
 Faust sends ``on_worker_init`` while it loads the app for *any* ``faust -A app`` command
 (``topics``, ``devstack``, ``simulate`` ...), so the receiver acts only when the command is
@@ -34,6 +36,7 @@ from app.broker_check import on_worker_init as check_broker_access
 from app.topic_admin import TopicAdminError, TopicReport, reconcile, run_blocking
 from app.topology import desired_topics
 from core.config import Settings
+from core.topic_plan import unequal_partitions
 
 log = logging.getLogger(__name__)
 
@@ -71,9 +74,19 @@ def ensure_topics_at_start(settings: Settings, bootstrap: str, auth: dict[str, A
             log.error("storestream: could not create topic(s) on the broker at %s: %s",
                       bootstrap, _grouped(report.failures))
         raise SystemExit(1)
+    mismatch = unequal_partitions(report.partitions, input_topics(settings))
+    if mismatch is not None:
+        log.error("%s", mismatch)
+        raise SystemExit(1)
     if report.differs:
         log.warning("storestream: topics differ from app/topology.py (the worker runs; "
                     "`faust -A app topics` reports them): %s", " | ".join(report.differs))
+
+
+def input_topics(settings: Settings) -> tuple[str, ...]:
+    """The topics producers write and agents read, co-partitioned by their owner keys."""
+    t = settings.topics
+    return (t.products, t.users, t.purchases, t.displays, t.promotions, t.locations)
 
 
 def _grouped(failures: Mapping[str, str]) -> str:

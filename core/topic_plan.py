@@ -190,3 +190,24 @@ def plan(desired: Iterable[DesiredTopic], reported: Mapping[str, ReportedTopic])
         else:
             ok.append(topic.name)
     return TopicPlan(tuple(create), tuple(ok), tuple(differs), topics)
+
+
+def unequal_partitions(counts: Mapping[str, int], topics: Iterable[str]) -> str | None:
+    """Why ``topics`` (those of them in ``counts``) cannot be read together, or ``None``.
+
+    A customer's events must share one partition *number* on every input topic (the key is
+    hashed modulo the partition count), and Faust gives a worker the same partitions of every
+    topic: with unequal counts a customer's positions meet another partition's state.
+    """
+    present = [(name, counts[name]) for name in topics if name in counts]
+    groups: dict[int, list[str]] = {}
+    for name, count in present:
+        groups.setdefault(count, []).append(name)
+    if len(groups) <= 1:
+        return None
+    listed = "; ".join(f"{count} partitions: {', '.join(names)}"
+                       for count, names in sorted(groups.items()))
+    return (f"storestream: the input topics must all have the same partition count (a key "
+            f"is hashed modulo the count, so a customer's events and state share one "
+            f"partition number on every topic), found {listed}. Give them one count "
+            f"(TOPIC_PARTITIONS; recreate or add partitions) and start the worker again")

@@ -176,3 +176,16 @@ def test_topic_settings_come_from_the_ini_and_the_environment() -> None:
 def test_the_start_up_check_knows_which_command_runs(argv: list[str],
                                                      command: str | None) -> None:
     assert invoked_command(argv) == command
+
+
+def test_unequal_partition_counts_of_input_topics_are_named() -> None:
+    from core.topic_plan import unequal_partitions
+
+    inputs = ["products", "purchases", "customers.locations"]
+    assert unequal_partitions({"products": 4, "purchases": 4, "customers.locations": 4},
+                              inputs) is None
+    assert unequal_partitions({"purchases": 4, "dead-letters": 1}, inputs) is None
+    message = unequal_partitions({"products": 4, "purchases": 4, "customers.locations": 6,
+                                  "dead-letters": 1}, inputs)
+    assert message is not None and "\n" not in message
+    assert "4 partitions: products, purchases; 6 partitions: customers.locations" in message

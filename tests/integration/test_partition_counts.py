@@ -1,0 +1,40 @@
+"""A worker refuses input topics whose partition counts differ (issue 17, criterion 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import pytest
+
+from app.devstack import DevStack, TopicSpec, ensure_topics
+from app.topology import topic_specs
+from tests.integration.harness import Deployment
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+
+
+def test_a_worker_exits_at_once_when_input_topics_differ_in_partition_count(
+        stack: DevStack, tmp_path: Path) -> None:
+    deployment = Deployment(stack, tmp_path, partitions=PARTITIONS)
+    specs = topic_specs(deployment.settings)
+    locations = deployment.topic("customers.locations")
+    specs = [TopicSpec(s.name, 6, s.config) if s.name == locations else s for s in specs]
+    asyncio.run(ensure_topics(stack.bootstrap, specs))
+    worker = deployment.start_worker("unequal")
+    try:
+        started = time.monotonic()
+        code = worker.process.wait(timeout=60)
+        elapsed = time.monotonic() - started
+        log = worker.log_path.read_text(errors="replace")
+    finally:
+        deployment.stop()
+    assert code != 0, log
+    assert elapsed < 30, f"took {elapsed:.0f} s to exit:\n{log}"
+    lines = [line for line in log.splitlines() if "same partition count" in line]
+    assert len(lines) == 1, log
+    assert f"6 partitions: {locations}" in lines[0], lines
+    assert f"4 partitions: {deployment.topic('products')}" in lines[0], lines
