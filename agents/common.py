@@ -11,7 +11,7 @@ from app.bulk import BulkWriter
 from app.deadletters import send_dead_letter
 from app.fastlane import Source
 from app.faust_app import METRICS, app
-from app.guarantees import GATE
+from app.guarantees import GATE, LANE_WRITERS
 from core.events import BadEvent
 from tables.batch import TableWrites
 from tables.deadletters import already_dead_lettered, dead_letter_marks, mark_key
@@ -24,6 +24,16 @@ DUPLICATE = "duplicate"
 def bulk_writer() -> BulkWriter:
     """The producer's bulk writer (the fast lane's changelog path)."""
     return cast(BulkWriter, cast(Any, app.producer).bulk)
+
+
+def lane_writes(batch: Sequence[Source]) -> TableWrites:
+    """The writes of a fast-lane batch: to the producer's bulk writer, or under exactly_once
+    to the writer of the batch's source partition's transaction."""
+    first = batch[0]
+    if app.in_transaction:
+        return TableWrites(first.partition, LANE_WRITERS.writer(app, first.topic,
+                                                                first.partition))
+    return TableWrites(first.partition, bulk_writer())
 
 
 class EventWrites(TableWrites):

@@ -13,10 +13,10 @@ from agents.common import (
     DUPLICATE,
     OK,
     agent_writes,
-    bulk_writer,
     count_lane,
     handle,
     lane_clock,
+    lane_writes,
     process_batch,
     send_emitted,
 )
@@ -146,7 +146,7 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
 async def purchases_lane(batch: Sequence[Source]) -> None:
     """The fast lane for ``purchases``: one changelog write per customer and table per batch."""
     started = lane_clock()
-    await apply_purchases(batch, TableWrites(batch[0].partition, bulk_writer()))
+    await apply_purchases(batch, lane_writes(batch))
     count_lane(batch, started)
 
 

@@ -16,10 +16,10 @@ from faust.types import StreamT
 from agents.common import (
     OK,
     agent_writes,
-    bulk_writer,
     count_lane,
     handle,
     lane_clock,
+    lane_writes,
     process_batch,
     send_emitted,
 )
@@ -141,7 +141,7 @@ async def locations_lane(batch: Sequence[Source]) -> None:
     push is on (:mod:`app.pusher`)."""
     started = lane_clock()
     emitted: list[dict[str, object]] | None = [] if SETTINGS.direct_push else None
-    await apply_positions(batch, TableWrites(batch[0].partition, bulk_writer()), emitted)
+    await apply_positions(batch, lane_writes(batch), emitted)
     if emitted:
         PUSHER.submit(emitted)
     count_lane(batch, started)

@@ -25,7 +25,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -33,6 +33,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager as _FaustTransactionManager
+
+from app.bulk import BulkWriter
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +208,75 @@ async def commit_barrier(app: Any) -> AsyncIterator[None]:
         return
     async with GATE.closed():
         await app.producer.flush()
+        await LANE_WRITERS.flush(app.producer)
         yield
+
+
+class LaneWriter(BulkWriter):
+    """The fast lane's records of one source partition under exactly_once.
+
+    Queued like the at_least_once lane's (:class:`app.bulk.BulkWriter`, in the same
+    synchronous step as the table change), but sent only by :func:`commit_barrier`, with the
+    partition's transactional producer, just before Faust commits the partition's offsets in
+    that transaction. Table stores' persisted offsets are not advanced per delivered batch
+    (an uncommitted record may still be aborted): a ``rocksdb://`` recovery reads the
+    changelog from further back, which is safe.
+    """
+
+    def on_delivered(self, topic: str, partition: int, callback: Any) -> None:
+        return None
+
+
+class LaneWriters:
+    """One :class:`LaneWriter` per transactional id (source partition), created on use."""
+
+    def __init__(self) -> None:
+        self._writers: dict[str, LaneWriter] = {}
+
+    def writer(self, app: Any, topic: str, partition: int) -> LaneWriter:
+        """The writer of the transaction that commits ``topic``/``partition``'s offsets."""
+        tid = source_transaction(app, topic, partition)
+        writer = self._writers.get(tid)
+        if writer is None:
+            writer = self._writers[tid] = LaneWriter()
+        return writer
+
+    @property
+    def pending(self) -> int:
+        """Records queued or in flight, not yet acknowledged."""
+        return sum(writer.pending for writer in self._writers.values())
+
+    async def flush(self, producer: Any) -> None:
+        """Hand every queued record to its transactional producer; wait for the broker's
+        acknowledgements; raise a failed send (the commit must not happen then)."""
+        ready: list[tuple[LaneWriter, Any]] = []
+        for tid, writer in list(self._writers.items()):
+            if not writer.pending:
+                continue
+            txn = producer._transaction_producers.get(tid)
+            if txn is None:  # revoked meanwhile: its transaction is abandoned
+                log.warning("dropping %d fast-lane records of %s: no transactional producer",
+                            writer.pending, tid)
+                self._writers.pop(tid, None)
+                continue
+            async with producer._trn_locks[tid]:
+                await writer.drain(txn)
+            ready.append((writer, txn))
+        for writer, txn in ready:
+            await writer.flush(txn)
+
+    def discard(self, tids: Iterable[str]) -> None:
+        """Forget the records of revoked partitions: their transactions are abandoned and
+        the events are processed again by the partitions' next owner."""
+        for tid in tids:
+            dropped = self._writers.pop(tid, None)
+            if dropped is not None and dropped.pending:
+                log.info("revoked %s: %d uncommitted fast-lane records dropped", tid,
+                         dropped.pending)
+
+
+#: The worker's fast-lane writers under exactly_once.
+LANE_WRITERS = LaneWriters()
 
 
 def source_transaction(app: Any, topic: str, partition: int) -> str:
@@ -240,3 +310,9 @@ class TransactionManager(_FaustTransactionManager):  # type: ignore[misc]
             log.warning("record for %s sent outside any event under exactly_once: Faust "
                         "picks its transaction by destination partition", topic)
         return await super().send(topic, key, value, partition, timestamp, headers)
+
+    async def on_rebalance(self, assigned: Any, revoked: Any, newly_assigned: Any) -> None:
+        """Faust's (stop the revoked partitions' producers, start the assigned ones'), and
+        drop the fast lane's records of revoked partitions."""
+        LANE_WRITERS.discard(self._tps_to_transactional_ids(revoked))
+        await super().on_rebalance(assigned, revoked, newly_assigned)

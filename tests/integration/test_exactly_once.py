@@ -31,17 +31,26 @@ from app.guarantees import TransactionsUnsupported, check_transactions, require_
 from core import sample
 from tests.integration import store
 from tests.integration.ably_stub import AblyStub
-from tests.integration.harness import Deployment, Worker, deployed, wait_for
+from tests.integration.harness import PATH_IDS, PATHS, Deployment, Worker, deployed, wait_for
 
 pytestmark = pytest.mark.integration
 
 CUSTOMERS = [name for _, name in sample.USERS]
 
 
-@pytest.fixture
-def exactly_once(stack: DevStack, tmp_path: Path) -> Any:
-    with deployed(stack, tmp_path, extra_env={"PROCESSING_GUARANTEE": "exactly_once"}) as running:
+@pytest.fixture(params=PATHS, ids=PATH_IDS)
+def exactly_once(request: pytest.FixtureRequest, stack: DevStack, tmp_path: Path) -> Any:
+    """An exactly_once deployment, once per processing path: the fast lane (its records
+    written in the source partition's transaction) and Faust's agents (``FAST_LANE=off``)."""
+    with deployed(stack, tmp_path, extra_env={"PROCESSING_GUARANTEE": "exactly_once",
+                                              "FAST_LANE": request.param}) as running:
         yield running
+
+
+def assert_path_taken(deployment: Deployment, worker: Worker) -> None:
+    """Hot topics took the path asked for (fast lane on: batches; off: Faust's agents)."""
+    on_lane = worker.metric("storestream_fast_lane_records_total")
+    assert (on_lane > 0) == (deployment.env["FAST_LANE"] == "on"), on_lane
 
 
 def transactions_missing(deployment: Deployment) -> str | None:
@@ -164,6 +173,7 @@ def test_exactly_once_worker_refuses_clearly_or_processes_exactly_once(
     wait_for("every event counted",
              lambda: worker.metric("storestream_events_total") >= produced, 60)
     assert documents(worker) == expected_documents()
+    assert_path_taken(exactly_once, worker)
     worker.stop(signal.SIGTERM)
 
     again = exactly_once.start_worker("w2")
@@ -204,11 +214,13 @@ def ably() -> Iterator[AblyStub]:
         yield stub
 
 
-@pytest.fixture
-def pushed(stack: DevStack, tmp_path: Path, ably: AblyStub) -> Iterator[Deployment]:
-    """exactly_once workers pushing offers to the session's redis and the Ably stub."""
+@pytest.fixture(params=PATHS, ids=PATH_IDS)
+def pushed(request: pytest.FixtureRequest, stack: DevStack, tmp_path: Path,
+           ably: AblyStub) -> Iterator[Deployment]:
+    """exactly_once workers pushing offers to the session's redis and the Ably stub, once
+    per processing path."""
     with deployed(stack, tmp_path, extra_env={
-        "PROCESSING_GUARANTEE": "exactly_once",
+        "PROCESSING_GUARANTEE": "exactly_once", "FAST_LANE": request.param,
         "ABLY_API_KEY": str(ably.api_key), "ABLY_REST_HOST": ably.host,
         "ABLY_REST_PORT": str(ably.port), "ABLY_TLS": "false",
     }) as running:
@@ -409,77 +421,75 @@ def test_sigkill_mid_stream_every_customer_exact_and_each_offer_pushed_once(
     assert sorted(d["raw"].encode() for d in letters) == sorted(
         value for _, _, value in stream if isinstance(value, bytes))
     assert len({(d["partition"], d["offset"]) for d in letters}) == bad
+    assert_path_taken(deployment, second)
 
 
-async def _offers_in_open_transaction(bootstrap: str, topic: str, uids: set[str],
-                                      timeout: float) -> list[dict[str, Any]]:
-    """Offers for ``uids`` seen on the topic at offsets not yet readable by a read_committed
-    consumer (at or past the last stable offset): written inside an open transaction."""
-    raw = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                           auto_offset_reset="earliest", fetch_max_wait_ms=20)
-    stable = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                              isolation_level="read_committed")
-    await raw.start()
-    await stable.start()
-    try:
-        while not raw.partitions_for_topic(topic):
-            await raw._client.force_metadata_update()
-        tps = [TopicPartition(topic, p) for p in sorted(raw.partitions_for_topic(topic) or ())]
-        raw.assign(tps)
-        await raw.seek_to_beginning()
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            batch = await raw.getmany(timeout_ms=50)
-            seen = [r for records in batch.values() for r in records
-                    if orjson.loads(r.value)["uid"] in uids]
-            if not seen:
-                continue
-            lso = await stable.end_offsets(tps)  # read_committed: the last stable offsets
-            pending = [r for r in seen if r.offset >= lso[TopicPartition(topic, r.partition)]]
-            if pending:
-                return [orjson.loads(r.value) for r in pending]
-        return []
-    finally:
-        await raw.stop()
-        await stable.stop()
+async def _read_raw(bootstrap: str, topic: str, seconds: float) -> list[dict[str, Any]]:
+    """Every record on ``topic`` now, committed or not (``read_uncommitted``)."""
+    return await _read(bootstrap, topic, 1 << 30, seconds, "read_uncommitted")
+
+
+def redis_offers(deployment: Deployment) -> list[dict[str, str]]:
+    async def read() -> list[dict[str, str]]:
+        client = redis.from_url(deployment.stack.redis_url, decode_responses=True)
+        try:
+            stream = f"{deployment.settings.topics.prefix}offers"
+            return [fields for _, fields in await client.xrange(stream)]
+        finally:
+            await client.aclose()
+    return asyncio.run(read())
 
 
 def test_an_offer_of_an_uncommitted_transaction_is_never_pushed(
         pushed: Deployment, ably: AblyStub) -> None:
-    """SIGKILL while offers sit in an open transaction: none reaches Redis or Ably; the
-    restarted worker aborts that transaction, matches the positions again and pushes each
-    offer once, from the committed topic."""
+    """SIGKILL once the worker has matched positions to offers and before the transaction
+    with their offsets committed: no such offer reaches Redis or Ably (offers are delivered
+    from the committed topic, read_committed). The restarted worker aborts that transaction,
+    matches the positions again and pushes each offer once."""
     deployment = pushed
+    locations = deployment.topic("customers.locations")
     worker = deployment.start_worker("w1")
     worker.wait_ready(90)
     open_store(deployment, worker)
-    topic = deployment.topic("customers.promotions")
-    uids = {f"u{n:02d}" for n in range(12)}
-    deployment.produce([store.position(uid, store.D2, 100.0 + n)
-                        for n, uid in enumerate(sorted(uids))])
-    pending = asyncio.run(_offers_in_open_transaction(
-        deployment.stack.bootstrap, topic, uids, timeout=20))
-    worker.stop(signal.SIGKILL)
-    assert pending, ("no offer was ever written inside an open transaction: written "
-                     "outside the transactions (visible to read_committed readers at once)?")
-    pending_ids = {o["offer_id"] for o in pending}
+    everyone: set[str] = set()
+    for attempt in range(4):
+        uids = {f"u{attempt}-{n:02d}" for n in range(12)}
+        everyone |= uids
+        deployment.produce([store.position(uid, store.D2, 100.0 + n)
+                            for n, uid in enumerate(sorted(uids))])
+        wait_for("the positions matched", lambda w=worker, n=len(uids): w.metric(
+            "storestream_events_total", topic=locations) >= n, 30, interval=0.02)
+        worker.stop(signal.SIGKILL)
+        committed = {o["uid"] for o in read_committed(deployment, "customers.promotions",
+                                                      expect=len(everyone), timeout=3)}
+        uncommitted = uids - committed
+        if uncommitted:
+            break
+        # Committed between the match and the kill (a commit every 2.8 s): again.
+        worker = deployment.start_worker(f"w1-{attempt}")
+        worker.wait_ready(90)
+    else:
+        pytest.fail("every kill came after the transaction had committed")
     time.sleep(1.0)  # anything in flight to Redis or Ably would have landed
-    committed = {o["offer_id"] for o in read_committed(deployment, "customers.promotions",
-                                                       expect=len(uids), timeout=3)}
-    if pending_ids <= committed:
-        pytest.skip("the transaction committed between the check and the kill (~ms window)")
-    uncommitted = pending_ids - committed
-    assert not uncommitted & set(redis_offer_ids(deployment))
-    assert not uncommitted & set(ably.unique_ids())
+    assert not uncommitted & {e["uid"] for e in redis_offers(deployment)}
+    assert not uncommitted & {m.channel.rsplit(":", 1)[-1] for m in ably.published}
+    written = {o["uid"] for o in asyncio.run(_read_raw(
+        deployment.stack.bootstrap, deployment.topic("customers.promotions"), 2.0))}
+    if deployment.env["FAST_LANE"] == "off":
+        # Agents send as they go: offers were on the topic, in the open transaction (the
+        # count is taken before an event's sends, so not necessarily all of them).
+        assert uncommitted & written
+    print(f"attempt {attempt}: {len(uncommitted)} offers uncommitted at the kill, "
+          f"{len(uncommitted & written)} of them written (in the open transaction)")
 
     again = deployment.start_worker("w2")
     again.wait_ready(90)
-    wait_for("every offer pushed", lambda: len(redis_offer_ids(deployment)) >= len(uids), 60)
+    wait_for("every offer pushed", lambda: len(redis_offers(deployment)) >= len(everyone), 60)
     time.sleep(2.0)
-    offers = read_committed(deployment, "customers.promotions", expect=len(uids))
-    assert sorted(o["uid"] for o in offers) == sorted(uids)  # the aborted copies are gone
+    offers = read_committed(deployment, "customers.promotions", expect=len(everyone))
+    assert sorted(o["uid"] for o in offers) == sorted(everyone)  # aborted copies are gone
     offer_ids = sorted(o["offer_id"] for o in offers)
-    assert uncommitted <= set(offer_ids)  # the same offers, matched again and committed
-    assert sorted(redis_offer_ids(deployment)) == offer_ids  # each pushed once
-    wait_for("ably publishes", lambda: len(ably.unique_ids()) >= len(uids), 30)
+    assert sorted(e["offer_id"] for e in redis_offers(deployment)) == offer_ids  # each once
+    wait_for("ably publishes", lambda: len(ably.unique_ids()) >= len(everyone), 30)
     assert sorted(i for i in ably.unique_ids() if i) == offer_ids
+    assert_path_taken(deployment, again)
