@@ -80,8 +80,10 @@ KAFKA_NODES ?= 1
 devstack: install $(if $(filter kafka,$(BROKER)),kafka)
 	DEVSTACK_BROKER=$(BROKER) DEVSTACK_KAFKA_NODES=$(KAFKA_NODES) $(BIN)/faust -A app devstack
 
+# A worker for `make devstack`'s broker: on Tansu (BROKER's default) with the settings it needs
+# (app/devstack.py WORKER_ENV: FETCH_WAIT_MS=10 unless set); BROKER=kafka: faust.ini as is.
 worker: install
-	$(BIN)/faust -A app worker -l info
+	$(if $(filter tansu,$(BROKER)),FETCH_WAIT_MS=$${FETCH_WAIT_MS:-10} )$(BIN)/faust -A app worker -l info
 
 clean:
 	rm -rf $(VENV) data .cache .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -92,13 +92,15 @@ def start_simulator(once: bool) -> subprocess.Popen[bytes]:
     )
 
 
-def start_worker() -> subprocess.Popen[bytes]:
-    """``faust -A app worker`` in its own process group, logging to the demo log dir."""
+def start_worker(broker_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``faust -A app worker`` in its own process group, logging to the demo log dir, with
+    the settings its broker needs (``DevStack.worker_env``) unless the environment has them."""
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = open(LOG_DIR / "worker.log", "wb")  # noqa: SIM115  closed with the process
     return subprocess.Popen(
         [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**(broker_env or {}), **os.environ},
     )
 
 
@@ -158,7 +160,7 @@ def main(once: bool = False) -> int:
             "survives a restart)")
         asyncio.run(ensure_topics(bootstrap_servers(SETTINGS.broker_url),
                                   topic_specs(SETTINGS)))
-        worker = start_worker()
+        worker = start_worker(stack.worker_env)
         wait_until("the worker to join and recover (GET /health)",
                    lambda: worker is not None and worker.poll() is None
                    and http_get("/health")[0] == 200, timeout=120)

@@ -69,6 +69,11 @@ DEFAULT_TOPIC_CONFIG: Mapping[str, str] = MappingProxyType(
 )
 #: Broker kinds the stack can start (``DEVSTACK_BROKER``).
 BROKERS = ("tansu", "kafka")
+#: Worker settings a broker of the devstack needs beyond faust.ini's defaults, which suit
+#: Apache Kafka: Tansu does not answer a waiting fetch when data arrives, so every hop would
+#: wait out the fetch wait (faust.ini: 500 ms, Kafka's own default; README, Brokers).
+#: ``make worker``, ``make demo``, the integration tests and ``bench.latency`` apply these.
+WORKER_ENV: dict[str, dict[str, str]] = {"tansu": {"FETCH_WAIT_MS": "10"}, "kafka": {}}
 #: Optional override for the redis-server binary (CALF_TANSU_BIN does this for Tansu).
 REDIS_BIN_ENV = "REDIS_SERVER_BIN"
 
@@ -361,6 +366,11 @@ class DevStack:
                 )
         kwargs.setdefault("redis_db", _redis_db(redis_url))
         return cls(broker_port, redis_port, **kwargs)
+
+    @property
+    def worker_env(self) -> dict[str, str]:
+        """Settings a worker on this stack's broker needs beyond faust.ini (:data:`WORKER_ENV`)."""
+        return dict(WORKER_ENV[self.broker])
 
     @property
     def description(self) -> str:
@@ -749,7 +759,8 @@ def serve(
         kept = "in memory" if kind == "tansu" else "storage"
         echo(
             f"hint: BROKER_URL={stack.broker_url} REDIS_URL={stack.redis_url} "
-            f"faust -A app worker -l info  ({kept} and logs in {stack.run_dir}; Ctrl-C stops)"
+            + "".join(f"{key}={value} " for key, value in stack.worker_env.items())
+            + f"faust -A app worker -l info  ({kept} and logs in {stack.run_dir}; Ctrl-C stops)"
         )
         while not stop_requested.wait(0.25):
             if dead := stack.dead():

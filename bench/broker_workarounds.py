@@ -41,6 +41,7 @@ import re
 import shutil
 import signal
 import statistics
+import sys
 import tempfile
 import time
 import uuid
@@ -59,22 +60,45 @@ from bench.recovery import check_sample, customer_records, expected
 from bench.workload import COMPACT_TOPIC_CONFIG, create_topics, delete_topics, log, produce
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "bench" / "results" / "workarounds.json"
+RESULTS = ROOT / "bench" / "results" / "workarounds.json"  # --out overrides
+#: Latency rounds (each: every variant once), rate (positions/s) and variants (names, or
+#: empty for all); ``--rounds``, ``--rate`` and ``--variants`` override them.
+ROUNDS = 4
+RATE = 500.0
+VARIANTS: list[str] = []
 SECTIONS = ("latency", "recovery", "replica", "session", "failover")
 
-#: Latency variants: name -> settings that differ from faust.ini's defaults.
+#: Latency variants: name -> the worker's settings (explicit, so that they do not depend on
+#: faust.ini's defaults of the day). Tansu's values: FETCH_WAIT_MS 10, fetch schedule 100 ms,
+#: offers backstop 1000 ms; each ``...@500`` variant is the same at a 500 ms fetch wait.
+_TANSU = {"FETCH_WAIT_MS": "10", "REFERENCE_FETCH_INTERVAL_MS": "100",
+          "OFFER_BACKSTOP_MS": "1000"}
 LATENCY_VARIANTS: dict[str, dict[str, str]] = {
-    "default (wait 10, ref 100, backstop 1000)": {},
-    "FETCH_WAIT_MS=100": {"FETCH_WAIT_MS": "100"},
-    "FETCH_WAIT_MS=500": {"FETCH_WAIT_MS": "500"},
-    "REFERENCE_FETCH_INTERVAL_MS=0": {"REFERENCE_FETCH_INTERVAL_MS": "0"},
-    "OFFER_BACKSTOP_MS=0": {"OFFER_BACKSTOP_MS": "0"},
+    "FETCH_WAIT_MS=10": _TANSU,
+    "FETCH_WAIT_MS=100": {**_TANSU, "FETCH_WAIT_MS": "100"},
+    "FETCH_WAIT_MS=500": {**_TANSU, "FETCH_WAIT_MS": "500"},
+    "REFERENCE_FETCH_INTERVAL_MS=0": {**_TANSU, "REFERENCE_FETCH_INTERVAL_MS": "0"},
+    "OFFER_BACKSTOP_MS=0": {**_TANSU, "OFFER_BACKSTOP_MS": "0"},
+    "REFERENCE_FETCH_INTERVAL_MS=0@500": {**_TANSU, "FETCH_WAIT_MS": "500",
+                                          "REFERENCE_FETCH_INTERVAL_MS": "0"},
+    "OFFER_BACKSTOP_MS=0@500": {**_TANSU, "FETCH_WAIT_MS": "500", "OFFER_BACKSTOP_MS": "0"},
 }
+#: The variants a run compares unless ``--variants`` names others.
+DEFAULT_VARIANTS = ["FETCH_WAIT_MS=10", "FETCH_WAIT_MS=100", "FETCH_WAIT_MS=500",
+                    "REFERENCE_FETCH_INTERVAL_MS=0", "OFFER_BACKSTOP_MS=0"]
 
 
 def host_load() -> float:
     """The host's 1-minute load average (2 cores here; other engineers share them)."""
     return round(os.getloadavg()[0], 2)
+
+
+def host_busy_ticks() -> tuple[int, int]:
+    """``(busy, total)`` CPU ticks of the whole machine so far (``/proc/stat``)."""
+    with open("/proc/stat") as handle:
+        fields = [int(x) for x in handle.readline().split()[1:]]
+    total = sum(fields[:8])
+    return total - fields[3] - fields[4], total  # idle and iowait are not busy
 
 
 def rotation(names: list[str], round_no: int) -> list[str]:
@@ -118,9 +142,9 @@ def redis_latency(redis_url: str, stream: str, since: float) -> dict[str, Any]:
 
 def latency_section(stack: DevStack, tmp: Path, quick: bool) -> dict[str, Any]:
     """Every latency variant, ABAB..., one fresh deployment per trial."""
-    rounds, seconds, idle_s, drain_s = (1, 4.0, 2.0, 10.0) if quick else (4, 10.0, 5.0, 20.0)
-    rate = 200.0 if quick else 500.0
-    names = list(LATENCY_VARIANTS)
+    rounds, seconds, idle_s, drain_s = (1, 4.0, 2.0, 10.0) if quick else (ROUNDS, 10.0, 5.0, 20.0)
+    rate = 200.0 if quick else RATE
+    names = VARIANTS or DEFAULT_VARIANTS
     trials: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     for round_no in range(rounds):
         for name in rotation(names, round_no):
@@ -130,30 +154,47 @@ def latency_section(stack: DevStack, tmp: Path, quick: bool) -> dict[str, Any]:
             try:
                 with latency.storestream(stack, tmp, rate, env=LATENCY_VARIANTS[name],
                                          idle_s=idle_s) as window:
-                    since = time.time()
+                    since, busy0 = time.time(), host_busy_ticks()
                     r = window(seconds, drain_s)
+                    busy1 = host_busy_ticks()
+                    # Every process's CPU, ours included: near 100% the trial was contended.
+                    r["host_busy_percent"] = round(
+                        100 * (busy1[0] - busy0[0]) / max(1, busy1[1] - busy0[1]), 1)
                     time.sleep(0.5)  # a backstop delivery still on its way
                     r.update(redis_latency(stack.redis_url, r["redis_stream"], since))
             except Exception as exc:
                 log(f"workarounds: latency {name} FAILED: {exc}")
                 r = {"error": f"{exc}"[-2000:]}
             r["load_before"], r["load_after"] = load0, host_load()
+            if r.get("received") and r.get("cpu_seconds") is not None:
+                # CPU per offer over the whole window (warm-up and drain included): unlike
+                # CPU %, not diluted when a starved worker takes longer to drain.
+                r["cpu_ms_per_offer"] = round(1000 * r["cpu_seconds"] / r["received"], 3)
             r["round"] = round_no
             trials[name].append(r)
             if "error" not in r:
                 log(f"workarounds: {name}: p50 {r['p50_ms']} / p99 {r['p99_ms']} ms, redis "
                     f"p50 {r.get('redis_p50_ms')} / p99 {r.get('redis_p99_ms')} ms, CPU "
-                    f"{r['cpu_percent']}%, idle CPU {r.get('idle_cpu_percent')}%, "
+                    f"{r['cpu_percent']}% ({r.get('cpu_ms_per_offer')} ms/offer), idle CPU "
+                    f"{r.get('idle_cpu_percent')}%, "
                     f"{r['received']}/{r['sent']}, steal {r['steal_percent']}%, "
                     f"load {r['load_after']}")
     out: dict[str, Any] = {"rate": rate, "seconds": seconds, "idle_s": idle_s, "variants": {}}
+    base = trials[names[0]]
     for name, results in trials.items():
         done = [t for t in results if "error" not in t]
+        # Per round, this variant's figure over the default's of the same round: the rounds
+        # ran minutes apart under other loads, a round's trials within about two minutes.
+        paired = {key: _median([t[key] / b[key] for t, b in zip(results, base, strict=False)
+                                if "error" not in t and "error" not in b and b.get(key)])
+                  for key in ("p50_ms", "p99_ms", "redis_p99_ms", "cpu_ms_per_offer")}
         out["variants"][name] = {
-            "env": LATENCY_VARIANTS[name],
+            "env": LATENCY_VARIANTS[name],  # the first variant is the one compared against
+            "median_ratio_to_default_same_round": paired,
             "median": {key: _median([t.get(key) for t in done]) for key in (
                 "p50_ms", "p99_ms", "redis_p50_ms", "redis_p99_ms", "cpu_percent",
-                "idle_cpu_percent", "steal_percent", "load_after")},
+                "cpu_ms_per_offer",
+                "idle_cpu_percent", "steal_percent", "host_busy_percent", "load_after")},
             "trials": results,
         }
     return out
@@ -371,18 +412,32 @@ RUNNERS: Mapping[str, Callable[[DevStack, Path, bool], dict[str, Any]]] = {
 
 
 def main(argv: list[str] | None = None) -> int:
+    global ROUNDS, RATE
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, one round each")
     parser.add_argument("--only", default=",".join(SECTIONS),
                         help=f"comma-separated sections (default all: {','.join(SECTIONS)})")
+    parser.add_argument("--rounds", type=int, default=ROUNDS,
+                        help=f"latency rounds, each variant once per round (default {ROUNDS})")
+    parser.add_argument("--rate", type=float, default=RATE,
+                        help=f"latency: positions per second (default {RATE:g})")
+    parser.add_argument("--variants", default="",
+                        help="latency: comma-separated variant names (default all; the first "
+                             f"is the baseline): {', '.join(LATENCY_VARIANTS)}")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"default {RESULTS}")
     args = parser.parse_args(argv)
+    ROUNDS, RATE = args.rounds, args.rate
+    VARIANTS[:] = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if any(v not in LATENCY_VARIANTS for v in VARIANTS):
+        parser.error(f"--variants: choose from {list(LATENCY_VARIANTS)}")
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
     unknown = [s for s in chosen if s not in RUNNERS]
     if unknown:
         parser.error(f"unknown sections {unknown}; choose from {SECTIONS}")
     tmp = Path(tempfile.mkdtemp(prefix="storestream-workarounds-"))
     report: dict[str, Any] = {"started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                              "broker": "kafka", "quick": args.quick, "cpus": os.cpu_count()}
+                              "broker": "kafka", "quick": args.quick, "cpus": os.cpu_count(),
+                              "argv": argv if argv is not None else sys.argv[1:]}
     log(f"workarounds: Apache Kafka + redis starting; logs in {tmp}")
     failed = False
     host0 = host_cpu_ticks()
@@ -398,17 +453,17 @@ def main(argv: list[str] | None = None) -> int:
                     report[section] = {"error": f"{exc}"[-2000:]}
                     log(f"workarounds: {section} FAILED: {exc}")
                 report[section]["section_s"] = round(time.monotonic() - started, 1)
-                RESULTS.parent.mkdir(parents=True, exist_ok=True)
-                RESULTS.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+                args.out.parent.mkdir(parents=True, exist_ok=True)
+                args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
     finally:
         report["host_steal_percent"] = steal_percent(host0, host_cpu_ticks())
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        RESULTS.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2))
         if failed:
             log(f"workarounds: process logs kept in {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
-    log(f"workarounds: results in {RESULTS}")
+    log(f"workarounds: results in {args.out}")
     return 1 if failed else 0
 
 

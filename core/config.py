@@ -98,7 +98,7 @@ class Settings:
     ably_api_key: str | None = None
     offer_radius_m: float = 0.9144
     offer_cooldown_s: float = 1800.0
-    fetch_wait_ms: int = 10
+    fetch_wait_ms: int = 500
     consumer_max_fetch_size: int = 4 * 1024 * 1024
     reference_fetch_interval_ms: int = 100
     offer_backstop_ms: int = 1000
@@ -225,7 +225,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             ably_api_key=env.get("ABLY_API_KEY") or None,
             offer_radius_m=float(pick("OFFER_RADIUS_M", offers, "radius_m", 0.9144)),
             offer_cooldown_s=float(pick("OFFER_COOLDOWN_S", offers, "cooldown_s", 1800)),
-            fetch_wait_ms=int(pick("FETCH_WAIT_MS", main, "fetch_wait_ms", 10)),
+            fetch_wait_ms=int(pick("FETCH_WAIT_MS", main, "fetch_wait_ms",
+                                   defaults.fetch_wait_ms)),
             consumer_max_fetch_size=int(pick(
                 "CONSUMER_MAX_FETCH_SIZE", main, "consumer_max_fetch_size",
                 defaults.consumer_max_fetch_size)),

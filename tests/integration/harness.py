@@ -61,6 +61,7 @@ class Deployment:
             "TOPIC_PARTITIONS": str(partitions),
             "STORESTREAM_CONFIG": str(ROOT / "faust.ini"),
             "PYTHONUNBUFFERED": "1",
+            **stack.worker_env,
             **(extra_env or {}),
         }
         if token:
