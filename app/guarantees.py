@@ -216,29 +216,51 @@ class LaneWriter(BulkWriter):
     """The fast lane's records of one source partition under exactly_once.
 
     Queued like the at_least_once lane's (:class:`app.bulk.BulkWriter`, in the same
-    synchronous step as the table change), but sent only by :func:`commit_barrier`, with the
-    partition's transactional producer, just before Faust commits the partition's offsets in
-    that transaction. Table stores' persisted offsets are not advanced per delivered batch
-    (an uncommitted record may still be aborted): a ``rocksdb://`` recovery reads the
-    changelog from further back, which is safe.
+    synchronous step as the table change) and sent as they come by :class:`LaneWriters`, with
+    the partition's transactional producer, always under Faust's lock of that producer (never
+    while it commits); :func:`commit_barrier` sends what is left and waits for the broker
+    before Faust commits the partition's offsets in that transaction. Table stores' persisted
+    offsets are not advanced per delivered batch (an uncommitted record may still be
+    aborted): a ``rocksdb://`` recovery reads the changelog from further back, which is safe.
     """
+
+    def __init__(self, wake: asyncio.Event) -> None:
+        super().__init__()
+        self._wake = wake
+
+    def enqueue(self, topic: str, partition: int, key: bytes | None,
+                value: bytes | None) -> None:
+        super().enqueue(topic, partition, key, value)
+        self._wake.set()
 
     def on_delivered(self, topic: str, partition: int, callback: Any) -> None:
         return None
 
+    @property
+    def queued(self) -> bool:
+        """Whether records wait to be handed to the producer."""
+        return bool(self._queued)
+
 
 class LaneWriters:
-    """One :class:`LaneWriter` per transactional id (source partition), created on use."""
+    """One :class:`LaneWriter` per transactional id (source partition), created on use, and
+    the task that hands their records to the transactional producers as they come."""
 
     def __init__(self) -> None:
         self._writers: dict[str, LaneWriter] = {}
+        self._wake = asyncio.Event()
+        self._sender_started = False
+        self._failed: BaseException | None = None
 
     def writer(self, app: Any, topic: str, partition: int) -> LaneWriter:
         """The writer of the transaction that commits ``topic``/``partition``'s offsets."""
+        if not self._sender_started:
+            self._sender_started = True
+            app.producer.add_future(self._send_as_they_come(app.producer))
         tid = source_transaction(app, topic, partition)
         writer = self._writers.get(tid)
         if writer is None:
-            writer = self._writers[tid] = LaneWriter()
+            writer = self._writers[tid] = LaneWriter(self._wake)
         return writer
 
     @property
@@ -246,10 +268,21 @@ class LaneWriters:
         """Records queued or in flight, not yet acknowledged."""
         return sum(writer.pending for writer in self._writers.values())
 
-    async def flush(self, producer: Any) -> None:
-        """Hand every queued record to its transactional producer; wait for the broker's
-        acknowledgements; raise a failed send (the commit must not happen then)."""
-        ready: list[tuple[LaneWriter, Any]] = []
+    async def _send_as_they_come(self, producer: Any) -> None:
+        """Hand queued records to their producers while batches are processed (the commit
+        barrier then has little left to send). A failure is raised by the next
+        :meth:`flush`: that commit must not happen."""
+        while self._failed is None:
+            await self._wake.wait()
+            self._wake.clear()
+            try:
+                await self._drain_all(producer)
+            except Exception as exc:
+                log.error("fast-lane records not sent in their transaction: %r", exc)
+                self._failed = exc
+
+    async def _drain_all(self, producer: Any) -> list[tuple[LaneWriter, Any]]:
+        drained: list[tuple[LaneWriter, Any]] = []
         for tid, writer in list(self._writers.items()):
             if not writer.pending:
                 continue
@@ -259,10 +292,18 @@ class LaneWriters:
                             writer.pending, tid)
                 self._writers.pop(tid, None)
                 continue
-            async with producer._trn_locks[tid]:
-                await writer.drain(txn)
-            ready.append((writer, txn))
-        for writer, txn in ready:
+            if writer.queued:
+                async with producer._trn_locks[tid]:
+                    await writer.drain(txn)
+            drained.append((writer, txn))
+        return drained
+
+    async def flush(self, producer: Any) -> None:
+        """Hand every queued record to its transactional producer; wait for the broker's
+        acknowledgements; raise a failed send (the commit must not happen then)."""
+        if self._failed is not None:
+            raise self._failed
+        for writer, txn in await self._drain_all(producer):
             await writer.flush(txn)
 
     def discard(self, tids: Iterable[str]) -> None:
