@@ -163,6 +163,7 @@ class StoreDeployment:
         self.tmp = tmp
         self.prefix = f"bench-{tag}."
         self.env = {
+            **stack.worker_env,  # what this broker needs beyond faust.ini (Tansu: 10-ms wait)
             **os.environ,
             "BROKER_URL": stack.broker_url, "REDIS_URL": stack.redis_url,
             "APP_ID": f"bench-{tag}", "TOPIC_PREFIX": self.prefix,
