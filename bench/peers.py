@@ -79,14 +79,18 @@ class PeerResult:
 STARTUP_S = 120.0  # allowance from process start to the first event
 
 
-def run_storestream(stack: DevStack, workload: Workload, tmp: Path, max_s: float) -> PeerResult:
-    """storestream's own loyalty path: a real worker, timed through ``/metrics``."""
-    result = PeerResult("storestream")
-    deployment = StoreDeployment(stack, tmp, "ss", partitions=workload.partitions)
+def run_storestream(stack: DevStack, workload: Workload, tmp: Path, max_s: float, *,
+                    name: str = "storestream",
+                    extra_env: dict[str, str] | None = None) -> PeerResult:
+    """storestream's own loyalty path: a real worker, timed through ``/metrics``
+    (``extra_env``: settings of this run, e.g. ``PROCESSING_GUARANTEE``)."""
+    result = PeerResult(name)
+    deployment = StoreDeployment(stack, tmp, "ss", partitions=workload.partitions,
+                                 extra_env=extra_env)
     deployment.create_topics()
     result.produce_s = round(asyncio.run(produce_workload(
         stack.bootstrap, deployment.prefix, workload)), 2)
-    log(f"storestream: {workload.events:,} purchases produced in {result.produce_s:.1f} s; "
+    log(f"{name}: {workload.events:,} purchases produced in {result.produce_s:.1f} s; "
         "starting the worker")
     worker = deployment.start_worker("tp")
     try:
@@ -118,11 +122,11 @@ def run_storestream(stack: DevStack, workload: Workload, tmp: Path, max_s: float
                                  "timing": timing}
                 break
             if time.monotonic() - last_log > 10:
-                log(f"storestream: {counted:,}/{workload.events:,} purchases processed")
+                log(f"{name}: {counted:,}/{workload.events:,} purchases processed")
                 last_log = time.monotonic()
             time.sleep(POLL_S)
         else:
-            raise BenchError(f"storestream processed {counted:,} of {workload.events:,} "
+            raise BenchError(f"{name} processed {counted:,} of {workload.events:,} "
                              f"purchases before the time limit")
     finally:
         worker.stop()

@@ -5,7 +5,9 @@ after another, each in its own process and on its own fresh copy of the topics:
 
 * throughput of storestream's loyalty path next to a plain aiokafka loop, Quix Streams and a
   stock Faust agent, all computing per-customer spend and coffee count into changelog-backed
-  state from the same pre-produced purchases (:mod:`bench.peers`);
+  state from the same pre-produced purchases (:mod:`bench.peers`), and the same worker with
+  ``PROCESSING_GUARANTEE=exactly_once`` (row ``exactly_once``; on a broker with transactions,
+  i.e. ``--broker kafka``);
 * location-to-offer latency next to a plain aiokafka loop (:mod:`bench.latency`);
 * recovery time and memory per 100,000 customers (:mod:`bench.recovery`);
 * the geo lookup micro-benchmark (:mod:`bench.geo_bench`).
@@ -18,6 +20,7 @@ measured in the same run. Progress goes to stderr, the tables to stdout, everyth
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import importlib.metadata
 import json
@@ -31,13 +34,55 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from app.devstack import DevStack
+from app.guarantees import check_transactions
 from bench import latency, peers, recovery
 from bench.deploy import add_broker_argument, bench_stack
-from bench.peers import LABELS
-from bench.workload import build, log
+from bench.peers import LABELS, PeerResult
+from bench.workload import Workload, build, log
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SECTIONS = ("throughput", "latency", "recovery", "geo")
+#: The loyalty worker under ``PROCESSING_GUARANTEE=exactly_once``, measured as the storestream
+#: row is (same workload, same window; the fast lane unless ``FAST_LANE=off`` is exported).
+EXACTLY_ONCE = "exactly_once"
+ROWS = (*peers.PEERS, EXACTLY_ONCE)
+ROW_LABELS = {**LABELS, EXACTLY_ONCE: "storestream exactly_once"}
+
+
+def run_exactly_once(stack: DevStack, workload: Workload, tmp: Path, max_s: float,
+                     quick: bool) -> dict[str, Any]:
+    """The ``exactly_once`` row. On a broker without transactions (Tansu, the default) a full
+    run measures it on a one-node Apache Kafka started for it; a quick run skips it."""
+    log(f"throughput: {ROW_LABELS[EXACTLY_ONCE]} ...")
+    try:
+        missing = asyncio.run(check_transactions(stack.bootstrap, "bench-transactions-check",
+                                                 timeout_s=10))
+        if missing is None:
+            result = _exactly_once(stack, workload, tmp, max_s, own_broker=False)
+        elif quick:
+            return PeerResult(EXACTLY_ONCE, status="skipped", detail={
+                "reason": "the broker has no transactions (quick run: use --broker kafka)",
+            }).as_dict()
+        else:
+            with bench_stack("kafka") as kafka:
+                result = _exactly_once(kafka, workload, tmp, max_s, own_broker=True)
+    except Exception as exc:
+        log(f"throughput: {EXACTLY_ONCE} FAILED: {exc}")
+        return PeerResult(EXACTLY_ONCE, status="error",
+                          detail={"error": f"{exc}"[-2000:]}).as_dict()
+    log(f"throughput: {EXACTLY_ONCE}: {result.events_per_s:,.0f} ev/s, "
+        f"{result.cpu_percent:.0f}% CPU, peak {result.peak_rss_mb:.0f} MB "
+        f"({result.detail['broker']})")
+    return result.as_dict()
+
+
+def _exactly_once(stack: DevStack, workload: Workload, tmp: Path, max_s: float, *,
+                  own_broker: bool) -> PeerResult:
+    result = peers.run_storestream(stack, workload, tmp, max_s, name=EXACTLY_ONCE,
+                                   extra_env={"PROCESSING_GUARANTEE": "exactly_once"})
+    result.detail.update(broker=stack.broker, own_broker=own_broker)
+    return result
 
 
 def cpu_model() -> str:
@@ -105,6 +150,8 @@ def throughput_ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str,
     for name, peer in results.items():
         if name == "storestream" or peer.get("status") != "ok" or ours.get("status") != "ok":
             continue
+        if peer["detail"].get("own_broker"):
+            continue  # measured on another broker: not comparable
         out[name] = {
             "events_per_s": round(ours["events_per_s"] / peer["events_per_s"], 4),
             "cpu_us_per_event": round(ours["cpu_us_per_event"]
@@ -118,18 +165,19 @@ def format_throughput(section: dict[str, Any]) -> str:
     ratios = section.get("ratios", {})
     lines = [f"{'peer':28} {'events/s':>10} {'CPU%':>6} {'CPU us/ev':>10} {'peak MB':>8} "
              f"{'ss/peer ev/s':>13} {'ss/peer CPU/ev':>15}"]
-    for name in peers.PEERS:
+    for name in ROWS:
         peer = section.get("results", {}).get(name)
         if peer is None:
             continue
         if peer["status"] != "ok":
             reason = peer["detail"].get("error") or peer["detail"].get("reason") or ""
-            lines.append(f"{LABELS[name]:28} {peer['status']}: {reason.splitlines()[0][:60]}")
+            lines.append(f"{ROW_LABELS[name]:28} {peer['status']}: "
+                         f"{reason.splitlines()[0][:60]}")
             continue
         ratio = ratios.get(name, {})
         note = "" if peer["complete"] else f"  (cut at {peer['seconds']:.0f} s)"
         lines.append(
-            f"{LABELS[name]:28} {peer['events_per_s']:>10,.0f} {peer['cpu_percent']:>6.0f} "
+            f"{ROW_LABELS[name]:28} {peer['events_per_s']:>10,.0f} {peer['cpu_percent']:>6.0f} "
             f"{peer['cpu_us_per_event']:>10,.0f} {peer['peak_rss_mb']:>8.0f} "
             f"{ratio.get('events_per_s', 1.0) if name != 'storestream' else 1.0:>13.4f} "
             f"{ratio.get('cpu_us_per_event', 1.0) if name != 'storestream' else 1.0:>15.2f}"
@@ -237,8 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--max-window", type=float,
                         help="cap on each peer's processing window, s (300; quick 15)")
-    parser.add_argument("--peers", default=",".join(peers.PEERS),
-                        help=f"comma list of {', '.join(peers.PEERS)}")
+    parser.add_argument("--peers", default=",".join(ROWS),
+                        help=f"comma list of {', '.join(ROWS)}")
     parser.add_argument("--skip", default="", help=f"comma list of sections: {SECTIONS}")
     parser.add_argument("--out", type=Path, default=RESULTS / "latest.json")
     parser.add_argument("--keep-logs", action="store_true", help="keep the process logs")
@@ -249,7 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     customers = args.customers or (1_000 if quick else 10_000)
     max_window = args.max_window or (15.0 if quick else 300.0)
     chosen = tuple(p for p in args.peers.split(",") if p)
-    unknown = set(chosen) - set(peers.PEERS)
+    unknown = set(chosen) - set(ROWS)
     if unknown:
         parser.error(f"unknown peers: {sorted(unknown)}")
     skip = {s for s in args.skip.split(",") if s}
@@ -273,7 +321,11 @@ def main(argv: list[str] | None = None) -> int:
         log(f"stack up: {args.broker} {stack.broker_url} {stack.redis_url}")
         if "throughput" not in skip:
             def throughput() -> dict[str, Any]:
-                results = peers.run_all(stack, workload, tmp, max_window, chosen)
+                results = peers.run_all(stack, workload, tmp, max_window,
+                                        tuple(p for p in chosen if p in peers.PEERS))
+                if EXACTLY_ONCE in chosen:
+                    results[EXACTLY_ONCE] = run_exactly_once(stack, workload, tmp, max_window,
+                                                             quick)
                 return {"results": results, "ratios": throughput_ratios(results),
                         "timing": peers.__doc__}
             _section(report, "throughput", throughput)
