@@ -14,7 +14,9 @@ import tables.deadletters
 import agents.loyalty
 import agents.offers
 import agents.delivery
-from app import commands, live, views
+from app import commands, live, misplaced, views
+
+misplaced.install()
 
 # isort: on
 

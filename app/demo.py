@@ -137,7 +137,8 @@ def print_recipe_tables(docs: dict[str, dict[str, Any]]) -> None:
 def replay(events: list[sample.SampleEvent]) -> int:
     """Produce sample events to the (prefixed) topics."""
     records = [(SETTINGS.topics.name(e.topic), e.key, e.value) for e in events]
-    return len(asyncio.run(produce(SETTINGS.broker_url, records)))
+    return len(asyncio.run(produce(SETTINGS.broker_url, records,
+                                   partitioner=SETTINGS.key_partitioner)))
 
 
 def _interrupt(signum: int, frame: Any) -> None:

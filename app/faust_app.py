@@ -12,6 +12,7 @@ from faust.serializers import codecs
 from app import broker_check, gc_tuning, transport
 from app.auth import bearer_auth
 from app.guarantees import on_worker_init as check_processing_guarantee
+from app.partitioning import KeyPartitioner
 from app.settings import SETTINGS
 from core.metrics import Metrics
 
@@ -78,6 +79,9 @@ app = faust.App(
     broker_heartbeat_interval=min(3.0, SETTINGS.broker_session_timeout_s / 3),
     consumer_auto_offset_reset="earliest",
     consumer_max_fetch_size=SETTINGS.consumer_max_fetch_size,
+    # Keyed records produced, and the owner of a key for routed web queries, as the input
+    # topics' producers hash keys (app/partitioning.py).
+    producer_partitioner=KeyPartitioner(SETTINGS.key_partitioner),
     key_serializer="raw",
     value_serializer="raw",
     table_standby_replicas=1,
@@ -152,5 +156,7 @@ for _name, _kind, _help in (
      "Changelog records applied to this worker's replica"),
     ("storestream_agent_latency_seconds", "histogram",
      "Time from record timestamp to processed, per agent"),
+    ("storestream_misplaced_records_total", "counter",
+     "Input records whose key KEY_PARTITIONER puts on another partition, by topic"),
 ):
     METRICS.describe(_name, _kind, _help)

@@ -1,7 +1,8 @@
 """Producing input events the way our users' producers do: aiokafka, UTF-8 keys, JSON values.
 
-Keys are hashed by aiokafka's default (murmur2, Java-compatible) partitioner, so a customer's
-events share a partition with the same number on every topic. No faust import here.
+Keys are hashed by aiokafka's default (murmur2, Java-compatible) partitioner, or the one named
+by ``partitioner`` (``KEY_PARTITIONER``, :mod:`core.partitioners`), so a customer's events share
+a partition with the same number on every topic. No faust import here.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
+
+from app.partitioning import KeyPartitioner
 
 #: Large enough for the poison-pill tests' 1 MB values (the topics allow 2 MB).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024
@@ -41,14 +44,18 @@ async def produce(
     records: Iterable[tuple[str, str | bytes | None, Any]],
     *,
     linger_ms: int = 5,
+    partitioner: str | None = None,
 ) -> list[tuple[str, int, int]]:
     """Send ``(topic, key, value)`` records in order and wait until every one is acknowledged.
+
+    ``partitioner`` names the key partitioner (default: aiokafka's, i.e. ``murmur2``).
 
     Returns ``(topic, partition, offset)`` of each record, in the order given.
     """
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap_servers(broker_url), linger_ms=linger_ms, acks="all",
         max_request_size=MAX_REQUEST_BYTES,
+        **({} if partitioner is None else {"partitioner": KeyPartitioner(partitioner)}),
     )
     await producer.start()
     try:

@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
+from app.partitioning import KeyPartitioner
 from app.producer import bootstrap_servers
 from core.config import Settings
 from core.simulation import StoreWalk, floor_plan, promotions
@@ -46,6 +47,7 @@ async def simulate(settings: Settings, *, shoppers: int, rate: float, duration: 
     if shoppers < 1 or rate <= 0:
         raise ValueError("--shoppers must be >= 1 and --rate > 0")
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.broker_url),
+                                partitioner=KeyPartitioner(settings.key_partitioner),
                                 linger_ms=20)
     await producer.start()
     sent = 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from app.faust_app import METRICS, app
+from app.misplaced import PLACEMENT
 from app.readiness import waiting_for
 from app.replica import not_ready
 from app.settings import SETTINGS
@@ -61,11 +62,15 @@ def is_ready() -> bool:
 
 async def health(web: Any, request: Any) -> Any:
     """200 once recovered and processing; 503 before, with what the worker waits for
-    (phases, table and topic names: no customer data, app/readiness.py)."""
+    (phases, table and topic names: no customer data, app/readiness.py). Input records
+    placed otherwise than ``KEY_PARTITIONER`` puts their keys show as ``misplaced``
+    (per topic: count, and the partitioners that fit them); they do not change the status."""
+    misplaced = PLACEMENT.report()
+    extra: dict[str, Any] = {"misplaced": misplaced} if misplaced else {}
     if is_ready():
-        return web.json({"status": "ok", "ready": True})
+        return web.json({"status": "ok", "ready": True, **extra})
     return web.json({"status": "starting", "ready": False,
-                     "waiting_for": waiting_for(app, not_ready())}, status=503)
+                     "waiting_for": waiting_for(app, not_ready()), **extra}, status=503)
 
 
 async def metrics(web: Any, request: Any) -> Any:

@@ -14,6 +14,7 @@ from pathlib import Path
 from core.campaigns import Campaign
 from core.loyalty import LoyaltyRules
 from core.money import to_cents
+from core.partitioners import PARTITIONERS
 from core.stamps import StampCard
 from core.tiers import TierThresholds
 
@@ -94,6 +95,9 @@ class Settings:
     topic_replication: int = 1
     #: Whether a worker creates missing topics at start (else it exits naming them).
     topic_create: bool = True
+    #: How producers hash record keys to partitions (:mod:`core.partitioners`): routing of
+    #: web queries, the partition of every keyed record produced, misplaced-record checks.
+    key_partitioner: str = "murmur2"
     processing_guarantee: str = "at_least_once"
     ably_api_key: str | None = None
     offer_radius_m: float = 0.9144
@@ -221,6 +225,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             topic_replication=int(pick("TOPIC_REPLICATION", main, "topic_replication",
                                        defaults.topic_replication)),
             topic_create=_switch(pick("TOPIC_CREATE", main, "create_topics", "on")),
+            key_partitioner=pick("KEY_PARTITIONER", main, "key_partitioner",
+                                 defaults.key_partitioner).strip().lower(),
             processing_guarantee=guarantee,
             ably_api_key=env.get("ABLY_API_KEY") or None,
             offer_radius_m=float(pick("OFFER_RADIUS_M", offers, "radius_m", 0.9144)),
@@ -259,6 +265,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("OFFER_BACKSTOP_MS must be 0 (no direct push) to 60000")
     if settings.gc_gen0_threshold < 0:
         raise ConfigError("GC_GEN0_THRESHOLD must be >= 0 (0: Python's default collector)")
+    if settings.key_partitioner not in PARTITIONERS:
+        raise ConfigError(f"KEY_PARTITIONER must be one of {', '.join(PARTITIONERS)}, "
+                          f"got {settings.key_partitioner!r}")
     if settings.topic_partitions < 1:
         raise ConfigError("TOPIC_PARTITIONS must be >= 1")
     if settings.topic_replication < 1:

@@ -1,0 +1,78 @@
+"""Every input record's placement checked against ``KEY_PARTITIONER`` (app/partitioning.py).
+
+Records reach the agents two ways: the fast lane (a partition's fetched batch per call,
+:mod:`app.fastlane`) and Faust's own path (one ``Message`` each). :func:`install` wraps the
+fast lane's handlers of the input topics and adds a Faust sensor whose ``on_message_in`` sees
+every record of the other path, so each input record is checked once, before it is processed.
+Output topics (offers read back by the delivery agent, dead letters) are not checked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, cast
+
+from faust.sensors import Sensor
+
+from app import fastlane
+from app.fastlane import Source
+from app.faust_app import METRICS, app
+from app.partitioning import Placement
+from app.settings import SETTINGS
+from app.topic_startup import input_topics
+
+
+def input_partition_count(topic: str) -> int | None:
+    """Partitions of an input topic as the worker's consumer knows them (``None``: not yet)."""
+    try:
+        client = cast(Any, app.consumer)._thread._ensure_consumer()._client
+        partitions = client.cluster.partitions_for_topic(topic)
+    except Exception:  # no consumer yet, or no metadata for the topic yet
+        return None
+    return len(partitions) if partitions else None
+
+
+def _count(topic: str) -> None:
+    METRICS.inc("storestream_misplaced_records_total", topic=topic)
+
+
+#: This worker's misplaced input records, counted in /metrics and reported on /health.
+PLACEMENT = Placement(SETTINGS.key_partitioner, input_partition_count, _count)
+
+
+class PlacementSensor(Sensor):  # type: ignore[misc]
+    """Checks every input record that takes Faust's own path."""
+
+    def __init__(self, topics: frozenset[str], **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.topics = topics
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        if tp.topic in self.topics:
+            PLACEMENT.check(tp.topic, tp.partition, offset, message.key)
+
+
+def checked(handler: fastlane.BatchHandler) -> fastlane.BatchHandler:
+    """A fast-lane handler that checks each record's placement first."""
+    async def check_then_handle(batch: Sequence[Source]) -> None:
+        check = PLACEMENT.check
+        for source in batch:
+            check(source.topic, source.partition, source.offset, source.key)
+        await handler(batch)
+    return check_then_handle
+
+
+_installed = False
+
+
+def install() -> None:
+    """Check the input topics on both paths (once; after the agents registered their lanes)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    topics = frozenset(input_topics(SETTINGS))
+    for topic, handler in list(fastlane.LANES.items()):
+        if topic in topics:
+            fastlane.LANES[topic] = checked(handler)
+    app.sensors.add(PlacementSensor(topics))
