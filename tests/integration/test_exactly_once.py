@@ -138,6 +138,8 @@ def documents(worker: Worker) -> dict[str, Any]:
     return {user: worker.get(f"/customers/{user}/")[1] for user in CUSTOMERS}
 
 
+# Also on Tansu (no transactions): the worker must refuse exactly_once at once, saying why.
+@pytest.mark.brokers("kafka", "tansu")
 def test_the_transaction_check_says_why_transactions_are_missing(
         exactly_once: Deployment) -> None:
     reason = transactions_missing(exactly_once)
@@ -148,6 +150,7 @@ def test_the_transaction_check_says_why_transactions_are_missing(
         require_transactions(exactly_once.stack.bootstrap, exactly_once.settings.app_id)
 
 
+@pytest.mark.brokers("kafka", "tansu")
 def test_exactly_once_worker_refuses_clearly_or_processes_exactly_once(
         exactly_once: Deployment) -> None:
     reason = transactions_missing(exactly_once)
