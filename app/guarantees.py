@@ -123,18 +123,20 @@ def on_worker_init(app: Any, **kwargs: Any) -> None:
 #   not consume (``loyalty.events``, ``dead-letters``) the consumer's metadata has no
 #   partitions, ``key_partition`` returns None and the record goes to the plain producer:
 #   measured, every loyalty event was written outside any transaction (producer id of the
-#   app's idempotent producer, no transactional bit), so a restart after a crash could write
-#   it again, and offers were visible to read_committed readers before the transaction of
-#   the position that produced them committed. :class:`TransactionManager` sends a record
-#   produced while an event is processed with the producer of the event's *source*
-#   partition, the one whose transaction commits that event's offset.
+#   app's idempotent producer, no transactional bit), and a SIGKILL then a restart wrote tier
+#   events twice. Offers (``customers.promotions`` is consumed by the worker too) went to the
+#   transaction of their destination partition: the right one only while the key hashes to
+#   the source partition's number; otherwise another partition's transaction, or none when
+#   another worker owns that partition (``ProducerSendError``). :class:`TransactionManager`
+#   sends a record produced while an event is processed with the producer of the event's
+#   *source* partition, the one whose transaction commits that event's offset.
 # * Faust's commit under exactly_once does not flush its producer buffer (consumer.py
 #   ``_commit_offsets``: ``producer.flush()`` only in the at_least_once branch), so table
-#   changelog records still in the buffer when the offsets are chosen went into the next
-#   transaction: a crash in between lost them with their offsets committed. And it chooses
+#   changelog records still in the buffer when the offsets are chosen go into the next
+#   transaction: a crash in between loses them with their offsets committed. And it chooses
 #   the offsets while agents keep processing: records of events processed after that moment
-#   (not acked yet) went into the transaction committing the older offsets, so after a crash
-#   such an event was processed again on top of part of its own output. :func:`commit_barrier`
+#   (not acked yet) go into the transaction committing the older offsets, so after a crash
+#   such an event is processed again on top of part of its own output. :func:`commit_barrier`
 #   (around the consumer's ``force_commit``) holds new events at :data:`GATE`, waits until
 #   no event is half-processed, flushes the buffer, and only then lets Faust choose the
 #   offsets and commit: each transaction holds exactly the output of the offsets it commits.
