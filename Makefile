@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install browser java kafka demo test lint unit integration bench reliability reliability-quick devstack worker clean
+.PHONY: install browser java kafka kstreams demo test lint unit integration bench reliability reliability-quick devstack worker clean
 
 install: $(STAMP)
 
@@ -37,6 +37,10 @@ java:
 # Apache Kafka's jars from Maven Central (kafka/pom.xml) into .cache/kafka (first run only).
 kafka: install java
 	$(BIN)/python app/kafka_broker.py
+
+# The Kafka Streams peer of the bench (bench/kstreams, Maven) into bench/kstreams/target.
+kstreams: install java
+	$(BIN)/python -m bench.kstreams_peer build
 
 demo: install
 	$(BIN)/python -m app.demo
