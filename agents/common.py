@@ -167,6 +167,11 @@ async def handle(agent: str, message: Any, handler: Handler) -> None:
     Under exactly_once no commit happens while the event is processed (:data:`GATE`).
     """
     async with GATE.event():
+        from app.repartition import divert
+        diverted = await divert(message)
+        if diverted is not None:
+            METRICS.inc("storestream_events_total", topic=message.topic, outcome=diverted)
+            return
         try:
             outcome = await handler(message)
         except (BadEvent, UnicodeDecodeError) as exc:

@@ -25,6 +25,7 @@ from app.deadletters import decode_key
 from app.fastlane import Source
 from app.faust_app import app
 from app.guarantees import GATE
+from app.repartition import divert, is_repartitioned
 from app.settings import SETTINGS
 from app.topics import loyalty_events_topic, products_topic, purchases_topic, users_topic
 from core.events import parse_product, parse_purchase, parse_user
@@ -36,17 +37,29 @@ from tables.loyalty import baskets, catalogue, price_history, profiles, spend, s
 RULES = SETTINGS.loyalty
 
 
+def offset_field(topic: str) -> str:
+    """The record field holding the last offset applied from ``topic``: a repartition
+    topic's offsets are unrelated to its input topic's (``REPARTITION``)."""
+    return "last_rp" if is_repartitioned(topic) else "last_offset"
+
+
+def _offsets(record: dict[str, Any]) -> dict[str, Any]:
+    return {name: record[name] for name in ("last_offset", "last_rp") if name in record}
+
+
 async def apply_product(message: Any) -> str:
     """Record a catalogue price in the product's price history."""
     price = parse_product(message.value, decode_key(message.key), message.timestamp)
     record = catalogue.get(price.product_id) or {}
-    if record.get("last_offset", -1) >= message.offset:
+    seen = offset_field(message.topic)
+    if record.get(seen, -1) >= message.offset:
         return DUPLICATE
     history = with_price(history_from_json(record.get("history")), price.ts, price.price_cents)
     catalogue[price.product_id] = {
+        **_offsets(record),
         "category": price.category or record.get("category"),
         "history": history_to_json(history),
-        "last_offset": message.offset,
+        seen: message.offset,
     }
     return OK
 
@@ -55,10 +68,11 @@ async def apply_user(message: Any) -> str:
     """Keep a customer's profile and consent (opt-out)."""
     user = parse_user(message.value, decode_key(message.key))
     record = profiles.get(user.user_id) or {}
-    if record.get("last_offset", -1) >= message.offset:
+    seen = offset_field(message.topic)
+    if record.get(seen, -1) >= message.offset:
         return DUPLICATE
     profiles[user.user_id] = {
-        "name": user.name, "opt_out": user.opt_out, "last_offset": message.offset,
+        **_offsets(record), "name": user.name, "opt_out": user.opt_out, seen: message.offset,
     }
     return OK
 
@@ -94,6 +108,7 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
     decoded once per batch and written once per batch (:class:`tables.batch.TableWrites`).
     """
     customers: dict[str, _Customer] = {}
+    repartitioned = is_repartitioned(batch[0].topic) if batch else False
 
     def apply_one(source: Source) -> str:
         purchase = parse_purchase(source.value, decode_key(source.key), source.timestamp)
@@ -107,7 +122,8 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
                 set(),
             )
         outcome = apply_purchase(purchase, source.offset, customer.spend, customer.stamps,
-                                 customer.basket, price_history, RULES)
+                                 customer.basket, price_history, RULES,
+                                 repartitioned=repartitioned)
         if outcome.spend is None and outcome.stamps is None and outcome.basket is None:
             return DUPLICATE
         if outcome.spend is not None:
@@ -170,6 +186,8 @@ async def process_purchases(stream: StreamT[bytes]) -> None:
     async for event in stream.events():
         source = fastlane.from_message(event.message)
         async with GATE.event():
+            if await divert(event.message) is not None:
+                continue
             writes = agent_writes(source.partition)
             await apply_purchases([source], writes)
             await send_emitted(writes)

@@ -29,6 +29,7 @@ from app.deadletters import decode_key
 from app.fastlane import Source
 from app.faust_app import METRICS, app
 from app.guarantees import GATE
+from app.repartition import divert
 from app.settings import SETTINGS
 from app.topics import displays_topic, locations_topic, offers_topic, promotions_topic
 from core.events import parse_display_event, parse_position, parse_promotion_event
@@ -167,6 +168,8 @@ async def process_locations(stream: StreamT[bytes]) -> None:
     async for event in stream.events():
         source = fastlane.from_message(event.message)
         async with GATE.event():
+            if await divert(event.message) is not None:
+                continue
             writes = agent_writes(source.partition)
             await apply_positions([source], writes)
             await send_emitted(writes)

@@ -11,9 +11,11 @@ from app.faust_app import app
 import tables.loyalty
 import tables.offers
 import tables.deadletters
+import tables.repartition
 import agents.loyalty
 import agents.offers
 import agents.delivery
+import agents.repartition
 from app import commands, live, misplaced, views
 
 misplaced.install()

@@ -30,6 +30,10 @@ Destination = tuple[str, int]
 KEYED = -1
 #: Called with the offset of the last record of a delivered batch.
 Delivered = Callable[[int], None]
+#: Record headers as aiokafka takes them.
+Headers = list[tuple[str, bytes]]
+#: A queued record: key, value, timestamp (ms, ``None``: now) and headers (``None``: none).
+Record = tuple[bytes | None, bytes | None, int | None, Headers | None]
 
 
 class BulkWriter:
@@ -37,7 +41,7 @@ class BulkWriter:
 
     def __init__(self, on_error: Callable[[BaseException], None] | None = None) -> None:
         self._report_error = on_error
-        self._queued: dict[Destination, list[tuple[bytes | None, bytes | None]]] = {}
+        self._queued: dict[Destination, list[Record]] = {}
         self._on_delivered: dict[Destination, Delivered] = {}
         self._inflight: set[asyncio.Future[Any]] = set()
         self._work: asyncio.Event | None = None
@@ -50,11 +54,15 @@ class BulkWriter:
     def enqueue(self, topic: str, partition: int, key: bytes | None,
                 value: bytes | None) -> None:
         """Queue one record for ``topic``/``partition`` (never blocks, never awaits)."""
+        self.enqueue_record(topic, partition, (key, value, None, None))
+
+    def enqueue_record(self, topic: str, partition: int, record: Record) -> None:
+        """Queue one record with its timestamp and headers (see :data:`Record`)."""
         destination = (topic, partition)
         queued = self._queued.get(destination)
         if queued is None:
             queued = self._queued[destination] = []
-        queued.append((key, value))
+        queued.append(record)
         self.enqueued += 1
         if self._work is not None:
             self._work.set()
@@ -104,14 +112,16 @@ class BulkWriter:
             raise self.error
 
     async def _send(self, producer: Any, topic: str, partition: int,
-                    records: list[tuple[bytes | None, bytes | None]]) -> None:
+                    records: list[Record]) -> None:
         batch = producer.create_batch()
         count = 0
-        for key, value in records:
-            if batch.append(key=key, value=value, timestamp=None) is None:
+        for key, value, stamp, headers in records:
+            if batch.append(key=key, value=value, timestamp=stamp,
+                            headers=headers or ()) is None:
                 await self._submit(producer, batch, topic, partition, count)
                 batch, count = producer.create_batch(), 0
-                if batch.append(key=key, value=value, timestamp=None) is None:
+                if batch.append(key=key, value=value, timestamp=stamp,
+                                headers=headers or ()) is None:
                     raise ValueError(f"a record for {topic}[{partition}] is larger than "
                                      "the producer's max batch size")
             count += 1
@@ -147,12 +157,11 @@ class BulkWriter:
 
 
 async def _by_partition(producer: Any, topic: str,
-                        records: list[tuple[bytes | None, bytes | None]]
-                        ) -> dict[int, list[tuple[bytes | None, bytes | None]]]:
+                        records: list[Record]) -> dict[int, list[Record]]:
     """Records grouped by the partition the producer's partitioner picks for their key."""
     await producer.client._wait_on_metadata(topic)
-    out: dict[int, list[tuple[bytes | None, bytes | None]]] = {}
-    for key, value in records:
-        partition = producer._partition(topic, None, None, None, key, None)
-        out.setdefault(partition, []).append((key, value))
+    out: dict[int, list[Record]] = {}
+    for record in records:
+        partition = producer._partition(topic, None, None, None, record[0], None)
+        out.setdefault(partition, []).append(record)
     return out

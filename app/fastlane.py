@@ -44,6 +44,8 @@ class Source:
     timestamp: float
     key: bytes | None
     value: bytes | None
+    #: The record's headers (``(name, bytes)`` pairs), when any.
+    headers: Any = None
 
 
 #: Processes records of one partition, in offset order.
@@ -80,14 +82,15 @@ def from_record(record: Any) -> Source:
     stamp = record.timestamp
     return Source(record.topic, record.partition, record.offset,
                   time.time() if stamp is None or stamp < 0 else stamp / 1000.0,
-                  record.key, record.value)
+                  record.key, record.value, record.headers)
 
 
 def from_message(message: Any) -> Source:
     """A :class:`Source` from a Faust ``Message`` (timestamp already in seconds)."""
     stamp = message.timestamp
     return Source(message.topic, message.partition, message.offset,
-                  time.time() if stamp is None else float(stamp), message.key, message.value)
+                  time.time() if stamp is None else float(stamp), message.key, message.value,
+                  message.headers)
 
 
 @contextmanager

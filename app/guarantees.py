@@ -230,9 +230,8 @@ class LaneWriter(BulkWriter):
         super().__init__()
         self._wake = wake
 
-    def enqueue(self, topic: str, partition: int, key: bytes | None,
-                value: bytes | None) -> None:
-        super().enqueue(topic, partition, key, value)
+    def enqueue_record(self, topic: str, partition: int, record: Any) -> None:
+        super().enqueue_record(topic, partition, record)
         self._wake.set()
 
     def on_delivered(self, topic: str, partition: int, callback: Any) -> None:

@@ -71,8 +71,12 @@ def install() -> None:
     if _installed:
         return
     _installed = True
+    from app import repartition
+    repartition.install()
     topics = frozenset(input_topics(SETTINGS))
     for topic, handler in list(fastlane.LANES.items()):
-        if topic in topics:
+        if topic in repartition.FORWARDS:
+            fastlane.LANES[topic] = repartition.forwarding_lane(topic, handler, PLACEMENT.check)
+        elif topic in topics:
             fastlane.LANES[topic] = checked(handler)
     app.sensors.add(PlacementSensor(topics))

@@ -4,12 +4,16 @@ settings that were set explicitly, DESIGN section 7)."""
 from __future__ import annotations
 
 from app.devstack import TopicSpec
-from core.config import Settings
+from core.config import Settings, repartition_mode
+from core.repartition import repartition_topic
 from core.topic_plan import DesiredTopic
 
 #: Seven days for event topics; positions are kept far shorter (they are personal data).
 EVENT_RETENTION_MS = 7 * 24 * 3600 * 1000
 LOCATION_RETENTION_MS = 3600 * 1000
+#: Input topics (base names) that may have a repartition topic (``REPARTITION``).
+REPARTITIONED = ("products", "users", "purchases", "stores.products", "products.promotions",
+                 "customers.locations")
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:
@@ -21,6 +25,12 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     compacted = {"cleanup.policy": "compact", "retention.ms": "-1",
                  "max.message.bytes": str(2 * 1024 * 1024)}
     locations = {**events, "retention.ms": str(LOCATION_RETENTION_MS)}
+    repartition = [
+        TopicSpec(repartition_topic(t.name(base)), n,
+                  locations if name == t.locations else events)
+        for base, name in ((b, t.name(b)) for b in REPARTITIONED)
+        if repartition_mode(settings, base) != "off"
+    ]
     return [
         TopicSpec(t.products, n, compacted),
         TopicSpec(t.users, n, compacted),
@@ -31,6 +41,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.offers, n, events),
         TopicSpec(t.loyalty_events, n, events),
         TopicSpec(t.dead_letters, n, events),
+        *repartition,
     ]
 
 

@@ -15,6 +15,8 @@ from core.campaigns import Campaign
 from core.loyalty import LoyaltyRules
 from core.money import to_cents
 from core.partitioners import PARTITIONERS
+from core.repartition import DEFAULT_MODE, parse_mode
+from core.repartition import ENV_NAMES as REPARTITION_ENV_NAMES
 from core.stamps import StampCard
 from core.tiers import TierThresholds
 
@@ -113,6 +115,9 @@ class Settings:
     #: Whether recovery reads past each changelog end offset the broker reports
     #: (``app/recovery.py``: Tansu reports them too low).
     recovery_probe: bool = True
+    #: Input topic base name (``purchases``, ``stores.products``...) -> ``REPARTITION`` mode
+    #: (:mod:`core.repartition`); a topic not named has :data:`core.repartition.DEFAULT_MODE`.
+    repartition: tuple[tuple[str, str], ...] = ()
     topics: Topics = Topics()
     loyalty: LoyaltyRules = LoyaltyRules()
 
@@ -170,6 +175,34 @@ def _campaigns(parser: configparser.ConfigParser) -> tuple[Campaign, ...] | None
         except ValueError as exc:
             raise ConfigError(f"[{section}]: {exc}") from exc
     return tuple(campaigns)
+
+
+def repartition_mode(settings: Settings, base: str) -> str:
+    """The ``REPARTITION`` mode of an input topic (its base name, without prefix)."""
+    return dict(settings.repartition).get(base, DEFAULT_MODE)
+
+
+def repartition_modes(env: Mapping[str, str],
+                      section: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """``REPARTITION`` (ini ``repartition``) for every input topic, then the per-topic
+    overrides ``REPARTITION_<NAME>`` (ini ``repartition_<name>``), e.g.
+    ``REPARTITION_PURCHASES=all``."""
+    def given(env_name: str, key: str) -> str | None:
+        value = env.get(env_name)
+        if value is None or value == "":
+            value = section.get(key)
+        return None if value is None or value == "" else str(value)
+
+    try:
+        default = parse_mode(given("REPARTITION", "repartition") or DEFAULT_MODE)
+        modes: list[tuple[str, str]] = []
+        for base, suffix in REPARTITION_ENV_NAMES.items():
+            env_name = f"REPARTITION_{suffix}"
+            value = given(env_name, env_name.lower())
+            modes.append((base, default if value is None else parse_mode(value, env_name)))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return tuple(modes)
 
 
 def load_settings(env: Mapping[str, str] | None = None) -> Settings:
@@ -249,6 +282,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 pick("BROKER_SESSION_TIMEOUT_S", main, "broker_session_timeout_s", 6)
             ),
             recovery_probe=_switch(pick("RECOVERY_PROBE", main, "recovery_probe", "on")),
+            repartition=repartition_modes(env, main),
             topics=Topics(prefix=pick("TOPIC_PREFIX", main, "topic_prefix", "")),
             loyalty=rules,
         )

@@ -81,6 +81,8 @@ class Spend(NamedTuple):
     newest_ts: float = 0.0
     tier: str = CLIMBING
     last_offset: int = -1
+    #: The last offset applied from the topic's repartition topic (another offset space).
+    last_rp: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
@@ -93,6 +95,7 @@ class Spend(NamedTuple):
             "newest_ts": self.newest_ts,
             "tier": self.tier,
             "last_offset": self.last_offset,
+            **({"last_rp": self.last_rp} if self.last_rp >= 0 else {}),
         }
 
     @classmethod
@@ -109,6 +112,7 @@ class Spend(NamedTuple):
             newest_ts=float(raw["newest_ts"]),
             tier=str(raw["tier"]),
             last_offset=int(raw["last_offset"]),
+            last_rp=int(raw.get("last_rp", -1)),
         )
 
 
@@ -117,17 +121,20 @@ class Stamps(NamedTuple):
 
     total: int = 0
     last_offset: int = -1
+    last_rp: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
-        return {"total": self.total, "last_offset": self.last_offset}
+        return {"total": self.total, "last_offset": self.last_offset,
+                **({"last_rp": self.last_rp} if self.last_rp >= 0 else {})}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> Stamps:
         """Inverse of :meth:`to_json`; ``None`` is a new customer."""
         if not raw:
             return cls()
-        return cls(total=int(raw["total"]), last_offset=int(raw["last_offset"]))
+        return cls(total=int(raw["total"]), last_offset=int(raw["last_offset"]),
+                   last_rp=int(raw.get("last_rp", -1)))
 
 
 class Basket(NamedTuple):
@@ -136,6 +143,7 @@ class Basket(NamedTuple):
     products: frozenset[str] = frozenset()
     announced: frozenset[str] = frozenset()
     last_offset: int = -1
+    last_rp: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
@@ -143,6 +151,7 @@ class Basket(NamedTuple):
             "products": sorted(self.products),
             "announced": sorted(self.announced),
             "last_offset": self.last_offset,
+            **({"last_rp": self.last_rp} if self.last_rp >= 0 else {}),
         }
 
     @classmethod
@@ -154,6 +163,7 @@ class Basket(NamedTuple):
             products=frozenset(raw["products"]),
             announced=frozenset(raw["announced"]),
             last_offset=int(raw["last_offset"]),
+            last_rp=int(raw.get("last_rp", -1)),
         )
 
 
@@ -269,7 +279,7 @@ def _next_spend(
     total = settled + cents
     tier = tier_for(total, rules.tiers)
     return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
-                 tier, offset), total
+                 tier, offset, spend.last_rp), total
 
 
 def apply_purchase(
@@ -280,12 +290,40 @@ def apply_purchase(
     basket: Basket,
     catalogue: Catalogue,
     rules: LoyaltyRules = LoyaltyRules(),
+    *,
+    repartitioned: bool = False,
 ) -> Outcome:
     """Apply one purchase at source ``offset`` to a customer's records.
 
     A record whose ``last_offset`` is at or past ``offset`` already holds this purchase and is
-    left alone, so replays after a crash never count twice.
+    left alone, so replays after a crash never count twice. A purchase read from the
+    repartition topic (``repartitioned``) has an offset of that topic: it is compared with
+    and stored as ``last_rp`` instead, the two topics' offsets being unrelated.
     """
+    if repartitioned:
+        out = _apply_purchase(purchase, offset, spend._replace(last_offset=spend.last_rp),
+                              stamps._replace(last_offset=stamps.last_rp),
+                              basket._replace(last_offset=basket.last_rp), catalogue, rules)
+        return Outcome(
+            None if out.spend is None else out.spend._replace(
+                last_offset=spend.last_offset, last_rp=offset),
+            None if out.stamps is None else out.stamps._replace(
+                last_offset=stamps.last_offset, last_rp=offset),
+            None if out.basket is None else out.basket._replace(
+                last_offset=basket.last_offset, last_rp=offset),
+            out.events)
+    return _apply_purchase(purchase, offset, spend, stamps, basket, catalogue, rules)
+
+
+def _apply_purchase(
+    purchase: Purchase,
+    offset: int,
+    spend: Spend,
+    stamps: Stamps,
+    basket: Basket,
+    catalogue: Catalogue,
+    rules: LoyaltyRules,
+) -> Outcome:
     events: list[LoyaltyEvent] = []
     new_spend: Spend | None = None
     new_stamps: Stamps | None = None
@@ -303,7 +341,7 @@ def apply_purchase(
             }, purchase.ts))
 
     if product_id == rules.stamps.product_id and offset > stamps.last_offset:
-        new_stamps = Stamps(stamps.total + 1, offset)
+        new_stamps = Stamps(stamps.total + 1, offset, stamps.last_rp)
         if next_one_free(new_stamps.total, rules.stamps):
             events.append(LoyaltyEvent(purchase.user_id, FREE_COFFEE_READY, {
                 "product_id": product_id, "total": new_stamps.total,
@@ -323,7 +361,7 @@ def apply_purchase(
             events.append(LoyaltyEvent(purchase.user_id, CAMPAIGN_QUALIFIED, {
                 "campaign": name, "products": met[name],
             }, purchase.ts))
-        new_basket = Basket(products, announced, offset)
+        new_basket = Basket(products, announced, offset, basket.last_rp)
 
     return Outcome(new_spend, new_stamps, new_basket, tuple(events))
 

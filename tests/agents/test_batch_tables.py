@@ -34,4 +34,5 @@ def test_a_batch_writes_each_key_once_with_its_last_value_on_its_source_partitio
     assert spend.data["kris"] == {"v": 2} and spend.data["alex"] == {"v": 5}
     assert bulk.enqueued == 2 and bulk.pending == 2
     queued = bulk._queued[(spend.changelog_topic.get_topic_name(), 3)]
-    assert queued == [(b"kris", b'{"v":2}'), (b"alex", b'{"v":5}')]
+    assert [(key, value) for key, value, _, _ in queued] == [
+        (b"kris", b'{"v":2}'), (b"alex", b'{"v":5}')]

@@ -143,7 +143,7 @@ def test_every_topology_topic_gets_the_replication_setting() -> None:
     settings = load_settings({"STORESTREAM_CONFIG": INI, "TOPIC_REPLICATION": "3",
                               "TOPIC_PREFIX": "x.", "TOPIC_PARTITIONS": "6"})
     topics = desired_topics(settings)
-    assert len(topics) == 9
+    assert len(topics) == 15  # 9, and a repartition topic per input topic (REPARTITION)
     assert {t.name for t in topics} >= {"x.purchases", "x.dead-letters", "x.products"}
     for topic in topics:
         assert topic.partitions == 6 and topic.replication == 3
