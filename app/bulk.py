@@ -117,11 +117,11 @@ class BulkWriter:
         count = 0
         for key, value, stamp, headers in records:
             if batch.append(key=key, value=value, timestamp=stamp,
-                            headers=headers or ()) is None:
+                            headers=headers or []) is None:
                 await self._submit(producer, batch, topic, partition, count)
                 batch, count = producer.create_batch(), 0
                 if batch.append(key=key, value=value, timestamp=stamp,
-                                headers=headers or ()) is None:
+                                headers=headers or []) is None:
                     raise ValueError(f"a record for {topic}[{partition}] is larger than "
                                      "the producer's max batch size")
             count += 1
