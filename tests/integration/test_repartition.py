@@ -1,0 +1,120 @@
+"""Keyless input (the Confluent in-store demo's producers send no key) re-keyed through
+``<topic>.repartition`` (``REPARTITION=keyless``, the default) on Kafka, two workers.
+
+Oracles: the purchases' own prices (tests/integration/test_key_partitioners.py documents),
+offers from the store layout of tests/integration/store.py; nothing from the code under test.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Producer
+
+from app.devstack import DevStack
+from tests.integration import store
+from tests.integration.harness import Deployment, deployed, wait_for
+from tests.integration.test_key_partitioners import documents, purchases, two_workers
+
+pytestmark = pytest.mark.integration
+
+PARTITIONS = 4
+
+
+def keyless(deployment: Deployment, records: list[tuple[str, dict[str, Any]]]) -> list[int]:
+    """Produce ``(base topic, value)`` without keys with confluent-kafka's defaults."""
+    producer = Producer({"bootstrap.servers": deployment.stack.bootstrap, "linger.ms": 5,
+                         "acks": "all", "sticky.partitioning.linger.ms": 0})
+    placed: list[int] = []
+    errors: list[Any] = []
+
+    def report(err: Any, msg: Any) -> None:
+        if err is not None:
+            errors.append(err)
+        else:
+            placed.append(msg.partition())
+
+    for topic, value in records:
+        producer.produce(deployment.topic(topic), value=orjson.dumps(value),
+                         on_delivery=report)
+        producer.poll(0)
+    assert producer.flush(60) == 0 and not errors, errors
+    return placed
+
+
+def demo_position(uid: str, point: tuple[float, float], ts: float) -> tuple[str, dict[str, Any]]:
+    """A position as the Confluent demo sends it: latitude/longitude/uid/country, no key."""
+    return ("customers.locations", {"latitude": point[0], "longitude": point[1], "uid": uid,
+                                    "country": "UK", "store_id": "s1", "ts": ts})
+
+
+def test_keyless_demo_input_through_the_repartition_topics(stack: DevStack,
+                                                           tmp_path: Path) -> None:
+    with deployed(stack, tmp_path, partitions=PARTITIONS) as deployment:
+        first, second = two_workers(deployment)
+        events = purchases(40, seed=23)
+        events += [{"user_id": "gold1", "product_id": "tv", "price": 450.0, "ts": 1.0},
+                   {"user_id": "climb1", "product_id": "tv", "price": 20.0, "ts": 1.0}]
+        records = [("purchases", e) for e in events]
+        records.append(("purchases", {"product_id": "tv", "price": 1.0}))  # no owner
+        placed = keyless(deployment, records)
+        # Kafka refuses keyless records on compacted topics (INVALID_RECORD): displays
+        # (numeric SKUs) and promotions (one with only a segment) come keyed, by confluent-kafka.
+        producer = Producer({"bootstrap.servers": deployment.stack.bootstrap})
+        for t, k, v in store.display_records() + store.promotion_records():
+            producer.produce(deployment.topic(t), key=k.encode(), value=orjson.dumps(v))
+        assert producer.flush(30) == 0
+        assert len(set(placed)) > 1  # spread over partitions by the client
+
+        expected = documents(events)
+
+        def differing() -> list[tuple[str, str, Any]]:
+            return [(worker.name, user, answer)
+                    for user, document in sorted(expected.items())
+                    for worker in (first, second)
+                    if (answer := worker.get(f"/customers/{user}/")) != (200, document)]
+
+        wait_for("both workers to answer every customer", lambda: not differing(), 90)
+        letters = deployment.read_topic("dead-letters", expect=1, timeout=30)
+        assert len(letters) == 1 and "owner field 'user_id'" in letters[0]["error"], letters
+        assert letters[0]["topic"] == deployment.topic("purchases")
+
+        wait_for("displays and promotions on both workers", lambda: all(
+            w.metric("storestream_replica_keys", table="displays") == 3
+            and w.metric("storestream_replica_applied_total", table="promotions") >= 4
+            for w in (first, second)), 30)
+        keyless(deployment, [demo_position("gold1", store.D3, 5000),
+                             demo_position("climb1", store.D3, 5010)])
+        offers = deployment.read_topic("customers.promotions", expect=3, timeout=45)
+        assert Counter((o["uid"], o["pid"]) for o in offers) == Counter(
+            {("gold1", "p-seg"): 1, ("gold1", "p-gold"): 1, ("climb1", "p-seg"): 1})
+
+
+def test_sigkill_between_forward_and_commit_loses_and_doubles_nothing(
+        stack: DevStack, tmp_path: Path) -> None:
+    with deployed(stack, tmp_path, partitions=PARTITIONS) as deployment:
+        worker = deployment.start_worker("w1")
+        worker.wait_ready()
+        events = purchases(60, seed=31)
+        half = len(events) // 2
+        keyless(deployment, [("purchases", e) for e in events[:half]])
+        topic = deployment.topic("purchases")
+        # forwarded, not yet committed (commit interval 2.8 s): kill it now
+        wait_for("forwards under way", lambda: worker.metric(
+            "storestream_events_total", topic=topic, outcome="repartitioned") > 0, 60,
+            interval=0.01)
+        worker.stop(signal.SIGKILL)
+        keyless(deployment, [("purchases", e) for e in events[half:]])
+        again = deployment.start_worker("w2")
+        again.wait_ready()
+        expected = documents(events)
+        wait_for("every customer exactly once", lambda: all(
+            again.get(f"/customers/{u}/") == (200, d) for u, d in expected.items()), 90)
+        skipped = again.metric("storestream_events_total",
+                               topic=f"{topic}.repartition", outcome="duplicate")
+        print("second forwards skipped:", skipped)
