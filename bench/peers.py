@@ -30,17 +30,19 @@ from pathlib import Path
 from typing import Any
 
 from app.devstack import DevStack
+from bench import kstreams_peer
 from bench.deploy import BenchError, Proc, StoreDeployment
 from bench.procstat import Window
 from bench.workload import Workload, create_topics, log, peer_topics, produce, produce_workload
 
 POLL_S = 0.2
-PEERS = ("storestream", "aiokafka", "quix", "faust")
+PEERS = ("storestream", "aiokafka", "quix", "faust", *kstreams_peer.VARIANTS)
 LABELS = {
     "storestream": "storestream loyalty worker",
     "aiokafka": "plain aiokafka loop",
     "quix": "Quix Streams (RocksDB)",
     "faust": "stock Faust agent + Table",
+    **kstreams_peer.LABELS,  # Kafka Streams 4.4: in-memory and RocksDB, cache as shipped and off
 }
 
 
@@ -215,7 +217,7 @@ def run_faust(stack: DevStack, workload: Workload, tmp: Path, max_s: float) -> P
 
 
 RUNNERS = {"storestream": run_storestream, "aiokafka": run_aiokafka, "quix": run_quix,
-           "faust": run_faust}
+           "faust": run_faust, **kstreams_peer.runners()}
 
 
 def run_all(stack: DevStack, workload: Workload, tmp: Path, max_s: float,
