@@ -70,9 +70,14 @@ def test_each_offer_is_pushed_once_to_redis_and_ably(pushed: Deployment, ably: A
     assert worker.metric("storestream_offers_delivered_total", sink="redis",
                          outcome="delivered") == 2
     if pushed.settings.direct_push:
-        # Pushed by the matcher; the topic's consumer found all three records already pushed.
-        assert worker.metric("storestream_events_total", topic=topic, outcome="pushed") == 3
-        assert worker.metric("storestream_offers_delivered_total", outcome="duplicate") == 0
+        # Pushed by the matcher, so the topic's consumer usually finds all three records
+        # already pushed; on a loaded host it can read an offer before its push is confirmed
+        # and deliver it itself. Either way Redis has each offer once (the stream above).
+        outcomes = {outcome: worker.metric("storestream_events_total", topic=topic,
+                                           outcome=outcome)
+                    for outcome in ("pushed", "ok", "duplicate")}
+        assert sum(outcomes.values()) == 3, outcomes
+        assert outcomes["pushed"] >= 1, outcomes
     else:
         assert worker.metric("storestream_offers_delivered_total", sink="redis",
                              outcome="duplicate") == 1
@@ -121,6 +126,10 @@ def test_offer_is_pushed_without_waiting_for_its_topic(stack: DevStack, tmp_path
         entries = stream_entries(running.stack.redis_url,
                                  f"{running.settings.topics.prefix}offers")
         assert [e["offer_id"] for e in entries] == [offer["offer_id"]]
-        # Not read back from the topic yet: the push did not wait for it.
-        assert worker.metric("storestream_events_total",
-                             topic=running.topic("customers.promotions")) == 0
+        # The push did not wait for the topic: its consumer (reading it at start, then once
+        # a minute) has not read the offer yet or, on a loaded host where that first read
+        # came late, found it already pushed.
+        topic = running.topic("customers.promotions")
+        read_back = worker.metric("storestream_events_total", topic=topic)
+        assert read_back == worker.metric("storestream_events_total", topic=topic,
+                                          outcome="pushed")
