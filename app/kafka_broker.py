@@ -149,7 +149,12 @@ class SaslSslListener:
 
 
 def _cluster_id() -> str:
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A new cluster id: a UUID in URL-safe base64, as kafka-storage makes them, never
+    starting with ``-`` (the storage tool's option parser takes that for an option)."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
 
 
 def _free_port() -> int:
