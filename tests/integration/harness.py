@@ -101,6 +101,12 @@ class Deployment:
         for worker in self.workers:
             worker.stop()
 
+    def committed(self, base: str) -> int:
+        """Source offsets the deployment's consumer group has committed on a topic (all
+        partitions together)."""
+        return asyncio.run(committed_total(self.stack.bootstrap, self.settings.app_id,
+                                           self.topic(base), self.settings.topic_partitions))
+
     def read_topic(self, base: str, expect: int, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Read a topic from the start until ``expect`` records arrived (or ``timeout``)."""
         return asyncio.run(read_all(self.stack.bootstrap, self.topic(base), expect, timeout))
@@ -178,6 +184,12 @@ class Worker:
                 total += float(line.rsplit(" ", 1)[1])
         return total
 
+    def wait_exit(self, timeout: float = 60.0) -> tuple[int, float, str]:
+        """Wait for the process to end on its own: its exit code, seconds it took, its log."""
+        started = time.monotonic()
+        code = self.process.wait(timeout=timeout)
+        return code, time.monotonic() - started, self.log_path.read_text(errors="replace")
+
     def log_tail(self, lines: int = 40) -> str:
         """The end of the worker's log."""
         try:
@@ -203,6 +215,18 @@ def _body(raw: bytes, headers: Any) -> Any:
     if "json" in (headers.get("Content-Type") or ""):
         return orjson.loads(raw)
     return raw.decode("utf-8", errors="replace")
+
+
+async def committed_total(bootstrap: str, group: str, topic: str, partitions: int) -> int:
+    """Offsets ``group`` has committed on ``topic``, summed over its partitions."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group,
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        offsets = [await consumer.committed(TopicPartition(topic, p)) for p in range(partitions)]
+        return sum(offset or 0 for offset in offsets)
+    finally:
+        await consumer.stop()
 
 
 async def read_all(bootstrap: str, topic: str, expect: int,

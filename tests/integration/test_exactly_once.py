@@ -321,20 +321,6 @@ def redis_offer_ids(deployment: Deployment) -> list[str]:
     return asyncio.run(read())
 
 
-async def committed_offsets(deployment: Deployment, base_topic: str) -> int:
-    """Source offsets the deployment's group has committed on a topic (all partitions)."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=deployment.stack.bootstrap,
-                                group_id=deployment.settings.app_id, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        topic = deployment.topic(base_topic)
-        offsets = [await consumer.committed(TopicPartition(topic, p))
-                   for p in range(deployment.settings.topic_partitions)]
-        return sum(offset or 0 for offset in offsets)
-    finally:
-        await consumer.stop()
-
-
 def counted(worker: Worker, deployment: Deployment, base_topic: str, **labels: str) -> float:
     return worker.metric("storestream_events_total", topic=deployment.topic(base_topic),
                          **labels)
@@ -369,7 +355,7 @@ def test_sigkill_mid_stream_every_customer_exact_and_each_offer_pushed_once(
     producer = threading.Thread(target=produce_slowly, daemon=True)
     producer.start()
     def committed_now() -> int:
-        return asyncio.run(committed_offsets(deployment, "purchases"))
+        return deployment.committed("purchases")
 
     # Kill mid-interval (Faust commits every 2.8 s): after a commit was seen to move, with
     # input still arriving, so processed-but-uncommitted work is always lost with the kill.

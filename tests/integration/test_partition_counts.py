@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from pathlib import Path
 
 import pytest
@@ -26,10 +25,7 @@ def test_a_worker_exits_at_once_when_input_topics_differ_in_partition_count(
     asyncio.run(ensure_topics(stack.bootstrap, specs))
     worker = deployment.start_worker("unequal")
     try:
-        started = time.monotonic()
-        code = worker.process.wait(timeout=60)
-        elapsed = time.monotonic() - started
-        log = worker.log_path.read_text(errors="replace")
+        code, elapsed, log = worker.wait_exit(60)
     finally:
         deployment.stop()
     assert code != 0, log

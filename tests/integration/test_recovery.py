@@ -219,20 +219,6 @@ def test_sigterm_restart_restores_every_customer_from_the_changelogs(
     assert second.metric("storestream_dead_letters_total") == 0
 
 
-async def committed_total(deployment: Deployment, base_topic: str) -> int:
-    """Source offsets the deployment's consumer group has committed on a topic."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=deployment.stack.bootstrap,
-                                group_id=deployment.settings.app_id, enable_auto_commit=False)
-    await consumer.start()
-    try:
-        topic = deployment.topic(base_topic)
-        offsets = [await consumer.committed(TopicPartition(topic, p))
-                   for p in range(deployment.settings.topic_partitions)]
-        return sum(offset or 0 for offset in offsets)
-    finally:
-        await consumer.stop()
-
-
 def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
         each_path: Deployment) -> None:
     """kill -9 after a source-offset commit, with purchases still arriving and in flight."""
@@ -259,12 +245,12 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     producer = threading.Thread(target=produce_slowly, daemon=True)
     producer.start()
     wait_for("a commit of source offsets",
-             lambda: asyncio.run(committed_total(deployment, "purchases")) > 0, 60,
+             lambda: deployment.committed("purchases") > 0, 60,
              interval=0.2)
     moment: list[float] = []
 
     def past_the_commit() -> bool:  # the worker is faster than the input: catch it ahead
-        moment[:] = [asyncio.run(committed_total(deployment, "purchases")),
+        moment[:] = [deployment.committed("purchases"),
                      purchases_counted(first, deployment)]
         return moment[0] < moment[1]
 
