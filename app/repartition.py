@@ -120,6 +120,8 @@ def forwarding_lane(topic: str, handler: fastlane.BatchHandler,
     target_name = target.get_topic_name()
 
     async def forward_then_handle(batch: Sequence[Source]) -> None:
+        from agents.common import count_lane, lane_clock
+        started = lane_clock()
         keep: list[Source] = []
         failed: list[tuple[Source, str]] = []
         writer: BulkWriter | None = None
@@ -139,6 +141,8 @@ def forwarding_lane(topic: str, handler: fastlane.BatchHandler,
             writer.enqueue_record(target_name, KEYED, record)
             forwarded += 1
         _count(topic, forwarded)
+        if forwarded:  # the lane's busy window (bench) covers the forwards as well
+            count_lane([s for s in batch if s not in keep], started)
         if keep:
             await handler(keep)
         if failed:

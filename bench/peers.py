@@ -83,15 +83,20 @@ STARTUP_S = 120.0  # allowance from process start to the first event
 
 def run_storestream(stack: DevStack, workload: Workload, tmp: Path, max_s: float, *,
                     name: str = "storestream",
-                    extra_env: dict[str, str] | None = None) -> PeerResult:
+                    extra_env: dict[str, str] | None = None,
+                    keyless: bool = False) -> PeerResult:
     """storestream's own loyalty path: a real worker, timed through ``/metrics``
-    (``extra_env``: settings of this run, e.g. ``PROCESSING_GUARANTEE``)."""
+    (``extra_env``: settings of this run, e.g. ``PROCESSING_GUARANTEE``). ``keyless``: the
+    purchases are produced without keys, so the worker forwards each through
+    ``purchases.repartition`` (``REPARTITION=keyless``, the default) and counts it there;
+    the window runs from the first lane batch on either topic to the last on either."""
     result = PeerResult(name)
     deployment = StoreDeployment(stack, tmp, "ss", partitions=workload.partitions,
                                  extra_env=extra_env)
     deployment.create_topics()
     result.produce_s = round(asyncio.run(produce_workload(
-        stack.bootstrap, deployment.prefix, workload)), 2)
+        stack.bootstrap, deployment.prefix, workload, keyless_purchases=keyless)), 2)
+    counted_on = "purchases.repartition" if keyless else "purchases"
     log(f"{name}: {workload.events:,} purchases produced in {result.produce_s:.1f} s; "
         "starting the worker")
     worker = deployment.start_worker("tp")
@@ -104,7 +109,7 @@ def run_storestream(stack: DevStack, workload: Workload, tmp: Path, max_s: float
             if not worker.alive():
                 raise BenchError(f"worker exited:\n{worker.log_tail()}")
             cpu = worker.cpu_seconds()
-            counts = worker.events("purchases")
+            counts = worker.events(counted_on)
             stamp = time.time()
             counted = int(sum(counts.values()))
             if counted and not first_count:
@@ -115,6 +120,8 @@ def run_storestream(stack: DevStack, workload: Workload, tmp: Path, max_s: float
                 window.events = counted - first_count
                 timing = "metrics polls (first event seen -> all counted)"
                 lane = lane_window(worker, "purchases")
+                if keyless:
+                    lane = spanning(lane, lane_window(worker, counted_on))
                 if lane is not None and counted >= workload.events:
                     window, timing = lane, "self-reported (first lane batch -> last batch)"
                     window.events = counted
@@ -145,6 +152,19 @@ def lane_window(worker: Any, base_topic: str) -> Window | None:
         return None
     window = Window()
     window.wall_start, window.wall_end, window.cpu_start, window.cpu_end = edges
+    return window
+
+
+def spanning(first: Window | None, second: Window | None) -> Window | None:
+    """The window from the earlier start to the later end of two lane windows (the process's
+    CPU clock read at those two edges); ``None`` if either is missing."""
+    if first is None or second is None:
+        return None
+    window = Window()
+    window.wall_start, window.cpu_start = min((first.wall_start, first.cpu_start),
+                                              (second.wall_start, second.cpu_start))
+    window.wall_end, window.cpu_end = max((first.wall_end, first.cpu_end),
+                                          (second.wall_end, second.cpu_end))
     return window
 
 

@@ -7,7 +7,9 @@ after another, each in its own process and on its own fresh copy of the topics:
   stock Faust agent, all computing per-customer spend and coffee count into changelog-backed
   state from the same pre-produced purchases (:mod:`bench.peers`), and the same worker with
   ``PROCESSING_GUARANTEE=exactly_once`` (row ``exactly_once``; on a broker with transactions,
-  i.e. ``--broker kafka``);
+  i.e. ``--broker kafka``), and the same worker on the same purchases produced without keys,
+  each forwarded through ``purchases.repartition`` (row ``storestream_keyless``; the ratio
+  keyless/keyed is printed under the table, target at least 0.5);
 * location-to-offer latency next to a plain aiokafka loop (:mod:`bench.latency`);
 * recovery time and memory per 100,000 customers (:mod:`bench.recovery`);
 * the geo lookup micro-benchmark (:mod:`bench.geo_bench`).
@@ -46,8 +48,34 @@ SECTIONS = ("throughput", "latency", "recovery", "geo")
 #: The loyalty worker under ``PROCESSING_GUARANTEE=exactly_once``, measured as the storestream
 #: row is (same workload, same window; the fast lane unless ``FAST_LANE=off`` is exported).
 EXACTLY_ONCE = "exactly_once"
-ROWS = (*peers.PEERS, EXACTLY_ONCE)
-ROW_LABELS = {**LABELS, EXACTLY_ONCE: "storestream exactly_once"}
+#: The same worker on the same purchases produced without keys: each is forwarded through
+#: ``purchases.repartition`` (``REPARTITION=keyless``) and counted there (issue 17).
+KEYLESS = "storestream_keyless"
+ROWS = (*peers.PEERS, EXACTLY_ONCE, KEYLESS)
+ROW_LABELS = {**LABELS, EXACTLY_ONCE: "storestream exactly_once",
+              KEYLESS: "storestream, keyless purchases (repartitioned)"}
+KEYLESS_TARGET = 0.5  # keyless/keyed events/s, at least
+
+
+def run_keyless(stack: DevStack, workload: Workload, tmp: Path, max_s: float) -> dict[str, Any]:
+    """The keyless row, measured as the storestream row is."""
+    log(f"throughput: {ROW_LABELS[KEYLESS]} ...")
+    try:
+        result = peers.run_storestream(stack, workload, tmp, max_s, name=KEYLESS, keyless=True)
+    except Exception as exc:
+        log(f"throughput: {KEYLESS} FAILED: {exc}")
+        return PeerResult(KEYLESS, status="error", detail={"error": f"{exc}"[-2000:]}).as_dict()
+    log(f"throughput: {KEYLESS}: {result.events_per_s:,.0f} ev/s, "
+        f"{result.cpu_percent:.0f}% CPU, peak {result.peak_rss_mb:.0f} MB")
+    return result.as_dict()
+
+
+def keyless_ratio(results: dict[str, dict[str, Any]]) -> float | None:
+    """Keyless events/s over keyed (the storestream row), when both ran."""
+    keyed, keyless = results.get("storestream", {}), results.get(KEYLESS, {})
+    if keyed.get("status") != "ok" or keyless.get("status") != "ok":
+        return None
+    return round(float(keyless["events_per_s"]) / float(keyed["events_per_s"]), 3)
 
 
 def run_exactly_once(stack: DevStack, workload: Workload, tmp: Path, max_s: float,
@@ -163,7 +191,7 @@ def throughput_ratios(results: dict[str, dict[str, Any]]) -> dict[str, dict[str,
 def format_throughput(section: dict[str, Any]) -> str:
     """The throughput table."""
     ratios = section.get("ratios", {})
-    lines = [f"{'peer':28} {'events/s':>10} {'CPU%':>6} {'CPU us/ev':>10} {'peak MB':>8} "
+    lines = [f"{'peer':47} {'events/s':>10} {'CPU%':>6} {'CPU us/ev':>10} {'peak MB':>8} "
              f"{'ss/peer ev/s':>13} {'ss/peer CPU/ev':>15}"]
     for name in ROWS:
         peer = section.get("results", {}).get(name)
@@ -171,17 +199,20 @@ def format_throughput(section: dict[str, Any]) -> str:
             continue
         if peer["status"] != "ok":
             reason = peer["detail"].get("error") or peer["detail"].get("reason") or ""
-            lines.append(f"{ROW_LABELS[name]:28} {peer['status']}: "
+            lines.append(f"{ROW_LABELS[name]:47} {peer['status']}: "
                          f"{reason.splitlines()[0][:60]}")
             continue
         ratio = ratios.get(name, {})
         note = "" if peer["complete"] else f"  (cut at {peer['seconds']:.0f} s)"
         lines.append(
-            f"{ROW_LABELS[name]:28} {peer['events_per_s']:>10,.0f} {peer['cpu_percent']:>6.0f} "
+            f"{ROW_LABELS[name]:47} {peer['events_per_s']:>10,.0f} {peer['cpu_percent']:>6.0f} "
             f"{peer['cpu_us_per_event']:>10,.0f} {peer['peak_rss_mb']:>8.0f} "
             f"{ratio.get('events_per_s', 1.0) if name != 'storestream' else 1.0:>13.4f} "
             f"{ratio.get('cpu_us_per_event', 1.0) if name != 'storestream' else 1.0:>15.2f}"
             f"{note}")
+    if section.get("keyless_over_keyed") is not None:
+        lines.append(f"keyless/keyed events/s: {section['keyless_over_keyed']:.3f} "
+                     f"(target at least {KEYLESS_TARGET})")
     return "\n".join(lines)
 
 
@@ -326,7 +357,10 @@ def main(argv: list[str] | None = None) -> int:
                 if EXACTLY_ONCE in chosen:
                     results[EXACTLY_ONCE] = run_exactly_once(stack, workload, tmp, max_window,
                                                              quick)
+                if KEYLESS in chosen:
+                    results[KEYLESS] = run_keyless(stack, workload, tmp, max_window)
                 return {"results": results, "ratios": throughput_ratios(results),
+                        "keyless_over_keyed": keyless_ratio(results),
                         "timing": peers.__doc__}
             _section(report, "throughput", throughput)
         if "latency" not in skip:

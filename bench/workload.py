@@ -130,8 +130,9 @@ def peer_topics(prefix: str, partitions: int) -> list[TopicSpec]:
 
 
 async def produce(bootstrap: str, topic: str, records: Iterable[Record],
-                  chunk: int = 5_000) -> int:
-    """Produce keyed records (default partitioner) and wait for every acknowledgement."""
+                  chunk: int = 5_000, *, keyless: bool = False) -> int:
+    """Produce keyed records (default partitioner) and wait for every acknowledgement
+    (``keyless``: without their keys, spread by the client as a keyless producer's are)."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1,
                                 max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
     await producer.start()
@@ -139,7 +140,7 @@ async def produce(bootstrap: str, topic: str, records: Iterable[Record],
     try:
         pending: list[asyncio.Future[object]] = []
         for key, value in records:
-            pending.append(await producer.send(topic, value, key=key))
+            pending.append(await producer.send(topic, value, key=None if keyless else key))
             if len(pending) >= chunk:
                 await asyncio.gather(*pending)
                 sent += len(pending)
@@ -153,9 +154,13 @@ async def produce(bootstrap: str, topic: str, records: Iterable[Record],
 
 async def produce_workload(bootstrap: str, prefix: str, workload: Workload,
                            products_base: str = "products",
-                           purchases_base: str = "purchases") -> float:
-    """Create a peer's topics and produce the catalogue, then every purchase; returns seconds."""
+                           purchases_base: str = "purchases", *,
+                           keyless_purchases: bool = False) -> float:
+    """Create a peer's topics and produce the catalogue, then every purchase; returns seconds.
+    ``keyless_purchases``: purchases without keys (Kafka refuses keyless records on compacted
+    topics; purchases is not compacted, products stay keyed)."""
     started = time.monotonic()
     await produce(bootstrap, f"{prefix}{products_base}", workload.products)
-    await produce(bootstrap, f"{prefix}{purchases_base}", workload.purchases)
+    await produce(bootstrap, f"{prefix}{purchases_base}", workload.purchases,
+                  keyless=keyless_purchases)
     return time.monotonic() - started

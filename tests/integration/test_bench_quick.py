@@ -36,6 +36,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
 
     results = report["throughput"]["results"]
     assert set(results) == {"storestream", "aiokafka", "quix", "faust", "exactly_once",
+                            "storestream_keyless",
                             *kstreams_peer.VARIANTS}
     for name, peer in results.items():
         if name == "quix" and peer["status"] == "skipped":  # quixstreams is a bench extra
