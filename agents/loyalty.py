@@ -23,7 +23,7 @@ from agents.common import (
 from app import fastlane
 from app.deadletters import decode_key
 from app.fastlane import Source
-from app.faust_app import app
+from app.faust_app import METRICS, app
 from app.guarantees import GATE
 from app.repartition import divert, is_repartitioned
 from app.settings import SETTINGS
@@ -186,7 +186,10 @@ async def process_purchases(stream: StreamT[bytes]) -> None:
     async for event in stream.events():
         source = fastlane.from_message(event.message)
         async with GATE.event():
-            if await divert(event.message) is not None:
+            diverted = await divert(event.message)
+            if diverted is not None:  # counted as agents.common.handle counts it
+                METRICS.inc("storestream_events_total", topic=event.message.topic,
+                            outcome=diverted)
                 continue
             writes = agent_writes(source.partition)
             await apply_purchases([source], writes)
