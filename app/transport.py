@@ -107,7 +107,7 @@ class InlineConsumerThread(FetchWaitConsumerThread):
     position) is a round trip between two event loops: two self-pipe wake-ups, and a
     thread that takes the GIL from the loop running the agents. Measured on 2 cores: the
     loyalty worker's events/s +17-22% without it (50.6-58.2k vs 43.4-47.7k), and at 500
-    positions/s the worker's CPU 40-42% instead of 46-50% (README, Performance). aiokafka
+    positions/s the worker's CPU 40-42% instead of 46-50% (bench/RESULTS.md). aiokafka
     is an asyncio library; its fetcher, heartbeat and coordinator are tasks on this loop.
     ``CONSUMER_THREAD=on`` keeps Faust's thread.
     """
