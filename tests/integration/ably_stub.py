@@ -129,6 +129,11 @@ class AblyStub:
         self._startup_error: BaseException | None = None
 
     # -------------------------------------------------------------- inspection
+    def worker_env(self) -> dict[str, str]:
+        """What a worker needs to push offers here (its ``ABLY_*`` environment)."""
+        return {"ABLY_API_KEY": str(self.api_key), "ABLY_REST_HOST": self.host,
+                "ABLY_REST_PORT": str(self.port), "ABLY_TLS": "false"}
+
     @property
     def url(self) -> str:
         """``http://host:port``."""

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from app.devstack import DevStack, free_port
+from tests.integration.ably_stub import AblyStub
 from tests.integration.harness import PATH_IDS, PATHS, Deployment, deployed
 
 DEFAULT_BROKERS = ("kafka",)
@@ -37,6 +38,13 @@ def stack(broker_kind: str) -> Iterator[DevStack]:
     """The session's broker of that kind and a redis-server, on free loopback ports."""
     with DevStack(free_port(), free_port(), broker=broker_kind, startup_timeout=90) as running:
         yield running
+
+
+@pytest.fixture
+def ably() -> Iterator[AblyStub]:
+    """A local Ably REST endpoint for one test (``ably.worker_env()`` points a worker at it)."""
+    with AblyStub() as stub:
+        yield stub
 
 
 @pytest.fixture

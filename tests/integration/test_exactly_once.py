@@ -211,12 +211,6 @@ POISON: tuple[bytes, ...] = (b"not json", b'{"user_id": "b0001"}',
 Record = tuple[str, str, dict[str, Any]]
 
 
-@pytest.fixture
-def ably() -> Iterator[AblyStub]:
-    with AblyStub() as stub:
-        yield stub
-
-
 @pytest.fixture(params=PATHS, ids=PATH_IDS)
 def pushed(request: pytest.FixtureRequest, stack: DevStack, tmp_path: Path,
            ably: AblyStub) -> Iterator[Deployment]:
@@ -224,8 +218,7 @@ def pushed(request: pytest.FixtureRequest, stack: DevStack, tmp_path: Path,
     per processing path."""
     with deployed(stack, tmp_path, extra_env={
         "PROCESSING_GUARANTEE": "exactly_once", "FAST_LANE": request.param,
-        "ABLY_API_KEY": str(ably.api_key), "ABLY_REST_HOST": ably.host,
-        "ABLY_REST_PORT": str(ably.port), "ABLY_TLS": "false",
+        **ably.worker_env(),
     }) as running:
         assert transactions_missing(running) is None, "the test broker must have transactions"
         yield running

@@ -18,20 +18,13 @@ from tests.integration.harness import PATH_IDS, PATHS, Deployment, deployed, wai
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def ably() -> Iterator[AblyStub]:
-    with AblyStub() as stub:
-        yield stub
-
-
 @pytest.fixture(params=PATHS, ids=PATH_IDS)
 def pushed(request: pytest.FixtureRequest, stack: DevStack, tmp_path: Path,
            ably: AblyStub) -> Iterator[Deployment]:
     """A deployment whose workers push offers to the session's redis and the Ably stub, once
     per processing path (the fast lane, and Faust's delivery agent with ``FAST_LANE=off``)."""
     with deployed(stack, tmp_path, extra_env={
-        "ABLY_API_KEY": str(ably.api_key), "ABLY_REST_HOST": ably.host,
-        "ABLY_REST_PORT": str(ably.port), "ABLY_TLS": "false",
+        **ably.worker_env(),
         "FAST_LANE": request.param,
     }) as running:
         yield running
@@ -111,8 +104,7 @@ def test_offer_is_pushed_without_waiting_for_its_topic(stack: DevStack, tmp_path
     """Direct push: the matcher's worker pushes the offer itself; the topic's consumer (here
     reading it once a minute) is only the backstop."""
     with deployed(stack, tmp_path, extra_env={
-        "ABLY_API_KEY": str(ably.api_key), "ABLY_REST_HOST": ably.host,
-        "ABLY_REST_PORT": str(ably.port), "ABLY_TLS": "false", "OFFER_BACKSTOP_MS": "60000",
+        **ably.worker_env(), "OFFER_BACKSTOP_MS": "60000",
     }) as running:
         worker = running.start_worker("w1")
         worker.wait_ready()
