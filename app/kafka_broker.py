@@ -262,12 +262,6 @@ class KafkaCluster:
         return {n.node_id: n.process.pid for n in self._nodes
                 if n.process is not None and n.process.poll() is None}
 
-    @property
-    def description(self) -> str:
-        """``Apache Kafka 4.4.0 (1 node, KRaft)`` and the like, for start-up messages."""
-        plural = "s" if self.nodes != 1 else ""
-        return f"Apache Kafka {KAFKA_VERSION} ({self.nodes} node{plural}, KRaft)"
-
     def node_log(self, node_id: int) -> Path:
         """A node's log file."""
         return self._node(node_id).log
@@ -334,23 +328,6 @@ class KafkaCluster:
         """Nodes that exited (not stopped by :meth:`stop`), with their exit codes."""
         return {n.node_id: rc for n in self._nodes
                 if n.process is not None and (rc := n.process.poll()) is not None}
-
-    # -- faults (for fault runs)
-    def signal_node(self, node_id: int, sig: int) -> None:
-        """Send ``sig`` to a node (SIGKILL, SIGSTOP, SIGCONT, ...)."""
-        node = self._node(node_id)
-        if node.process is not None and node.process.poll() is None:
-            os.killpg(node.process.pid, sig)
-            if sig == signal.SIGKILL:
-                node.process.wait()
-
-    def restart_node(self, node_id: int, timeout: float | None = None) -> None:
-        """Start a node that was killed or stopped again, on its storage, and wait for it."""
-        node = self._node(node_id)
-        if node.process is not None and node.process.poll() is None:
-            raise KafkaSetupError(f"node {node_id} is still running")
-        self._spawn(node)
-        self._wait_started(node, time.monotonic() + (timeout or self.startup_timeout))
 
     # -- internals
     def _node(self, node_id: int) -> _Node:
