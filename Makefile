@@ -36,14 +36,14 @@ java:
 
 # Apache Kafka's jars from Maven Central (kafka/pom.xml) into .cache/kafka (first run only).
 kafka: install java
-	$(BIN)/python app/kafka_broker.py
+	$(BIN)/python app/dev/kafka_broker.py
 
 # The Kafka Streams peer of the bench (bench/kstreams, Maven) into bench/kstreams/target.
 kstreams: install java
 	$(BIN)/python -m bench.kstreams_peer build
 
 demo: install
-	$(BIN)/python -m app.demo
+	$(BIN)/python -m app.dev.demo
 
 test: install browser kafka lint
 	$(BIN)/python -m pytest -q
@@ -85,7 +85,7 @@ devstack: install $(if $(filter kafka,$(BROKER)),kafka)
 	DEVSTACK_BROKER=$(BROKER) DEVSTACK_KAFKA_NODES=$(KAFKA_NODES) $(BIN)/faust -A app devstack
 
 # A worker for `make devstack`'s broker: on Tansu (BROKER's default) with the settings it needs
-# (app/devstack.py WORKER_ENV: FETCH_WAIT_MS=10 unless set); BROKER=kafka: faust.ini as is.
+# (app/dev/devstack.py WORKER_ENV: FETCH_WAIT_MS=10 unless set); BROKER=kafka: faust.ini as is.
 worker: install
 	$(if $(filter tansu,$(BROKER)),FETCH_WAIT_MS=$${FETCH_WAIT_MS:-10} )$(BIN)/faust -A app worker -l info
 

@@ -7,11 +7,11 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, cast
 
-from app.bulk import BulkWriter
 from app.deadletters import send_dead_letter
-from app.fastlane import Source
 from app.faust_app import METRICS, app
-from app.guarantees import GATE, LANE_WRITERS
+from app.runtime.bulk import BulkWriter
+from app.runtime.fastlane import Source
+from app.runtime.guarantees import GATE, LANE_WRITERS
 from core.events import BadEvent
 from tables.batch import TableWrites
 from tables.deadletters import already_dead_lettered, dead_letter_marks, mark_key
@@ -40,7 +40,7 @@ class EventWrites(TableWrites):
     """The agent path's writes of one event under exactly_once: records for output topics are
     sent from the event's own task (:meth:`send_emitted`), where the transaction manager
     knows the event and sends them in the transaction of its source partition
-    (:class:`app.guarantees.TransactionManager`). Faust's producer buffer, which
+    (:class:`app.runtime.guarantees.TransactionManager`). Faust's producer buffer, which
     :meth:`TableWrites.emit` uses, sends from a task of its own that knows no event."""
 
     def __init__(self, partition: int) -> None:
@@ -167,7 +167,7 @@ async def handle(agent: str, message: Any, handler: Handler) -> None:
     Under exactly_once no commit happens while the event is processed (:data:`GATE`).
     """
     async with GATE.event():
-        from app.repartition import divert
+        from app.routing.repartition import divert
         diverted = await divert(message)
         if diverted is not None:
             METRICS.inc("storestream_events_total", topic=message.topic, outcome=diverted)

@@ -1,9 +1,9 @@
 """The delivery agent: offers from ``customers.promotions`` to Redis and Ably.
 
 With direct push (``OFFER_BACKSTOP_MS`` > 0, the default) the matcher hands its offers to
-:data:`PUSHER`, which pushes them from its own task (:mod:`app.pusher`), and this agent is the
-backstop: it reads the topic once per interval and delivers every offer the pusher has not
-confirmed. Without it, this agent delivers every offer, reading the topic in every fetch.
+:data:`PUSHER`, which pushes them from its own task (:mod:`app.delivery.pusher`), and this
+agent is the backstop: it reads the topic once per interval and delivers every offer the pusher
+has not confirmed. Without it, this agent delivers every offer, reading the topic in every fetch.
 Delivery is idempotent per offer_id (a Redis marker, Ably's message id), so a redelivered
 offer is pushed once; transient failures are retried with backoff, and an offer that still
 cannot be pushed (or never could: bad key, malformed offer) goes to ``dead-letters`` with
@@ -19,11 +19,11 @@ from typing import Any
 from faust.types import StreamT
 
 from agents.common import DUPLICATE, OK, count_batch, count_lane, dead_letter_all, lane_clock
-from app import fastlane
-from app import pusher as direct_push
-from app.delivery import DeliveryError, DeliveryOutcome, OfferDelivery, validate_offer
-from app.fastlane import Source
+from app.delivery import pusher as direct_push
+from app.delivery.sinks import DeliveryError, DeliveryOutcome, OfferDelivery, validate_offer
 from app.faust_app import METRICS, app
+from app.runtime import fastlane
+from app.runtime.fastlane import Source
 from app.settings import SETTINGS
 from app.topics import offers_topic
 from core.events import BadEvent, decode_object

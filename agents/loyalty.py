@@ -20,12 +20,12 @@ from agents.common import (
     process_batch,
     send_emitted,
 )
-from app import fastlane
 from app.deadletters import decode_key
-from app.fastlane import Source
 from app.faust_app import METRICS, app
-from app.guarantees import GATE
-from app.repartition import divert, is_repartitioned
+from app.routing.repartition import divert, is_repartitioned
+from app.runtime import fastlane
+from app.runtime.fastlane import Source
+from app.runtime.guarantees import GATE
 from app.settings import SETTINGS
 from app.topics import loyalty_events_topic, products_topic, purchases_topic, users_topic
 from core.events import parse_product, parse_purchase, parse_user

@@ -24,12 +24,12 @@ from agents.common import (
     send_emitted,
 )
 from agents.delivery import PUSHER
-from app import fastlane
 from app.deadletters import decode_key
-from app.fastlane import Source
 from app.faust_app import METRICS, app
-from app.guarantees import GATE
-from app.repartition import divert
+from app.routing.repartition import divert
+from app.runtime import fastlane
+from app.runtime.fastlane import Source
+from app.runtime.guarantees import GATE
 from app.settings import SETTINGS
 from app.topics import displays_topic, locations_topic, offers_topic, promotions_topic
 from core.events import parse_display_event, parse_position, parse_promotion_event
@@ -139,7 +139,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
 @fastlane.lane(locations_topic.get_topic_name(), urgent=True)
 async def locations_lane(batch: Sequence[Source]) -> None:
     """The fast lane for ``customers.locations``; its offers are pushed directly when direct
-    push is on (:mod:`app.pusher`)."""
+    push is on (:mod:`app.delivery.pusher`)."""
     started = lane_clock()
     emitted: list[dict[str, object]] | None = [] if SETTINGS.direct_push else None
     await apply_positions(batch, lane_writes(batch), emitted)

@@ -1,5 +1,5 @@
 """Agents of the repartition topics (``REPARTITION``): the input topics' own processing,
-fed with the records forwarded to ``<topic>.repartition`` (app/repartition.py)."""
+fed with the records forwarded to ``<topic>.repartition`` (app/routing/repartition.py)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from faust.types import StreamT
 from agents.common import handle
 from agents.loyalty import apply_product, apply_purchases, apply_user
 from agents.offers import apply_display, apply_positions, apply_promotion
-from app.repartition import FORWARDS
+from app.routing.repartition import FORWARDS
 from app.settings import SETTINGS
 
 _T = SETTINGS.topics
@@ -40,9 +40,9 @@ def _one_by_one(name: str, handler: Callable[[Any], Awaitable[str]]) -> Any:
 def _batched(name: str, apply: Any) -> Any:
     async def process(stream: StreamT[bytes]) -> None:
         from agents.common import agent_writes, send_emitted
-        from app import fastlane
-        from app.guarantees import GATE
-        from app.repartition import divert
+        from app.routing.repartition import divert
+        from app.runtime import fastlane
+        from app.runtime.guarantees import GATE
         async for event in stream.events():
             async with GATE.event():
                 if await divert(event.message) is not None:

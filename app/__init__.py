@@ -16,7 +16,9 @@ import agents.loyalty
 import agents.offers
 import agents.delivery
 import agents.repartition
-from app import commands, live, misplaced, views
+from app import commands
+from app.web import live, views
+from app.routing import misplaced
 
 misplaced.install()
 

@@ -1,7 +1,7 @@
 """CLI commands: ``faust -A app devstack``, ``faust -A app simulate`` and ``faust -A app topics``.
 
 Importing this module also connects the worker's start-up topic check
-(:mod:`app.topic_startup`).
+(:mod:`app.broker.topic_startup`).
 """
 
 from __future__ import annotations
@@ -11,12 +11,13 @@ from typing import Any
 
 from faust.cli import option
 
-from app import devstack, topic_startup
+from app.broker import topic_startup
+from app.broker.topic_admin import TopicAdminError, format_rows, reconcile
+from app.broker.topology import desired_topics
+from app.dev import devstack
+from app.dev.simulate import simulate as run_simulation
 from app.faust_app import app, replica_connection
 from app.settings import SETTINGS
-from app.simulate import simulate as run_simulation
-from app.topic_admin import TopicAdminError, format_rows, reconcile
-from app.topology import desired_topics
 
 topic_startup.connect(app)
 
@@ -56,7 +57,7 @@ async def topics_command(self: Any, dry_run: bool) -> None:
     """Create the missing topics and verify the others (partitions, replication, settings).
 
     One line per topic: created, ok, differs (and how) or missing. Exit status 0 when every
-    topic is as app/topology.py declares it, 1 when any differs or is missing, 2 when the
+    topic is as app/broker/topology.py declares it, 1 when any differs or is missing, 2 when the
     broker could not be asked. Existing topics are never changed.
     """
     bootstrap, auth, _ = replica_connection()
@@ -74,7 +75,7 @@ async def topics_command(self: Any, dry_run: bool) -> None:
         return
     if report.differs:
         names = [line.split(": ", 1)[0] for line in report.differs]
-        print(f"topics: {len(names)} differ from app/topology.py ({', '.join(names)}; how: "
+        print(f"topics: {len(names)} differ from app/broker/topology.py ({', '.join(names)}; how: "
               f"above). Nothing was changed: fix them by hand (kafka-configs.sh --alter for "
               f"settings) or recreate them", file=sys.stderr, flush=True)
     if report.missing:

@@ -9,11 +9,12 @@ from typing import Any
 import faust
 from faust.serializers import codecs
 
-from app import broker_check, gc_tuning, transport
-from app.auth import bearer_auth
-from app.guarantees import on_worker_init as check_processing_guarantee
-from app.partitioning import KeyPartitioner
+from app.broker import broker_check
+from app.routing.partitioning import KeyPartitioner
+from app.runtime import gc_tuning, transport
+from app.runtime.guarantees import on_worker_init as check_processing_guarantee
 from app.settings import SETTINGS
+from app.web.auth import bearer_auth
 from core.metrics import Metrics
 
 
@@ -35,7 +36,7 @@ def broker_credentials() -> faust.SASLCredentials | None:
     """SASL_SSL credentials from ``KAFKA_SASL_*`` environment variables, when set.
 
     ``KAFKA_SASL_USERNAME`` turns SASL over TLS on; ``KAFKA_SASL_MECHANISM`` is one of
-    :data:`app.broker_check.SASL_MECHANISMS` (default ``PLAIN``); the broker's certificate is
+    :data:`app.broker.broker_check.SASL_MECHANISMS` (default ``PLAIN``); the broker's certificate is
     verified against ``KAFKA_SSL_CAFILE`` (a PEM file), else the system's CAs, and must name
     the host of ``BROKER_URL``. A mechanism or CA file that cannot be used ends the process
     with one line (``SystemExit``) rather than a traceback.
@@ -80,12 +81,12 @@ app = faust.App(
     consumer_auto_offset_reset="earliest",
     consumer_max_fetch_size=SETTINGS.consumer_max_fetch_size,
     # Keyed records produced, and the owner of a key for routed web queries, as the input
-    # topics' producers hash keys (app/partitioning.py).
+    # topics' producers hash keys (app/routing/partitioning.py).
     producer_partitioner=KeyPartitioner(SETTINGS.key_partitioner),
     key_serializer="raw",
     value_serializer="raw",
     table_standby_replicas=1,
-    TableManager="app.recovery:TableManager",
+    TableManager="app.runtime.recovery:TableManager",
     web_port=SETTINGS.web_port,
     web_bind=SETTINGS.web_bind,
     web_host=os.environ.get("WEB_HOST", _web_host()),
@@ -137,7 +138,7 @@ for _name, _kind, _help in (
     ("storestream_offer_delivery_failures_total", "counter",
      "Offers that could not be pushed (dead-lettered), by kind"),
     ("storestream_fast_lane_records_total", "counter",
-     "Records processed in the fast lane (app/fastlane.py), by topic"),
+     "Records processed in the fast lane (app/runtime/fastlane.py), by topic"),
     ("storestream_fast_lane_batches_total", "counter",
      "Partition batches processed in the fast lane, by topic"),
     ("storestream_fast_lane_first_batch_seconds", "gauge",

@@ -1,7 +1,7 @@
 """Every workaround made for the embedded broker (Tansu), measured on Apache Kafka.
 
 ``python -m bench.broker_workarounds [--quick] [--only SECTION,...]`` starts one Apache Kafka
-4.4 node (KRaft) plus redis (:class:`app.devstack.DevStack`) and measures, with the worker's
+4.4 node (KRaft) plus redis (:class:`app.dev.devstack.DevStack`) and measures, with the worker's
 settings overridden per variant (issue 16, criterion 4):
 
 ``latency``
@@ -19,7 +19,7 @@ settings overridden per variant (issue 16, criterion 4):
     :mod:`bench.recovery`) with ``RECOVERY_PROBE`` on / off, alternating, and how often the
     probe raised a target (the worker's log).
 ``replica``
-    the replica's empty-fetch rule (``app/replica.py``): on a filled topic, the time from
+    the replica's empty-fetch rule (``app/runtime/replica.py``): on a filled topic, the time from
     start to "position at the reported end offsets" and to the first empty fetch past them
     (what the replica waits for), at the replicas' fetch wait.
 ``session``
@@ -52,7 +52,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.devstack import DevStack, TopicSpec, free_port
+from app.dev.devstack import DevStack, TopicSpec, free_port
 from bench import latency
 from bench.deploy import BenchError, StoreDeployment, StoreWorker, wait_until
 from bench.procstat import host_cpu_ticks, steal_percent
@@ -255,8 +255,9 @@ def recovery_section(stack: DevStack, tmp: Path, quick: bool) -> dict[str, Any]:
 
 
 async def _replica_timing(bootstrap: str, topic: str, fetch_wait_ms: int) -> dict[str, Any]:
-    """The replica's loop (``app/replica.py`` ``TopicReplica.run``), timed: when the position
-    reached the reported end offsets, and when the first empty fetch past them came back."""
+    """The replica's loop (``app/runtime/replica.py`` ``TopicReplica.run``), timed: when the
+    position reached the reported end offsets, and when the first empty fetch past them
+    came back."""
     started = time.monotonic()
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
                                 group_id=None, auto_offset_reset="earliest",

@@ -7,7 +7,7 @@ process in its own session, logging to a file, and stops it by its own process g
 
 The broker a bench runs on is chosen the same way everywhere: :func:`add_broker_argument`
 (``--broker kafka|tansu``, each bench with its own default) and :func:`bench_stack`, which
-builds the :class:`~app.devstack.DevStack` of that kind on free loopback ports.
+builds the :class:`~app.dev.devstack.DevStack` of that kind on free loopback ports.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from app.devstack import BROKERS, DevStack, ensure_topics, free_port
+from app.dev.devstack import BROKERS, DevStack, ensure_topics, free_port
 from bench.procstat import RESULT_PREFIX, cpu_seconds, memory_mb
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -184,7 +184,7 @@ class StoreDeployment:
 
     def create_topics(self) -> None:
         """Every storestream topic, with explicit settings (as the harness does)."""
-        from app.topology import topic_specs
+        from app.broker.topology import topic_specs
         from core.config import load_settings
 
         asyncio.run(ensure_topics(self.stack.bootstrap, topic_specs(load_settings(self.env)),

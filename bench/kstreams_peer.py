@@ -42,7 +42,7 @@ from bench.procstat import Window
 from bench.workload import Workload, create_topics, expected_totals, log, peer_topics, produce
 
 if TYPE_CHECKING:
-    from app.devstack import DevStack
+    from app.dev.devstack import DevStack
     from bench.peers import PeerResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -88,7 +88,7 @@ def build(echo: Callable[[str], object] | None = log) -> Path:
     A stamp named after their digest marks a complete build; a file lock keeps parallel
     callers (a test and a bench) from building twice. Maven's own lines show the progress.
     """
-    from app.kafka_broker import java_problem
+    from app.dev.kafka_broker import java_problem
 
     stamp = TARGET / f"built-{_sources_digest()}"
     if stamp.exists() and JAR.exists():

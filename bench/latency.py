@@ -28,7 +28,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.devstack import DevStack, TopicSpec
+from app.dev.devstack import DevStack, TopicSpec
 from bench.deploy import BenchError, Proc, StoreDeployment, wait_until
 from bench.procstat import host_cpu_ticks, steal_percent
 from bench.workload import EVENT_TOPIC_CONFIG, create_topics, delete_topics, log
@@ -180,7 +180,7 @@ def storestream(stack: DevStack, tmp: Path, rate: float, env: Mapping[str, str] 
     worker = deployment.start_worker("lat")
     try:
         worker.wait_ready(180)
-        from app.producer import produce
+        from app.dev.producer import produce
 
         asyncio.run(produce(stack.broker_url, [
             (deployment.topic("stores.products"), str(DISPLAY["sku"]), DISPLAY),

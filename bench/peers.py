@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.devstack import DevStack
+from app.dev.devstack import DevStack
 from bench import kstreams_peer
 from bench.deploy import BenchError, Proc, StoreDeployment
 from bench.procstat import Window
@@ -196,7 +196,7 @@ def _reporting_peer(name: str, argv: list[str], env: dict[str, str], stack: DevS
 
 def run_aiokafka(stack: DevStack, workload: Workload, tmp: Path, max_s: float) -> PeerResult:
     """The plain aiokafka loop."""
-    from app.devstack import TopicSpec
+    from app.dev.devstack import TopicSpec
     from bench.workload import COMPACT_TOPIC_CONFIG
 
     prefix = f"bench-plain-{uuid.uuid4().hex[:6]}."

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.devstack import DevStack, free_port
+from app.dev.devstack import DevStack, free_port
 from bench.deploy import BenchError, StoreDeployment, StoreWorker
 from bench.run import RESULTS, machine_info
 from bench.workload import build, log, produce_workload
@@ -36,8 +36,9 @@ from bench.workload import build, log, produce_workload
 #: Stages: (label, frame patterns, thread or None). A sample counts for a stage when its
 #: stack has a frame containing a pattern ("A > B": B called directly by A).
 STAGES: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
-    ("fast lane dispatch (app.transport.Consumer.getmany/_run_lane)",
-     ("Consumer.getmany (app/transport.py", "Consumer._run_lane (app/transport.py"), None),
+    ("fast lane dispatch (app.runtime.transport.Consumer.getmany/_run_lane)",
+     ("Consumer.getmany (app/runtime/transport.py",
+      "Consumer._run_lane (app/runtime/transport.py"), None),
     ("  purchases batch handler, all of it (apply_purchases)",
      ("apply_purchases (agents/loyalty.py",), None),
     ("    decode + validate (parse_purchase, orjson)", ("parse_purchase (core/events.py",), None),
@@ -49,8 +50,8 @@ STAGES: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("    table writes + changelog queue (TableWrites.commit)",
      ("TableWrites.commit (tables/batch.py",), None),
     ("    metrics (core.metrics)", ("(core/metrics.py",), None),
-    ("  acks (Consumer._ack_offsets)", ("_ack_offsets (app/transport.py",), None),
-    ("bulk changelog sends (app.bulk.BulkWriter)", ("(app/bulk.py",), None),
+    ("  acks (Consumer._ack_offsets)", ("_ack_offsets (app/runtime/transport.py",), None),
+    ("bulk changelog sends (app.runtime.bulk.BulkWriter)", ("(app/runtime/bulk.py",), None),
     ("Faust consumer in main loop (drain, conductor, commit)",
      ("(faust/transport/consumer.py", "(faust/transport/conductor.py"), "main loop"),
     ("  offset commits (Consumer.commit)", ("Consumer.commit (faust/",), None),

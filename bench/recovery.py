@@ -28,7 +28,7 @@ from typing import Any
 
 import orjson
 
-from app.devstack import DevStack, TopicSpec
+from app.dev.devstack import DevStack, TopicSpec
 from bench.catalogue import T0
 from bench.deploy import StoreDeployment, StoreWorker
 from bench.workload import COMPACT_TOPIC_CONFIG, Record, create_topics, log, produce

@@ -59,9 +59,9 @@ import redis.asyncio as redis_async
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.devstack import DevStack, ensure_topics, free_port
-from app.producer import MAX_REQUEST_BYTES, encode
-from app.topology import topic_specs
+from app.broker.topology import topic_specs
+from app.dev.devstack import DevStack, ensure_topics, free_port
+from app.dev.producer import MAX_REQUEST_BYTES, encode
 from bench.deploy import add_broker_argument, bench_stack
 from core import sample, simulation
 from core.geo import DisplayIndex, parse_display

@@ -36,8 +36,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from app.devstack import DevStack
-from app.guarantees import check_transactions
+from app.dev.devstack import DevStack
+from app.runtime.guarantees import check_transactions
 from bench import latency, peers, recovery
 from bench.deploy import add_broker_argument, bench_stack
 from bench.peers import LABELS, PeerResult

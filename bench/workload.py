@@ -21,7 +21,7 @@ import orjson
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.devstack import TopicSpec, ensure_topics
+from app.dev.devstack import TopicSpec, ensure_topics
 from bench.catalogue import CATALOGUE, PERIOD_S, PRICE_CHANGES, STAMP_PRODUCT, T0, price_of
 
 EVENT_TOPIC_CONFIG = {"retention.ms": str(7 * 86_400_000), "cleanup.policy": "delete"}

@@ -113,7 +113,7 @@ class Settings:
     gc_gen0_threshold: int = 10_000
     broker_session_timeout_s: float = 6.0
     #: Whether recovery reads past each changelog end offset the broker reports
-    #: (``app/recovery.py``: Tansu reports them too low).
+    #: (``app/runtime/recovery.py``: Tansu reports them too low).
     recovery_probe: bool = True
     #: Input topic base name (``purchases``, ``stores.products``...) -> ``REPARTITION`` mode
     #: (:mod:`core.repartition`); a topic not named has :data:`core.repartition.DEFAULT_MODE`.

@@ -1,7 +1,7 @@
 """Retry schedules: exponential backoff with a cap and proportional jitter.
 
 Pure: no I/O, no sleeping, no clock. :func:`delays` only computes how long to wait
-between attempts; the caller (e.g. ``app.delivery.deliver_with_retry``) does the
+between attempts; the caller (e.g. ``app.delivery.sinks.deliver_with_retry``) does the
 waiting and decides which failures are worth another attempt.
 
 For ``attempts`` tries there are ``attempts - 1`` waits. Wait ``i`` (0-based) is

@@ -1,6 +1,6 @@
 """What to do about the topics a deployment needs, given what the broker reports.
 
-Pure functions, no I/O and no faust: ``app/topic_admin.py`` asks the broker (describe the
+Pure functions, no I/O and no faust: ``app/broker/topic_admin.py`` asks the broker (describe the
 topics and their configs), :func:`plan` decides which topics to create, which are as they
 should be and which differ and how, and the caller acts on that (``faust -A app topics``, and
 a worker at start).

@@ -5,8 +5,8 @@ records new values with :meth:`TableWrites.put` (the last one per key wins) and 
 :meth:`TableWrites.commit`, which in one synchronous step updates each table's data and
 queues each changelog record:
 
-- ``bulk`` given (the fast lane): the record is queued on :class:`app.bulk.BulkWriter` for the
-  changelog partition equal to the source partition, as Faust's ``Table.__setitem__`` would;
+- ``bulk`` given (the fast lane): the record is queued on :class:`app.runtime.bulk.BulkWriter`
+  for the changelog partition equal to the source partition, as Faust's ``Table.__setitem__`` would;
   the producer flushes the writer before Faust commits the input offsets, and each
   delivered batch updates the store's persisted offset (what ``rocksdb://`` recovery uses).
 - ``bulk`` is ``None`` (the agent path: ``FAST_LANE=off``, ``exactly_once``, tests): plain
@@ -23,7 +23,7 @@ from typing import Any, Generic, TypeVar
 import orjson
 from faust.types import TP
 
-from app.bulk import BulkWriter
+from app.runtime.bulk import BulkWriter
 
 T = TypeVar("T")
 

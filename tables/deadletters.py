@@ -7,7 +7,7 @@ from typing import Any
 import orjson
 
 from app.faust_app import app
-from app.replica import TopicReplica
+from app.runtime.replica import TopicReplica
 from app.settings import SETTINGS
 from tables.base import text_keyed_table
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import orjson
 
 from app.faust_app import app
-from app.replica import TopicReplica
+from app.runtime.replica import TopicReplica
 from core.pricing import PriceHistory, history_from_json
 from tables.base import text_keyed_table
 
 #: product_id -> {"category", "history": [[ts, cents], ...]}; every worker holds all of it.
 # Written by the products agent on the worker that owns the product's partition; every worker
-# reads it through CATALOGUE, a replica of the whole changelog (see app.replica for why not a
-# GlobalTable).
+# reads it through CATALOGUE, a replica of the whole changelog (see app.runtime.replica for why
+# not a GlobalTable).
 catalogue = text_keyed_table(app.Table, "catalogue", "Catalogue price history per product")
 CATALOGUE: TopicReplica[PriceHistory] = TopicReplica(
     catalogue.changelog_topic.get_topic_name(),

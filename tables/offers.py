@@ -2,7 +2,7 @@
 
 Displays and promotions are written by their agents on the worker owning the record's
 partition and followed by every worker into a replica plus a spatial / promotion index
-(see app.replica). The shopper table holds only cooldown state: no raw positions are stored.
+(see app.runtime.replica). The shopper table holds only cooldown state: no raw positions are stored.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 import orjson
 
 from app.faust_app import app
-from app.replica import TopicReplica
+from app.runtime.replica import TopicReplica
 from core.geo import Display, DisplayIndex, parse_display
 from core.offers import Promotion, PromotionIndex, parse_promotion
 from tables.base import text_keyed_table

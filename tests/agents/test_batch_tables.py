@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.bulk import BulkWriter
+from app.runtime.bulk import BulkWriter
 from core.loyalty import Spend
 from tables.batch import DecodedCache, TableWrites
 from tables.loyalty import spend

@@ -11,9 +11,9 @@ from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
 import app as storestream
-from app import fastlane
+from app.runtime import fastlane
+from app.runtime.transport import Consumer
 from app.topics import purchases_topic, users_topic
-from app.transport import Consumer
 
 
 def records(tp: TP, first: int, count: int) -> list[ConsumerRecord[bytes, bytes]]:

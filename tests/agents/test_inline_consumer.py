@@ -8,7 +8,7 @@ import threading
 import pytest
 
 from app.faust_app import app
-from app.transport import FetchWaitConsumerThread, InlineConsumerThread
+from app.runtime.transport import FetchWaitConsumerThread, InlineConsumerThread
 
 
 def test_consumer_service_runs_on_the_worker_loop_by_default() -> None:
@@ -45,7 +45,7 @@ def test_errors_of_a_call_reach_the_caller() -> None:
 
 
 def test_faust_thread_is_kept_when_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
-    import app.transport as transport
+    import app.runtime.transport as transport
 
     monkeypatch.setattr(transport, "SETTINGS", transport.SETTINGS.__class__(
         consumer_thread=True))

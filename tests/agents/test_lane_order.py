@@ -5,9 +5,9 @@ from __future__ import annotations
 from faust.types import TP
 
 import app as storestream  # noqa: F401  (registers the agents and their lanes)
-from app import fastlane
+from app.runtime import fastlane
+from app.runtime.transport import _urgent_first
 from app.topics import locations_topic, purchases_topic
-from app.transport import _urgent_first
 
 
 def test_positions_are_an_urgent_lane() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import orjson
 
 from agents.loyalty import process_products, process_purchases, process_users
-from app.views import customer_document
+from app.web.views import customer_document
 from core import sample
 from core.pricing import history_from_json
 from tables import loyalty as tables

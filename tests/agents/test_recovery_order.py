@@ -9,7 +9,7 @@ import pytest
 from faust.types import TP
 
 import app as storestream
-from app.recovery import ProbingRecovery
+from app.runtime.recovery import ProbingRecovery
 
 
 class RecordingConsumer:

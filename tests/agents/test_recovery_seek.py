@@ -12,7 +12,7 @@ import pytest
 from faust.types import TP
 
 import app as storestream
-from app.recovery import ProbingRecovery, seek_positions
+from app.runtime.recovery import ProbingRecovery, seek_positions
 
 
 class SeekRecorder:
@@ -50,7 +50,7 @@ async def test_standby_seek_never_hands_a_negative_offset_to_the_consumer(
     for tp, value in zip(tps, values, strict=True):
         offsets[tp] = value
     consumer = SeekRecorder()
-    with caplog.at_level(logging.WARNING, logger="app.recovery"):
+    with caplog.at_level(logging.WARNING, logger="app.runtime.recovery"):
         await fresh_recovery()._seek_offsets(consumer, set(tps), offsets, "standby")
 
     assert len(consumer.seeks) == 1
@@ -91,7 +91,7 @@ async def test_a_standby_assigned_after_offsets_were_built_is_sought_to_its_star
     assert recovery.standby_offsets[new] is None  # Faust's own placeholder
 
     consumer = SeekRecorder()
-    with caplog.at_level(logging.WARNING, logger="app.recovery"):
+    with caplog.at_level(logging.WARNING, logger="app.runtime.recovery"):
         await recovery._seek_offsets(consumer, recovery.standby_tps,
                                      recovery.standby_offsets, "standby")
 

@@ -1,4 +1,4 @@
-"""Topic creation returns once the new topic is in the broker's metadata (app/transport.py):
+"""Topic creation returns once the new topic is in the broker's metadata (app/runtime/transport.py):
 on Apache Kafka a consumer subscribing right after CreateTopics was told a fresh changelog did
 not exist, and its worker crashed on its first dead letter (PartitionsMismatch)."""
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from app.transport import _until_in_metadata
+from app.runtime.transport import _until_in_metadata
 
 
 class Cluster:

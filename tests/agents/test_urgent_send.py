@@ -11,9 +11,9 @@ from aiokafka.structs import ConsumerRecord
 from faust.types import TP
 
 import app as storestream  # noqa: F401  (registers the agents and their lanes)
-from app.fastlane import Source
+from app.runtime.fastlane import Source
+from app.runtime.transport import Consumer
 from app.topics import locations_topic, purchases_topic
-from app.transport import Consumer
 
 
 class StandInConsumer:
@@ -68,7 +68,7 @@ def test_other_batches_leave_their_output_to_the_bulk_writer() -> None:
 def test_next_fetch_is_sent_before_an_urgent_batch_is_processed() -> None:
     """aiokafka's shape: taking records wakes its fetch routine, which starts a task that
     writes the next request; both get their turns before the lanes run."""
-    from app.transport import _let_fetcher_send
+    from app.runtime.transport import _let_fetcher_send
 
     async def main() -> list[str]:
         steps: list[str] = []

@@ -18,7 +18,7 @@ from typing import Any
 
 import websockets
 
-from app.devstack import free_port
+from app.dev.devstack import free_port
 
 CHROMIUM = Path("/usr/bin/chromium")
 FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

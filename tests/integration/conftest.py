@@ -1,7 +1,7 @@
 """Brokers for the integration tier: Apache Kafka by default, Tansu where the demo relies on it.
 
 Every integration test runs against a real Apache Kafka 4.4 node (KRaft, jars from Maven
-Central, :mod:`app.kafka_broker`). A module that also covers the demo's path marks itself
+Central, :mod:`app.dev.kafka_broker`). A module that also covers the demo's path marks itself
 ``pytest.mark.brokers("kafka", "tansu")`` and runs once per broker (ids ``[kafka]`` and
 ``[tansu]``). Each broker, with its redis-server, is started once per session, on first use.
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.devstack import DevStack, free_port
+from app.dev.devstack import DevStack, free_port
 from tests.integration.ably_stub import AblyStub
 from tests.integration.harness import PATH_IDS, PATHS, Deployment, deployed
 

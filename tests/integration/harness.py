@@ -19,9 +19,9 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.devstack import DevStack, ensure_topics, free_port
-from app.producer import produce
-from app.topology import topic_specs
+from app.broker.topology import topic_specs
+from app.dev.devstack import DevStack, ensure_topics, free_port
+from app.dev.producer import produce
 from core.config import Settings, load_settings
 
 ROOT = Path(__file__).resolve().parents[2]

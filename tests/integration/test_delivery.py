@@ -20,7 +20,7 @@ import redis.asyncio as redis_async
 from ably import AblyException
 from redis import exceptions as redis_errors
 
-from app.delivery import (
+from app.delivery.sinks import (
     DEFAULT_DEDUP_TTL_S,
     AblyOfferSink,
     DeliveryError,
@@ -32,7 +32,7 @@ from app.delivery import (
     deliver_with_retry,
     validate_offer,
 )
-from app.devstack import DevStack, free_port
+from app.dev.devstack import DevStack, free_port
 from core.retry import RetryPolicy
 from tests.integration.ably_stub import AblyStub
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from app.devstack import free_port
+from app.dev.devstack import free_port
 from tests.integration.harness import ROOT
 
 pytestmark = pytest.mark.integration
@@ -23,7 +23,7 @@ def test_demo_prints_the_recipe_tables_and_stops_cleanly(tmp_path: object) -> No
         "APP_DATADIR": str(tmp_path),
         "STORESTREAM_CONFIG": str(ROOT / "faust.ini"),
     }
-    done = subprocess.run([sys.executable, "-m", "app.demo", "--once"], cwd=ROOT, env=env,
+    done = subprocess.run([sys.executable, "-m", "app.dev.demo", "--once"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=240)
     out = done.stdout
     assert done.returncode == 0, out + done.stderr

@@ -1,4 +1,4 @@
-"""Integration tests for app.devstack (real Tansu broker + redis-server on free ports)."""
+"""Integration tests for app.dev.devstack (real Tansu broker + redis-server on free ports)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 
-from app import devstack
-from app.devstack import (
+from app.dev import devstack
+from app.dev.devstack import (
     DevStack,
     DevStackError,
     TopicSpec,
@@ -314,7 +314,7 @@ def test_serve_subprocess_exits_cleanly_on_signal(sig: signal.Signals) -> None:
         REDIS_URL=f"redis://localhost:{redis_port}/0",
     )
     proc = subprocess.Popen(
-        [sys.executable, "-m", "app.devstack"],
+        [sys.executable, "-m", "app.dev.devstack"],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

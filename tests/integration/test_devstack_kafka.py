@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.devstack import DevStack, TopicSpec, ensure_topics, free_port, serve
+from app.dev.devstack import DevStack, TopicSpec, ensure_topics, free_port, serve
 
 pytestmark = pytest.mark.integration
 
@@ -93,8 +93,8 @@ async def replicas_of(bootstrap: str, topic: str) -> list[int]:
 
 
 def run_devstack(env: dict[str, str], timeout: float) -> tuple[subprocess.Popen[str], list[str]]:
-    """``python -m app.devstack`` until it prints its hint line; returns it and its lines."""
-    proc = subprocess.Popen([sys.executable, "-m", "app.devstack"], cwd=ROOT, env=env,
+    """``python -m app.dev.devstack`` until it prints its hint line; returns it and its lines."""
+    proc = subprocess.Popen([sys.executable, "-m", "app.dev.devstack"], cwd=ROOT, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)
     lines: queue.Queue[str] = queue.Queue()

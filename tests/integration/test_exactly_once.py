@@ -4,7 +4,7 @@ Measured on the embedded broker (Tansu 0.6.0, memory storage): InitProducerId v0
 version aiokafka 0.14 sends, is answered with UNKNOWN_SERVER_ERROR (-1) in a few ms, with or
 without a transactional id, so neither Faust's idempotent producer nor its transactional
 producers can start. The documented behaviour is then: the worker refuses to start, at once,
-saying why and what to do (``app.guarantees``). On a broker with transactions the same test
+saying why and what to do (``app.runtime.guarantees``). On a broker with transactions the same test
 replays the recipe under ``exactly_once`` and checks that a restart reprocesses nothing.
 """
 
@@ -26,8 +26,8 @@ import pytest
 import redis.asyncio as redis
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from app.devstack import DevStack
-from app.guarantees import TransactionsUnsupported, check_transactions, require_transactions
+from app.dev.devstack import DevStack
+from app.runtime.guarantees import TransactionsUnsupported, check_transactions, require_transactions
 from core import sample
 from tests.integration import store
 from tests.integration.ably_stub import AblyStub
@@ -161,7 +161,8 @@ def test_exactly_once_worker_refuses_clearly_or_processes_exactly_once(
         log = worker.log_path.read_text(errors="replace")
         assert worker.process.returncode != 0
         assert "needs Kafka transactions" in log, (
-            "expected app.guarantees' message (connect app.guarantees.on_worker_init to "
+            "expected app.runtime.guarantees' message (connect "
+            "app.runtime.guarantees.on_worker_init to "
             f"app.on_worker_init); log tail:\n{worker.log_tail(8)}")
         return
 

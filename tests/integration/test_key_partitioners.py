@@ -23,7 +23,7 @@ import pytest
 from aiokafka.partitioner import murmur2
 from confluent_kafka import Producer
 
-from app.devstack import DevStack
+from app.dev.devstack import DevStack
 from tests.integration import store
 from tests.integration.harness import Deployment, Worker, deployed, wait_for
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 
-from app.devstack import DevStack
+from app.dev.devstack import DevStack
 from bench import kstreams_peer
 from bench.catalogue import CATALOGUE
 from bench.deploy import Proc

@@ -10,7 +10,7 @@ import orjson
 import pytest
 import redis.asyncio as redis
 
-from app.devstack import DevStack
+from app.dev.devstack import DevStack
 from tests.integration import store
 from tests.integration.ably_stub import AblyStub
 from tests.integration.harness import PATH_IDS, PATHS, Deployment, deployed, wait_for

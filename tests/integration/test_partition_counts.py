@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from app.devstack import DevStack, TopicSpec, ensure_topics
-from app.topology import topic_specs
+from app.broker.topology import topic_specs
+from app.dev.devstack import DevStack, TopicSpec, ensure_topics
 from tests.integration.harness import Deployment
 
 pytestmark = pytest.mark.integration

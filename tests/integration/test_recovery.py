@@ -2,9 +2,9 @@
 
 The embedded broker (Tansu) answers "latest offset" with the last *batch*'s base offset + 1
 (DESIGN section 7), so Faust's recovery, which stops at that highwater, stops before the rest
-of the last batch of each changelog partition; ``app.recovery`` reads on to the real end. A
+of the last batch of each changelog partition; ``app.runtime.recovery`` reads on to the real end. A
 changelog written in one big batch per partition shows it deterministically (without
-``app.recovery``: 2,996 of 3,000 customers lost; with ``rocksdb://`` Faust's consistency
+``app.runtime.recovery``: 2,996 of 3,000 customers lost; with ``rocksdb://`` Faust's consistency
 check stopped the restarted worker). The end-to-end tests restart a worker after thousands
 of purchases (SIGTERM, SIGKILL mid-stream, rocksdb) and compare customers with a reference
 computed by the pure core; the customers produced last on every partition (what an early
@@ -29,8 +29,8 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from app.devstack import DevStack, TopicSpec, ensure_topics
-from app.recovery import read_last_offsets
+from app.dev.devstack import DevStack, TopicSpec, ensure_topics
+from app.runtime.recovery import read_last_offsets
 from core.config import load_settings
 from core.loyalty import LoyaltyRules, Purchase, customer_document, replay
 from core.money import to_cents
@@ -168,7 +168,7 @@ async def end_and_last_offsets(bootstrap: str, topic: str,
 
 def test_the_broker_under_reports_end_offsets_and_the_probe_finds_the_end(
         deployment: Deployment) -> None:
-    """What :mod:`app.recovery` works around: end offset = last batch's base offset + 1."""
+    """What :mod:`app.runtime.recovery` works around: end offset = last batch's base offset + 1."""
     topic = deployment.topic("probe-check")
     bootstrap = deployment.stack.bootstrap
     asyncio.run(ensure_topics(bootstrap, [TopicSpec(topic, 2, {"retention.ms": "-1"})]))

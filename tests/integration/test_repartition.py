@@ -20,8 +20,8 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from app.devstack import DevStack
-from app.guarantees import check_transactions
+from app.dev.devstack import DevStack
+from app.runtime.guarantees import check_transactions
 from tests.integration import store
 from tests.integration.harness import PATH_IDS, PATHS, Deployment, deployed, wait_for
 from tests.integration.test_exactly_once import read_committed

@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from app.devstack import DevStack, free_port
-from app.kafka_broker import SaslSslListener, ScramUser
+from app.dev.devstack import DevStack, free_port
+from app.dev.kafka_broker import SaslSslListener, ScramUser
 from core import sample
 from tests.integration import tls
 from tests.integration.harness import Deployment, Worker, deployed, wait_for

@@ -16,9 +16,9 @@ from typing import Any
 
 import pytest
 
-from app.devstack import DevStack, TopicSpec, ensure_topics
-from app.topic_admin import TopicReport, reconcile
-from app.topology import desired_topics, topic_specs
+from app.broker.topic_admin import TopicReport, reconcile
+from app.broker.topology import desired_topics, topic_specs
+from app.dev.devstack import DevStack, TopicSpec, ensure_topics
 from core.topic_plan import TopicState
 from tests.integration.harness import ROOT, Deployment
 

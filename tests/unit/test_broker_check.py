@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from aiokafka import errors as kafka_errors
 
-from app import broker_check
-from app.broker_check import BrokerAccessDenied, check_access, failure_message
+from app.broker import broker_check
+from app.broker.broker_check import BrokerAccessDenied, check_access, failure_message
 
 BROKER = "127.0.0.1:9093"
 CAFILE = "/etc/kafka/ca.pem"
@@ -193,7 +193,7 @@ def test_a_refusal_ends_the_check_at_once(monkeypatch: pytest.MonkeyPatch) -> No
 def test_a_broker_starting_up_is_waited_for(monkeypatch: pytest.MonkeyPatch,
                                             caplog: pytest.LogCaptureFixture) -> None:
     brokers = FakeBrokers({"a:1": [REFUSED, ConnectionResetError(), REFUSED, None]})
-    with caplog.at_level(logging.WARNING, logger="app.broker_check"):
+    with caplog.at_level(logging.WARNING, logger="app.broker.broker_check"):
         assert run_check(brokers, monkeypatch, "a:1", wait_s=10) is None
     assert len(brokers.attempts) == 4
     waiting = [r.getMessage() for r in caplog.records]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.delivery import DeliveryError, stream_fields
+from app.delivery.sinks import DeliveryError, stream_fields
 
 
 @given(st.one_of(st.floats(allow_nan=False, allow_infinity=False), st.integers()))

@@ -1,4 +1,4 @@
-"""Paused partitions answered cheaply in aiokafka's fetch loop (app/fetch_actions.py), on
+"""Paused partitions answered cheaply in aiokafka's fetch loop (app/runtime/fetch_actions.py), on
 aiokafka's real subscription state and a stand-in for the fetcher's own decision."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 from aiokafka import TopicPartition
 from aiokafka.consumer.subscription_state import SubscriptionState
 
-from app.fetch_actions import FetchLog, ResumeSignal, skip_paused, split_paused
+from app.runtime.fetch_actions import FetchLog, ResumeSignal, skip_paused, split_paused
 
 CHANGELOG = [TopicPartition("spend-changelog", p) for p in range(4)]
 POSITIONS = [TopicPartition("customers.locations", p) for p in range(2)]

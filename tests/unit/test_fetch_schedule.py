@@ -1,4 +1,4 @@
-"""The reference topics' fetch schedule (app/fetch_schedule.py), on a stand-in consumer."""
+"""The reference topics' fetch schedule (app/runtime/fetch_schedule.py), on a stand-in consumer."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
-from app.fetch_schedule import FetchSchedule
+from app.runtime.fetch_schedule import FetchSchedule
 
 
 class TP(NamedTuple):

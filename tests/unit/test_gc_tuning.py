@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from app import gc_tuning
+from app.runtime import gc_tuning
 
 
 @pytest.fixture

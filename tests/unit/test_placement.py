@@ -10,7 +10,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.partitioning import KeyPartitioner, Placement
+from app.routing.partitioning import KeyPartitioner, Placement
 from core.partitioners import partition_for
 
 

@@ -5,8 +5,8 @@ import contextlib
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from app.delivery import DeliveryError, DeliveryOutcome
-from app.pusher import BACKOFF_S, DirectPusher
+from app.delivery.pusher import BACKOFF_S, DirectPusher
+from app.delivery.sinks import DeliveryError, DeliveryOutcome
 
 
 class StandInDelivery:
@@ -123,7 +123,7 @@ def test_backstop_is_due_at_start_and_after_offers_were_left_to_it_only() -> Non
 
 
 def test_registered_pusher_answers_whether_the_backstop_is_due() -> None:
-    from app import pusher as direct_push
+    from app.delivery import pusher as direct_push
 
     pusher = DirectPusher(lambda: StandInDelivery())
     saved = list(direct_push._REGISTERED)

@@ -1,4 +1,4 @@
-"""What /health says a worker that is not ready waits for (app/readiness.py)."""
+"""What /health says a worker that is not ready waits for (app/web/readiness.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from collections import Counter
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
-from app.readiness import waiting_for
+from app.web.readiness import waiting_for
 
 
 class TP(NamedTuple):

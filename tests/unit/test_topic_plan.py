@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.broker_check import invoked_command
-from app.topology import desired_topics
+from app.broker.broker_check import invoked_command
+from app.broker.topology import desired_topics
 from core.config import ConfigError, load_settings
 from core.topic_plan import (
     DesiredTopic,

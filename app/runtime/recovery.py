@@ -12,9 +12,9 @@ highwater) and stops the worker.
 high watermark that the broker's fetch responses carry (those are right) and raises the
 highwater to the last record it saw. It never lowers a highwater, so on a broker with correct
 end offsets it changes nothing (one short read per rebalance). Install it with
-``faust.App(..., TableManager="app.recovery:TableManager")``.
+``faust.App(..., TableManager="app.runtime.recovery:TableManager")``.
 
-It also holds the stream partitions paused until every :class:`app.replica.TopicReplica` of
+It also holds the stream partitions paused until every :class:`app.runtime.replica.TopicReplica` of
 the worker (catalogue, displays, promotions, dead-letter index) has loaded: otherwise a
 restarted worker processed positions and purchases a few hundred ms before it knew the
 displays, promotions and prices they depend on (measured in the fault-injection run: offers
@@ -35,7 +35,7 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 
-from app.replica import REPLICAS, not_ready, wait_all_ready
+from app.runtime.replica import REPLICAS, not_ready, wait_all_ready
 from app.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -163,7 +163,7 @@ class ProbingRecovery(Recovery):  # type: ignore[misc]
         with ``memory://``), and only ``_build_offsets`` replaces it. A rebalance that lands
         as the active recovery ends is missed by Faust's ``_wait`` (the signal's task is not
         done yet), so the standby seek runs with the new assignment and no ``_build_offsets``;
-        its first step (aiokafka on this loop, :mod:`app.transport`) raises, and mode's
+        its first step (aiokafka on this loop, :mod:`app.runtime.transport`) raises, and mode's
         ``wait_first`` re-raises that before it looks at the rebalance signal. Start offsets
         below -1 (an earliest offset of -1 from the broker, minus Faust's 1) were the same
         hazard.
@@ -267,8 +267,8 @@ class ProbingRecovery(Recovery):  # type: ignore[misc]
 class TableManager(FaustTableManager):  # type: ignore[misc]
     """Faust's table manager with :class:`ProbingRecovery` as its recovery service.
 
-    It also starts the worker's replicas (:data:`app.replica.REPLICAS`) as soon as it starts,
-    so they load while the tables recover, not after (Faust starts ``app.task`` functions
+    It also starts the worker's replicas (:data:`app.runtime.replica.REPLICAS`) as soon as it
+    starts, so they load while the tables recover, not after (Faust starts ``app.task`` functions
     only once recovery is complete, which would deadlock with the hold above).
     """
 

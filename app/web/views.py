@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Any, cast
 
 from app.faust_app import METRICS, app
-from app.misplaced import PLACEMENT
-from app.readiness import waiting_for
-from app.replica import not_ready
+from app.routing.misplaced import PLACEMENT
+from app.runtime.replica import not_ready
 from app.settings import SETTINGS
+from app.web.readiness import waiting_for
 from core.loyalty import Basket, Spend, Stamps
 from core.loyalty import customer_document as document
 from tables.deadletters import DEAD_LETTERS
@@ -62,7 +62,7 @@ def is_ready() -> bool:
 
 async def health(web: Any, request: Any) -> Any:
     """200 once recovered and processing; 503 before, with what the worker waits for
-    (phases, table and topic names: no customer data, app/readiness.py). Input records
+    (phases, table and topic names: no customer data, app/web/readiness.py). Input records
     placed otherwise than ``KEY_PARTITIONER`` puts their keys show as ``misplaced``
     (per topic: count, and the partitioners that fit them); they do not change the status."""
     misplaced = PLACEMENT.report()

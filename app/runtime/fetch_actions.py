@@ -5,7 +5,8 @@ time the application takes records: ~230 times a second at 500 positions/s), wha
 each assigned partition, and then waits on the in-flight fetches *and on one resume future per
 paused partition*. A worker keeps most of its ~130 assigned partitions paused in aiokafka (its
 tables' changelogs once recovered, reference data and idle inputs between fetch windows:
-:mod:`app.transport`, :mod:`app.fetch_schedule`), so each wake looked up the leader of every
+:mod:`app.runtime.transport`, :mod:`app.runtime.fetch_schedule`),
+so each wake looked up the leader of every
 one of them and registered and removed ~120 done-callbacks in ``asyncio.wait``. Measured with
 py-spy at 500 positions/s: 18% of the worker's busy samples, ~9% of a core.
 
@@ -15,7 +16,7 @@ contribute a single future that completes when any of them is resumed, instead o
 A paused partition whose leader is unknown no longer triggers a metadata refresh while it is
 paused (it does as soon as it is resumed). Depends on aiokafka 0.14's ``Fetcher`` internals
 (``_get_actions_per_node``, ``_records``, ``TopicPartitionState``); re-check on upgrade, like
-:mod:`app.recovery`. No Faust import.
+:mod:`app.runtime.recovery`. No Faust import.
 """
 
 from __future__ import annotations

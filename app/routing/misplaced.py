@@ -1,7 +1,7 @@
-"""Every input record's placement checked against ``KEY_PARTITIONER`` (app/partitioning.py).
+"""Every input record's placement checked against ``KEY_PARTITIONER`` (app/routing/partitioning.py).
 
 Records reach the agents two ways: the fast lane (a partition's fetched batch per call,
-:mod:`app.fastlane`) and Faust's own path (one ``Message`` each). :func:`install` wraps the
+:mod:`app.runtime.fastlane`) and Faust's own path (one ``Message`` each). :func:`install` wraps the
 fast lane's handlers of the input topics and adds a Faust sensor whose ``on_message_in`` sees
 every record of the other path, so each input record is checked once, before it is processed.
 Output topics (offers read back by the delivery agent, dead letters) are not checked.
@@ -14,12 +14,12 @@ from typing import Any, cast
 
 from faust.sensors import Sensor
 
-from app import fastlane
-from app.fastlane import Source
+from app.broker.topic_startup import input_topics
 from app.faust_app import METRICS, app
-from app.partitioning import Placement
+from app.routing.partitioning import Placement
+from app.runtime import fastlane
+from app.runtime.fastlane import Source
 from app.settings import SETTINGS
-from app.topic_startup import input_topics
 
 
 def input_partition_count(topic: str) -> int | None:
@@ -71,7 +71,7 @@ def install() -> None:
     if _installed:
         return
     _installed = True
-    from app import repartition
+    from app.routing import repartition
     repartition.install()
     topics = frozenset(input_topics(SETTINGS))
     for topic, handler in list(fastlane.LANES.items()):

@@ -3,7 +3,7 @@ settings that were set explicitly, DESIGN section 7)."""
 
 from __future__ import annotations
 
-from app.devstack import TopicSpec
+from app.dev.devstack import TopicSpec
 from core.config import Settings, repartition_mode
 from core.repartition import repartition_topic
 from core.topic_plan import DesiredTopic

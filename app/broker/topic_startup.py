@@ -5,7 +5,7 @@ are loaded: dead-letters", /health 503): nothing reads or writes the dead-letter
 something goes wrong, so nothing created it. :func:`ensure_topics_at_start` runs from
 ``app.on_worker_init``, before the worker starts its producer, consumer, tables or replicas:
 
-* every topic of :func:`app.topology.desired_topics` that is missing is created as
+* every topic of :func:`app.broker.topology.desired_topics` that is missing is created as
   ``faust -A app topics`` creates it (``TOPIC_CREATE=on``, the default), or
 * with ``TOPIC_CREATE=off`` the worker exits at once (status 1) with one line naming the
   missing topics and the command that creates them;
@@ -31,10 +31,10 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from app.broker_check import invoked_command
-from app.broker_check import on_worker_init as check_broker_access
-from app.topic_admin import TopicAdminError, TopicReport, reconcile, run_blocking
-from app.topology import desired_topics
+from app.broker.broker_check import invoked_command
+from app.broker.broker_check import on_worker_init as check_broker_access
+from app.broker.topic_admin import TopicAdminError, TopicReport, reconcile, run_blocking
+from app.broker.topology import desired_topics
 from core.config import Settings
 from core.topic_plan import unequal_partitions
 
@@ -79,7 +79,7 @@ def ensure_topics_at_start(settings: Settings, bootstrap: str, auth: dict[str, A
         log.error("%s", mismatch)
         raise SystemExit(1)
     if report.differs:
-        log.warning("storestream: topics differ from app/topology.py (the worker runs; "
+        log.warning("storestream: topics differ from app/broker/topology.py (the worker runs; "
                     "`faust -A app topics` reports them): %s", " | ".join(report.differs))
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from app.partitioning import KeyPartitioner
+from app.routing.partitioning import KeyPartitioner
 
 #: Large enough for the poison-pill tests' 1 MB values (the topics allow 2 MB).
 MAX_REQUEST_BYTES = 4 * 1024 * 1024

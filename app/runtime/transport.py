@@ -1,5 +1,5 @@
 """The aiokafka transport: a configurable fetch wait, fetch schedules, aiokafka on the
-worker's loop with paused partitions cheap in its fetch loop (:mod:`app.fetch_actions`), the
+worker's loop with paused partitions cheap in its fetch loop (:mod:`app.runtime.fetch_actions`), the
 fast lane and the next fetch sent before urgent batches run, a flush that drains.
 
 Faust hard-codes ``fetch_max_wait_ms=1500``; a broker that does not answer a waiting fetch
@@ -24,9 +24,10 @@ from faust.transport.producer import ProducerBuffer
 from faust.types import TP
 from faust.types.tuples import ack_lock
 
-from app import fastlane, fetch_actions, guarantees, pusher
-from app.bulk import BulkWriter
-from app.fetch_schedule import FetchSchedule
+from app.delivery import pusher
+from app.runtime import fastlane, fetch_actions, guarantees
+from app.runtime.bulk import BulkWriter
+from app.runtime.fetch_schedule import FetchSchedule
 from app.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,7 @@ BACKSTOP_QUIET_FACTOR = 10
 class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: ignore[misc]
     """Faust's consumer thread: the fetch wait taken from settings, reference topics and
     idle purchases partitions fetched once per ``REFERENCE_FETCH_INTERVAL_MS``, and offers
-    (with direct push) once per ``OFFER_BACKSTOP_MS`` (:mod:`app.fetch_schedule`)."""
+    (with direct push) once per ``OFFER_BACKSTOP_MS`` (:mod:`app.runtime.fetch_schedule`)."""
 
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
@@ -79,7 +80,7 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
         """Each assigned partition's next offset to fetch (those with a known position).
 
         Read from aiokafka 0.14's subscription state (no public synchronous accessor);
-        re-check on upgrade, like :mod:`app.recovery`.
+        re-check on upgrade, like :mod:`app.runtime.recovery`.
         """
         subscription = getattr(getattr(self._consumer, "_subscription", None), "subscription",
                                None)
@@ -150,8 +151,8 @@ class InlineConsumerThread(FetchWaitConsumerThread):
 class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
     """Faust's aiokafka consumer: configurable fetch wait, and the fast lane.
 
-    Records of topics registered in :data:`app.fastlane.LANES` are handed to their handler a
-    partition's batch at a time (see :mod:`app.fastlane`); every other record goes through
+    Records of topics registered in :data:`app.runtime.fastlane.LANES` are handed to their handler a
+    partition's batch at a time (see :mod:`app.runtime.fastlane`); every other record goes through
     Faust's conductor to its agents as usual.
     """
 
@@ -218,7 +219,7 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
     async def force_commit(self, topics: Any = None,
                            start_new_transaction: bool = True) -> bool:
         """Faust's commit; under exactly_once with no event half-processed and every record
-        of the processed ones with its transactional producer (:func:`app.guarantees.
+        of the processed ones with its transactional producer (:func:`app.runtime.guarantees.
         commit_barrier`)."""
         async with guarantees.commit_barrier(self.app):
             return cast(bool, await super().force_commit(
@@ -279,7 +280,7 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         a filter, and the set of active partitions changes while a fetch is in flight); Faust
         drops them, but aiokafka's position has moved past them. Faust's recovery used to
         paper over this with a seek after resuming; with the seek first (see
-        :mod:`app.recovery`) the records were skipped for good (measured: a partition never
+        :mod:`app.runtime.recovery`) the records were skipped for good (measured: a partition never
         processed after a restart under CPU load). The next fetch starts at them again.
         """
         for tp, offset in offsets.items():
@@ -359,7 +360,7 @@ async def _let_fetcher_send() -> None:
 
 
 def _urgent_first(item: tuple[TP, Any]) -> bool:
-    """Sort key: batches of :data:`app.fastlane.URGENT` topics first (``False`` sorts first)."""
+    """Sort key: batches of :data:`app.runtime.fastlane.URGENT` topics first (``False`` first)."""
     return item[0].topic not in fastlane.URGENT
 
 
@@ -397,7 +398,7 @@ class CompleteFlushBuffer(ProducerBuffer):  # type: ignore[misc]
 class Producer(faust_aiokafka.Producer):  # type: ignore[misc]
     """Faust's aiokafka producer whose flush drains its buffer completely.
 
-    It also owns the :class:`app.bulk.BulkWriter` of the fast lane and flushes it with
+    It also owns the :class:`app.runtime.bulk.BulkWriter` of the fast lane and flushes it with
     everything else before Faust commits offsets.
     """
 
@@ -475,4 +476,4 @@ class Transport(faust_aiokafka.Transport):  # type: ignore[misc]
 def install() -> None:
     """Make ``kafka://`` and ``aiokafka://`` URLs use this transport."""
     for scheme in ("kafka", "aiokafka"):
-        drivers.TRANSPORTS.aliases[scheme] = "app.transport:Transport"
+        drivers.TRANSPORTS.aliases[scheme] = "app.runtime.transport:Transport"

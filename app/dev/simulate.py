@@ -10,8 +10,8 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaProducer
 
-from app.partitioning import KeyPartitioner
-from app.producer import bootstrap_servers
+from app.dev.producer import bootstrap_servers
+from app.routing.partitioning import KeyPartitioner
 from core.config import Settings
 from core.simulation import StoreWalk, floor_plan, promotions
 

@@ -28,7 +28,9 @@ def token_matches(header: str | None, token: str) -> bool:
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer 401 unless the request carries the configured ``WEB_TOKEN``."""
-    from app.live import live_token_ok  # late: app.live imports app.faust_app, which imports us
+    from app.web.live import (
+        live_token_ok,  # late: app.web.live imports app.faust_app, which imports us
+    )
 
     token = SETTINGS.web_token
     if token and request.path not in OPEN_PATHS and not token_matches(

@@ -34,7 +34,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager as _FaustTransactionManager
 
-from app.bulk import BulkWriter
+from app.runtime.bulk import BulkWriter
 
 log = logging.getLogger(__name__)
 
@@ -217,7 +217,7 @@ async def commit_barrier(app: Any) -> AsyncIterator[None]:
 class LaneWriter(BulkWriter):
     """The fast lane's records of one source partition under exactly_once.
 
-    Queued like the at_least_once lane's (:class:`app.bulk.BulkWriter`, in the same
+    Queued like the at_least_once lane's (:class:`app.runtime.bulk.BulkWriter`, in the same
     synchronous step as the table change) and sent as they come by :class:`LaneWriters`, with
     the partition's transactional producer, always under Faust's lock of that producer (never
     while it commits); :func:`commit_barrier` sends what is left and waits for the broker

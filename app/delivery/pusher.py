@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
-from app.delivery import DeliveryError, DeliveryOutcome
+from app.delivery.sinks import DeliveryError, DeliveryOutcome
 from core.recent import RecentIds
 
 log = logging.getLogger(__name__)
@@ -44,7 +44,7 @@ BACKOFF_S = 1.0
 
 
 class BatchDelivery(Protocol):
-    """The part of :class:`app.delivery.OfferDelivery` the pusher uses."""
+    """The part of :class:`app.delivery.sinks.OfferDelivery` the pusher uses."""
 
     async def deliver_many(
         self, offers: Sequence[Mapping[str, Any]]
@@ -97,7 +97,7 @@ class DirectPusher:
     def backstop_due(self) -> bool:
         """Whether offers were left to the backstop since the last call (true the first
         time): the backstop then reads the topic after its short interval, otherwise after
-        its quiet one (:class:`app.fetch_schedule.FetchSchedule`)."""
+        its quiet one (:class:`app.runtime.fetch_schedule.FetchSchedule`)."""
         due, self._backstop_due = self._backstop_due, False
         return due
 

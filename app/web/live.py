@@ -31,9 +31,9 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
-from app.auth import token_matches
 from app.faust_app import app, replica_connection
 from app.settings import SETTINGS
+from app.web.auth import token_matches
 from core.geo import normalise_id, optional_str, parse_float, valid_coordinates
 from tables.offers import store_snapshot
 

@@ -39,7 +39,7 @@ __all__ = [
 
 KAFKA_VERSION = "4.4.0"
 LOOPBACK = "127.0.0.1"
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 POM = ROOT / "kafka" / "pom.xml"
 #: ``KAFKA_CACHE_DIR`` moves the jar cache (default ``.cache/kafka`` in the checkout).
 CACHE_DIR_ENV = "KAFKA_CACHE_DIR"
@@ -445,7 +445,7 @@ def _tail(path: Path, lines: int = 20) -> str:
 
 
 def main() -> int:
-    """``python -m app.kafka_broker``: fetch the jars now (``make kafka``)."""
+    """``python -m app.dev.kafka_broker``: fetch the jars now (``make kafka``)."""
     try:
         lib = provision(echo=print)
     except KafkaSetupError as exc:

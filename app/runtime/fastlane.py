@@ -3,7 +3,7 @@
 Faust hands every record to its agents one by one: a ``Message``, a conductor dispatch that
 ``wait_first``s two tasks per record, a queue, an ``Event``, sensors and an ack each. For the
 high-volume topics (``purchases``, ``customers.locations``) the transport's consumer
-(:class:`app.transport.Consumer`) instead passes each partition's fetched records to the
+(:class:`app.runtime.transport.Consumer`) instead passes each partition's fetched records to the
 handler registered here, in one call, then acknowledges their offsets the way Faust's own
 ack does, so Faust's commits, rebalances, recovery and table routing are unchanged.
 
@@ -73,7 +73,7 @@ def lane(topic: str, *, urgent: bool = False) -> Callable[[BatchHandler], BatchH
 
 def enabled(in_transaction: bool) -> bool:
     """Whether hot topics take the fast lane (``FAST_LANE``). Under exactly_once its records
-    go to the source partition's transaction (:class:`app.guarantees.LaneWriter`)."""
+    go to the source partition's transaction (:class:`app.runtime.guarantees.LaneWriter`)."""
     return SETTINGS.fast_lane
 
 

@@ -2,7 +2,7 @@
 
 :class:`KeyPartitioner` is the aiokafka partitioner Faust is configured with
 (``producer_partitioner``). Faust uses that one setting for everything keyed: its producer
-(loyalty events, offers, dead letters, the fast lane's keyed records in :mod:`app.bulk`),
+(loyalty events, offers, dead letters, the fast lane's keyed records in :mod:`app.runtime.bulk`),
 ``key_partition`` under exactly_once, and the router that sends ``/customers/{id}/`` to the
 worker owning the key (``assignor.key_store`` -> ``producer.key_partition``). With it set to
 the partitioner of the input topics' producers, the partition Faust computes for a customer

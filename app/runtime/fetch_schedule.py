@@ -12,7 +12,7 @@ and the positions' fetches took longer to come back.
 :class:`FetchSchedule` pauses the reference partitions in aiokafka and resumes them for a
 short window once per interval, so they are read in one or two fetches per interval instead
 of in every one. Given a ``window`` wait (the worker passes
-:meth:`app.fetch_actions.FetchLog.answered`), the window closes as soon as one fetch of the
+:meth:`app.runtime.fetch_actions.FetchLog.answered`), the window closes as soon as one fetch of the
 resumed partitions was answered: measured at 500 positions/s, the 49-partition fetches fell
 from ~25% to ~9% of a worker's fetches (each ~2 ms slower on the embedded broker than the
 9-partition fetch of the positions alone).
@@ -21,7 +21,7 @@ Partitions of the ``idle_topics`` (purchases) get the same while idle: one whose
 did not move over a whole cycle is paused for the next interval; once it has records it
 moves, and stays in every fetch while it keeps moving. Topics outside both sets (positions,
 which a shopper waits for, the tables' changelogs, Faust's own) are never touched by this
-schedule; with direct push (:mod:`app.pusher`) a second schedule treats the offers topic as
+schedule; with direct push (:mod:`app.delivery.pusher`) a second schedule treats the offers topic as
 reference data, read within ``OFFER_BACKSTOP_MS`` when something was left to it and after a
 quiet interval (``quiet_interval_s``, ten times as long) when every offer was pushed: on the
 embedded broker a fetch costs time in proportion to the record batches its partitions hold,
@@ -137,7 +137,7 @@ class FetchSchedule:
         fetch (without it, partitions of ``idle_topics`` are never paused). ``window``, when
         given, is awaited instead of a window-long sleep once partitions were resumed: with
         the resumed partitions and ``window_s`` as its bound, it returns as soon as a fetch
-        of them has been answered (:class:`app.fetch_actions.FetchLog`), so they are in one
+        of them has been answered (:class:`app.runtime.fetch_actions.FetchLog`), so they are in one
         fetch per interval rather than in every fetch for a whole window. ``due``, with a
         quiet interval, says whether something waits to be read (see :meth:`_hold`).
         """

@@ -6,7 +6,7 @@ and must carry no customer data). The phases, in the order a worker goes through
 * ``partition assignment``: the consumer is joining the group, or a rebalance is running;
 * ``recovery of table <name>``: changelog partitions of that table still to be read;
 * ``replica <topic>``: a replica (catalogue, displays, promotions, dead-letter index) still
-  loading; the streams are held until every replica is loaded (app/recovery.py);
+  loading; the streams are held until every replica is loaded (app/runtime/recovery.py);
 * ``table recovery``: recovery started and nothing above is pending (e.g. highwaters still
   being read);
 * ``processing to start``: none of the above, the streams are being resumed.
@@ -23,7 +23,7 @@ def waiting_for(app: Any, replicas_loading: Iterable[str]) -> list[str]:
 
     ``app`` is the Faust app (its consumer, table recovery and rebalancing flag are read,
     nothing is changed); ``replicas_loading`` the topics of the replicas still loading
-    (:func:`app.replica.not_ready`).
+    (:func:`app.runtime.replica.not_ready`).
     """
     reasons: list[str] = []
     recovery = getattr(getattr(app, "tables", None), "recovery", None)

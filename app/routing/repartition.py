@@ -22,11 +22,11 @@ from typing import Any, cast
 
 from faust.types import TopicT
 
-from app import fastlane
-from app.bulk import KEYED, BulkWriter, Record
-from app.fastlane import Source
 from app.faust_app import METRICS, app
-from app.guarantees import LANE_WRITERS
+from app.runtime import fastlane
+from app.runtime.bulk import KEYED, BulkWriter, Record
+from app.runtime.fastlane import Source
+from app.runtime.guarantees import LANE_WRITERS
 from app.settings import SETTINGS
 from core.config import repartition_mode
 from core.partitioners import partition_function
@@ -90,7 +90,7 @@ def _record(source: Any, field: str) -> Record:
 def _placed_quietly(topic: str, partition: int, key: bytes) -> bool:
     """Whether ``KEY_PARTITIONER`` puts ``key`` on ``partition`` (not counted: the
     placement sensor counts Faust's path)."""
-    from app.misplaced import input_partition_count
+    from app.routing.misplaced import input_partition_count
     count = input_partition_count(topic)
     if not count:
         return True
@@ -114,7 +114,7 @@ def _lane_writer(first: Source) -> BulkWriter:
 def forwarding_lane(topic: str, handler: fastlane.BatchHandler,
                     check: Any) -> fastlane.BatchHandler:
     """A fast-lane handler of an input topic that checks each record's placement
-    (``check``, :meth:`app.partitioning.Placement.check`), forwards what ``REPARTITION``
+    (``check``, :meth:`app.routing.partitioning.Placement.check`), forwards what ``REPARTITION``
     says and hands the rest to ``handler``."""
     mode, field, target = FORWARDS[topic]
     target_name = target.get_topic_name()
@@ -196,7 +196,7 @@ async def divert(message: Any) -> str | None:
     """On Faust's own path, before an input record is processed: forward it if
     ``REPARTITION`` says so (``"repartitioned"``), dead-letter it if its owner is unknown
     (that outcome), skip a record forwarded again (``"duplicate"``); ``None``: process it.
-    Call it inside the event's :data:`app.guarantees.GATE`."""
+    Call it inside the event's :data:`app.runtime.guarantees.GATE`."""
     topic = message.topic
     if topic in ORIGINS:
         return "duplicate" if _skip(message, None) else None

@@ -1,0 +1,1 @@
+"""What a worker checks and creates on the broker: access, topics and their settings."""

@@ -1,0 +1,1 @@
+"""Offer delivery: validated offers to Ably and Redis, retried, exactly once per offer."""

@@ -1,0 +1,1 @@
+"""Developer tools: the embedded broker stack, Apache Kafka provisioning, demo and simulator."""

@@ -1,0 +1,1 @@
+"""Keys and partitions: the key partitioner, misplaced-record detection, repartitioning."""

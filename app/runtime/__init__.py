@@ -1,0 +1,1 @@
+"""How storestream changes the way Faust and aiokafka fetch, hand over, recover and produce."""

@@ -1,0 +1,1 @@
+"""The web: data views, bearer-token authentication, /health readiness and the live page."""
