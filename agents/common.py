@@ -4,22 +4,33 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, cast
 
-from app.deadletters import send_dead_letter
 from app.faust_app import METRICS, app
+from app.outcomes import (
+    DUPLICATE,
+    OK,
+    count_batch,
+    count_lane,
+    dead_letter_all,
+    dead_letter_once,
+    lane_clock,
+)
+from app.routing.repartition import divert
 from app.runtime.bulk import BulkWriter
 from app.runtime.fastlane import Source
 from app.runtime.guarantees import GATE, LANE_WRITERS
 from core.events import BadEvent
 from tables.batch import TableWrites
-from tables.deadletters import already_dead_lettered, dead_letter_marks, mark_key
+
+__all__ = [  # the outcomes' helpers, for the agents
+    "DUPLICATE", "OK", "count_batch", "count_lane", "dead_letter_all", "dead_letter_once",
+    "lane_clock",
+]
 
 log = logging.getLogger(__name__)
 
-OK = "ok"
-DUPLICATE = "duplicate"
 
 def bulk_writer() -> BulkWriter:
     """The producer's bulk writer (the fast lane's changelog path)."""
@@ -68,44 +79,6 @@ async def send_emitted(writes: TableWrites) -> None:
         await writes.send_emitted()
 
 
-_LANE_STARTED: set[str] = set()
-
-
-def lane_clock() -> tuple[float, float]:
-    """Wall-clock time and process CPU time now (for :func:`count_lane`)."""
-    return time.time(), time.process_time()
-
-
-def count_lane(batch: Sequence[Source], started: tuple[float, float]) -> None:
-    """Count a batch taken by the fast lane, and the lane's busy window so far.
-
-    The window (wall clock and process CPU at the start of the first batch and at the end of
-    the latest one) is what ``bench`` reads to time the worker as the peers time themselves.
-    """
-    topic = batch[0].topic
-    METRICS.inc("storestream_fast_lane_batches_total", topic=topic)
-    METRICS.inc("storestream_fast_lane_records_total", len(batch), topic=topic)
-    if topic not in _LANE_STARTED:
-        _LANE_STARTED.add(topic)
-        METRICS.set("storestream_fast_lane_first_batch_seconds", started[0], topic=topic)
-        METRICS.set("storestream_fast_lane_first_batch_cpu_seconds", started[1], topic=topic)
-    wall, cpu = lane_clock()
-    METRICS.set("storestream_fast_lane_last_batch_seconds", wall, topic=topic)
-    METRICS.set("storestream_fast_lane_last_batch_cpu_seconds", cpu, topic=topic)
-
-
-def count_batch(agent: str, batch: Sequence[Source], outcomes: Mapping[str, int]) -> None:
-    """Count a batch's outcomes and its newest record's end-to-end latency."""
-    topic = batch[0].topic
-    for outcome, count in outcomes.items():
-        if count:
-            METRICS.inc("storestream_events_total", count, topic=topic, outcome=outcome)
-    stamp = batch[-1].timestamp
-    if stamp:
-        METRICS.observe("storestream_agent_latency_seconds", max(0.0, time.time() - stamp),
-                        agent=agent)
-
-
 async def process_batch(agent: str, batch: Sequence[Source],
                         apply_one: Callable[[Source], str], finish: Callable[[], object]) -> None:
     """Apply each record of a batch, then ``finish`` (write state), then dead-letter failures.
@@ -134,27 +107,6 @@ async def process_batch(agent: str, batch: Sequence[Source],
     await dead_letter_all(failed)
 
 
-async def dead_letter_all(failed: Sequence[tuple[Source, str]]) -> None:
-    """Dead-letter each (record, reason) once, in offset order, and count it."""
-    for source, reason in sorted(failed, key=lambda item: item[0].offset):
-        outcome = await dead_letter_once(source, reason)
-        METRICS.inc("storestream_events_total", topic=source.topic, outcome=outcome)
-
-
-async def dead_letter_once(message: Any, reason: str) -> str:
-    """Dead-letter a message unless a previous run already did (redelivery after a crash).
-
-    The offsets of valid events are remembered in each key's state; for bad events the
-    highest dead-lettered offset of the source partition is remembered instead, in a
-    changelogged table and, for a crash between the two sends, on the dead-letters topic.
-    """
-    if already_dead_lettered(message.topic, message.partition, message.offset):
-        return DUPLICATE
-    await send_dead_letter(message, reason)
-    dead_letter_marks[mark_key(message.topic, message.partition)] = message.offset
-    return "dead_letter"
-
-
 #: Handles one message and says how it went (``OK`` or ``DUPLICATE``).
 Handler = Callable[[Any], Awaitable[str]]
 
@@ -167,7 +119,6 @@ async def handle(agent: str, message: Any, handler: Handler) -> None:
     Under exactly_once no commit happens while the event is processed (:data:`GATE`).
     """
     async with GATE.event():
-        from app.routing.repartition import divert
         diverted = await divert(message)
         if diverted is not None:
             METRICS.inc("storestream_events_total", topic=message.topic, outcome=diverted)

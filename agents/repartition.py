@@ -8,10 +8,13 @@ from typing import Any
 
 from faust.types import StreamT
 
-from agents.common import handle
+from agents.common import agent_writes, handle, send_emitted
 from agents.loyalty import apply_product, apply_purchases, apply_user
 from agents.offers import apply_display, apply_positions, apply_promotion
-from app.routing.repartition import FORWARDS
+from app.faust_app import app
+from app.routing.repartition import FORWARDS, divert
+from app.runtime import fastlane
+from app.runtime.guarantees import GATE
 from app.settings import SETTINGS
 
 _T = SETTINGS.topics
@@ -39,10 +42,6 @@ def _one_by_one(name: str, handler: Callable[[Any], Awaitable[str]]) -> Any:
 
 def _batched(name: str, apply: Any) -> Any:
     async def process(stream: StreamT[bytes]) -> None:
-        from agents.common import agent_writes, send_emitted
-        from app.routing.repartition import divert
-        from app.runtime import fastlane
-        from app.runtime.guarantees import GATE
         async for event in stream.events():
             async with GATE.event():
                 if await divert(event.message) is not None:
@@ -61,5 +60,4 @@ for _input, (_mode, _field, _target) in FORWARDS.items():
     else:
         _name, _apply = _BATCHED[_input]
         app_agent = _batched(_name, _apply)
-    from app.faust_app import app
     app.agent(_target, name=f"{_name}-repartition")(app_agent)

@@ -16,7 +16,8 @@ from app.broker.topic_admin import TopicAdminError, format_rows, reconcile
 from app.broker.topology import desired_topics
 from app.dev import devstack
 from app.dev.simulate import simulate as run_simulation
-from app.faust_app import app, replica_connection
+from app.faust_app import app
+from app.runtime.replica import replica_connection
 from app.settings import SETTINGS
 
 topic_startup.connect(app)
@@ -60,7 +61,7 @@ async def topics_command(self: Any, dry_run: bool) -> None:
     topic is as app/broker/topology.py declares it, 1 when any differs or is missing, 2 when the
     broker could not be asked. Existing topics are never changed.
     """
-    bootstrap, auth, _ = replica_connection()
+    bootstrap, auth, _ = replica_connection(app)
     desired = desired_topics(SETTINGS)
     try:
         report = await reconcile(bootstrap, auth, desired, create_missing=not dry_run)

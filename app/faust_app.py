@@ -96,20 +96,6 @@ app = faust.App(
     autodiscover=["app.commands"],
 )
 
-#: Reference data (catalogue, displays, promotions) changes rarely: its followers poll less
-#: often than the agents do (a 10 ms wait on three idle topics cost ~8% of a worker's CPU).
-REPLICA_FETCH_WAIT_MS = 250
-
-
-def replica_connection() -> tuple[str, dict[str, Any], int]:
-    """Bootstrap servers, aiokafka auth settings and fetch wait for replica consumers."""
-    from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
-
-    servers = ",".join(f"{url.host}:{url.port or 9092}" for url in app.conf.broker)
-    auth = dict(credentials_to_aiokafka_auth(app.conf.broker_credentials, app.conf.ssl_context))
-    return servers, auth, REPLICA_FETCH_WAIT_MS
-
-
 def _check_guarantee(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
     """exactly_once needs Kafka transactions: refuse to start, clearly, without them."""
     check_processing_guarantee(sender, **kwargs)

@@ -292,7 +292,7 @@ async def _replica_timing(bootstrap: str, topic: str, fetch_wait_ms: int) -> dic
 
 def replica_section(stack: DevStack, tmp: Path, quick: bool) -> dict[str, Any]:
     """The empty-fetch rule's cost at the replicas' fetch wait, on filled and empty topics."""
-    from app.faust_app import REPLICA_FETCH_WAIT_MS
+    from app.runtime.replica import REPLICA_FETCH_WAIT_MS
 
     rounds = 1 if quick else 3
     topic = f"bench-wa-replica-{uuid.uuid4().hex[:6]}"

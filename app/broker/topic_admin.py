@@ -5,7 +5,7 @@ cluster's topics (one Metadata request for *all* topics: asking for named topics
 broker with ``auto.create.topics.enable`` create them with its defaults, and the embedded
 broker always does), describe their settings, create what is missing, and report one state
 per topic (created / ok / differs / missing). ``auth`` is aiokafka's security settings as
-:func:`app.faust_app.replica_connection` returns them, so SASL_SSL clusters work as for the
+:func:`app.runtime.replica.replica_connection` returns them, so SASL_SSL clusters work as for the
 worker itself. No faust import here.
 """
 

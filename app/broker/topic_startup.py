@@ -35,6 +35,8 @@ from app.broker.broker_check import invoked_command
 from app.broker.broker_check import on_worker_init as check_broker_access
 from app.broker.topic_admin import TopicAdminError, TopicReport, reconcile, run_blocking
 from app.broker.topology import desired_topics
+from app.runtime.replica import replica_connection
+from app.settings import SETTINGS
 from core.config import Settings
 from core.topic_plan import unequal_partitions
 
@@ -107,10 +109,7 @@ def on_worker_init(sender: Any, /, *args: Any, signal: Any = None, **kwargs: Any
     # Receivers run in no fixed order: a refused login must be the one line the worker
     # prints, before this check's own connection attempt logs anything (runs once).
     check_broker_access(sender)
-    from app.faust_app import replica_connection
-    from app.settings import SETTINGS
-
-    bootstrap, auth, _ = replica_connection()
+    bootstrap, auth, _ = replica_connection(sender)
     ensure_topics_at_start(SETTINGS, bootstrap, auth)
 
 

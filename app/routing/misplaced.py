@@ -10,26 +10,18 @@ Output topics (offers read back by the delivery agent, dead letters) are not che
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, cast
+from typing import Any
 
 from faust.sensors import Sensor
 
 from app.broker.topic_startup import input_topics
 from app.faust_app import METRICS, app
+from app.routing import repartition
 from app.routing.partitioning import Placement
+from app.routing.repartition import input_partition_count
 from app.runtime import fastlane
 from app.runtime.fastlane import Source
 from app.settings import SETTINGS
-
-
-def input_partition_count(topic: str) -> int | None:
-    """Partitions of an input topic as the worker's consumer knows them (``None``: not yet)."""
-    try:
-        client = cast(Any, app.consumer)._thread._ensure_consumer()._client
-        partitions = client.cluster.partitions_for_topic(topic)
-    except Exception:  # no consumer yet, or no metadata for the topic yet
-        return None
-    return len(partitions) if partitions else None
 
 
 def _count(topic: str) -> None:
@@ -71,7 +63,6 @@ def install() -> None:
     if _installed:
         return
     _installed = True
-    from app.routing import repartition
     repartition.install()
     topics = frozenset(input_topics(SETTINGS))
     for topic, handler in list(fastlane.LANES.items()):

@@ -23,6 +23,7 @@ from typing import Any, cast
 from faust.types import TopicT
 
 from app.faust_app import METRICS, app
+from app.outcomes import count_lane, dead_letter_all, dead_letter_once, lane_clock
 from app.runtime import fastlane
 from app.runtime.bulk import KEYED, BulkWriter, Record
 from app.runtime.fastlane import Source
@@ -87,10 +88,19 @@ def _record(source: Any, field: str) -> Record:
             [origin_header(source.partition, source.offset)])
 
 
+def input_partition_count(topic: str) -> int | None:
+    """Partitions of an input topic as the worker's consumer knows them (``None``: not yet)."""
+    try:
+        client = cast(Any, app.consumer)._thread._ensure_consumer()._client
+        partitions = client.cluster.partitions_for_topic(topic)
+    except Exception:  # no consumer yet, or no metadata for the topic yet
+        return None
+    return len(partitions) if partitions else None
+
+
 def _placed_quietly(topic: str, partition: int, key: bytes) -> bool:
     """Whether ``KEY_PARTITIONER`` puts ``key`` on ``partition`` (not counted: the
     placement sensor counts Faust's path)."""
-    from app.routing.misplaced import input_partition_count
     count = input_partition_count(topic)
     if not count:
         return True
@@ -120,7 +130,6 @@ def forwarding_lane(topic: str, handler: fastlane.BatchHandler,
     target_name = target.get_topic_name()
 
     async def forward_then_handle(batch: Sequence[Source]) -> None:
-        from agents.common import count_lane, lane_clock
         started = lane_clock()
         keep: list[Source] = []
         failed: list[tuple[Source, str]] = []
@@ -146,7 +155,6 @@ def forwarding_lane(topic: str, handler: fastlane.BatchHandler,
         if keep:
             await handler(keep)
         if failed:
-            from agents.common import dead_letter_all
             await dead_letter_all(failed)
     return forward_then_handle
 
@@ -212,7 +220,6 @@ async def divert(message: Any) -> str | None:
     try:
         record = _record(message, field)
     except (NoOwner, UnicodeDecodeError) as exc:
-        from agents.common import dead_letter_once
         return await dead_letter_once(message, str(exc))
     if app.in_transaction:  # from the event's task: the source partition's transaction
         await target.send(key=record[0], value=record[1],

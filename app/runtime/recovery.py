@@ -35,7 +35,7 @@ from faust.tables.recovery import Recovery
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 
-from app.runtime.replica import REPLICAS, not_ready, wait_all_ready
+from app.runtime.replica import REPLICAS, not_ready, replica_connection, wait_all_ready
 from app.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -274,9 +274,7 @@ class TableManager(FaustTableManager):  # type: ignore[misc]
 
     async def on_start(self) -> None:
         """Start following the replicas, then Faust's own start-up (recovery)."""
-        from app.faust_app import replica_connection  # the app module configures this class
-
-        connection = replica_connection()
+        connection = replica_connection(self.app)
         for replica in REPLICAS:
             self.add_future(replica.follow(*connection))
         await super().on_start()

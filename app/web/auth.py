@@ -1,4 +1,8 @@
-"""Bearer-token authentication for every web route except ``/health`` and ``/metrics``."""
+"""Bearer-token authentication for every web route except ``/health`` and ``/metrics``.
+
+The live page's routes also take the token as ``?token=`` (a browser's EventSource sends no
+header).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +15,8 @@ from app.settings import SETTINGS
 
 #: Routes that carry no customer data and stay open for probes and scrapers.
 OPEN_PATHS = frozenset({"/health", "/health/", "/metrics", "/metrics/"})
+#: Paths on which ``?token=<WEB_TOKEN>`` may replace the header (EventSource sends none).
+LIVE_TOKEN_PATHS = frozenset({"/", "/live/store", "/live/events"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -25,13 +31,24 @@ def token_matches(header: str | None, token: str) -> bool:
     return hmac.compare_digest(supplied.strip().encode(), token.encode())
 
 
+def live_token_ok(request: web.Request, token: str | None = None) -> bool:
+    """Whether a GET to a live path carries the web token as ``?token=`` (constant-time).
+
+    ``token`` defaults to ``SETTINGS.web_token``; without a configured token this is False.
+    """
+    expected = SETTINGS.web_token if token is None else token
+    if not expected or request.method not in ("GET", "HEAD"):
+        return False
+    if request.path not in LIVE_TOKEN_PATHS:
+        return False
+    supplied = request.query.get("token")
+    return supplied is not None and token_matches(f"Bearer {supplied}", expected)
+
+
+
 @web.middleware
 async def bearer_auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     """Answer 401 unless the request carries the configured ``WEB_TOKEN``."""
-    from app.web.live import (
-        live_token_ok,  # late: app.web.live imports app.faust_app, which imports us
-    )
-
     token = SETTINGS.web_token
     if token and request.path not in OPEN_PATHS and not token_matches(
         request.headers.get("Authorization"), token

@@ -31,17 +31,15 @@ from aiohttp import web
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.web.drivers.aiohttp import Web as AiohttpWeb
 
-from app.faust_app import app, replica_connection
+from app.faust_app import app
+from app.runtime.replica import replica_connection
 from app.settings import SETTINGS
-from app.web.auth import token_matches
 from core.geo import normalise_id, optional_str, parse_float, valid_coordinates
 from tables.offers import store_snapshot
 
 log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).resolve().parent / "static"
-#: Paths on which ``?token=<WEB_TOKEN>`` may replace the header (EventSource sends none).
-LIVE_TOKEN_PATHS = frozenset({"/", "/live/store", "/live/events"})
 HEARTBEAT_S = 15.0
 CLIENT_QUEUE = 512
 RETRY_S = 2.0
@@ -51,20 +49,6 @@ OFFER_FIELDS = ("offer_id", "uid", "pid", "sku", "segment", "variant", "store_id
                 "discount_pct", "distance_m", "ts")
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                "X-Accel-Buffering": "no"}
-
-
-def live_token_ok(request: web.Request, token: str | None = None) -> bool:
-    """Whether a GET to a live path carries the web token as ``?token=`` (constant-time).
-
-    ``token`` defaults to ``SETTINGS.web_token``; without a configured token this is False.
-    """
-    expected = SETTINGS.web_token if token is None else token
-    if not expected or request.method not in ("GET", "HEAD"):
-        return False
-    if request.path not in LIVE_TOKEN_PATHS:
-        return False
-    supplied = request.query.get("token")
-    return supplied is not None and token_matches(f"Bearer {supplied}", expected)
 
 
 def position_event(raw: bytes | None) -> dict[str, Any] | None:
@@ -191,7 +175,7 @@ class LiveFeed:
 
     async def _tail_positions(self) -> None:
         """Forward every new record of the locations topic (from its current end)."""
-        bootstrap, auth, fetch_wait_ms = replica_connection()
+        bootstrap, auth, fetch_wait_ms = replica_connection(app)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
             auto_offset_reset="latest", fetch_max_wait_ms=fetch_wait_ms, **auth,

@@ -122,7 +122,7 @@ def test_from_urls_binds_loopback_and_rejects_remote_hosts() -> None:
 
 def test_module_import_is_cheap() -> None:
     """Loading devstack.py on its own must not pull in faust or aiokafka."""
-    path = str(ROOT / "app" / "devstack.py")
+    path = str(ROOT / "app" / "dev" / "devstack.py")
     code = (
         "import importlib.util, sys\n"
         f"spec = importlib.util.spec_from_file_location('devstack', {path!r})\n"

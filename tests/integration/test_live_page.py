@@ -133,7 +133,7 @@ async def test_live_routes_require_the_token(secured: Deployment) -> None:
 async def test_query_token_opens_only_live_paths(secured: Deployment) -> None:
     """``?token=`` stands in for the header on the live paths only (EventSource sends none).
 
-    Needs ``app.web.auth.bearer_auth`` to accept :func:`app.web.live.live_token_ok`.
+    Needs ``app.web.auth.bearer_auth`` to accept :func:`app.web.auth.live_token_ok`.
     """
     worker = secured.start_worker("w1")
     await asyncio.to_thread(worker.wait_ready)
