@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
+from typing import Any
 
+import hypothesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -223,29 +225,61 @@ def test_campaign_rejects_products_it_does_not_watch() -> None:
 
 # --- order independence -------------------------------------------------------------------
 
-price_events = st.lists(
-    st.tuples(st.sampled_from(["coffee", "tea", "dog"]), st.integers(0, 50),
-              st.integers(0, 50_000)),
-    max_size=12,
+#: The price lateness window (``price_lateness_s`` in faust.ini, one day): a catalogue-priced
+#: purchase settles once a purchase more than this much later (event time) is processed.
+WINDOW = int(RULES.lateness_s)
+assert WINDOW == 86_400
+
+#: Event times from the same second up to four windows apart, and the window's edges.
+event_times = st.one_of(
+    st.integers(0, 50),
+    st.integers(0, 4 * WINDOW),
+    st.sampled_from([WINDOW - 1, WINDOW, WINDOW + 1, WINDOW + 50, 2 * WINDOW, 3 * WINDOW + 1]),
 )
+PRICED = ["coffee", "tea", "dog"]
+launch_prices = st.lists(st.integers(0, 50_000), min_size=len(PRICED), max_size=len(PRICED))
+price_changes = st.lists(
+    st.tuples(st.sampled_from(PRICED), event_times, st.integers(0, 50_000)), max_size=12)
 purchase_events = st.lists(
-    st.tuples(st.sampled_from(["coffee", "tea", "dog", "beret"]), st.integers(0, 50),
+    st.tuples(st.sampled_from([*PRICED, "beret"]), event_times,
               st.one_of(st.none(), st.integers(0, 10_000))),
     max_size=25,
 )
 
 
+@st.composite
+def purchases_across_the_window(draw: st.DrawFn) -> list[tuple[str, int, int | None]]:
+    """Purchases (product, ts, own price) whose settled and pending paths are both taken: one
+    catalogue-priced purchase in the first 50 s (anywhere in the topic), and last in the
+    topic, the newest catalogue-priced purchase, past that one's window."""
+    purchases = draw(purchase_events)
+    early = (draw(st.sampled_from(PRICED)), draw(st.integers(0, 50)), None)
+    purchases.insert(draw(st.integers(0, len(purchases))), early)
+    newest = max(ts for _, ts, _ in purchases)
+    late_ts = max(newest, 50 + WINDOW) + draw(st.integers(1, WINDOW))
+    return [*purchases, (draw(st.sampled_from(PRICED)), late_ts, None)]
+
+
 @settings(max_examples=200)
-@given(price_events, purchase_events, st.randoms(use_true_random=False))
+@given(launch_prices, price_changes, purchases_across_the_window(),
+       st.randoms(use_true_random=False))
 def test_result_does_not_depend_on_consumption_order(
-    prices_in: list[tuple[str, int, int]],
+    launches: list[int],
+    changes: list[tuple[str, int, int]],
     purchases_in: list[tuple[str, int, int | None]],
     rnd: random.Random,
 ) -> None:
-    """Fixed event times, two topics consumed in any interleaving: the same answer."""
+    """Fixed event times spread over several lateness windows, the two topics consumed in any
+    interleaving in which a price change arrives within the window (before any purchase more
+    than the window after it): the same totals, unpriced count, campaigns and stamps, with
+    purchases both settled and still pending."""
+    # Every product sold from the catalogue has a price from time 0 (beret never has one).
+    prices_in = [(p, 0, cents) for p, cents in zip(PRICED, launches, strict=True)] + changes
     purchases = [Purchase("k", p, float(ts), price) for p, ts, price in purchases_in]
 
-    def consume(order: list[tuple[str, int]]) -> tuple[int, int, dict[str, list[str]], int]:
+    def consume(order: list[tuple[str, int]]) -> tuple[tuple[object, ...], Spend]:
+        assert sorted(order) == sorted(
+            [("p", i) for i in range(len(prices_in))] + [("b", i) for i in range(len(purchases))])
         prices: dict[str, PriceHistory] = {}
         spend, stamps, basket = Spend(), Stamps(), Basket()
         for topic, index in order:
@@ -259,58 +293,160 @@ def test_result_does_not_depend_on_consumption_order(
                                          out.basket or basket)
         view = view_spend(spend, catalogue_of(prices), RULES)
         met = campaigns_met(basket, spend, catalogue_of(prices), RULES)
-        return view.total_cents, view.unpriced, met, stamps.total
+        return (view.total_cents, view.unpriced, met, stamps.total), spend
 
-    def interleave() -> list[tuple[str, int]]:
-        tags = ["p"] * len(prices_in) + ["b"] * len(purchases)
-        rnd.shuffle(tags)
-        counters = {"p": 0, "b": 0}
-        order = []
-        for tag in tags:  # each topic keeps its own order, as partitions do
-            order.append((tag, counters[tag]))
-            counters[tag] += 1
+    def interleave(tags: list[str]) -> list[tuple[str, int]]:
+        """Each topic in its own order, as partitions are; a price change no later than the
+        first purchase more than the window after it (with the prices before it)."""
+        order: list[tuple[str, int]] = []
+        next_price = next_purchase = 0
+        for tag in tags:
+            if tag == "p":
+                if next_price < len(prices_in):
+                    order.append(("p", next_price))
+                    next_price += 1
+                continue
+            ts = purchases[next_purchase].ts
+            due = max((j + 1 for j, (_, at, _) in enumerate(prices_in) if at + WINDOW < ts),
+                      default=0)
+            order.extend(("p", j) for j in range(next_price, max(due, next_price)))
+            next_price = max(due, next_price)
+            order.append(("b", next_purchase))
+            next_purchase += 1
+        order.extend(("p", j) for j in range(next_price, len(prices_in)))
         return order
 
-    products_first = [("p", i) for i in range(len(prices_in))] + [
-        ("b", i) for i in range(len(purchases))
-    ]
-    assert consume(interleave()) == consume(products_first)
+    tags = ["p"] * len(prices_in) + ["b"] * len(purchases)
+    products_first, spend = consume(interleave(tags))
+    rnd.shuffle(tags)
+    assert consume(interleave(tags))[0] == products_first
+    # prices as late as the window allows: each change reprices purchases already processed
+    assert consume(interleave(sorted(tags)))[0] == products_first
+
+    catalogue_priced = sum(1 for p in purchases if p.price_cents is None)
+    settled = catalogue_priced - len(spend.pending)
+    hypothesis.event("catalogue-priced purchases settled: "
+                     + (str(settled) if settled < 5 else "5+"))
+    assert settled >= 1, "no catalogue-priced purchase crossed the lateness window"
+    assert spend.pending, "no catalogue-priced purchase was left within the window"
 
 
 # --- the single-pass rules agree with the plain ones ---------------------------------------
 
-oracle_purchases = st.lists(
-    st.tuples(st.sampled_from(["coffee", "tea", "dog", "beret", "bagel", "unknown"]),
-              st.integers(0, 40), st.one_of(st.none(), st.integers(0, 10_000)),
-              st.booleans()),
-    max_size=40,
+def oracle_rules(rules: LoyaltyRules) -> loyalty_oracle.Rules:
+    """The same programme, spelled for the oracle (which shares no type with core)."""
+    return loyalty_oracle.Rules(
+        gold_cents=rules.tiers.gold_cents, silver_cents=rules.tiers.silver_cents,
+        bronze_cents=rules.tiers.bronze_cents, stamp_product=rules.stamps.product_id,
+        stamp_cycle=rules.stamps.cycle,
+        campaigns=tuple(loyalty_oracle.CampaignRule(c.name, c.watch, c.require, c.exclude,
+                                                    c.min_spend_cents)
+                        for c in rules.campaigns),
+        lateness_s=rules.lateness_s, max_pending=rules.max_pending)
+
+
+def test_the_oracle_states_the_same_default_programme() -> None:
+    assert oracle_rules(RULES) == loyalty_oracle.Rules()
+
+
+oracle_products = st.sampled_from(["coffee", "tea", "dog", "beret", "bagel", "unknown"])
+oracle_ops = st.lists(
+    st.one_of(
+        # a catalogue price, arriving between purchases
+        st.tuples(st.just("price"), st.sampled_from(["coffee", "tea", "dog"]),
+                  st.integers(0, 40), st.integers(0, 50_000)),
+        # a purchase: product, ts, own price, replayed (offset one back) or not
+        st.tuples(st.just("buy"), oracle_products, st.integers(0, 40),
+                  st.one_of(st.none(), st.integers(0, 10_000)), st.booleans()),
+    ),
+    max_size=50,
 )
 
 
 @settings(max_examples=300)
-@given(price_events, oracle_purchases, st.integers(0, 30), st.integers(1, 6))
+@given(oracle_ops, st.integers(0, 30), st.integers(1, 6), st.integers(2, 6),
+       st.lists(st.integers(0, 60_000), min_size=3, max_size=3))
 def test_rules_agree_with_the_plain_oracle(
-    prices_in: list[tuple[str, int, int]],
-    purchases_in: list[tuple[str, int, int | None, bool]],
-    lateness: int,
-    max_pending: int,
+    ops: list[tuple[Any, ...]], lateness: int, max_pending: int, cycle: int,
+    thresholds: list[int],
 ) -> None:
-    """Same records and events as the straightforward rules, event by event, including
-    replays, late (out-of-order) purchases, the lateness window and the pending cap."""
+    """Same records, events and totals as rules written independently, event by event:
+    replays, late (out-of-order) purchases, late catalogue changes, the lateness window, the
+    pending cap, any stamp cycle and any tier thresholds."""
+    bronze, silver, gold = sorted(thresholds)
+    rules = LoyaltyRules(tiers=TierThresholds(gold, silver, bronze),
+                         stamps=StampCard("coffee", cycle), lateness_s=float(lateness),
+                         max_pending=max_pending)
+    plain_rules = oracle_rules(rules)
     prices: dict[str, PriceHistory] = {}
-    for product, ts, cents in prices_in:
-        prices[product] = with_price(prices.get(product, ()), float(ts), cents)
     catalogue = catalogue_of(prices)
-    rules = LoyaltyRules(lateness_s=float(lateness), max_pending=max_pending)
+    plain_catalogue = loyalty_oracle.Catalogue()
+    plain = loyalty_oracle.Customer("k")
     spend, stamps, basket = Spend(), Stamps(), Basket()
     offset = 0
-    for product, ts, price, replayed in purchases_in:
+    for op in ops:
+        if op[0] == "price":
+            _, product, ts, cents = op
+            prices[product] = with_price(prices.get(product, ()), float(ts), cents)
+            plain_catalogue.add(product, float(ts), cents)
+            continue
+        _, product, ts, price, replayed = op
         offset = offset - 1 if replayed and offset > 0 else offset + 1
-        purchase = Purchase("k", product, float(ts), price)
-        fast = apply_purchase(purchase, offset, spend, stamps, basket, catalogue, rules)
-        plain = loyalty_oracle.apply(purchase, offset, spend, stamps, basket, catalogue, rules)
-        assert fast == plain
+        fast = apply_purchase(Purchase("k", product, float(ts), price), offset, spend, stamps,
+                              basket, catalogue, rules)
+        changed, events = plain.apply(product, float(ts), price, offset, plain_catalogue,
+                                      plain_rules)
+        assert (fast.spend is not None, fast.stamps is not None,
+                fast.basket is not None) == changed
+        assert list(fast.events) == events
         spend, stamps, basket = (fast.spend or spend, fast.stamps or stamps,
                                  fast.basket or basket)
-        assert view_spend(spend, catalogue, rules).total_cents == (
-            loyalty_oracle.priced(spend, catalogue)[0])
+        assert tuple(spend)[:8] == plain.spend_record(plain_rules)
+        assert tuple(stamps)[:2] == plain.stamps_record()
+        assert tuple(basket)[:3] == plain.basket_record()
+        view = view_spend(spend, catalogue, rules)
+        assert (view.total_cents, view.unpriced, dict(view.by_product_cents)) == (
+            plain.priced(plain_catalogue, plain_rules))
+        assert view.tier == loyalty_oracle.tier_for(view.total_cents, plain_rules)
+        status = coffee_status(stamps, rules)
+        assert (status.total, status.sequence, status.next_one_free) == (
+            loyalty_oracle.stamp_status(stamps.total, plain_rules))
+        assert campaigns_met(basket, spend, catalogue, rules) == loyalty_oracle.qualifying(
+            plain_rules.campaigns, basket.products, view.by_product_cents)
+
+
+@given(st.lists(st.tuples(st.integers(0, 20), st.integers(0, 999)), max_size=12),
+       st.integers(-5, 25))
+def test_price_as_of_event_time_agrees_with_the_plain_oracle(
+    events: list[tuple[int, int]], ts: int
+) -> None:
+    """Latest price at or before the time (a later event for the same time replaces the
+    earlier), else the earliest known, else none."""
+    history: PriceHistory = ()
+    plain = loyalty_oracle.Catalogue()
+    for at, cents in events:
+        history = with_price(history, float(at), cents)
+        plain.add("coffee", float(at), cents)
+    assert price_at(history, float(ts)) == plain.price_at("coffee", float(ts))
+
+
+@given(st.lists(st.integers(0, 50_000), min_size=3, max_size=3), st.integers(0, 60_000),
+       st.integers(0, 40))
+def test_tiers_and_stamps_agree_with_the_plain_oracle(
+    thresholds: list[int], total: int, coffees: int
+) -> None:
+    bronze, silver, gold = sorted(thresholds)
+    plain = loyalty_oracle.Rules(gold_cents=gold, silver_cents=silver, bronze_cents=bronze)
+    assert tier_for(total, TierThresholds(gold, silver, bronze)) == (
+        loyalty_oracle.tier_for(total, plain))
+    status = stamp_status(coffees)
+    assert (status.total, status.sequence, status.next_one_free) == (
+        loyalty_oracle.stamp_status(coffees))
+
+
+@given(st.sets(st.sampled_from(["coffee", "tea", "dog", "beret", "bagel"])),
+       st.dictionaries(st.sampled_from(["coffee", "tea", "dog", "beret"]),
+                       st.integers(0, 3_000)))
+def test_campaigns_agree_with_the_plain_oracle(bought: set[str], spent: dict[str, int]) -> None:
+    assert qualifying(DEFAULT_CAMPAIGNS, bought, spent) == loyalty_oracle.qualifying(
+        loyalty_oracle.RECIPE_CAMPAIGNS, bought, spent)
