@@ -48,6 +48,7 @@ def test_quick_bench_writes_every_section(tmp_path: Path) -> None:
         assert peer["status"] == "ok", (name, peer)
         assert peer["events"] > 0 and peer["events_per_s"] > 0 and peer["peak_rss_mb"] > 0
 
+    assert report["latency"], "no latency row"
     for row in report["latency"].values():
         for name in ("storestream", "aiokafka"):
             assert row[name]["received"] > 0 and row[name]["p50_ms"] > 0, (name, row[name])

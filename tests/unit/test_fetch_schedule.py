@@ -81,6 +81,7 @@ def test_reference_partitions_are_fetched_for_a_window_once_per_interval() -> No
 def test_hot_partitions_are_never_paused() -> None:
     consumer = StandInConsumer(PRODUCTS + LOCATIONS)
     run_cycles(consumer, 3)
+    assert len(consumer.calls) == 6  # a pause and a resume per cycle
     assert all(not (tps & set(LOCATIONS)) for _, tps in consumer.calls)
 
 

@@ -67,6 +67,7 @@ def run_recipe(include_dog: bool = True) -> dict[str, tuple[Spend, Stamps, Baske
 def test_recipe_totals_are_priced_as_of_event_time() -> None:
     state = run_recipe()
     prices = state.pop("_prices")  # type: ignore[arg-type]
+    assert sorted(state) == sorted(sample.EXPECTED_TOTALS) == ["dave", "kris", "rick", "yeva"]
     for user, (spend, _, _) in state.items():
         view = view_spend(spend, catalogue_of(prices), RULES)  # type: ignore[arg-type]
         assert format_cents(view.total_cents) == sample.EXPECTED_TOTALS[user]
@@ -77,6 +78,7 @@ def test_recipe_totals_are_priced_as_of_event_time() -> None:
 def test_kris_spends_74_28_before_the_dog_not_the_recipes_racy_74_22() -> None:
     state = run_recipe(include_dog=False)
     prices = state.pop("_prices")  # type: ignore[arg-type]
+    assert "kris" in state
     view = view_spend(state["kris"][0], catalogue_of(prices), RULES)  # type: ignore[arg-type]
     assert format_cents(view.total_cents) == sample.EXPECTED_KRIS_BEFORE_DOG
     assert view.tier == "CLIMBING"
@@ -85,6 +87,7 @@ def test_kris_spends_74_28_before_the_dog_not_the_recipes_racy_74_22() -> None:
 def test_recipe_coffee_and_campaigns() -> None:
     state = run_recipe()
     prices = state.pop("_prices")  # type: ignore[arg-type]
+    assert sorted(state) == sorted(sample.EXPECTED_COFFEE) == ["dave", "kris", "rick", "yeva"]
     for user, (spend, stamps, basket) in state.items():
         status = coffee_status(stamps, RULES)
         assert (status.total, status.sequence, status.next_one_free) == sample.EXPECTED_COFFEE[user]

@@ -150,6 +150,7 @@ def test_every_topology_topic_gets_the_replication_setting() -> None:
         assert topic.config["min.insync.replicas"] == "2"
         assert "cleanup.policy" in topic.config and "retention.ms" in topic.config
     single = desired_topics(load_settings({"STORESTREAM_CONFIG": INI}))
+    assert len(single) == 15
     assert all(t.replication == 1 and "min.insync.replicas" not in t.config for t in single)
 
 
