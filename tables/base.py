@@ -1,4 +1,9 @@
-"""How every storestream table is declared."""
+"""How every storestream table is declared.
+
+Private internals mirrored (listed in app/runtime/internals.py; checked against
+faust-streaming 0.15.3, re-check on upgrade): ``faust.tables.base.Collection._new_changelog_topic``
+(the changelog topic made again once the key and value serializers are set).
+"""
 
 from __future__ import annotations
 

@@ -13,6 +13,11 @@ queues each changelog record:
   ``table[key] = value``, i.e. Faust's own changelog send (transactional under exactly_once).
 
 Keys are UTF-8 text and values JSON, the serializers of :func:`tables.base.text_keyed_table`.
+
+Private internals mirrored (listed in app/runtime/internals.py; checked against
+faust-streaming 0.15.3, re-check on upgrade): the fast lane does what
+``faust.tables.table.Table.on_key_set`` and ``faust.tables.base.Collection._send_changelog``
+do for a table write (changelog partition = the event's source partition).
 """
 
 from __future__ import annotations

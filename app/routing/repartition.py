@@ -12,6 +12,13 @@ any state. A record whose owner cannot be told goes to ``dead-letters`` with the
 Read back (on the repartition topic): the same handlers run as for the input topic, the
 state's per-record offsets kept apart (``last_rp``), and a record forwarded a second time
 (a crash between forward and commit) is skipped by the marks of :mod:`tables.repartition`.
+
+Private internals mirrored (listed in app/runtime/internals.py; checked against
+faust-streaming 0.15.3 and aiokafka 0.14.0, re-check on upgrade), to read the input
+topics' partition counts from the worker's own consumer:
+``faust.transport.consumer.ThreadDelegateConsumer._thread``,
+``faust.transport.drivers.aiokafka.AIOKafkaConsumerThread._ensure_consumer``,
+``aiokafka.consumer.consumer.AIOKafkaConsumer._client``.
 """
 
 from __future__ import annotations

@@ -13,6 +13,11 @@ waits until everything queued so far is acknowledged by the broker: Faust flushe
 producer before it commits input offsets, so an offset is never committed ahead of the
 records its events produced. A failed send is kept and raised by the next flush (the
 commit then fails and the worker stops rather than serve state the changelog lacks).
+
+Private internals mirrored (listed in app/runtime/internals.py; checked against aiokafka
+0.14.0, re-check on upgrade): ``aiokafka.producer.producer.AIOKafkaProducer._partition`` (the
+producer's partitioner, for records queued by key) and
+``aiokafka.client.AIOKafkaClient._wait_on_metadata``.
 """
 
 from __future__ import annotations

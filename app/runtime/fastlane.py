@@ -14,6 +14,10 @@ changes without awaiting between changing a table's data and queueing the change
 the changelog. Each topic keeps an ordinary Faust agent too: it receives events only when
 the lane is off (``FAST_LANE=off``, ``exactly_once``) and in ``agent.test_context()`` tests,
 and it calls the same handler with batches of one.
+
+Private internals mirrored (listed in app/runtime/internals.py; checked against
+faust-streaming 0.15.3, re-check on upgrade): ``faust.streams._current_event``, the context
+variable behind Faust's current event (:func:`current_event` sets it).
 """
 
 from __future__ import annotations

@@ -14,9 +14,16 @@ py-spy at 500 positions/s: 18% of the worker's busy samples, ~9% of a core.
 reset or is waiting to be consumed, and answers the paused ones from their state alone: they
 contribute a single future that completes when any of them is resumed, instead of one each.
 A paused partition whose leader is unknown no longer triggers a metadata refresh while it is
-paused (it does as soon as it is resumed). Depends on aiokafka 0.14's ``Fetcher`` internals
-(``_get_actions_per_node``, ``_records``, ``TopicPartitionState``); re-check on upgrade, like
-:mod:`app.runtime.recovery`. No Faust import.
+paused (it does as soon as it is resumed). No Faust import.
+
+Private internals mirrored (listed in app/runtime/internals.py; checked against aiokafka
+0.14.0, re-check on upgrade): ``aiokafka.consumer.fetcher.Fetcher._get_actions_per_node``
+(replaced on the instance; its result tuple is :data:`Actions`), whose caller
+``Fetcher._fetch_requests_routine`` waits on the resume futures it returns;
+``Fetcher._records`` (partitions with fetched records); from
+``aiokafka.consumer.subscription_state``: ``Assignment.tps``, ``Assignment.state_value``,
+``TopicPartitionState.paused``, ``TopicPartitionState.has_valid_position``,
+``TopicPartitionState.resume_fut``; ``aiokafka.protocol.fetch.FetchRequest.topics``.
 """
 
 from __future__ import annotations

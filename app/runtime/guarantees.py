@@ -17,6 +17,14 @@ processing guarantee is ``exactly_once``.
 On a broker with transactions, :class:`TransactionManager` (the transport's) and
 :func:`commit_barrier` (around each consumer commit) make each transaction hold exactly the
 output of the source offsets it commits: see the notes above :class:`CommitGate`.
+
+Private internals mirrored (listed in app/runtime/internals.py; checked against
+faust-streaming 0.15.3, re-check on upgrade): ``faust.transport.consumer``:
+``TransactionManager.send`` and ``TransactionManager.on_rebalance`` (overridden),
+``TransactionManager._tps_to_transactional_ids``, ``TransactionManager.transactional_id_format``
+(copied in :func:`source_transaction`), ``Consumer._commit_offsets`` (flushes the producer
+under at_least_once only); ``faust.transport.drivers.aiokafka``:
+``Producer._transaction_producers``, ``Producer._trn_locks``.
 """
 
 from __future__ import annotations

@@ -19,6 +19,14 @@ the worker (catalogue, displays, promotions, dead-letter index) has loaded: othe
 restarted worker processed positions and purchases a few hundred ms before it knew the
 displays, promotions and prices they depend on (measured in the fault-injection run: offers
 missing against a replay of the positions).
+
+Private internals mirrored (listed in app/runtime/internals.py; checked against
+faust-streaming 0.15.3, re-check on upgrade): ``faust.tables.recovery``:
+``Recovery._build_highwaters`` and ``Recovery._seek_offsets`` (overridden),
+``Recovery.on_recovery_completed`` (body copied in ``_complete_recovery``, seek moved first),
+``Recovery._wait``, ``Recovery._set_recovery_ended``, ``Recovery._is_changelog_tp``,
+``Recovery.actives_for_table``, ``Recovery.standbys_for_table``;
+``faust.tables.manager.TableManager._recovery``; ``faust.app.base.App._fetcher``.
 """
 
 from __future__ import annotations

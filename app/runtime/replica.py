@@ -6,6 +6,10 @@ same failure as robinhood/faust#716). Reference data that every worker needs (th
 now, displays and promotions later) is therefore written through an ordinary changelog-backed
 ``Table`` and followed here: a plain aiokafka consumer, no consumer group, all partitions from
 the beginning, applied in offset order per partition.
+
+Private internals mirrored (listed in app/runtime/internals.py; checked against aiokafka
+0.14.0, re-check on upgrade): ``aiokafka.consumer.consumer.AIOKafkaConsumer._client`` (its
+``force_metadata_update`` while the topic is not in the metadata yet).
 """
 
 from __future__ import annotations

@@ -6,6 +6,31 @@ Faust hard-codes ``fetch_max_wait_ms=1500``; a broker that does not answer a wai
 early when data arrives (the embedded Tansu, DESIGN section 7) then adds up to 1.5 s per hop.
 Faust keeps the group, assignment, rebalances, commits and recovery; this transport changes
 how records are fetched and handed over, and how the producer flushes.
+
+Private internals mirrored (listed in app/runtime/internals.py; checked against
+faust-streaming 0.15.3, mode-streaming 0.7.1 and aiokafka 0.14.0, re-check on upgrade):
+
+- faust ``faust.transport.drivers.aiokafka``: ``AIOKafkaConsumerThread._create_worker_consumer``
+  (overridden), ``AIOKafkaConsumerThread._consumer``, ``Consumer._to_message``,
+  ``Producer._producer``, ``Producer._ensure_producer``, ``Transport._really_create_topic``
+  (overridden); ``faust.transport.consumer``: ``ThreadDelegateConsumer._thread``,
+  ``ThreadDelegateConsumer._new_consumer_thread`` (overridden), ``Consumer.getmany`` (body
+  copied, with the fast lane), ``Consumer.ack`` (body copied in ``_ack_offsets``),
+  ``Consumer._wait_next_records``, ``Consumer._buffered_partitions``,
+  ``Consumer._read_offset``, ``Consumer._add_gap``, ``Consumer._committed_offset``,
+  ``Consumer._acked_index``, ``Consumer._acked``, ``Consumer._n_acked``;
+  ``faust.types.tuples.ack_lock``; ``faust.transport.producer.ProducerBuffer._send_pending``.
+- mode (:class:`InlineConsumerThread`): ``mode.threads.ServiceThread.start`` and
+  ``ServiceThread.stop`` (replaced, same order of steps), ``ServiceThread._thread_started``,
+  ``QueueServiceThread.call_thread``, ``QueueServiceThread.cast_thread`` (replaced);
+  ``mode.services.Service._default_start``, ``Service._default_stop_children``,
+  ``Service._default_stop_futures``, ``Service._default_stop_exit_stacks``,
+  ``Service._started``, ``Service._stopped``, ``Service._shutdown``.
+- aiokafka: ``aiokafka.consumer.consumer.AIOKafkaConsumer._fetch_max_wait_ms`` (set before
+  start), ``AIOKafkaConsumer._fetcher``, ``AIOKafkaConsumer._subscription``;
+  ``aiokafka.consumer.subscription_state.SubscriptionState.subscription``,
+  ``TopicPartitionState.has_valid_position``, ``TopicPartitionState.position``;
+  ``aiokafka.consumer.fetcher.Fetcher._records``.
 """
 
 from __future__ import annotations

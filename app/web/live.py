@@ -13,6 +13,10 @@ started by the first event-stream client and stopped with the web server:
 Each client has a bounded queue; a slow client loses its oldest events, never stalls others.
 Routes are added to the aiohttp router at import time, so the app's auth middleware covers
 them and ``/`` is matched before Faust's own index (its blueprints are added at start-up).
+
+Private internals mirrored (listed in app/runtime/internals.py; checked against aiokafka
+0.14.0, re-check on upgrade): ``aiokafka.consumer.consumer.AIOKafkaConsumer._client`` (its
+``force_metadata_update`` while the locations topic is not in the metadata yet).
 """
 
 from __future__ import annotations
