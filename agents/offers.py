@@ -34,12 +34,7 @@ from app.settings import SETTINGS
 from app.topics import displays_topic, locations_topic, offers_topic, promotions_topic
 from core.events import parse_display_event, parse_position, parse_promotion_event
 from core.loyalty import Spend, view_spend
-from core.offers import (
-    CooldownKey,
-    decide_offers,
-    prune_last_offered,
-    record_offers,
-)
+from core.offers import CooldownState, PositionSource, decide_offers
 from tables.batch import TableWrites
 from tables.loyalty import price_history, profiles, spend
 from tables.offers import (
@@ -54,7 +49,6 @@ from tables.offers import (
 )
 
 RULES = SETTINGS.loyalty
-SEP = "\x1f"
 
 
 async def apply_display(message: Any) -> str:
@@ -82,14 +76,6 @@ def customer_tier(uid: str) -> str:
     return view_spend(Spend.from_json(raw), price_history, RULES).tier
 
 
-def _cooldowns(raw: dict[str, float] | None) -> dict[CooldownKey, float]:
-    out: dict[CooldownKey, float] = {}
-    for key, ts in (raw or {}).items():
-        pid, _, sku = key.partition(SEP)
-        out[(pid, sku)] = float(ts)
-    return out
-
-
 async def apply_positions(batch: Sequence[Source], writes: TableWrites,
                           emitted: list[dict[str, object]] | None = None) -> None:
     """Match each shopper position against nearby promoted displays; emit offers.
@@ -102,29 +88,28 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
         position = parse_position(source.value, decode_key(source.key), source.timestamp)
         uid = position.uid
         profile = profiles.get(uid) or {}
-        last_offered = _cooldowns((writes.get(shoppers, uid) or {}).get("last_offered"))
-        # Re-processing the very same position (a redelivery) yields the very same offers and
-        # ids, which delivery de-duplicates; anything else in the cooldown window is blocked.
-        blocking = {k: ts for k, ts in last_offered.items() if ts != position.ts}
+        state = CooldownState.from_json(writes.get(shoppers, uid))
+        here = PositionSource(source.topic, source.partition, source.offset)
+        # Replays are told by the record's place in the log, never by its timestamp: a record
+        # redelivered (after a crash before the commit) yields the very same offers and ids,
+        # which delivery de-duplicates; any other position within a cooldown yields none.
         offers = decide_offers(
             uid, position.lat, position.lon, position.ts,
             opted_out=bool(profile.get("opt_out", False)),
             tier=customer_tier(uid),
             displays=DISPLAY_INDEX,
             promotions=PROMOTION_INDEX,
-            last_offered=blocking,
+            last_offered=state.windows,
             radius_m=SETTINGS.offer_radius_m,
             cooldown_s=SETTINGS.offer_cooldown_s,
+            source=here,
+            redelivered=state.redelivers(here),
         )
         if not offers:
             return OK
-        updated = prune_last_offered(
-            record_offers(last_offered, offers),
-            position.ts - SETTINGS.offer_cooldown_s,
-            SETTINGS.offer_cooldown_s,
-        )
-        writes.put(shoppers, uid,
-                   {"last_offered": {f"{p}{SEP}{s}": ts for (p, s), ts in updated.items()}})
+        updated = state.after(offers, here, position.ts, SETTINGS.offer_cooldown_s)
+        if updated is not state:  # a redelivered record's effects are in the state already
+            writes.put(shoppers, uid, updated.to_json())
         for offer in offers:
             record = offer.to_record()
             writes.emit(offers_topic, uid.encode(), orjson.dumps(record))

@@ -5,17 +5,27 @@ No I/O and no framework imports. Times are event-time seconds since the epoch (t
 events produces the same offers with the same ids.
 
 Cooldown
-    ``last_offered[(pid, sku)]`` holds, per customer, the ``ts`` of the last offer
-    sent for that promotion and SKU. A new offer is allowed when there is none, or
-    when ``ts - last >= cooldown_s``; positions earlier than the last offer (late
-    or out-of-order events) are suppressed. Each offer therefore opens a cooldown
-    window starting at its own ``ts``.
+    ``last_offered[(pid, sku)]`` holds, per customer, the cooldown :class:`Window` of that
+    promotion and SKU: the ``ts`` of the offer that opened it and the position's
+    :class:`PositionSource` (topic, partition, offset). Replays are told apart by source,
+    never by timestamp (distinct positions can carry the same ``ts``):
+
+    * a record processed before (redelivered after a crash before the commit) is offered
+      again exactly what it opened: the same offers, the same ids
+      (:meth:`CooldownState.redelivers`, :func:`window_allows`);
+    * any other position is a distinct one: it opens a new window only when
+      ``ts - window.ts >= cooldown_s``; within the cooldown (same ``ts``, an earlier one,
+      or a record without ``ts`` stamped in the same millisecond) it yields nothing.
+
+    A bare float in ``last_offered`` is a window of unknown source (state kept before
+    sources were recorded): the ``ts`` rule alone applies.
 
 Offer id
-    ``offer_id`` hashes ``(uid, pid, sku, window_start_ms)`` with SHA-256, where the
-    window start is the event ``ts`` of the offer that opened the cooldown window,
-    in whole milliseconds. Re-processing the same position with the same cooldown
-    state yields the same id, so downstream consumers can deduplicate on it.
+    ``offer_id`` hashes ``(uid, pid, sku, window_start_ms)`` and the position's source
+    (topic, partition, offset) with SHA-256, where the window start is the event ``ts`` of
+    the position that opened the cooldown window, in whole milliseconds. Re-processing the
+    same record yields the same id, so downstream consumers can deduplicate on it, and two
+    distinct positions never share one.
 
 Ended promotions
     A promotion record with ``active=False`` ends it: ``PromotionIndex`` drops it and
@@ -29,10 +39,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from core.geo import (
     DEFAULT_RADIUS_M,
@@ -215,6 +225,38 @@ def _discard(table: dict[str, dict[str, Promotion]], label: str, pid: str) -> No
             del table[label]
 
 
+@dataclass(frozen=True, slots=True)
+class PositionSource:
+    """Where a position was read: its identity in the log (a redelivery has the same one)."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def before(self, other: PositionSource) -> bool:
+        """True when this record precedes ``other`` in the same log (topic and partition)."""
+        return (self.topic == other.topic and self.partition == other.partition
+                and self.offset < other.offset)
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """A cooldown window: the event time of the offer that opened it, and where the position
+    that opened it was read (``None``: unknown, state kept before sources were recorded)."""
+
+    ts: float
+    source: PositionSource | None = None
+
+
+#: What ``last_offered`` maps a ``(pid, sku)`` to: a window, or a bare ``ts`` (source unknown).
+Cooldown: TypeAlias = Window | float
+
+
+def as_window(value: Cooldown) -> Window:
+    """A ``last_offered`` value as a :class:`Window` (a bare ``ts`` has no source)."""
+    return value if isinstance(value, Window) else Window(float(value))
+
+
 def cooldown_allows(last_offered_ts: float | None, now_ts: float, cooldown_s: float) -> bool:
     """True when no offer was sent yet, or the last one is at least ``cooldown_s`` old."""
     if cooldown_s < 0:
@@ -224,12 +266,43 @@ def cooldown_allows(last_offered_ts: float | None, now_ts: float, cooldown_s: fl
     return now_ts - last_offered_ts >= cooldown_s
 
 
-def offer_id(uid: str, pid: str, sku: str, window_start_ts: float) -> str:
-    """Deterministic id (32 hex chars) for an offer opening a cooldown window."""
+def window_allows(window: Cooldown | None, ts: float, source: PositionSource | None,
+                  cooldown_s: float, *, redelivered: bool = False) -> bool:
+    """Whether a position at event time ``ts``, read at ``source``, may be offered a
+    ``(pid, sku)`` whose cooldown window is ``window``.
+
+    A record that was processed before (``redelivered``: the shopper's state already holds
+    its effects, :meth:`CooldownState.redelivers`) is offered again exactly what it opened:
+    yes when it opened this window, otherwise no. For any other record: yes when there is no
+    window or the window was opened by this very record; no when this record precedes the
+    window's opener in the same log (it was processed before, and did not open the window);
+    otherwise it is a distinct position, offered only once the cooldown has passed since the
+    window opened, whatever its ``ts`` (equal or earlier ones are within the cooldown).
+    """
+    opened = None if window is None else as_window(window)
+    if redelivered:
+        return opened is not None and source is not None and opened.source == source
+    if opened is None:
+        return cooldown_allows(None, ts, cooldown_s)
+    if source is not None and opened.source is not None:
+        if opened.source == source:
+            return True
+        if source.before(opened.source):
+            return False
+    return cooldown_allows(opened.ts, ts, cooldown_s)
+
+
+def offer_id(uid: str, pid: str, sku: str, window_start_ts: float,
+             source: PositionSource | None = None) -> str:
+    """Deterministic id (32 hex chars) for the offer of the position read at ``source``,
+    opening a cooldown window at ``window_start_ts``."""
     if not math.isfinite(window_start_ts):
         raise ValueError(f"invalid window start: {window_start_ts!r}")
     millis = round(window_start_ts * 1000)
-    payload = json.dumps([uid, pid, sku, millis], separators=(",", ":"), ensure_ascii=False)
+    parts: list[object] = [uid, pid, sku, millis]
+    if source is not None:
+        parts += [source.topic, source.partition, source.offset]
+    payload = json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
 
 
@@ -247,11 +320,18 @@ class Offer:
     discount_pct: Discount
     distance_m: float
     ts: float
+    #: Where the position was read (``None`` when the caller did not say).
+    source: PositionSource | None = None
 
     @property
     def cooldown_key(self) -> CooldownKey:
         """Key of this offer in the customer's ``last_offered`` mapping."""
         return (self.pid, self.sku)
+
+    @property
+    def window(self) -> Window:
+        """The cooldown window this offer opens."""
+        return Window(self.ts, self.source)
 
     def to_record(self) -> dict[str, object]:
         """JSON-ready dict; a fractional Decimal discount is rendered as a string."""
@@ -282,15 +362,20 @@ def decide_offers(
     tier: Tier | str | None,
     displays: DisplayIndex,
     promotions: PromotionIndex,
-    last_offered: Mapping[CooldownKey, float],
+    last_offered: Mapping[CooldownKey, Cooldown],
     radius_m: float = DEFAULT_RADIUS_M,
     cooldown_s: float = DEFAULT_COOLDOWN_S,
+    source: PositionSource | None = None,
+    redelivered: bool = False,
 ) -> list[Offer]:
-    """Offers to emit for one shopper position at event time ``ts``.
+    """Offers to emit for one shopper position at event time ``ts``, read at ``source``.
 
     At most one offer per ``(pid, sku)``: the nearest matching display wins. Order is
     nearest first, then ``pid``, ``sku``, ``store_id``. Invalid positions or times
-    yield no offers. The caller records the result with ``record_offers``.
+    yield no offers. Cooldowns follow :func:`window_allows`: pass ``source`` (and
+    ``redelivered``, from :meth:`CooldownState.redelivers`) so that a redelivered record
+    yields its offers again and any other position within the cooldown none. The caller
+    records the result with :meth:`CooldownState.after` (or ``record_offers``).
     """
     customer_tier = parse_tier(tier)
     if opted_out or not valid_coordinates(lat, lon) or not math.isfinite(ts):
@@ -301,8 +386,9 @@ def decide_offers(
             key = (promo.pid, display.sku)
             if key in offers or not _eligible(promo, display, customer_tier):
                 continue
-            if cooldown_allows(last_offered.get(key), ts, cooldown_s):
-                offers[key] = _make_offer(uid, promo, display, distance, ts)
+            if window_allows(last_offered.get(key), ts, source, cooldown_s,
+                             redelivered=redelivered):
+                offers[key] = _make_offer(uid, promo, display, distance, ts, source)
     return sorted(offers.values(), key=lambda o: (o.distance_m, o.pid, o.sku, o.store_id))
 
 
@@ -314,9 +400,10 @@ def _eligible(promo: Promotion, display: Display, tier: Tier | None) -> bool:
     )
 
 
-def _make_offer(uid: str, promo: Promotion, display: Display, distance: float, ts: float) -> Offer:
+def _make_offer(uid: str, promo: Promotion, display: Display, distance: float, ts: float,
+                source: PositionSource | None) -> Offer:
     return Offer(
-        offer_id=offer_id(uid, promo.pid, display.sku, ts),
+        offer_id=offer_id(uid, promo.pid, display.sku, ts, source),
         uid=uid,
         pid=promo.pid,
         sku=display.sku,
@@ -326,18 +413,35 @@ def _make_offer(uid: str, promo: Promotion, display: Display, distance: float, t
         discount_pct=promo.discount_pct,
         distance_m=distance,
         ts=ts,
+        source=source,
     )
 
 
 def record_offers(
     last_offered: Mapping[CooldownKey, float], offers: Iterable[Offer]
 ) -> dict[CooldownKey, float]:
-    """New ``last_offered`` mapping including the given offers (keeps the later ts)."""
+    """New ``last_offered`` mapping including the given offers (keeps the later ts).
+
+    Timestamps only: use :func:`record_windows` to keep the sources replays are told by.
+    """
     updated = dict(last_offered)
     for offer in offers:
         previous = updated.get(offer.cooldown_key)
         if previous is None or offer.ts > previous:
             updated[offer.cooldown_key] = offer.ts
+    return updated
+
+
+def record_windows(
+    last_offered: Mapping[CooldownKey, Cooldown], offers: Iterable[Offer]
+) -> dict[CooldownKey, Window]:
+    """New windows including those the given offers open (a window is replaced only by a later
+    one: an offer re-emitted for a redelivered record leaves its own window as it was)."""
+    updated = {key: as_window(value) for key, value in last_offered.items()}
+    for offer in offers:
+        previous = updated.get(offer.cooldown_key)
+        if previous is None or offer.ts > previous.ts:
+            updated[offer.cooldown_key] = offer.window
     return updated
 
 
@@ -354,3 +458,91 @@ def prune_last_offered(
         for key, last in last_offered.items()
         if not cooldown_allows(last, now_ts, cooldown_s)
     }
+
+
+def prune_windows(
+    windows: Mapping[CooldownKey, Window], now_ts: float, cooldown_s: float
+) -> dict[CooldownKey, Window]:
+    """:func:`prune_last_offered` for windows: keep those still blocking at ``now_ts``."""
+    return {
+        key: window
+        for key, window in windows.items()
+        if not cooldown_allows(window.ts, now_ts, cooldown_s)
+    }
+
+
+#: Separates pid and sku in the stored form of a cooldown key.
+KEY_SEP = "\x1f"
+
+#: A log: (topic, partition).
+Log: TypeAlias = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class CooldownState:
+    """A shopper's offer state: the open cooldown windows, and per log (topic, partition) the
+    offset of the last record that changed them.
+
+    A record at or before that offset is a redelivery: its effects are in the state already,
+    so it is offered again only what it opened (even when :func:`prune_windows` has since
+    dropped a window that blocked it). A record after it changed nothing when it was
+    processed (state is written only with offers), so processing it again gives the same
+    answer. Logs are ordered only within themselves: a shopper whose positions arrive both
+    keyed and through the repartition topic is told apart per log.
+    """
+
+    windows: Mapping[CooldownKey, Window] = field(default_factory=dict)
+    applied: Mapping[Log, int] = field(default_factory=dict)
+
+    def redelivers(self, source: PositionSource) -> bool:
+        """True when the record at ``source`` was processed into this state already."""
+        return source.offset <= self.applied.get((source.topic, source.partition), -1)
+
+    def after(self, offers: Sequence[Offer], source: PositionSource, ts: float,
+              cooldown_s: float) -> CooldownState:
+        """The state once the offers of the record at ``source`` (event time ``ts``) are
+        recorded; windows no longer blocking at ``ts - cooldown_s`` are dropped. A redelivered
+        record changes nothing: its effects are in the state already (pruning again with its
+        older ``ts`` could drop windows that records after it opened)."""
+        if self.redelivers(source):
+            return self
+        windows = prune_windows(record_windows(self.windows, offers), ts - cooldown_s,
+                                cooldown_s)
+        log = (source.topic, source.partition)
+        applied = dict(self.applied)
+        applied[log] = max(source.offset, applied.get(log, -1))
+        return CooldownState(windows, applied)
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored form: ``last_offered`` ``{"pid\\x1fsku": ts}`` (the form kept before
+        sources were recorded), ``opened_by`` ``{"pid\\x1fsku": [topic, partition, offset]}``
+        and ``applied`` ``[[topic, partition, offset], ...]``."""
+        last: dict[str, float] = {}
+        opened: dict[str, list[object]] = {}
+        for (pid, sku), window in sorted(self.windows.items()):
+            name = f"{pid}{KEY_SEP}{sku}"
+            last[name] = window.ts
+            if window.source is not None:
+                where = window.source
+                opened[name] = [where.topic, where.partition, where.offset]
+        applied = [[topic, partition, offset]
+                   for (topic, partition), offset in sorted(self.applied.items())]
+        return {"last_offered": last, "opened_by": opened, "applied": applied}
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any] | None) -> CooldownState:
+        """Inverse of :meth:`to_json`; ``None`` is a new shopper, a record without sources
+        (written before they were kept) has windows of unknown source."""
+        if not record:
+            return cls()
+        opened: Mapping[str, Any] = record.get("opened_by") or {}
+        windows: dict[CooldownKey, Window] = {}
+        for name, ts in (record.get("last_offered") or {}).items():
+            pid, _, sku = str(name).partition(KEY_SEP)
+            where = opened.get(name)
+            source = None if where is None else PositionSource(
+                str(where[0]), int(where[1]), int(where[2]))
+            windows[(pid, sku)] = Window(float(ts), source)
+        applied = {(str(topic), int(partition)): int(offset)
+                   for topic, partition, offset in record.get("applied") or ()}
+        return cls(windows, applied)

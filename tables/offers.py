@@ -21,7 +21,9 @@ from tables.base import text_keyed_table
 displays = text_keyed_table(app.Table, "displays", "Product displays and their positions")
 #: pid -> promotion record (normalised fields; active=false once ended).
 promotions = text_keyed_table(app.Table, "promotions", "Promotions by pid")
-#: uid -> {"last_offered": {"pid|sku": ts}, "last_offset": n}; no positions.
+#: uid -> {"last_offered": {"pid\x1fsku": ts}, "opened_by": {"pid\x1fsku": [topic, partition,
+#: offset]}}: each cooldown window and the record that opened it
+#: (core.offers.windows_to_json); no positions.
 shoppers = text_keyed_table(app.Table, "shoppers", "Offer cooldowns per shopper")
 
 DISPLAY_INDEX = DisplayIndex()

@@ -1,4 +1,4 @@
-"""Unit tests for core.offers: matching, tiers, cooldown, offer ids and decide_offers."""
+"""Unit tests for core.offers: matching, tiers, cooldown, offer ids, decide_offers and replays."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 
 import hypothesis
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -14,10 +15,13 @@ from hypothesis import strategies as st
 from core.geo import DEFAULT_RADIUS_M, EARTH_RADIUS_M, Display, DisplayIndex
 from core.offers import (
     DEFAULT_COOLDOWN_S,
+    CooldownState,
     Offer,
+    PositionSource,
     Promotion,
     PromotionIndex,
     Tier,
+    Window,
     cooldown_allows,
     decide_offers,
     offer_id,
@@ -28,6 +32,7 @@ from core.offers import (
     prune_last_offered,
     record_offers,
     tier_allows,
+    window_allows,
 )
 
 STORE_LAT, STORE_LON = 51.5072, -0.1276
@@ -407,3 +412,217 @@ def test_cooldown_invariant_and_replay_property(
         assert previous is None or offer.ts - previous >= cooldown_s
         last_seen[offer.cooldown_key] = offer.ts
         assert offer.distance_m <= DEFAULT_RADIUS_M
+
+
+# --- replays told by source offset, not timestamp ---------------------------------------
+
+LOCATIONS = "customers.locations"
+TWO_PROMOTIONS = [Promotion("p", 10, sku="101"), Promotion("q", 5, segment="dairy")]
+
+
+def at(offset: int, topic: str = LOCATIONS, partition: int = 3) -> PositionSource:
+    return PositionSource(topic, partition, offset)
+
+
+def step(
+    state: CooldownState,
+    source: PositionSource,
+    ts: float,
+    *,
+    where: tuple[float, float] = (STORE_LAT, STORE_LON),
+    promotions: PromotionIndex | None = None,
+    displays: DisplayIndex | None = None,
+    cooldown_s: float = DEFAULT_COOLDOWN_S,
+) -> tuple[CooldownState, list[Offer]]:
+    """One position through the rules as the locations agent applies them."""
+    offers = decide_offers(
+        "u1", *where, ts, opted_out=False, tier=None,
+        displays=displays if displays is not None else make_displays(MILK),
+        promotions=promotions if promotions is not None else PromotionIndex(TWO_PROMOTIONS),
+        last_offered=state.windows, cooldown_s=cooldown_s,
+        source=source, redelivered=state.redelivers(source),
+    )  # fmt: skip
+    if offers:
+        state = state.after(offers, source, ts, cooldown_s)
+    return state, offers
+
+
+def test_redelivered_position_yields_same_offer_ids() -> None:
+    state, first = step(CooldownState(), at(5), T0)
+    assert [(o.pid, o.sku) for o in first] == [("p", "101"), ("q", "101")]
+    # Redelivered after a crash before the commit, onto the state it already wrote ...
+    again_state, again = step(state, at(5), T0)
+    assert again == first and again_state == state
+    # ... or onto state from before it (the changelog write was lost too): the same ids.
+    _, fresh = step(CooldownState(), at(5), T0)
+    assert [o.offer_id for o in fresh] == [o.offer_id for o in first]
+
+
+def test_distinct_position_same_timestamp_within_cooldown_yields_nothing() -> None:
+    """A shopper lingering at a display: 8 positions stamped in the same millisecond, two
+    promotions -> one offer per promotion, not eight."""
+    state = CooldownState()
+    emitted: list[Offer] = []
+    for offset in range(8):
+        state, offers = step(state, at(offset), T0)
+        emitted += offers
+    assert [(o.pid, o.source) for o in emitted] == [("p", at(0)), ("q", at(0))]
+
+
+def test_distinct_position_earlier_timestamp_within_cooldown_yields_nothing() -> None:
+    state, first = step(CooldownState(), at(0), T0)
+    assert len(first) == 2
+    for offset, ts in enumerate([T0 - 0.001, T0 - 600, T0 - 10 * DEFAULT_COOLDOWN_S], 1):
+        assert step(state, at(offset), ts)[1] == []
+
+
+def test_distinct_position_after_the_cooldown_opens_a_new_window() -> None:
+    state, first = step(CooldownState(), at(0), T0)
+    assert step(state, at(1), T0 + DEFAULT_COOLDOWN_S - 0.001)[1] == []
+    state, again = step(state, at(2), T0 + DEFAULT_COOLDOWN_S)
+    assert len(again) == 2
+    assert not {o.offer_id for o in again} & {o.offer_id for o in first}
+    assert step(state, at(0), T0)[1] == []  # the first position, redelivered: now superseded
+
+
+def test_position_from_another_log_is_a_distinct_position() -> None:
+    """A keyless position forwarded through the repartition topic has offsets of its own."""
+    state, first = step(CooldownState(), at(7), T0)
+    assert step(state, at(7, topic=LOCATIONS + ".repartition"), T0)[1] == []
+    assert step(state, at(7, partition=1), T0)[1] == []
+    assert len(first) == 2
+
+
+def test_earlier_record_of_the_same_log_redelivered_yields_nothing() -> None:
+    """A record before the window's opener was processed before it and opened nothing."""
+    promotions = PromotionIndex([Promotion("p", 10, sku="101")])
+    state, first = step(CooldownState(), at(9), T0, promotions=promotions)
+    assert len(first) == 1
+    assert step(state, at(4), T0 + 5 * DEFAULT_COOLDOWN_S, promotions=promotions)[1] == []
+
+
+def test_redelivered_record_is_not_offered_what_a_pruned_window_blocked() -> None:
+    """Pruning drops windows that no longer block later positions; a record redelivered from
+    before it must not slip through the gap."""
+    promotions = PromotionIndex([Promotion("p", 10, sku="101"), Promotion("b", 5, sku="303")])
+    displays = make_displays(MILK, BREAD)
+    state, first = step(CooldownState(), at(0), T0, promotions=promotions, displays=displays)
+    assert {o.pid for o in first} == {"p", "b"}
+    blocked = step(state, at(1), T0 + 10, promotions=promotions, displays=displays)
+    assert blocked == (state, [])
+    # far later, near the milk only: p's window reopens, b's (no longer blocking) is pruned
+    later = T0 + 3 * DEFAULT_COOLDOWN_S
+    state, reopened = step(state, at(2), later, where=north(-0.7), promotions=promotions,
+                           displays=displays)
+    assert [o.pid for o in reopened] == ["p"] and ("b", "303") not in state.windows
+    # the crash: positions 1 and 2 come again
+    assert step(state, at(1), T0 + 10, promotions=promotions, displays=displays)[1] == []
+    again = step(state, at(2), later, where=north(-0.7), promotions=promotions,
+                 displays=displays)[1]
+    assert again == reopened
+
+
+def test_window_of_unknown_source_blocks_by_timestamp_alone() -> None:
+    """State written before sources were kept: ``last_offered`` holds bare timestamps."""
+    legacy = CooldownState.from_json({"last_offered": {"p\x1f101": T0}})
+    assert legacy.windows == {("p", "101"): Window(T0)}
+    _, offers = step(legacy, at(0), T0)
+    assert [o.pid for o in offers] == ["q"]
+    assert window_allows(T0, T0, at(1), 60.0) is False
+    assert window_allows(T0, T0 + 60, at(1), 60.0) is True
+
+
+def test_window_allows_rules() -> None:
+    opened = Window(T0, at(5))
+    assert window_allows(None, T0, at(6), 60.0)
+    assert window_allows(opened, T0, at(5), 60.0)  # the opener itself
+    assert window_allows(opened, T0 - 1, at(5), 60.0)
+    assert not window_allows(opened, T0, at(6), 60.0)  # same ts, distinct position
+    assert not window_allows(opened, T0 - 1, at(6), 60.0)  # earlier ts
+    assert window_allows(opened, T0 + 60, at(6), 60.0)  # the cooldown has passed
+    assert not window_allows(opened, T0 + 600, at(4), 60.0)  # before the opener: replayed
+    assert window_allows(opened, T0, at(5), 60.0, redelivered=True)
+    assert not window_allows(opened, T0 + 600, at(6), 60.0, redelivered=True)
+    assert not window_allows(None, T0, at(6), 60.0, redelivered=True)
+
+
+def test_offer_id_depends_on_the_source() -> None:
+    base = offer_id("u", "p", "s", T0, at(5))
+    assert base == offer_id("u", "p", "s", T0, PositionSource(LOCATIONS, 3, 5))
+    others = {offer_id("u", "p", "s", T0, src) for src in
+              (at(6), at(5, partition=2), at(5, topic=LOCATIONS + ".repartition"))}
+    others.add(offer_id("u", "p", "s", T0))
+    assert base not in others and len(others) == 4
+
+
+def test_cooldown_state_round_trips_through_json() -> None:
+    state, _ = step(CooldownState(), at(5), T0)
+    state, _ = step(state, at(2, topic=LOCATIONS + ".repartition"), T0 + DEFAULT_COOLDOWN_S)
+    raw = state.to_json()
+    assert raw["last_offered"] == {"p\x1f101": T0 + DEFAULT_COOLDOWN_S,
+                                   "q\x1f101": T0 + DEFAULT_COOLDOWN_S}
+    assert raw["applied"] == [[LOCATIONS, 3, 5], [LOCATIONS + ".repartition", 3, 2]]
+    assert CooldownState.from_json(orjson.loads(orjson.dumps(raw))) == state
+    assert CooldownState.from_json(None) == CooldownState()
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stamps=st.lists(st.sampled_from([0.0, 0.0005, 1.0, 59.0, 60.0, 130.0, 400.0, -30.0]),
+                    min_size=1, max_size=30),
+    spots=st.data(),
+    cooldown_s=st.sampled_from([0.0, 60.0, 1800.0]),
+)
+def test_replay_after_a_crash_repeats_offers_and_adds_none(
+    stamps: list[float], spots: st.DataObject, cooldown_s: float
+) -> None:
+    """Positions at offsets 0..n-1 (timestamps colliding, going back, or absent and stamped
+    alike); a crash leaves state written up to any record and a commit at or before it; the
+    records from the commit on are delivered again. Replayed records yield only offers they
+    yielded the first time, with the same ids; records past the state yield exactly what they
+    did; and in offset order a (pid, sku) is offered again only once the cooldown passed (or
+    its window was pruned: events more than a cooldown late are not held back)."""
+    n = len(stamps)
+    wheres = [north(m) for m in spots.draw(st.lists(
+        st.sampled_from([0.0, 0.3, -0.7, 1.5]), min_size=n, max_size=n))]
+    promotions = PromotionIndex([*TWO_PROMOTIONS, Promotion("b", 5, segment="bakery")])
+    displays = make_displays()
+
+    def run(state: CooldownState, start: int, stop: int,
+            states: list[CooldownState] | None = None) -> dict[int, list[Offer]]:
+        out: dict[int, list[Offer]] = {}
+        for offset in range(start, stop):
+            if states is not None:
+                states.append(state)
+            state, out[offset] = step(state, at(offset), T0 + stamps[offset],
+                                      where=wheres[offset], promotions=promotions,
+                                      displays=displays, cooldown_s=cooldown_s)
+        if states is not None:
+            states.append(state)
+        return out
+
+    states: list[CooldownState] = []
+    original = run(CooldownState(), 0, n, states)
+    assert run(CooldownState(), 0, n) == original  # deterministic
+
+    written = spots.draw(st.integers(0, n))
+    committed = spots.draw(st.integers(0, written))
+    replayed = run(states[written], committed, n)
+    for offset in range(committed, n):
+        if offset >= written:
+            assert replayed[offset] == original[offset]
+        else:
+            assert set(replayed[offset]) <= set(original[offset])
+
+    opened: dict[tuple[str, str], Offer] = {}
+    newest_written = -math.inf  # windows are pruned once 2 cooldowns older than a written ts
+    for offset in range(n):
+        for offer in original[offset]:
+            previous = opened.get(offer.cooldown_key)
+            assert (previous is None or offer.ts - previous.ts >= cooldown_s
+                    or previous.ts <= newest_written - 2 * cooldown_s), (offset, offer)
+            opened[offer.cooldown_key] = offer
+        if original[offset]:
+            newest_written = max(newest_written, T0 + stamps[offset])
+    ids = [o.offer_id for offers in original.values() for o in offers]
+    assert len(ids) == len(set(ids))
