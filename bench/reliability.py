@@ -68,14 +68,13 @@ from core.geo import DisplayIndex, parse_display
 from core.loyalty import LoyaltyRules, Purchase, customer_document, replay
 from core.money import to_cents
 from core.offers import (
-    CooldownKey,
+    CooldownState,
+    PositionSource,
     PromotionIndex,
     Tier,
     decide_offers,
     parse_promotion,
     parse_tier,
-    prune_last_offered,
-    record_offers,
 )
 from core.poison import poison_pills
 from core.pricing import PriceHistory, with_price
@@ -243,10 +242,11 @@ def reference_documents(inputs: Inputs, rules: LoyaltyRules) -> dict[str, dict[s
     return docs
 
 
-def reference_offers(inputs: Inputs, radius_m: float, cooldown_s: float) -> dict[str, tuple]:
-    """Offers of promotions without a tier gate, by id, replaying the positions as the agent
-    does (tier-gated ones depend on when purchases were processed, so they are checked
-    against the final tier instead)."""
+def reference_offers(inputs: Inputs, radius_m: float, cooldown_s: float,
+                     topic: str) -> dict[str, tuple]:
+    """Offers of promotions without a tier gate, by id, replaying the positions (read from
+    ``topic``, the prefixed locations topic) as the agent does (tier-gated ones depend on when
+    purchases were processed, so they are checked against the final tier instead)."""
     displays = DisplayIndex()
     for record in inputs.of_kind("display"):
         displays.upsert(parse_display(record.value))
@@ -255,7 +255,7 @@ def reference_offers(inputs: Inputs, radius_m: float, cooldown_s: float) -> dict
         promotion = parse_promotion(record.value)
         if promotion.min_tier is None:
             promotions.upsert(promotion)
-    state: dict[str, dict[CooldownKey, float]] = defaultdict(dict)
+    state: dict[str, CooldownState] = defaultdict(CooldownState)
     expected: dict[str, tuple] = {}
     positions = sorted((r for r in inputs.of_kind("position") if r.placed),
                        key=lambda r: (r.partition, r.offset))
@@ -263,14 +263,15 @@ def reference_offers(inputs: Inputs, radius_m: float, cooldown_s: float) -> dict
         p = record.value
         uid = p["uid"]
         last = state[uid]
+        source = PositionSource(topic, record.partition, record.offset)
         offers = decide_offers(uid, p["lat"], p["lon"], p["ts"],
                                opted_out=uid in inputs.opted_out, tier=None,
                                displays=displays, promotions=promotions,
-                               last_offered={k: t for k, t in last.items() if t != p["ts"]},
-                               radius_m=radius_m, cooldown_s=cooldown_s)
+                               last_offered=last.windows, radius_m=radius_m,
+                               cooldown_s=cooldown_s, source=source,
+                               redelivered=last.redelivers(source))
         if offers:
-            state[uid] = prune_last_offered(record_offers(last, offers), p["ts"] - cooldown_s,
-                                            cooldown_s)
+            state[uid] = last.after(offers, source, p["ts"], cooldown_s)
         for offer in offers:
             expected[offer.offer_id] = (offer.uid, offer.pid, offer.sku, offer.ts)
     return expected
@@ -798,7 +799,8 @@ class Run:
         cooldown = self.settings.offer_cooldown_s
         twice = [(key, a, b) for key, stamps in windows.items()
                  for a, b in itertools.pairwise(sorted(stamps)) if b - a < cooldown]
-        expected = reference_offers(self.inputs, self.settings.offer_radius_m, cooldown)
+        expected = reference_offers(self.inputs, self.settings.offer_radius_m, cooldown,
+                                    self.settings.topics.locations)
         gates = {p["pid"]: parse_tier(p.get("min_tier"))
                  for p in (r.value for r in self.inputs.of_kind("promotion"))}
         ungated = {oid for oid, o in by_id.items() if gates.get(o["pid"]) is None}
