@@ -32,6 +32,7 @@ import json
 import re
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Any, Literal
@@ -165,6 +166,11 @@ class AblyStub:
     def unique_ids(self) -> list[str | None]:
         """Distinct message ids of the published messages, first-seen order."""
         return list(dict.fromkeys(m.id for m in self.published))
+
+    def publish_counts(self) -> Counter[str | None]:
+        """How many times each message id was published (successfully): Ably keeps one
+        message per id, so a count above 1 is a repeat that only its idempotency hides."""
+        return Counter(m.id for m in self.published)
 
     def on_channel(self, channel: str) -> list[PublishedMessage]:
         """Published messages of one channel."""
