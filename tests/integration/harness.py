@@ -107,6 +107,17 @@ class Deployment:
         return asyncio.run(committed_total(self.stack.bootstrap, self.settings.app_id,
                                            self.topic(base), self.settings.topic_partitions))
 
+    def wait_committed(self, base: str, expected: int, timeout: float = 60.0) -> None:
+        """Poll until the consumer group has committed exactly ``expected`` source offsets on
+        a topic (all partitions together); Faust commits every few seconds. Fails at once if
+        the group commits more than that."""
+        def reached() -> list[int]:
+            committed = self.committed(base)
+            assert committed <= expected, f"{committed} offsets committed on {base}, " \
+                f"more than the {expected} records it has"
+            return [committed] if committed == expected else []
+        wait_for(f"{expected} offsets committed on {base}", reached, timeout, interval=0.5)
+
     def read_topic(self, base: str, expect: int, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Read a topic from the start until ``expect`` records arrived (or ``timeout``)."""
         return asyncio.run(read_all(self.stack.bootstrap, self.topic(base), expect, timeout))

@@ -34,6 +34,7 @@ from app.runtime.recovery import read_last_offsets
 from core.config import load_settings
 from core.loyalty import LoyaltyRules, Purchase, customer_document, replay
 from core.money import to_cents
+from core.partitioners import murmur2_partition
 from tests.integration.harness import Deployment, Worker, deployed, wait_for
 
 pytestmark = pytest.mark.integration
@@ -127,6 +128,39 @@ def fill(deployment: Deployment, worker: Worker, seed: int) -> tuple[
     return records, expected, users
 
 
+def one_purchase_per_partition(deployment: Deployment, tag: str) -> list[Record]:
+    """A purchase by a new customer on each partition of ``purchases`` (keys placed by
+    murmur2, as the test producer places them)."""
+    partitions = deployment.settings.topic_partitions
+    users: dict[int, str] = {}
+    number = 0
+    while len(users) < partitions:
+        user = f"{tag}{number:04d}"
+        users.setdefault(murmur2_partition(user.encode(), partitions), user)
+        number += 1
+    return [("purchases", user, {"user_id": user, "product_id": "bagel", "price": 1.25,
+                                 "purchase_id": f"{user}-last", "ts": 1_800_000_000.0})
+            for _, user in sorted(users.items())]
+
+
+def assert_nothing_reprocessed(deployment: Deployment, worker: Worker, committed: int) -> None:
+    """``worker`` restarted after ``committed`` purchases (all of them) were committed, so it
+    must process nothing again: one more purchase is produced to every partition, and once
+    every one of them is served (each partition read to its end, in order), the worker has
+    counted exactly those, whatever the outcome, and the group has committed them too."""
+    last = one_purchase_per_partition(deployment, "last")
+    placed = deployment.produce_placed(last)
+    assert sorted(partition for _, partition, _ in placed) == list(
+        range(deployment.settings.topic_partitions))
+    wait_for("the last purchases served", lambda: all(
+        worker.get(f"/customers/{user}/")[0] == 200 for _, user, _ in last), 60)
+    assert purchases_counted(worker, deployment) == len(last), (
+        {outcome: purchases_counted(worker, deployment, outcome=outcome)
+         for outcome in ("ok", "duplicate", "dead_letter")})
+    assert purchases_counted(worker, deployment, outcome="ok") == len(last)
+    deployment.wait_committed("purchases", committed + len(last))
+
+
 def assert_restored(worker: Worker, expected: dict[str, dict[str, Any]],
                     users: list[str]) -> None:
     wrong = mismatches(worker, expected, users)
@@ -206,16 +240,17 @@ def test_sigterm_restart_restores_every_customer_from_the_changelogs(
         deployment: Deployment) -> None:
     first = deployment.start_worker("w1")
     first.wait_ready()
-    _, expected, users = fill(deployment, first, seed=1)
+    records, expected, users = fill(deployment, first, seed=1)
+    deployment.wait_committed("purchases", len(records))
     first.stop(signal.SIGTERM)
+    assert deployment.committed("purchases") == len(records)
 
     second = deployment.start_worker("w2")  # fresh process, memory store, same app id
     started = time.monotonic()
     second.wait_ready(90)
     print(f"w2 ready {time.monotonic() - started:.1f} s after start")
     assert_restored(second, expected, users)
-    time.sleep(1.0)  # anything re-delivered would be counted by now
-    assert purchases_counted(second, deployment, outcome="ok") == 0
+    assert_nothing_reprocessed(deployment, second, len(records))
     assert second.metric("storestream_dead_letters_total") == 0
 
 
@@ -263,9 +298,11 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     committed, killed_at = int(moment[0]), moment[1]
     first.stop(signal.SIGKILL)
     killed.set()
+    final = deployment.committed("purchases")  # w1 can commit nothing more
     producer.join(60)
     assert not producer.is_alive() and not failure, failure
     assert committed < killed_at < PURCHASES  # processed past the commit; input still coming
+    assert committed <= final < PURCHASES
 
     expected = reference(records, load_settings(deployment.env).loyalty)
     everyone = sorted(expected)
@@ -275,24 +312,29 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(
     wait_for("the rest of the stream",
              lambda: not mismatches(second, expected, tail), 60, interval=1.0)
     assert_restored(second, expected, everyone)
+    deployment.wait_committed("purchases", PURCHASES)  # w2 processed it all, and committed
+    rerun = purchases_counted(second, deployment)  # every outcome
     ok = purchases_counted(second, deployment, outcome="ok")
     duplicates = purchases_counted(second, deployment, outcome="duplicate")
     # Exact totals and stamp counts above are the proof; these say how much was redelivered.
-    print(f"committed {committed}, killed after {killed_at:.0f} counted; "
-          f"w2: ok={ok:.0f} duplicate={duplicates:.0f}")
-    # Resumed from the commit, not from the start (Faust re-reads each committed record).
-    assert ok + duplicates <= PURCHASES - committed + deployment.settings.topic_partitions
+    print(f"committed {final}, killed after {killed_at:.0f} counted; "
+          f"w2: {rerun:.0f} records, ok={ok:.0f} duplicate={duplicates:.0f}")
+    # Resumed from the commit, not from the start (Faust re-reads each committed record),
+    # and everything past it was processed again.
+    assert PURCHASES - final <= rerun <= PURCHASES - final + deployment.settings.topic_partitions
+    assert ok + duplicates == rerun
 
 
 def test_rocksdb_restart_with_its_local_state(stack: DevStack, tmp_path: Path) -> None:
     with deployed(stack, tmp_path, extra_env={"APP_STORE": "rocksdb://"}) as deployment:
         first = deployment.start_worker("w1")
         first.wait_ready()
-        _, expected, users = fill(deployment, first, seed=3)
+        records, expected, users = fill(deployment, first, seed=3)
+        deployment.wait_committed("purchases", len(records))
         first.stop(signal.SIGTERM)
         shutil.copy(first.log_path, tmp_path / "w1-first-run.log")
 
         again = deployment.start_worker("w1")  # same data dir: local state + changelog tail
         again.wait_ready(90)
         assert_restored(again, expected, users)
-        assert purchases_counted(again, deployment, outcome="ok") == 0
+        assert_nothing_reprocessed(deployment, again, len(records))
