@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 
+import orjson
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from tests.integration import store
 from tests.integration.harness import Deployment, Worker, wait_for
@@ -71,6 +75,50 @@ def test_offers_follow_radius_segment_sku_tier_opt_out_cooldown_and_promotion_en
         "offer_id"]
     assert len({o["offer_id"] for o in offers}) == 9
     assert worker.metric("storestream_dead_letters_total") == 0
+
+
+async def produce_in_one_millisecond(bootstrap: str, topic: str, key: str,
+                                     values: list[dict[str, object]]) -> list[int]:
+    """Produce records that all carry one record timestamp (the same millisecond), as a phone
+    sending a burst of positions does; returns their offsets."""
+    stamp = int(time.time() * 1000)
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        sent = [await producer.send(topic, orjson.dumps(value), key=key.encode(),
+                                    timestamp_ms=stamp) for value in values]
+        return [(await future).offset for future in sent]
+    finally:
+        await producer.stop()
+
+
+def test_a_lingering_shopper_gets_one_offer_per_promotion_not_one_per_position(
+    each_path: Deployment,
+) -> None:
+    """Issue 18's measurement: a shopper lingering at a display, 8 positions produced within
+    one millisecond without ``ts``, two promotions on the display. Distinct positions with the
+    same timestamp are not redeliveries: the cooldown allows one offer per promotion."""
+    deployment = each_path
+    worker = deployment.start_worker("w1")
+    worker.wait_ready()
+    deployment.produce(store.display_records() + store.promotion_records())
+    wait_replicas(worker, displays=3, promotions=4)
+
+    lat, lon = store.D1  # segment tea (p-seg) and sku 1001 (p-off)
+    positions = [{"uid": "linda", "lat": lat, "lon": lon, "store_id": "s1"}] * 8
+    offsets = asyncio.run(produce_in_one_millisecond(
+        deployment.stack.bootstrap, deployment.topic("customers.locations"), "linda",
+        positions))
+    assert len(set(offsets)) == 8
+    locations = deployment.topic("customers.locations")
+    wait_for("the 8 positions to be processed", lambda: worker.metric(
+        "storestream_events_total", topic=locations) >= 8, 30)
+
+    offers = deployment.read_topic("customers.promotions", expect=3, timeout=5)
+    assert sorted(o["pid"] for o in offers) == ["p-off", "p-seg"], offers
+    assert len({o["offer_id"] for o in offers}) == 2
+    assert len({o["ts"] for o in offers}) == 1  # the record timestamp, in seconds
+    assert worker.metric("storestream_offers_total") == 2
 
 
 def test_bad_positions_displays_and_promotions_are_dead_lettered(deployment: Deployment) -> None:
