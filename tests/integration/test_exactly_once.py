@@ -373,7 +373,9 @@ def test_sigkill_mid_stream_every_customer_exact_and_each_offer_pushed_once(
     second.wait_ready(90)
     wait_for("every customer exact", lambda: not wrong(second, documents), 90, interval=1.0)
     wait_for("every offer pushed", lambda: len(redis_offer_ids(deployment)) >= SHOPPERS, 60)
-    time.sleep(2.0)  # a late duplicate would show by now
+    # Every purchase and position processed and its transaction committed: counts are final.
+    deployment.wait_committed("purchases", len(stream))
+    deployment.wait_committed("customers.locations", len(positions))
 
     # Loyalty events: each written once, in order, none lost (the committed log).
     expected_events = sum(len(v) for v in events.values())
@@ -387,6 +389,9 @@ def test_sigkill_mid_stream_every_customer_exact_and_each_offer_pushed_once(
     assert sorted(in_redis) == offer_ids, Counter(in_redis).most_common(3)
     wait_for("ably publishes", lambda: len(ably.unique_ids()) >= SHOPPERS, 30)
     assert sorted(i for i in ably.unique_ids() if i) == offer_ids
+    # Each publish carries its offer's id (none without one): a repeat after the crash is
+    # one Ably discards by that id.
+    assert set(ably.publish_counts()) == set(offer_ids), ably.publish_counts().get(None)
     ok = counted(second, deployment, "purchases", outcome="ok")
     duplicates = counted(second, deployment, "purchases", outcome="duplicate")
     rerun = counted(second, deployment, "purchases")
@@ -474,4 +479,7 @@ def test_an_offer_of_an_uncommitted_transaction_is_never_pushed(
     assert sorted(e["offer_id"] for e in redis_offers(deployment)) == offer_ids  # each once
     wait_for("ably publishes", lambda: len(ably.unique_ids()) >= len(everyone), 30)
     assert sorted(i for i in ably.unique_ids() if i) == offer_ids
+    # Each publish carries its offer's id (none without one): a repeat after the crash is
+    # one Ably discards by that id.
+    assert set(ably.publish_counts()) == set(offer_ids), ably.publish_counts().get(None)
     assert_path_taken(deployment, again)
