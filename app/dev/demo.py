@@ -7,6 +7,7 @@ loopback; the broker keeps nothing across restarts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,8 +33,9 @@ LOG_DIR = Path(SETTINGS.datadir) / "demo"
 
 
 def say(text: str = "") -> None:
-    """Print a line now (the demo is watched live)."""
-    print(text, flush=True)
+    """Print a line now (the demo is watched live; a closed terminal is not an error)."""
+    with contextlib.suppress(OSError):
+        print(text, flush=True)
 
 
 def http_get(path: str, timeout: float = 5.0) -> tuple[int, bytes]:
@@ -66,14 +68,16 @@ def wait_until(what: str, check: Any, timeout: float) -> None:
     raise TimeoutError(f"{what} did not happen within {timeout:.0f} s (see {LOG_DIR})")
 
 
-def metric_sum(name: str) -> float:
-    """Sum of every series of a metric on ``/metrics`` (-1 when unreachable)."""
+def metric_sum(name: str, **labels: str) -> float:
+    """Sum of the series of a metric on ``/metrics`` with ``labels`` (-1 when unreachable)."""
     status, body = http_get("/metrics")
     if status != 200:
         return -1.0
     total = 0.0
     for line in body.decode().splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{key}="{value}"' in line for key, value in labels.items()):
             total += float(line.rsplit(" ", 1)[1])
     return total
 
@@ -84,12 +88,55 @@ def counted_events() -> int:
 
 
 def start_simulator(once: bool) -> subprocess.Popen[bytes]:
-    """``faust -A app simulate``: its progress line goes to this terminal."""
+    """``faust -A app simulate``, logging to the demo log dir (its progress is shown by
+    :class:`LiveCounts`, one line)."""
     duration = ["--duration", "8", "--rate", "40"] if once else ["--rate", "15"]
+    LOG_DIR.mkdir(parents=True, exist_ok=True)
+    log = open(LOG_DIR / "simulate.log", "wb")  # noqa: SIM115  closed with the process
     return subprocess.Popen(
         [sys.executable, "-m", "faust", "-A", "app", "simulate", "--shoppers", "12", *duration],
-        start_new_session=True, env=os.environ.copy(),
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
     )
+
+
+class LiveCounts:
+    """The shoppers' positions matched and the offers delivered, from the worker's
+    ``/metrics``, refreshed in place on a terminal (a new line when they change, otherwise)."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.shown = ""
+
+    @staticmethod
+    def delivered() -> int:
+        """Offers the worker pushed to Redis (each once: a redelivered offer is a duplicate)."""
+        return int(metric_sum("storestream_offers_delivered_total", sink="redis",
+                              outcome="delivered"))
+
+    def line(self) -> str:
+        positions = int(metric_sum("storestream_events_total", topic=SETTINGS.topics.locations))
+        emitted = int(metric_sum("storestream_offers_total"))
+        delivered = self.delivered()
+        if min(positions, emitted, delivered) < 0:
+            return "  offers: the worker does not answer /metrics"
+        return (f"  positions matched: {positions:,}   offers emitted: {emitted:,}   "
+                f"offers delivered: {delivered:,}")
+
+    def refresh(self) -> None:
+        """Show the counts now (on a terminal: in place of the previous ones)."""
+        line = self.line()
+        if self.tty:
+            sys.stdout.write("\r" + line.ljust(len(self.shown)))
+            sys.stdout.flush()
+        elif line != self.shown:
+            say(line)
+        self.shown = line
+
+    def done(self) -> None:
+        """End the refreshed line (on a terminal)."""
+        if self.tty and self.shown:
+            say()
+            self.shown = ""
 
 
 def start_worker(broker_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -120,18 +167,30 @@ def table(title: str, header: list[str], rows: list[list[Any]]) -> str:
     return str(drawn.table)
 
 
-def print_recipe_tables(docs: dict[str, dict[str, Any]]) -> None:
-    """The recipe's four tables, from our web view."""
+def print_sales_totals(docs: dict[str, dict[str, Any]]) -> None:
+    """The recipe's ``sales_totals``."""
     names = sorted(docs)
     say(table("sales_totals", ["USER_ID", "TOTAL", "REWARD_LEVEL"],
               [[n, f"{docs[n]['total']:.2f}", docs[n]["reward_level"]] for n in names]))
-    say(table("caffeine_index", ["USER_ID", "TOTAL", "SEQUENCE", "NEXT_ONE_FREE"],
-              [[n, docs[n]["coffee"]["total"], docs[n]["coffee"]["sequence"],
-                str(docs[n]["coffee"]["next_one_free"]).lower()] for n in names]))
+
+
+def print_promotions(docs: dict[str, dict[str, Any]]) -> None:
+    """The recipe's ``promotion_*`` tables: who qualifies, with the watched products bought."""
+    names = sorted(docs)
     for campaign in ("french_poodle", "loose_leaf"):
         rows = [[n, "[" + ", ".join(docs[n]["promotions"][campaign]) + "]", campaign]
                 for n in names if campaign in docs[n]["promotions"]]
         say(table(f"promotion_{campaign}", ["USER_ID", "PRODUCTS", "PROMOTION_NAME"], rows))
+
+
+def print_recipe_tables(docs: dict[str, dict[str, Any]]) -> None:
+    """The recipe's four tables, from our web view."""
+    names = sorted(docs)
+    print_sales_totals(docs)
+    say(table("caffeine_index", ["USER_ID", "TOTAL", "SEQUENCE", "NEXT_ONE_FREE"],
+              [[n, docs[n]["coffee"]["total"], docs[n]["coffee"]["sequence"],
+                str(docs[n]["coffee"]["next_one_free"]).lower()] for n in names]))
+    print_promotions(docs)
 
 
 def replay(events: list[sample.SampleEvent]) -> int:
@@ -147,7 +206,8 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def main(once: bool = False) -> int:
     """Run the demo until Ctrl-C (or, with ``once``, stop after showing the tables)."""
-    signal.signal(signal.SIGTERM, _interrupt)
+    for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # the terminal closing too
+        signal.signal(stop, _interrupt)
     say("storestream demo: embedded broker + redis, one worker, the ksqlDB loyalty recipe")
     try:
         stack = DevStack.from_urls(SETTINGS.broker_url, SETTINGS.redis_url).start()
@@ -156,6 +216,7 @@ def main(once: bool = False) -> int:
         return 2
     worker: subprocess.Popen[bytes] | None = None
     simulator: subprocess.Popen[bytes] | None = None
+    counts: LiveCounts | None = None
     try:
         say(f"  broker {stack.broker_url}   redis {stack.redis_url}   (in memory: nothing "
             "survives a restart)")
@@ -179,18 +240,20 @@ def main(once: bool = False) -> int:
         replay(dog)
         wait_until("the dog purchase", lambda: counted_events() >= produced + 1, 60)
         docs = customers(user_ids)
-        names = sorted(docs)
-        say(table("sales_totals", ["USER_ID", "TOTAL", "REWARD_LEVEL"],
-                  [[n, f"{docs[n]['total']:.2f}", docs[n]["reward_level"]] for n in names]))
+        print_sales_totals(docs)
+        print_promotions(docs)  # Kris, with a beret and now a dog, is a french poodle lover
 
         say("\nThe store: 48 displays in six aisles, five promotions, shoppers walking about")
         simulator = start_simulator(once)
+        counts = LiveCounts()
         if once:
-            simulator.wait(timeout=60)
-            wait_until("offers to reach the shoppers", lambda: metric_sum(
-                "storestream_offers_delivered_total") > 0, 30)
-        say(f"  offers so far: {metric_sum('storestream_offers_total'):.0f} "
-            f"(delivered to Redis: {metric_sum('storestream_offers_delivered_total'):.0f})")
+            while simulator.poll() is None:
+                counts.refresh()
+                time.sleep(1)
+            counts.done()
+            wait_until("offers to reach the shoppers", lambda: counts.delivered() > 0, 30)
+            counts.refresh()
+            counts.done()
 
         auth = ' -H "Authorization: Bearer $WEB_TOKEN"' if SETTINGS.web_token else ""
         say(f"\nLive store page: {WEB}/" + ("?token=$WEB_TOKEN" if SETTINGS.web_token else ""))
@@ -200,15 +263,25 @@ def main(once: bool = False) -> int:
         say(f"  curl {WEB}/health   curl {WEB}/metrics")
         if once:
             return 0
-        say(f"Worker log: {LOG_DIR / 'worker.log'}.  Press Ctrl-C to stop.")
+        say(f"Logs: {LOG_DIR}.  Press Ctrl-C to stop.")
+        walking = True
         while True:
-            time.sleep(3600)
+            if walking and simulator.poll() not in (None, 0):
+                walking = False
+                counts.done()
+                say(f"  the shoppers stopped walking (exit {simulator.returncode}): "
+                    f"{LOG_DIR / 'simulate.log'}")
+            counts.refresh()
+            time.sleep(1)
     except KeyboardInterrupt:
-        pass
+        if counts is not None:
+            counts.done()
     except TimeoutError as exc:
         say(f"demo failed: {exc}")
         return 1
     finally:
+        for stop in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):  # a second Ctrl-C, or the
+            signal.signal(stop, signal.SIG_IGN)  # terminal closing, must not cut this short
         say("stopping...")
         for process in (simulator, worker):
             if process is not None and process.poll() is None:

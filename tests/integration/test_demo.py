@@ -1,8 +1,10 @@
-"""`make demo` end to end (its --once mode), on free ports: the recipe's tables are printed."""
+"""`make demo` end to end (its --once mode), on free ports: the recipe's tables are printed,
+Kris's dog makes him a french poodle lover, and the offers counter follows the offers delivered."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -33,5 +35,16 @@ def test_demo_prints_the_recipe_tables_and_stops_cleanly(tmp_path: object) -> No
     assert "| kris    | [coffee] | loose_leaf     |" in before
     assert "| kris    | 324.27 | SILVER       |" in after
     assert "/customers/kris/" in after and "Live store page" in after
-    offers = int(after.split("offers so far: ", 1)[1].split()[0])
-    assert offers > 0, out
+
+    # The recipe's point: after the dog, Kris qualifies for promotion_french_poodle.
+    def poodle_table(text: str) -> str:
+        return text.split(" promotion_french_poodle ", 1)[1].split(" promotion_loose_leaf ", 1)[0]
+
+    assert "kris" not in poodle_table(before), out
+    assert re.search(r"\| kris +\| \[beret, dog\] +\| french_poodle +\|", poodle_table(after)), out
+    assert "| kris    | [coffee] | loose_leaf     |" in after.split(" promotion_loose_leaf ", 1)[1]
+
+    # The offers counter is refreshed while the shoppers walk, and counts what was delivered.
+    delivered = [int(n.replace(",", "")) for n in re.findall(r"offers delivered: ([\d,]+)", after)]
+    assert delivered and delivered[-1] > 0, out
+    assert delivered == sorted(delivered) and len(set(delivered)) > 1, out
