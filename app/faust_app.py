@@ -80,6 +80,7 @@ app = faust.App(
     broker_heartbeat_interval=min(3.0, SETTINGS.broker_session_timeout_s / 3),
     consumer_auto_offset_reset="earliest",
     consumer_max_fetch_size=SETTINGS.consumer_max_fetch_size,
+    producer_max_batch_size=SETTINGS.producer_max_batch_size,
     # Keyed records produced, and the owner of a key for routed web queries, as the input
     # topics' producers hash keys (app/routing/partitioning.py).
     producer_partitioner=KeyPartitioner(SETTINGS.key_partitioner),

@@ -106,6 +106,7 @@ class Settings:
     offer_cooldown_s: float = 1800.0
     fetch_wait_ms: int = 500
     consumer_max_fetch_size: int = 4 * 1024 * 1024
+    producer_max_batch_size: int = 256 * 1024
     reference_fetch_interval_ms: int = 100
     offer_backstop_ms: int = 1000
     fast_lane: bool = True
@@ -269,6 +270,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             consumer_max_fetch_size=int(pick(
                 "CONSUMER_MAX_FETCH_SIZE", main, "consumer_max_fetch_size",
                 defaults.consumer_max_fetch_size)),
+            producer_max_batch_size=int(pick(
+                "PRODUCER_MAX_BATCH_SIZE", main, "producer_max_batch_size",
+                defaults.producer_max_batch_size)),
             reference_fetch_interval_ms=int(pick(
                 "REFERENCE_FETCH_INTERVAL_MS", main, "reference_fetch_interval_ms",
                 defaults.reference_fetch_interval_ms)),

@@ -243,6 +243,7 @@ def _with_pending(pending: tuple[Pending, ...], item: Pending) -> tuple[Pending,
 def _next_spend(
     spend: Spend, purchase: Purchase, offset: int, catalogue: Catalogue, rules: LoyaltyRules,
     by_product: dict[str, int] | None,
+    repartitioned: bool = False,
 ) -> tuple[Spend, int]:
     """``spend`` after ``purchase`` with purchases out of the lateness window (or over the cap)
     settled, and the new total spend with pending purchases priced now.
@@ -278,8 +279,10 @@ def _next_spend(
     cents, _ = _price_pending(pending, catalogue, watched, by_product)
     total = settled + cents
     tier = tier_for(total, rules.tiers)
+    last_offset, last_rp = (spend.last_offset, offset) if repartitioned else (offset,
+                                                                             spend.last_rp)
     return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
-                 tier, offset, spend.last_rp), total
+                 tier, last_offset, last_rp), total
 
 
 def apply_purchase(
@@ -300,19 +303,8 @@ def apply_purchase(
     repartition topic (``repartitioned``) has an offset of that topic: it is compared with
     and stored as ``last_rp`` instead, the two topics' offsets being unrelated.
     """
-    if repartitioned:
-        out = _apply_purchase(purchase, offset, spend._replace(last_offset=spend.last_rp),
-                              stamps._replace(last_offset=stamps.last_rp),
-                              basket._replace(last_offset=basket.last_rp), catalogue, rules)
-        return Outcome(
-            None if out.spend is None else out.spend._replace(
-                last_offset=spend.last_offset, last_rp=offset),
-            None if out.stamps is None else out.stamps._replace(
-                last_offset=stamps.last_offset, last_rp=offset),
-            None if out.basket is None else out.basket._replace(
-                last_offset=basket.last_offset, last_rp=offset),
-            out.events)
-    return _apply_purchase(purchase, offset, spend, stamps, basket, catalogue, rules)
+    return _apply_purchase(purchase, offset, spend, stamps, basket, catalogue, rules,
+                           repartitioned)
 
 
 def _apply_purchase(
@@ -323,25 +315,35 @@ def _apply_purchase(
     basket: Basket,
     catalogue: Catalogue,
     rules: LoyaltyRules,
+    repartitioned: bool,
 ) -> Outcome:
+    # Which offset stream this record belongs to: the input topic's (last_offset) or the
+    # repartition topic's (last_rp); the other one is carried over unchanged.
+    if repartitioned:
+        seen_spend, seen_stamps, seen_basket = spend.last_rp, stamps.last_rp, basket.last_rp
+    else:
+        seen_spend, seen_stamps, seen_basket = (spend.last_offset, stamps.last_offset,
+                                                basket.last_offset)
     events: list[LoyaltyEvent] = []
     new_spend: Spend | None = None
     new_stamps: Stamps | None = None
     new_basket: Basket | None = None
     product_id = purchase.product_id
-    is_watched = product_id in rules.watched and offset > basket.last_offset
+    is_watched = product_id in rules.watched and offset > seen_basket
     by_product: dict[str, int] | None = None
 
-    if offset > spend.last_offset:
+    if offset > seen_spend:
         by_product = {} if is_watched else None
-        new_spend, total = _next_spend(spend, purchase, offset, catalogue, rules, by_product)
+        new_spend, total = _next_spend(spend, purchase, offset, catalogue, rules, by_product,
+                                       repartitioned)
         if new_spend.tier != spend.tier:
             events.append(LoyaltyEvent(purchase.user_id, TIER_CHANGED, {
                 "from": spend.tier, "to": new_spend.tier, "total_cents": total,
             }, purchase.ts))
 
-    if product_id == rules.stamps.product_id and offset > stamps.last_offset:
-        new_stamps = Stamps(stamps.total + 1, offset, stamps.last_rp)
+    if product_id == rules.stamps.product_id and offset > seen_stamps:
+        new_stamps = (Stamps(stamps.total + 1, stamps.last_offset, offset) if repartitioned
+                      else Stamps(stamps.total + 1, offset, stamps.last_rp))
         if next_one_free(new_stamps.total, rules.stamps):
             events.append(LoyaltyEvent(purchase.user_id, FREE_COFFEE_READY, {
                 "product_id": product_id, "total": new_stamps.total,
@@ -361,7 +363,8 @@ def _apply_purchase(
             events.append(LoyaltyEvent(purchase.user_id, CAMPAIGN_QUALIFIED, {
                 "campaign": name, "products": met[name],
             }, purchase.ts))
-        new_basket = Basket(products, announced, offset, basket.last_rp)
+        new_basket = (Basket(products, announced, basket.last_offset, offset) if repartitioned
+                      else Basket(products, announced, offset, basket.last_rp))
 
     return Outcome(new_spend, new_stamps, new_basket, tuple(events))
 

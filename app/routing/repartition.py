@@ -168,7 +168,8 @@ def forwarding_lane(topic: str, handler: fastlane.BatchHandler,
 
 def reading_lane(handler: fastlane.BatchHandler) -> fastlane.BatchHandler:
     """A fast-lane handler of a repartition topic: records forwarded again are skipped,
-    the marks of the rest written, then ``handler`` runs on them."""
+    the marks of the rest written (once per origin partition and batch), then ``handler``
+    runs on them."""
     async def skip_then_handle(batch: Sequence[Source]) -> None:
         first = batch[0]
         if app.in_transaction:
@@ -176,7 +177,25 @@ def reading_lane(handler: fastlane.BatchHandler) -> fastlane.BatchHandler:
                                  LANE_WRITERS.writer(app, first.topic, first.partition))
         else:
             writes = TableWrites(first.partition, cast(BulkWriter, cast(Any, app.producer).bulk))
-        keep = [source for source in batch if not _skip(source, writes)]
+        marks: dict[str, Mark | None] = {}
+        moved: set[str] = set()
+        keep: list[Source] = []
+        for source in batch:
+            origin = read_origin(source.headers)
+            if origin is None:
+                keep.append(source)
+                continue
+            key = mark_key(source.topic, source.partition, origin[0])
+            mark = marks[key] if key in marks else Mark.from_json(
+                writes.get(repartition_marks, key))
+            if is_forwarded_again(mark, origin[1], source.offset):
+                marks[key] = mark
+                continue
+            marks[key] = next_mark(mark, origin[1], source.offset)
+            moved.add(key)
+            keep.append(source)
+        for key in moved:
+            writes.put(repartition_marks, key, cast(Mark, marks[key]).to_json())
         writes.commit()
         if len(keep) < len(batch):
             METRICS.inc("storestream_events_total", len(batch) - len(keep), topic=first.topic,

@@ -166,7 +166,13 @@ async def _by_partition(producer: Any, topic: str,
     """Records grouped by the partition the producer's partitioner picks for their key."""
     await producer.client._wait_on_metadata(topic)
     out: dict[int, list[Record]] = {}
+    chosen: dict[bytes, int] = {}  # keys repeat (a customer's purchases): hash each once
     for record in records:
-        partition = producer._partition(topic, None, None, None, record[0], None)
+        key = record[0]
+        partition = chosen.get(key) if key is not None else None
+        if partition is None:
+            partition = producer._partition(topic, None, None, None, key, None)
+            if key is not None:
+                chosen[key] = partition
         out.setdefault(partition, []).append(record)
     return out

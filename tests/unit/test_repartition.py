@@ -93,3 +93,29 @@ def test_offsets_of_the_input_and_the_repartition_topic_are_kept_apart() -> None
     assert buy(spend, 5, True) == spend and buy(spend, 101, False) == spend  # redeliveries
     assert Spend.from_json(spend.to_json()) == spend
     assert "last_rp" not in Spend().to_json()
+
+
+def test_stamps_and_basket_keep_both_offset_streams_apart() -> None:
+    from core.campaigns import DEFAULT_CAMPAIGNS
+    from core.loyalty import Basket, LoyaltyRules, Purchase, Spend, Stamps, apply_purchase
+
+    rules = LoyaltyRules()
+    watched = sorted(rules.watched)[0] if rules.watched else None
+    stamps, basket = Stamps(), Basket()
+    for offset, rp in ((10, False), (3, True), (11, False), (4, True)):
+        out = apply_purchase(Purchase("kris", rules.stamps.product_id, 1.0, 100), offset,
+                             Spend(), stamps, Basket(), lambda _: (), rules, repartitioned=rp)
+        assert out.stamps is not None
+        stamps = out.stamps
+    assert (stamps.total, stamps.last_offset, stamps.last_rp) == (4, 11, 4)
+    replay = apply_purchase(Purchase("kris", rules.stamps.product_id, 1.0, 100), 4, Spend(),
+                            stamps, Basket(), lambda _: (), rules, repartitioned=True)
+    assert replay.stamps is None  # a redelivery from the repartition topic
+    assert DEFAULT_CAMPAIGNS and watched is not None
+    for offset, rp in ((7, False), (2, True)):
+        out = apply_purchase(Purchase("kris", watched, 1.0, 100), offset, Spend(), Stamps(),
+                             basket, lambda _: (), rules, repartitioned=rp)
+        assert out.basket is not None
+        basket = out.basket
+    assert (basket.last_offset, basket.last_rp) == (7, 2)
+    assert watched in basket.products
