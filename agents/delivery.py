@@ -13,6 +13,7 @@ the reason.
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +29,8 @@ from app.settings import SETTINGS
 from app.topics import offers_topic
 from core.events import BadEvent, decode_object
 from core.retry import RetryPolicy
+
+log = logging.getLogger(__name__)
 
 #: Outcome of an offer the pusher had already delivered when the backstop read it.
 PUSHED = "pushed"
@@ -59,6 +62,11 @@ async def deliver_batch(delivery: OfferDelivery, batch: Sequence[Source]) -> Non
             continue
         except DeliveryError as exc:
             failed.append((source, _failure(exc)))
+            continue
+        except Exception as exc:  # a bug checking one offer must not stop the others
+            log.exception("delivery: failed to check %s[%s]@%s", source.topic,
+                          source.partition, source.offset)
+            failed.append((source, f"processing failed: {exc!r}"))
             continue
         offers.append((source, offer))
     outcomes: dict[str, int] = {}

@@ -239,10 +239,6 @@ class RecordingDelivery:
         pass
 
 
-@pytest.mark.xfail(strict=True, raises=Bug, reason=(
-    "agents.delivery.deliver_batch catches only BadEvent and DeliveryError: any other "
-    "exception crashes the delivery agent (Faust restarts it and skips the offer) instead of "
-    "dead-lettering it; remove this mark once it is dead-lettered as the other agents do"))
 async def test_a_bug_checking_an_offer_dead_letters_it_and_the_next_offer_is_delivered(
         sent: Sent, monkeypatch: pytest.MonkeyPatch) -> None:
     failing_when(monkeypatch, agents.delivery, "validate_offer",
