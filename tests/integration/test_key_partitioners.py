@@ -188,3 +188,37 @@ def test_confluent_kafka_input_under_murmur2_is_counted_as_misplaced(
     assert len(first_lines) == 1, first_lines
     assert "KEY_PARTITIONER=crc32" in log
 
+
+
+def test_repartition_all_mends_confluent_kafka_input_under_murmur2(stack: DevStack,
+                                                                   tmp_path: Path) -> None:
+    """``REPARTITION=all``: records another partitioner placed are forwarded through
+    ``purchases.repartition`` to their murmur2 partition, so two workers still answer every
+    customer right from either port, each purchase counted once."""
+    with deployed(stack, tmp_path, partitions=PARTITIONS,
+                  extra_env={"REPARTITION": "all"}) as deployment:
+        first, second = two_workers(deployment)
+        events = purchases(40, seed=23)
+        placed = confluent_produce(deployment,
+                                   [("purchases", e["user_id"], e) for e in events])
+        misplaced = sum(p != murmur2_partition(e["user_id"])
+                        for p, e in zip(placed, events, strict=True))
+        assert misplaced > len(events) // 4  # most of them land elsewhere than murmur2's
+        expected = documents(events)
+
+        def differing() -> list[tuple[str, str, Any]]:
+            return [(worker.name, user, answer)
+                    for user, document in sorted(expected.items())
+                    for worker in (first, second)
+                    if (answer := worker.get(f"/customers/{user}/")) != (200, document)]
+
+        wait_for("both workers to answer every customer", lambda: not differing(), 90)
+        topic = deployment.topic("purchases")
+        forwarded = sum(w.metric("storestream_events_total", topic=topic,
+                                 outcome="repartitioned") for w in (first, second))
+        applied = sum(w.metric("storestream_events_total", topic=f"{topic}.repartition",
+                               outcome="ok") for w in (first, second))
+        in_place = sum(w.metric("storestream_events_total", topic=topic, outcome="ok")
+                       for w in (first, second))
+        assert forwarded == misplaced, (forwarded, misplaced)
+        assert applied == misplaced and in_place == len(events) - misplaced
