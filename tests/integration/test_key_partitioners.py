@@ -95,6 +95,15 @@ def documents(events: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
+def wrong_answers(workers: tuple[Worker, ...],
+                  expected: dict[str, dict[str, Any]]) -> list[tuple[str, str, Any]]:
+    """(worker, customer, answer) for every answer of ``workers`` that is not ``expected``."""
+    return [(worker.name, user, answer)
+            for user, document in sorted(expected.items())
+            for worker in workers
+            if (answer := worker.get(f"/customers/{user}/")) != (200, document)]
+
+
 def two_workers(deployment: Deployment) -> tuple[Worker, Worker]:
     first = deployment.start_worker("w1")
     first.wait_ready()
@@ -131,13 +140,8 @@ def test_confluent_kafka_input_with_key_partitioner_crc32(stack: DevStack,
         moved = [u for u in expected if crc32_partition(u) != murmur2_partition(u)]
         assert len(moved) > 10  # most customers are routed differently under murmur2
 
-        def differing() -> list[tuple[str, str, Any]]:
-            return [(worker.name, user, answer)
-                    for user, document in sorted(expected.items())
-                    for worker in (first, second)
-                    if (answer := worker.get(f"/customers/{user}/")) != (200, document)]
-
-        wait_for("both workers to answer every customer", lambda: not differing(), 60)
+        wait_for("both workers to answer every customer",
+                 lambda: not wrong_answers((first, second), expected), 60)
         owned = [w.metric("storestream_events_total", topic=deployment.topic("purchases"))
                  for w in (first, second)]
         assert all(count > 0 for count in owned), owned  # the work really is split
@@ -206,13 +210,8 @@ def test_repartition_all_mends_confluent_kafka_input_under_murmur2(stack: DevSta
         assert misplaced > len(events) // 4  # most of them land elsewhere than murmur2's
         expected = documents(events)
 
-        def differing() -> list[tuple[str, str, Any]]:
-            return [(worker.name, user, answer)
-                    for user, document in sorted(expected.items())
-                    for worker in (first, second)
-                    if (answer := worker.get(f"/customers/{user}/")) != (200, document)]
-
-        wait_for("both workers to answer every customer", lambda: not differing(), 90)
+        wait_for("both workers to answer every customer",
+                 lambda: not wrong_answers((first, second), expected), 90)
         topic = deployment.topic("purchases")
         forwarded = sum(w.metric("storestream_events_total", topic=topic,
                                  outcome="repartitioned") for w in (first, second))

@@ -25,7 +25,12 @@ from app.runtime.guarantees import check_transactions
 from tests.integration import store
 from tests.integration.harness import PATH_IDS, PATHS, Deployment, deployed, wait_for
 from tests.integration.test_exactly_once import read_committed
-from tests.integration.test_key_partitioners import documents, purchases, two_workers
+from tests.integration.test_key_partitioners import (
+    documents,
+    purchases,
+    two_workers,
+    wrong_answers,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -79,13 +84,8 @@ def test_keyless_demo_input_through_the_repartition_topics(stack: DevStack,
 
         expected = documents(events)
 
-        def differing() -> list[tuple[str, str, Any]]:
-            return [(worker.name, user, answer)
-                    for user, document in sorted(expected.items())
-                    for worker in (first, second)
-                    if (answer := worker.get(f"/customers/{user}/")) != (200, document)]
-
-        wait_for("both workers to answer every customer", lambda: not differing(), 90)
+        wait_for("both workers to answer every customer",
+                 lambda: not wrong_answers((first, second), expected), 90)
         letters = deployment.read_topic("dead-letters", expect=1, timeout=30)
         assert len(letters) == 1 and "owner field 'user_id'" in letters[0]["error"], letters
         assert letters[0]["topic"] == deployment.topic("purchases")
