@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from faust.types import StreamT
 
+from agents.attribution import after_position
 from agents.common import (
     OK,
     agent_writes,
@@ -105,6 +106,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             source=here,
             redelivered=state.redelivers(here),
         )
+        after_position(writes, uid, position.ts, offers, here)
         if not offers:
             return OK
         updated = state.after(offers, here, position.ts, SETTINGS.offer_cooldown_s)

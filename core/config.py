@@ -66,6 +66,10 @@ class Topics:
         return self.name("customers.promotions")
 
     @property
+    def redemptions(self) -> str:
+        return self.name("offers.redemptions")
+
+    @property
     def loyalty_events(self) -> str:
         return self.name("loyalty.events")
 
@@ -104,6 +108,8 @@ class Settings:
     ably_api_key: str | None = None
     offer_radius_m: float = 0.9144
     offer_cooldown_s: float = 1800.0
+    #: How long after an offer a purchase of it counts as a redemption (0: no attribution).
+    redemption_window_s: float = 7200.0
     fetch_wait_ms: int = 500
     consumer_max_fetch_size: int = 4 * 1024 * 1024
     producer_max_batch_size: int = 256 * 1024
@@ -265,6 +271,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             ably_api_key=env.get("ABLY_API_KEY") or None,
             offer_radius_m=float(pick("OFFER_RADIUS_M", offers, "radius_m", 0.9144)),
             offer_cooldown_s=float(pick("OFFER_COOLDOWN_S", offers, "cooldown_s", 1800)),
+            redemption_window_s=float(pick("REDEMPTION_WINDOW_S", offers,
+                                           "redemption_window_s", 7200)),
             fetch_wait_ms=int(pick("FETCH_WAIT_MS", main, "fetch_wait_ms",
                                    defaults.fetch_wait_ms)),
             consumer_max_fetch_size=int(pick(
@@ -312,4 +320,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("TOPIC_REPLICATION must be >= 1 (and at most the number of brokers)")
     if settings.offer_radius_m <= 0 or settings.offer_cooldown_s < 0:
         raise ConfigError("OFFER_RADIUS_M must be > 0 and OFFER_COOLDOWN_S >= 0")
+    if not 0 <= settings.redemption_window_s < float("inf"):
+        raise ConfigError("REDEMPTION_WINDOW_S must be >= 0 seconds (0: no attribution)")
     return settings

@@ -199,6 +199,10 @@ class PromotionIndex:
         self._latest_ts.pop(pid, None)
         return self._drop(pid)
 
+    def covers(self, sku: str, segments: Iterable[str] = ()) -> bool:
+        """Whether an active promotion names ``sku`` or one of ``segments``."""
+        return sku in self._by_sku or any(s in self._by_segment for s in segments)
+
     def promotions_for(self, display: Display) -> list[Promotion]:
         """Active promotions matching the display, by pid, each once."""
         found: dict[str, Promotion] = dict(self._by_sku.get(display.sku, {}))

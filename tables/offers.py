@@ -25,6 +25,11 @@ promotions = text_keyed_table(app.Table, "promotions", "Promotions by pid")
 #: offset]}}: each cooldown window and the record that opened it
 #: (core.offers.windows_to_json); no positions.
 shoppers = text_keyed_table(app.Table, "shoppers", "Offer cooldowns per shopper")
+#: uid -> core.attribution.AttributionState as JSON: recent offers, purchases waiting to be
+#: attributed, and the offsets applied (written by the locations and the purchases lanes,
+#: each in one synchronous step: both topics are keyed by customer, so one partition).
+attribution = text_keyed_table(app.Table, "attribution",
+                               "Recent offers and purchases awaiting attribution")
 
 DISPLAY_INDEX = DisplayIndex()
 PROMOTION_INDEX = PromotionIndex()
