@@ -63,6 +63,7 @@ def test_campaigns_and_tiers_come_from_the_ini(tmp_path: Path) -> None:
     {"WEB_PORT": "http"}, {"OFFER_RADIUS_M": "-1"}, {"GC_GEN0_THRESHOLD": "-5"},
     {"CONSUMER_MAX_FETCH_SIZE": "0"}, {"REFERENCE_FETCH_INTERVAL_MS": "-1"},
     {"REFERENCE_FETCH_INTERVAL_MS": "60001"}, {"OFFER_BACKSTOP_MS": "-1"},
+    {"REDEMPTION_WINDOW_S": "-1"}, {"REDEMPTION_WINDOW_S": "inf"},
 ])
 def test_bad_settings_are_refused_with_a_message(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
@@ -94,3 +95,10 @@ def test_recovery_probe_is_on_unless_turned_off() -> None:
     ini = str(ROOT / "faust.ini")
     assert load_settings({"STORESTREAM_CONFIG": ini}).recovery_probe
     assert not load_settings({"STORESTREAM_CONFIG": ini, "RECOVERY_PROBE": "off"}).recovery_probe
+
+
+def test_redemptions_count_for_two_hours_after_an_offer_unless_told_otherwise() -> None:
+    ini = str(ROOT / "faust.ini")
+    assert load_settings({"STORESTREAM_CONFIG": ini}).redemption_window_s == 7200
+    assert load_settings({"STORESTREAM_CONFIG": ini, "REDEMPTION_WINDOW_S": "0"}
+                         ).redemption_window_s == 0
