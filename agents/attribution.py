@@ -16,12 +16,19 @@ from app.faust_app import METRICS
 from app.settings import SETTINGS
 from app.topics import redemptions_topic
 from core.attribution import AttributionState, PurchaseMark, Redemption, Where, mark
+from core.lift import Figures
 from core.loyalty import Purchase
 from core.offers import Offer, PositionSource
 from core.pricing import price_at
 from tables.batch import DecodedCache, TableWrites
 from tables.loyalty import price_history
-from tables.offers import DISPLAY_INDEX, PROMOTION_INDEX, attribution
+from tables.offers import (
+    DISPLAY_INDEX,
+    PROMOTION_INDEX,
+    attribution,
+    figures_key,
+    promotion_figures,
+)
 
 #: Decoded attribution states of this worker (see tables.batch.DecodedCache).
 STATES = DecodedCache(AttributionState.from_json)
@@ -32,8 +39,16 @@ def window_s() -> float:
     return SETTINGS.redemption_window_s
 
 
+def count_offers(writes: TableWrites, offers: Sequence[Offer], held_out: bool) -> None:
+    """Count a position's offers (not a redelivered one's) in their promotions' figures."""
+    for offer in offers:
+        key = figures_key(offer.pid, writes.partition)
+        figures = Figures.from_json(writes.get(promotion_figures, key))
+        writes.put(promotion_figures, key, figures.offered(held_out).to_json())
+
+
 def after_position(writes: TableWrites, uid: str, ts: float, offers: Sequence[Offer],
-                   here: PositionSource) -> None:
+                   here: PositionSource, held_out: bool = False) -> None:
     """Record a position's offers; settle the shopper's purchases the position passed."""
     window = window_s()
     if window <= 0:
@@ -42,7 +57,8 @@ def after_position(writes: TableWrites, uid: str, ts: float, offers: Sequence[Of
     if raw is None and not offers:
         return  # a shopper never offered anything, with no purchase waiting: nothing to do
     state = STATES.get(uid, raw)
-    marks = [mark(o.offer_id, o.pid, o.sku, o.ts, PROMOTION_INDEX.get(o.pid)) for o in offers]
+    marks = [mark(o.offer_id, o.pid, o.sku, o.ts, PROMOTION_INDEX.get(o.pid), held_out)
+             for o in offers]
     updated, redeemed = state.with_position(
         uid, ts, marks, Where(here.topic, here.partition, here.offset), window)
     _write(writes, uid, state, updated, redeemed)
@@ -81,3 +97,7 @@ def _write(writes: TableWrites, uid: str, state: AttributionState, updated: Attr
     for redemption in redeemed:
         writes.emit(redemptions_topic, key, orjson.dumps(redemption.to_record()))
         METRICS.inc("storestream_redemptions_total", pid=redemption.pid)
+        where = figures_key(redemption.pid, writes.partition)
+        figures = Figures.from_json(writes.get(promotion_figures, where))
+        writes.put(promotion_figures, where, figures.redeemed(
+            redemption.held_out, redemption.revenue_cents, redemption.first).to_json())

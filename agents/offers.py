@@ -13,7 +13,7 @@ from typing import Any
 import orjson
 from faust.types import StreamT
 
-from agents.attribution import after_position
+from agents.attribution import after_position, count_offers
 from agents.common import (
     OK,
     agent_writes,
@@ -32,8 +32,15 @@ from app.runtime import fastlane
 from app.runtime.fastlane import Source
 from app.runtime.guarantees import GATE
 from app.settings import SETTINGS
-from app.topics import displays_topic, locations_topic, offers_topic, promotions_topic
+from app.topics import (
+    displays_topic,
+    held_out_topic,
+    locations_topic,
+    offers_topic,
+    promotions_topic,
+)
 from core.events import parse_display_event, parse_position, parse_promotion_event
+from core.lift import in_control_group
 from core.loyalty import Spend, view_spend
 from core.offers import CooldownState, PositionSource, decide_offers
 from tables.batch import TableWrites
@@ -50,6 +57,7 @@ from tables.offers import (
 )
 
 RULES = SETTINGS.loyalty
+CONTROL_PCT = SETTINGS.control_group_pct
 
 
 async def apply_display(message: Any) -> str:
@@ -91,6 +99,8 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
         profile = profiles.get(uid) or {}
         state = CooldownState.from_json(writes.get(shoppers, uid))
         here = PositionSource(source.topic, source.partition, source.offset)
+        redelivered = state.redelivers(here)
+        held_out = CONTROL_PCT > 0 and in_control_group(uid, CONTROL_PCT)
         # Replays are told by the record's place in the log, never by its timestamp: a record
         # redelivered (after a crash before the commit) yields the very same offers and ids,
         # which delivery de-duplicates; any other position within a cooldown yields none.
@@ -104,16 +114,23 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             radius_m=SETTINGS.offer_radius_m,
             cooldown_s=SETTINGS.offer_cooldown_s,
             source=here,
-            redelivered=state.redelivers(here),
+            redelivered=redelivered,
         )
-        after_position(writes, uid, position.ts, offers, here)
+        after_position(writes, uid, position.ts, offers, here, held_out)
         if not offers:
             return OK
+        if not redelivered:  # a redelivered record's offers were counted the first time
+            count_offers(writes, offers, held_out)
         updated = state.after(offers, here, position.ts, SETTINGS.offer_cooldown_s)
         if updated is not state:  # a redelivered record's effects are in the state already
             writes.put(shoppers, uid, updated.to_json())
         for offer in offers:
             record = offer.to_record()
+            if held_out:  # control group: recorded, never sent
+                record["held_out"] = True
+                writes.emit(held_out_topic, uid.encode(), orjson.dumps(record))
+                METRICS.inc("storestream_offers_held_out_total", store=offer.store_id or "-")
+                continue
             writes.emit(offers_topic, uid.encode(), orjson.dumps(record))
             if emitted is not None:
                 emitted.append(record)

@@ -118,6 +118,8 @@ for _name, _kind, _help in (
     ("storestream_events_total", "counter", "Events processed, by topic and outcome"),
     ("storestream_dead_letters_total", "counter", "Events sent to dead-letters"),
     ("storestream_offers_total", "counter", "Offers emitted, by store"),
+    ("storestream_offers_held_out_total", "counter",
+     "Offers held out (control group, CONTROL_GROUP_PCT): recorded, never sent, by store"),
     ("storestream_redemptions_total", "counter",
      "Purchases attributed to an offer (offers.redemptions), by promotion"),
     ("storestream_offers_delivered_total", "counter",

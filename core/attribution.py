@@ -28,7 +28,7 @@ Replays
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeAlias
 
 from core.offers import Promotion
@@ -67,6 +67,10 @@ class OfferMark:
     promo_sku: str | None = None
     #: The promotion's segment (a purchase of any sku in it qualifies), if it names one.
     segment: str | None = None
+    #: Held out (control group): recorded, never sent.
+    held_out: bool = False
+    #: Redeemed at least once already.
+    redeemed: bool = False
 
     def names(self, sku: str, segments: Iterable[str]) -> bool:
         """Whether a purchase of ``sku`` (displayed in ``segments``) is of this offer."""
@@ -75,13 +79,16 @@ class OfferMark:
         return self.segment is not None and self.segment in segments
 
     def to_json(self) -> list[Any]:
-        return [self.offer_id, self.pid, self.sku, self.ts, self.promo_sku, self.segment]
+        return [self.offer_id, self.pid, self.sku, self.ts, self.promo_sku, self.segment,
+                int(self.held_out), int(self.redeemed)]
 
     @classmethod
     def from_json(cls, raw: Sequence[Any]) -> OfferMark:
         return cls(str(raw[0]), str(raw[1]), str(raw[2]), float(raw[3]),
                    None if raw[4] is None else str(raw[4]),
-                   None if raw[5] is None else str(raw[5]))
+                   None if raw[5] is None else str(raw[5]),
+                   bool(raw[6]) if len(raw) > 6 else False,
+                   bool(raw[7]) if len(raw) > 7 else False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,11 +122,19 @@ class Redemption:
     revenue_cents: int
     seconds_after_offer: float
     ts: float
+    #: The offer was held out (control group): the record says ``"held_out": true``.
+    held_out: bool = False
+    #: The offer's first redemption (conversion counts offers, not purchases).
+    first: bool = True
 
     def to_record(self) -> dict[str, object]:
-        return {"offer_id": self.offer_id, "uid": self.uid, "pid": self.pid, "sku": self.sku,
-                "purchase_id": self.purchase_id, "revenue_cents": self.revenue_cents,
-                "seconds_after_offer": self.seconds_after_offer, "ts": self.ts}
+        record: dict[str, object] = {
+            "offer_id": self.offer_id, "uid": self.uid, "pid": self.pid, "sku": self.sku,
+            "purchase_id": self.purchase_id, "revenue_cents": self.revenue_cents,
+            "seconds_after_offer": self.seconds_after_offer, "ts": self.ts}
+        if self.held_out:
+            record["held_out"] = True
+        return record
 
 
 def qualifies(offer: OfferMark, purchase: PurchaseMark, window_s: float) -> bool:
@@ -139,10 +154,12 @@ def attribute(offers: Iterable[OfferMark], purchase: PurchaseMark,
     return best
 
 
-def redemption(uid: str, offer: OfferMark, purchase: PurchaseMark) -> Redemption:
+def redemption(uid: str, offer: OfferMark, purchase: PurchaseMark,
+               first: bool = True) -> Redemption:
     """The record of ``purchase`` redeeming ``offer``."""
     return Redemption(offer.offer_id, uid, offer.pid, purchase.sku, purchase.ref,
-                      purchase.revenue_cents, round(purchase.ts - offer.ts, 3), purchase.ts)
+                      purchase.revenue_cents, round(purchase.ts - offer.ts, 3), purchase.ts,
+                      offer.held_out, first)
 
 
 NEVER = float("-inf")
@@ -182,7 +199,7 @@ class AttributionState:
         advances = ts > self.positions_ts and any(o.ts + window_s >= ts for o in every)
         if not fresh and not settled and not advances:
             return self, []
-        emitted = _settle(uid, every, settled, window_s)
+        every, emitted = _settle(uid, every, settled, window_s)
         state = AttributionState(
             every, tuple(p for p in self.pending if p.ts >= ts),
             max(self.positions_ts, ts), self.purchases_ts, _applied(self.applied, where))
@@ -203,9 +220,9 @@ class AttributionState:
         if len(waiting) - len(closed) > MAX_PENDING:
             keep = sorted((p for p in waiting if p not in closed), key=_purchase_order)
             closed += tuple(keep[:len(keep) - MAX_PENDING])
-        emitted = _settle(uid, self.offers, now + closed, window_s)
+        offers, emitted = _settle(uid, self.offers, now + closed, window_s)
         state = AttributionState(
-            self.offers, tuple(p for p in waiting if p not in closed), self.positions_ts,
+            offers, tuple(p for p in waiting if p not in closed), self.positions_ts,
             newest, _applied(self.applied, where))
         return state._pruned(window_s), emitted
 
@@ -249,14 +266,22 @@ class AttributionState:
         )
 
 
-def _settle(uid: str, offers: Sequence[OfferMark], purchases: Iterable[PurchaseMark],
-            window_s: float) -> list[Redemption]:
+def _settle(uid: str, offers: tuple[OfferMark, ...], purchases: Iterable[PurchaseMark],
+            window_s: float) -> tuple[tuple[OfferMark, ...], list[Redemption]]:
+    """Attribute ``purchases``; the offers (those redeemed for the first time marked) and the
+    redemptions."""
     emitted = []
+    redeemed: set[str] = set()
     for purchase in sorted(purchases, key=_purchase_order):
         offer = attribute(offers, purchase, window_s)
         if offer is not None:
-            emitted.append(redemption(uid, offer, purchase))
-    return emitted
+            first = not offer.redeemed and offer.offer_id not in redeemed
+            redeemed.add(offer.offer_id)
+            emitted.append(redemption(uid, offer, purchase, first))
+    if not redeemed:
+        return offers, emitted
+    return tuple(replace(o, redeemed=True) if o.offer_id in redeemed else o
+                 for o in offers), emitted
 
 
 def _applied(applied: Mapping[Log, int], where: Where) -> dict[Log, int]:
@@ -274,8 +299,8 @@ def _offer_order(offer: OfferMark) -> tuple[float, str]:
 
 
 def mark(offer_id: str, pid: str, sku: str, ts: float, promotion: Promotion | None,
-         ) -> OfferMark:
+         held_out: bool = False) -> OfferMark:
     """An offer of ``promotion`` (``None``: ended since: its sku alone qualifies)."""
     if promotion is None:
-        return OfferMark(offer_id, pid, sku, ts, sku, None)
-    return OfferMark(offer_id, pid, sku, ts, promotion.sku, promotion.segment)
+        return OfferMark(offer_id, pid, sku, ts, sku, None, held_out)
+    return OfferMark(offer_id, pid, sku, ts, promotion.sku, promotion.segment, held_out)

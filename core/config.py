@@ -70,6 +70,10 @@ class Topics:
         return self.name("offers.redemptions")
 
     @property
+    def held_out(self) -> str:
+        return self.name("offers.held_out")
+
+    @property
     def loyalty_events(self) -> str:
         return self.name("loyalty.events")
 
@@ -110,6 +114,8 @@ class Settings:
     offer_cooldown_s: float = 1800.0
     #: How long after an offer a purchase of it counts as a redemption (0: no attribution).
     redemption_window_s: float = 7200.0
+    #: Percent of shoppers (by a stable hash of the uid) held out of every offer.
+    control_group_pct: float = 0.0
     fetch_wait_ms: int = 500
     consumer_max_fetch_size: int = 4 * 1024 * 1024
     producer_max_batch_size: int = 256 * 1024
@@ -273,6 +279,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             offer_cooldown_s=float(pick("OFFER_COOLDOWN_S", offers, "cooldown_s", 1800)),
             redemption_window_s=float(pick("REDEMPTION_WINDOW_S", offers,
                                            "redemption_window_s", 7200)),
+            control_group_pct=float(pick("CONTROL_GROUP_PCT", offers, "control_group_pct", 0)),
             fetch_wait_ms=int(pick("FETCH_WAIT_MS", main, "fetch_wait_ms",
                                    defaults.fetch_wait_ms)),
             consumer_max_fetch_size=int(pick(
@@ -322,4 +329,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("OFFER_RADIUS_M must be > 0 and OFFER_COOLDOWN_S >= 0")
     if not 0 <= settings.redemption_window_s < float("inf"):
         raise ConfigError("REDEMPTION_WINDOW_S must be >= 0 seconds (0: no attribution)")
+    if not 0 <= settings.control_group_pct <= 100:
+        raise ConfigError("CONTROL_GROUP_PCT must be a percentage of shoppers, 0 to 100")
     return settings

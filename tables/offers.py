@@ -14,6 +14,7 @@ import orjson
 from app.faust_app import app
 from app.runtime.replica import TopicReplica
 from core.geo import Display, DisplayIndex, parse_display
+from core.lift import Figures
 from core.offers import Promotion, PromotionIndex, parse_promotion
 from tables.base import text_keyed_table
 
@@ -30,6 +31,11 @@ shoppers = text_keyed_table(app.Table, "shoppers", "Offer cooldowns per shopper"
 #: each in one synchronous step: both topics are keyed by customer, so one partition).
 attribution = text_keyed_table(app.Table, "attribution",
                                "Recent offers and purchases awaiting attribution")
+
+#: "pid/partition" -> core.lift.Figures as JSON: a promotion's offers sent and held out,
+#: redemptions and revenue on one partition; every worker follows them all (FIGURES).
+promotion_figures = text_keyed_table(app.Table, "promotion_figures",
+                                     "Offers, redemptions and revenue per promotion and partition")
 
 DISPLAY_INDEX = DisplayIndex()
 PROMOTION_INDEX = PromotionIndex()
@@ -79,6 +85,26 @@ PROMOTIONS: TopicReplica[Promotion] = TopicReplica(
     lambda raw: parse_promotion(orjson.loads(raw)),
     _promotion_changed,
 )
+
+
+FIGURES: TopicReplica[Figures] = TopicReplica(
+    promotion_figures.changelog_topic.get_topic_name(),
+    lambda raw: Figures.from_json(orjson.loads(raw)),
+)
+
+
+def figures_key(pid: str, partition: int) -> str:
+    """Key of a promotion's figures on one partition."""
+    return f"{pid}/{partition}"
+
+
+def figures_by_promotion() -> dict[str, Figures]:
+    """Every promotion's figures, all partitions (every worker's) combined."""
+    combined: dict[str, Figures] = {}
+    for key, figures in list(FIGURES.data.items()):
+        pid = key.rpartition("/")[0]
+        combined[pid] = combined.get(pid, Figures()) + figures
+    return combined
 
 
 def store_snapshot(store_id: str | None = None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ import app as storestream
 from app import topics
 from tables import loyalty as tables
 from tables.deadletters import DEAD_LETTERS, SENT, dead_letter_marks
-from tables.offers import DISPLAYS, PROMOTIONS, attribution
+from tables.offers import DISPLAYS, FIGURES, PROMOTIONS, attribution, promotion_figures
 
 
 class Sent:
@@ -54,11 +54,11 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
         monkeypatch.setattr(topic, "send", send)
         monkeypatch.setattr(topic, "send_soon", send_soon)
     for table in (tables.catalogue, tables.spend, tables.stamps, tables.baskets,
-                  tables.profiles, attribution):
+                  tables.profiles, attribution, promotion_figures):
         table.data.clear()
     tables.CATALOGUE.data.clear()
     dead_letter_marks.data.clear()
     SENT.clear()
-    for replica in (tables.CATALOGUE, DISPLAYS, PROMOTIONS, DEAD_LETTERS):
+    for replica in (tables.CATALOGUE, DISPLAYS, PROMOTIONS, DEAD_LETTERS, FIGURES):
         replica.ready = True  # no broker here: the replicas are filled by the tests
     yield captured

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from agents import offers as offers_agent
 from agents.loyalty import apply_purchases, process_purchases
 from agents.offers import apply_positions, process_locations
 from app import topics
@@ -15,7 +16,13 @@ from app.runtime.fastlane import Source
 from core.geo import Display
 from core.offers import Promotion
 from tables.batch import TableWrites
-from tables.offers import DISPLAY_INDEX, PROMOTION_INDEX, attribution, shoppers
+from tables.offers import (
+    DISPLAY_INDEX,
+    PROMOTION_INDEX,
+    attribution,
+    promotion_figures,
+    shoppers,
+)
 from tests.agents.conftest import Sent
 
 LAT, LON = 51.5072, -0.1276
@@ -60,10 +67,13 @@ class Lanes:
     async def purchases(self, *batch: Source) -> None:
         await apply_purchases(list(batch), TableWrites(2, self.bulk))
 
-    def redemptions(self) -> list[dict[str, object]]:
-        name = topics.redemptions_topic.get_topic_name()
+    def queued(self, topic_name: str) -> list[dict[str, object]]:
         return [orjson.loads(value) for (topic, _), records in self.bulk._queued.items()
-                if topic == name for _, value, _, _ in records if value is not None]
+                if topic.endswith(topic_name) for _, value, _, _ in records
+                if value is not None]
+
+    def redemptions(self) -> list[dict[str, object]]:
+        return self.queued(topics.redemptions_topic.get_topic_name())
 
 
 async def test_a_purchase_of_the_offered_sku_is_redeemed_once_on_the_fast_lane(
@@ -111,3 +121,36 @@ async def test_a_purchase_is_redeemed_on_faust_path(store: Sent) -> None:
     redeemed = [orjson.loads(value) for _, value in store.by_topic("offers.redemptions")]
     assert [(r["pid"], r["purchase_id"], r["revenue_cents"]) for r in redeemed] == [
         ("p-sku", "till-0", 499)]
+
+
+def figures(pid: str) -> dict[str, int]:
+    return dict(promotion_figures.data.get(f"{pid}/2") or {})
+
+
+async def test_offers_and_redemptions_are_counted_per_promotion_once(store: Sent) -> None:
+    lanes = Lanes()
+    await lanes.positions(position(0, T0))
+    await lanes.positions(position(0, T0))  # redelivered: its offer again, not counted again
+    assert len(lanes.offers) == 2 and figures("p-sku")["sent"] == 1
+    await lanes.purchases(purchase(0, T0 + 60), purchase(1, T0 + 90))
+    await lanes.positions(position(1, T0 + 120, lat=LAT + 0.01))
+    counted = figures("p-sku")
+    assert (counted["sent_redeemed"], counted["sent_redemptions"],
+            counted["sent_revenue_cents"], counted["held_out"]) == (1, 2, 998, 0)
+
+
+async def test_a_held_out_shopper_gets_no_offer_and_what_they_would_have_got_is_recorded(
+        store: Sent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offers_agent, "CONTROL_PCT", 100.0)
+    lanes = Lanes()
+    await lanes.positions(position(0, T0))
+    assert lanes.offers == [] and lanes.queued("customers.promotions") == []
+    (held,) = lanes.queued("offers.held_out")
+    assert held["pid"] == "p-sku" and held["held_out"] is True and held["uid"] == "kris"
+    await lanes.purchases(purchase(0, T0 + 60))
+    await lanes.positions(position(1, T0 + 120, lat=LAT + 0.01))
+    (redeemed,) = lanes.redemptions()
+    assert redeemed["offer_id"] == held["offer_id"] and redeemed["held_out"] is True
+    counted = figures("p-sku")
+    assert (counted["sent"], counted["held_out"], counted["held_out_redeemed"],
+            counted["held_out_revenue_cents"]) == (0, 1, 1, 499)

@@ -191,3 +191,24 @@ def test_a_replay_after_a_crash_emits_each_redemption_exactly_once(story: Story,
     pairs = [(r["offer_id"], r["purchase_id"]) for r in first + second]
     assert len(pairs) == len(set(pairs))
     assert {(str(o), str(p)) for o, p in pairs} == expected(story)
+
+
+def test_a_held_out_offer_is_redeemed_too_and_says_so() -> None:
+    held = OfferMark("o1", "p1", "101", 100.0, "101", None, held_out=True)
+    _, out = run([("pos", (0, 100.0, [held])), ("buy", (0, buy("r1", 200.0))),
+                  ("pos", (1, 300.0, []))])
+    assert [r["held_out"] for r in out] == [True]
+
+
+def test_only_an_offers_first_redemption_converts_it() -> None:
+    state = AttributionState()
+    state, _ = state.with_position("kris", 100.0, [offer("o1", 100.0)], Where(POS, 0, 0),
+                                   WINDOW)
+    firsts = []
+    for n, ts in enumerate((200.0, 300.0, 400.0)):
+        state, _ = state.with_purchase("kris", buy(f"r{n}", ts), Where(BUY, 0, n), WINDOW)
+    state, emitted = state.with_position("kris", 500.0, [], Where(POS, 0, 1), WINDOW)
+    firsts = [r.first for r in emitted]
+    assert firsts == [True, False, False]
+    state, more = state.with_purchase("kris", buy("r9", 450.0), Where(BUY, 0, 9), WINDOW)
+    assert [r.first for r in more] == [False]
