@@ -37,12 +37,14 @@ from app.topics import (
     held_out_topic,
     locations_topic,
     offers_topic,
+    presence_topic,
     promotions_topic,
 )
 from core.events import parse_display_event, parse_position, parse_promotion_event
 from core.lift import in_control_group
 from core.loyalty import Spend, view_spend
 from core.offers import CooldownState, PositionSource, decide_offers
+from core.presence import Presence, accurate
 from tables.batch import TableWrites
 from tables.loyalty import price_history, profiles, spend
 from tables.offers import (
@@ -51,6 +53,7 @@ from tables.offers import (
     display_key,
     display_record,
     displays,
+    presence,
     promotion_record,
     promotions,
     shoppers,
@@ -58,6 +61,7 @@ from tables.offers import (
 
 RULES = SETTINGS.loyalty
 CONTROL_PCT = SETTINGS.control_group_pct
+MAX_ACCURACY_M = SETTINGS.max_accuracy_m
 
 
 async def apply_display(message: Any) -> str:
@@ -75,6 +79,28 @@ async def apply_promotion(message: Any) -> str:
         return OK  # an older record arriving late never overrides a newer one
     promotions[promotion.pid] = promotion_record(promotion)
     return OK
+
+
+def track_presence(writes: TableWrites, uid: str, lat: float, lon: float, ts: float,
+                   here: PositionSource) -> Presence:
+    """Enter and leave displays' radii (events on ``displays.presence``); the shopper's
+    presence after this position, for ``dwell_s``."""
+    raw = writes.get(presence, uid)
+    keys = [(display.store_id, display.sku)
+            for display, _ in DISPLAY_INDEX.near(lat, lon, SETTINGS.offer_radius_m)]
+    if raw is None and not keys:
+        return EMPTY_PRESENCE  # far from every display, and was: nothing to record
+    state = Presence.from_json(raw)
+    updated, events = state.moved(uid, ts, keys, here.topic, here.partition, here.offset)
+    if updated is not state:
+        writes.put(presence, uid, updated.to_json())
+    for event in events:
+        writes.emit(presence_topic, uid.encode(), orjson.dumps(event.to_record()))
+        METRICS.inc("storestream_presence_events_total", event=event.kind)
+    return updated
+
+
+EMPTY_PRESENCE = Presence()
 
 
 def customer_tier(uid: str) -> str:
@@ -101,6 +127,13 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
         here = PositionSource(source.topic, source.partition, source.offset)
         redelivered = state.redelivers(here)
         held_out = CONTROL_PCT > 0 and in_control_group(uid, CONTROL_PCT)
+        if not accurate(position.accuracy_m, MAX_ACCURACY_M):
+            # Says nothing about where the shopper is: no offer, no enter or exit.
+            METRICS.inc("storestream_positions_inaccurate_total",
+                        store=position.store_id or "-")
+            after_position(writes, uid, position.ts, [], here, held_out)
+            return OK
+        near = track_presence(writes, uid, position.lat, position.lon, position.ts, here)
         # Replays are told by the record's place in the log, never by its timestamp: a record
         # redelivered (after a crash before the commit) yields the very same offers and ids,
         # which delivery de-duplicates; any other position within a cooldown yields none.
@@ -115,6 +148,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             cooldown_s=SETTINGS.offer_cooldown_s,
             source=here,
             redelivered=redelivered,
+            stayed=lambda display: near.stayed((display.store_id, display.sku), position.ts),
         )
         after_position(writes, uid, position.ts, offers, here, held_out)
         if not offers:

@@ -74,6 +74,10 @@ class Topics:
         return self.name("offers.held_out")
 
     @property
+    def presence(self) -> str:
+        return self.name("displays.presence")
+
+    @property
     def loyalty_events(self) -> str:
         return self.name("loyalty.events")
 
@@ -116,6 +120,8 @@ class Settings:
     redemption_window_s: float = 7200.0
     #: Percent of shoppers (by a stable hash of the uid) held out of every offer.
     control_group_pct: float = 0.0
+    #: Positions less accurate than this (``accuracy_m``) never trigger offers (0: no limit).
+    max_accuracy_m: float = 0.0
     fetch_wait_ms: int = 500
     consumer_max_fetch_size: int = 4 * 1024 * 1024
     producer_max_batch_size: int = 256 * 1024
@@ -280,6 +286,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             redemption_window_s=float(pick("REDEMPTION_WINDOW_S", offers,
                                            "redemption_window_s", 7200)),
             control_group_pct=float(pick("CONTROL_GROUP_PCT", offers, "control_group_pct", 0)),
+            max_accuracy_m=float(pick("MAX_ACCURACY_M", offers, "max_accuracy_m", 0)),
             fetch_wait_ms=int(pick("FETCH_WAIT_MS", main, "fetch_wait_ms",
                                    defaults.fetch_wait_ms)),
             consumer_max_fetch_size=int(pick(
@@ -331,4 +338,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("REDEMPTION_WINDOW_S must be >= 0 seconds (0: no attribution)")
     if not 0 <= settings.control_group_pct <= 100:
         raise ConfigError("CONTROL_GROUP_PCT must be a percentage of shoppers, 0 to 100")
+    if not 0 <= settings.max_accuracy_m < float("inf"):
+        raise ConfigError("MAX_ACCURACY_M must be >= 0 metres (0: no limit)")
     return settings

@@ -32,6 +32,9 @@ shoppers = text_keyed_table(app.Table, "shoppers", "Offer cooldowns per shopper"
 attribution = text_keyed_table(app.Table, "attribution",
                                "Recent offers and purchases awaiting attribution")
 
+#: uid -> core.presence.Presence as JSON: the displays the shopper is within the radius of,
+#: since when (enter/exit events, dwell_s), and the offsets applied; no positions.
+presence = text_keyed_table(app.Table, "presence", "Displays each shopper is near, since when")
 #: "pid/partition" -> core.lift.Figures as JSON: a promotion's offers sent and held out,
 #: redemptions and revenue on one partition; every worker follows them all (FIGURES).
 promotion_figures = text_keyed_table(app.Table, "promotion_figures",
@@ -58,7 +61,8 @@ def promotion_record(promo: Promotion) -> dict[str, Any]:
     return {"pid": promo.pid, "sku": promo.sku, "segment": promo.segment,
             "discount_pct": str(promo.discount_pct),
             "min_tier": None if promo.min_tier is None else promo.min_tier.name,
-            "active": promo.active, "ts": promo.ts}
+            "active": promo.active, "ts": promo.ts,
+            **({"dwell_s": promo.dwell_s} if promo.dwell_s > 0 else {})}
 
 
 def _display_changed(key: str, old: Display | None, new: Display | None) -> None:

@@ -41,6 +41,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.offers, n, events),
         TopicSpec(t.redemptions, n, events),
         TopicSpec(t.held_out, n, events),
+        TopicSpec(t.presence, n, locations),
         TopicSpec(t.loyalty_events, n, events),
         TopicSpec(t.dead_letters, n, events),
         *repartition,

@@ -15,7 +15,14 @@ import app as storestream
 from app import topics
 from tables import loyalty as tables
 from tables.deadletters import DEAD_LETTERS, SENT, dead_letter_marks
-from tables.offers import DISPLAYS, FIGURES, PROMOTIONS, attribution, promotion_figures
+from tables.offers import (
+    DISPLAYS,
+    FIGURES,
+    PROMOTIONS,
+    attribution,
+    presence,
+    promotion_figures,
+)
 
 
 class Sent:
@@ -37,7 +44,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
     app.flow_control.resume()
     captured = Sent()
     for topic in (topics.loyalty_events_topic, topics.dead_letters_topic,
-                  topics.redemptions_topic):
+                  topics.redemptions_topic, topics.presence_topic):
         name = topic.get_topic_name()
 
         async def send(*, key: Any = None, value: Any = None, _name: str = name,
@@ -54,7 +61,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
         monkeypatch.setattr(topic, "send", send)
         monkeypatch.setattr(topic, "send_soon", send_soon)
     for table in (tables.catalogue, tables.spend, tables.stamps, tables.baskets,
-                  tables.profiles, attribution, promotion_figures):
+                  tables.profiles, attribution, promotion_figures, presence):
         table.data.clear()
     tables.CATALOGUE.data.clear()
     dead_letter_marks.data.clear()

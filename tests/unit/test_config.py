@@ -64,6 +64,7 @@ def test_campaigns_and_tiers_come_from_the_ini(tmp_path: Path) -> None:
     {"CONSUMER_MAX_FETCH_SIZE": "0"}, {"REFERENCE_FETCH_INTERVAL_MS": "-1"},
     {"REFERENCE_FETCH_INTERVAL_MS": "60001"}, {"OFFER_BACKSTOP_MS": "-1"},
     {"REDEMPTION_WINDOW_S": "-1"}, {"REDEMPTION_WINDOW_S": "inf"},
+    {"CONTROL_GROUP_PCT": "-1"}, {"CONTROL_GROUP_PCT": "101"}, {"MAX_ACCURACY_M": "-2"},
 ])
 def test_bad_settings_are_refused_with_a_message(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
@@ -102,3 +103,8 @@ def test_redemptions_count_for_two_hours_after_an_offer_unless_told_otherwise() 
     assert load_settings({"STORESTREAM_CONFIG": ini}).redemption_window_s == 7200
     assert load_settings({"STORESTREAM_CONFIG": ini, "REDEMPTION_WINDOW_S": "0"}
                          ).redemption_window_s == 0
+
+
+def test_nobody_is_held_out_and_no_position_is_too_inaccurate_by_default() -> None:
+    settings = load_settings({"STORESTREAM_CONFIG": str(ROOT / "faust.ini")})
+    assert settings.control_group_pct == 0 and settings.max_accuracy_m == 0
