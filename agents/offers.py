@@ -40,10 +40,11 @@ from app.topics import (
     presence_topic,
     promotions_topic,
 )
+from core.caps import QUIET_HOURS, UTC_STORE, Frequency, apply_caps
 from core.events import parse_display_event, parse_position, parse_promotion_event
 from core.lift import in_control_group
 from core.loyalty import Spend, view_spend
-from core.offers import CooldownState, PositionSource, decide_offers
+from core.offers import CooldownState, Offer, PositionSource, decide_offers
 from core.presence import Presence, accurate
 from tables.batch import TableWrites
 from tables.loyalty import price_history, profiles, spend
@@ -53,6 +54,7 @@ from tables.offers import (
     display_key,
     display_record,
     displays,
+    frequency,
     presence,
     promotion_record,
     promotions,
@@ -101,6 +103,34 @@ def track_presence(writes: TableWrites, uid: str, lat: float, lon: float, ts: fl
 
 
 EMPTY_PRESENCE = Presence()
+CAPS = SETTINGS.caps
+STORES = {store.store_id: store for store in SETTINGS.stores}
+
+
+def limit_offers(writes: TableWrites, uid: str, ts: float, store_id: str | None,
+                 offers: list[Offer]) -> list[Offer]:
+    """The offers a shopper may receive now (quiet hours of each offer's store, then the
+    caps, nearest first); the others are counted by reason, never kept for later."""
+    allowed: list[Offer] = []
+    for offer in offers:
+        if STORES.get(offer.store_id, UTC_STORE).quiet(ts):
+            METRICS.inc("storestream_offers_withheld_total", reason=QUIET_HOURS)
+        else:
+            allowed.append(offer)
+    if not CAPS.active:
+        return allowed
+    raw = writes.get(frequency, uid)
+    state = Frequency.from_json(raw)
+    store = STORES.get(allowed[0].store_id if allowed else (store_id or ""), UTC_STORE)
+    kept, withheld, updated = apply_caps(allowed, state, ts, store.day(ts), CAPS, quiet=False)
+    for _, reason in withheld:
+        METRICS.inc("storestream_offers_withheld_total", reason=reason)
+    # The visit's clock is written only now and then (a tenth of the gap), not per position.
+    if (updated.visit_offers, updated.day_offers, updated.day) != (
+            state.visit_offers, state.day_offers, state.day) or (
+            updated.last_seen - state.last_seen >= CAPS.visit_gap_s / 10):
+        writes.put(frequency, uid, updated.to_json())
+    return kept
 
 
 def customer_tier(uid: str) -> str:
@@ -150,6 +180,8 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             redelivered=redelivered,
             stayed=lambda display: near.stayed((display.store_id, display.sku), position.ts),
         )
+        if not redelivered and (CAPS.active or STORES):  # a redelivered record is not capped
+            offers = limit_offers(writes, uid, position.ts, position.store_id, offers)
         after_position(writes, uid, position.ts, offers, here, held_out)
         if not offers:
             return OK

@@ -124,6 +124,8 @@ for _name, _kind, _help in (
      "Positions whose accuracy_m exceeds MAX_ACCURACY_M (never trigger an offer), by store"),
     ("storestream_presence_events_total", "counter",
      "Shoppers entering and leaving a display's radius (displays.presence), by event"),
+    ("storestream_offers_withheld_total", "counter",
+     "Offers withheld by a frequency cap or a store's quiet hours (never queued), by reason"),
     ("storestream_redemptions_total", "counter",
      "Purchases attributed to an offer (offers.redemptions), by promotion"),
     ("storestream_offers_delivered_total", "counter",

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.campaigns import Campaign
+from core.caps import Caps, StoreSettings, parse_quiet_hours
 from core.loyalty import LoyaltyRules
 from core.money import to_cents
 from core.partitioners import PARTITIONERS
@@ -122,6 +123,10 @@ class Settings:
     control_group_pct: float = 0.0
     #: Positions less accurate than this (``accuracy_m``) never trigger offers (0: no limit).
     max_accuracy_m: float = 0.0
+    #: Frequency caps across promotions (0: none) and the gap that ends a visit.
+    caps: Caps = Caps()
+    #: Stores' own settings (``[store ID]`` sections): time zone, quiet hours.
+    stores: tuple[StoreSettings, ...] = ()
     fetch_wait_ms: int = 500
     consumer_max_fetch_size: int = 4 * 1024 * 1024
     producer_max_batch_size: int = 256 * 1024
@@ -194,6 +199,23 @@ def _campaigns(parser: configparser.ConfigParser) -> tuple[Campaign, ...] | None
         except ValueError as exc:
             raise ConfigError(f"[{section}]: {exc}") from exc
     return tuple(campaigns)
+
+
+def _stores(parser: configparser.ConfigParser) -> tuple[StoreSettings, ...]:
+    stores = []
+    for section in parser.sections():
+        if not section.startswith("store "):
+            continue
+        body = parser[section]
+        try:
+            stores.append(StoreSettings(
+                store_id=section.removeprefix("store ").strip(),
+                timezone=body.get("timezone", "UTC").strip() or "UTC",
+                quiet_hours=parse_quiet_hours(body.get("quiet_hours", "")),
+            ))
+        except (ValueError, KeyError) as exc:  # zoneinfo: ZoneInfoNotFoundError is a KeyError
+            raise ConfigError(f"[{section}]: {exc}") from exc
+    return tuple(stores)
 
 
 def repartition_mode(settings: Settings, base: str) -> str:
@@ -287,6 +309,12 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                            "redemption_window_s", 7200)),
             control_group_pct=float(pick("CONTROL_GROUP_PCT", offers, "control_group_pct", 0)),
             max_accuracy_m=float(pick("MAX_ACCURACY_M", offers, "max_accuracy_m", 0)),
+            caps=Caps(
+                per_visit=int(pick("MAX_OFFERS_PER_VISIT", offers, "max_offers_per_visit", 0)),
+                per_day=int(pick("MAX_OFFERS_PER_DAY", offers, "max_offers_per_day", 0)),
+                visit_gap_s=float(pick("VISIT_GAP_S", offers, "visit_gap_s", 1800)),
+            ),
+            stores=_stores(parser),
             fetch_wait_ms=int(pick("FETCH_WAIT_MS", main, "fetch_wait_ms",
                                    defaults.fetch_wait_ms)),
             consumer_max_fetch_size=int(pick(
@@ -340,4 +368,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("CONTROL_GROUP_PCT must be a percentage of shoppers, 0 to 100")
     if not 0 <= settings.max_accuracy_m < float("inf"):
         raise ConfigError("MAX_ACCURACY_M must be >= 0 metres (0: no limit)")
+    caps = settings.caps
+    if caps.per_visit < 0 or caps.per_day < 0 or not 0 < caps.visit_gap_s < float("inf"):
+        raise ConfigError("MAX_OFFERS_PER_VISIT and MAX_OFFERS_PER_DAY must be >= 0 (0: no "
+                          "cap) and VISIT_GAP_S > 0")
     return settings

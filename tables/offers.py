@@ -35,6 +35,8 @@ attribution = text_keyed_table(app.Table, "attribution",
 #: uid -> core.presence.Presence as JSON: the displays the shopper is within the radius of,
 #: since when (enter/exit events, dwell_s), and the offsets applied; no positions.
 presence = text_keyed_table(app.Table, "presence", "Displays each shopper is near, since when")
+#: uid -> core.caps.Frequency as JSON: offers in the current visit and day (frequency caps).
+frequency = text_keyed_table(app.Table, "frequency", "Offers per visit and per day")
 #: "pid/partition" -> core.lift.Figures as JSON: a promotion's offers sent and held out,
 #: redemptions and revenue on one partition; every worker follows them all (FIGURES).
 promotion_figures = text_keyed_table(app.Table, "promotion_figures",

@@ -20,6 +20,7 @@ from tables.offers import (
     FIGURES,
     PROMOTIONS,
     attribution,
+    frequency,
     presence,
     promotion_figures,
 )
@@ -61,7 +62,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
         monkeypatch.setattr(topic, "send", send)
         monkeypatch.setattr(topic, "send_soon", send_soon)
     for table in (tables.catalogue, tables.spend, tables.stamps, tables.baskets,
-                  tables.profiles, attribution, promotion_figures, presence):
+                  tables.profiles, attribution, promotion_figures, presence, frequency):
         table.data.clear()
     tables.CATALOGUE.data.clear()
     dead_letter_marks.data.clear()

@@ -13,6 +13,7 @@ from app import topics
 from app.faust_app import METRICS
 from app.runtime.bulk import BulkWriter
 from app.runtime.fastlane import Source
+from core.caps import Caps, StoreSettings, parse_quiet_hours
 from core.geo import Display
 from core.offers import Promotion
 from tables.batch import TableWrites
@@ -82,3 +83,31 @@ async def test_a_dwell_promotion_waits_for_the_stay_and_enter_exit_are_events(
     # Back again: the stay starts over.
     assert await lane(position(4, T0 + 50)) == []
     assert lane.presence_events()[-1] == ("enter", "101", T0 + 50, None)
+
+
+async def test_a_visit_cap_withholds_offers_and_counts_them_never_sending_them_later(
+        store: Sent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offers_agent, "CAPS", Caps(per_visit=1, visit_gap_s=600))
+    before = METRICS.value("storestream_offers_withheld_total", reason="visit_cap")
+    lane = Lane()
+    assert await lane(position(0, T0)) == ["p-now"]
+    assert await lane(position(1, T0 + 31)) == []  # p-dwell is due, the visit's cap is not
+    assert METRICS.value("storestream_offers_withheld_total", reason="visit_cap") == before + 1
+    assert await lane(position(2, T0 + 32)) == []  # never queued: withheld again
+    assert METRICS.value("storestream_offers_withheld_total", reason="visit_cap") == before + 2
+    # Gone for over ten minutes: a new visit, and the stay starts over.
+    assert await lane(position(3, T0 + 700, lat=LAT + 0.001)) == []
+    assert await lane(position(4, T0 + 710)) == []
+    assert await lane(position(5, T0 + 741)) == ["p-dwell"]
+
+
+async def test_no_offer_goes_out_in_a_stores_quiet_hours(
+        store: Sent, monkeypatch: pytest.MonkeyPatch) -> None:
+    quiet = StoreSettings("s1", "UTC", parse_quiet_hours("00:00-23:59"))
+    monkeypatch.setattr(offers_agent, "STORES", {"s1": quiet})
+    before = METRICS.value("storestream_offers_withheld_total", reason="quiet_hours")
+    lane = Lane()
+    assert await lane(position(0, T0)) == []
+    assert METRICS.value("storestream_offers_withheld_total", reason="quiet_hours") == before + 1
+    monkeypatch.setattr(offers_agent, "STORES", {})
+    assert await lane(position(1, T0 + 1)) == ["p-now"]  # allowed again: a fresh trigger
