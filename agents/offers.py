@@ -33,6 +33,7 @@ from app.runtime.fastlane import Source
 from app.runtime.guarantees import GATE
 from app.settings import SETTINGS
 from app.topics import (
+    associates_topic,
     displays_topic,
     held_out_topic,
     locations_topic,
@@ -40,6 +41,7 @@ from app.topics import (
     presence_topic,
     promotions_topic,
 )
+from core.associates import Visits
 from core.caps import QUIET_HOURS, UTC_STORE, Frequency, apply_caps
 from core.events import parse_display_event, parse_position, parse_promotion_event
 from core.lift import in_control_group
@@ -59,6 +61,7 @@ from tables.offers import (
     promotion_record,
     promotions,
     shoppers,
+    visits,
 )
 
 RULES = SETTINGS.loyalty
@@ -103,6 +106,22 @@ def track_presence(writes: TableWrites, uid: str, lat: float, lon: float, ts: fl
 
 
 EMPTY_PRESENCE = Presence()
+ASSOCIATE_TIERS = SETTINGS.associate_tiers
+
+
+def announce_arrival(writes: TableWrites, uid: str, store_id: str, ts: float,
+                     tier: str) -> None:
+    """Tell the store's associates (``associates.alerts``, keyed by store) when a shopper of
+    a watched tier starts a visit; no position."""
+    raw = writes.get(visits, uid)
+    state = Visits.from_json(raw)
+    updated, arrival = state.seen(uid, store_id, ts, tier, ASSOCIATE_TIERS,
+                                  CAPS.visit_gap_s)
+    if updated is not state:
+        writes.put(visits, uid, updated.to_json())
+    if arrival is not None:
+        writes.emit(associates_topic, store_id.encode(), orjson.dumps(arrival.to_record()))
+        METRICS.inc("storestream_associate_alerts_total", store=store_id)
 CAPS = SETTINGS.caps
 STORES = {store.store_id: store for store in SETTINGS.stores}
 
@@ -164,13 +183,16 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             after_position(writes, uid, position.ts, [], here, held_out)
             return OK
         near = track_presence(writes, uid, position.lat, position.lon, position.ts, here)
+        tier = customer_tier(uid)
+        if ASSOCIATE_TIERS and position.store_id is not None:
+            announce_arrival(writes, uid, position.store_id, position.ts, tier)
         # Replays are told by the record's place in the log, never by its timestamp: a record
         # redelivered (after a crash before the commit) yields the very same offers and ids,
         # which delivery de-duplicates; any other position within a cooldown yields none.
         offers = decide_offers(
             uid, position.lat, position.lon, position.ts,
             opted_out=bool(profile.get("opt_out", False)),
-            tier=customer_tier(uid),
+            tier=tier,
             displays=DISPLAY_INDEX,
             promotions=PROMOTION_INDEX,
             last_offered=state.windows,

@@ -79,6 +79,10 @@ class Topics:
         return self.name("displays.presence")
 
     @property
+    def associates(self) -> str:
+        return self.name("associates.alerts")
+
+    @property
     def loyalty_events(self) -> str:
         return self.name("loyalty.events")
 
@@ -127,6 +131,8 @@ class Settings:
     caps: Caps = Caps()
     #: Stores' own settings (``[store ID]`` sections): time zone, quiet hours.
     stores: tuple[StoreSettings, ...] = ()
+    #: Tiers whose arrival in a store its associates hear of (empty: none).
+    associate_tiers: tuple[str, ...] = ("GOLD",)
     fetch_wait_ms: int = 500
     consumer_max_fetch_size: int = 4 * 1024 * 1024
     producer_max_batch_size: int = 256 * 1024
@@ -315,6 +321,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 visit_gap_s=float(pick("VISIT_GAP_S", offers, "visit_gap_s", 1800)),
             ),
             stores=_stores(parser),
+            associate_tiers=tuple(sorted(_names(pick(
+                "ASSOCIATE_TIERS", offers, "associate_tiers", "GOLD").upper()))),
             fetch_wait_ms=int(pick("FETCH_WAIT_MS", main, "fetch_wait_ms",
                                    defaults.fetch_wait_ms)),
             consumer_max_fetch_size=int(pick(
@@ -368,6 +376,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("CONTROL_GROUP_PCT must be a percentage of shoppers, 0 to 100")
     if not 0 <= settings.max_accuracy_m < float("inf"):
         raise ConfigError("MAX_ACCURACY_M must be >= 0 metres (0: no limit)")
+    unknown = set(settings.associate_tiers) - {"CLIMBING", "BRONZE", "SILVER", "GOLD"}
+    if unknown:
+        raise ConfigError(f"ASSOCIATE_TIERS: unknown tier {', '.join(sorted(unknown))}")
     caps = settings.caps
     if caps.per_visit < 0 or caps.per_day < 0 or not 0 < caps.visit_gap_s < float("inf"):
         raise ConfigError("MAX_OFFERS_PER_VISIT and MAX_OFFERS_PER_DAY must be >= 0 (0: no "

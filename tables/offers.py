@@ -37,6 +37,8 @@ attribution = text_keyed_table(app.Table, "attribution",
 presence = text_keyed_table(app.Table, "presence", "Displays each shopper is near, since when")
 #: uid -> core.caps.Frequency as JSON: offers in the current visit and day (frequency caps).
 frequency = text_keyed_table(app.Table, "frequency", "Offers per visit and per day")
+#: uid -> core.associates.Visits as JSON: each store's current visit (first, latest seen).
+visits = text_keyed_table(app.Table, "visits", "Each shopper's current visit per store")
 #: "pid/partition" -> core.lift.Figures as JSON: a promotion's offers sent and held out,
 #: redemptions and revenue on one partition; every worker follows them all (FIGURES).
 promotion_figures = text_keyed_table(app.Table, "promotion_figures",

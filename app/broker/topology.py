@@ -42,6 +42,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.redemptions, n, events),
         TopicSpec(t.held_out, n, events),
         TopicSpec(t.presence, n, locations),
+        TopicSpec(t.associates, n, events),
         TopicSpec(t.loyalty_events, n, events),
         TopicSpec(t.dead_letters, n, events),
         *repartition,

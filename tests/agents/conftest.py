@@ -23,6 +23,7 @@ from tables.offers import (
     frequency,
     presence,
     promotion_figures,
+    visits,
 )
 
 
@@ -45,7 +46,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
     app.flow_control.resume()
     captured = Sent()
     for topic in (topics.loyalty_events_topic, topics.dead_letters_topic,
-                  topics.redemptions_topic, topics.presence_topic):
+                  topics.redemptions_topic, topics.presence_topic, topics.associates_topic):
         name = topic.get_topic_name()
 
         async def send(*, key: Any = None, value: Any = None, _name: str = name,
@@ -62,7 +63,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
         monkeypatch.setattr(topic, "send", send)
         monkeypatch.setattr(topic, "send_soon", send_soon)
     for table in (tables.catalogue, tables.spend, tables.stamps, tables.baskets,
-                  tables.profiles, attribution, promotion_figures, presence, frequency):
+                  tables.profiles, attribution, promotion_figures, presence, frequency, visits):
         table.data.clear()
     tables.CATALOGUE.data.clear()
     dead_letter_marks.data.clear()

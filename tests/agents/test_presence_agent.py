@@ -111,3 +111,21 @@ async def test_no_offer_goes_out_in_a_stores_quiet_hours(
     assert METRICS.value("storestream_offers_withheld_total", reason="quiet_hours") == before + 1
     monkeypatch.setattr(offers_agent, "STORES", {})
     assert await lane(position(1, T0 + 1)) == ["p-now"]  # allowed again: a fresh trigger
+
+
+async def test_associates_hear_a_watched_shoppers_arrival_once_per_visit_without_position(
+        store: Sent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(offers_agent, "ASSOCIATE_TIERS", ("CLIMBING",))
+    lane = Lane()
+    await lane(position(0, T0), position(1, T0 + 60), position(2, T0 + 600))
+    name = topics.associates_topic.get_topic_name()
+    alerts = [(key, orjson.loads(v)) for (topic, _), records in lane.bulk._queued.items()
+              if topic == name for key, v, _, _ in records if v is not None]
+    assert len(alerts) == 1
+    key, alert = alerts[0]
+    assert key == b"s1" and alert["uid"] == "kris" and alert["tier"] == "CLIMBING"
+    assert alert["event"] == "arrived" and alert["ts"] == T0
+    assert not {"lat", "lon", "latitude", "longitude"} & set(alert)
+    await lane(position(3, T0 + 600 + 1801))  # a new visit
+    assert sum(1 for (topic, _), records in lane.bulk._queued.items() if topic == name
+               for _ in records) == 2
