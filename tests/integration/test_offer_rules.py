@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
+import orjson
 import pytest
+import redis
 
 from app.dev.devstack import DevStack
 from tests.integration import store
@@ -46,3 +49,36 @@ def test_accuracy_dwell_presence_and_a_visit_cap_on_one_worker(
         assert worker.metric("storestream_positions_inaccurate_total") == 1
         assert worker.metric("storestream_offers_withheld_total", reason="visit_cap") == 2
         assert worker.metric("storestream_dead_letters_total") == 0
+
+
+def test_a_gold_shoppers_arrival_reaches_the_stores_associates_once_without_position(
+    stack: DevStack, tmp_path: Path,
+) -> None:
+    with deployed(stack, tmp_path) as deployment:
+        worker = deployment.start_worker("w1")
+        worker.wait_ready()
+        deployment.produce([("purchases", "goldie", {"user_id": "goldie", "product_id": "tv",
+                                                     "price": 500})])
+        wait_for("goldie is GOLD", lambda: worker.get("/customers/goldie/")[1].get(
+            "reward_level") == "GOLD", 30)
+        channel = f"{deployment.settings.topics.prefix}associates:s1"
+        client = redis.Redis.from_url(stack.redis_url)
+        pubsub = client.pubsub()
+        pubsub.subscribe(channel)
+        assert pubsub.get_message(timeout=2.0) is not None  # the subscription's confirmation
+        deployment.produce([store.position("goldie", store.D1, 1000),
+                            store.position("goldie", store.D2, 1010),
+                            store.position("alice", store.D1, 1020)])  # CLIMBING: not heard
+        alerts = deployment.read_topic("associates.alerts", expect=1, timeout=30)
+        assert [(a["uid"], a["store_id"], a["tier"]) for a in alerts] == [("goldie", "s1", "GOLD")]
+        heard = []
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and not heard:
+            message = pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+            if message is not None:
+                heard.append(orjson.loads(message["data"]))
+        assert [(h["uid"], h["tier"], h["event"]) for h in heard] == [
+            ("goldie", "GOLD", "arrived")]
+        assert not {"lat", "lon"} & set(heard[0])
+        pubsub.close()
+        client.close()
