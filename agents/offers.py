@@ -184,7 +184,9 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             return OK
         near = track_presence(writes, uid, position.lat, position.lon, position.ts, here)
         tier = customer_tier(uid)
-        if ASSOCIATE_TIERS and position.store_id is not None:
+        # Only watched shoppers' visits are kept: one who reaches a watched tier mid-visit is
+        # announced with their next position, as arriving then.
+        if position.store_id is not None and tier in ASSOCIATE_TIERS:
             announce_arrival(writes, uid, position.store_id, position.ts, tier)
         # Replays are told by the record's place in the log, never by its timestamp: a record
         # redelivered (after a crash before the commit) yields the very same offers and ids,
