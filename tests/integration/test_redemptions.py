@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,33 @@ def test_two_workers_serve_every_promotions_figures_combined_with_the_control_gr
             assert worker.get("/promotions/p-none/")[0] == 404
             assert worker.get("/promotions/", token=None)[0] == 401
             assert worker.get("/promotions/p-sku/", token=None)[0] == 401
+
+
+def test_a_worker_killed_before_its_commit_emits_no_redemption_twice(
+    deployment: Deployment,
+) -> None:
+    first = deployment.start_worker("w1")
+    first.wait_ready()
+    deployment.produce(store.display_records() + store.promotion_records())
+    wait_for("displays and promotions on the worker", lambda: first.metric(
+        "storestream_replica_keys", table="displays") == 3 and first.metric(
+        "storestream_replica_applied_total", table="promotions") >= 4, 30)
+    shoppers = [f"s{n:02d}" for n in range(20)]
+    deployment.produce([store.position(uid, store.D2, 1000) for uid in shoppers])
+    deployment.read_topic("customers.promotions", expect=len(shoppers), timeout=30)
+    deployment.produce(
+        [("purchases", uid, {"user_id": uid, "product_id": "2002", "price": 1,
+                             "purchase_id": f"till-{uid}", "ts": 1100}) for uid in shoppers]
+        + [store.position(uid, store.D2, 1200, north_m=50) for uid in shoppers])
+    deployment.read_topic("offers.redemptions", expect=len(shoppers), timeout=30)
+    first.stop(signal.SIGKILL)  # within the commit interval: records are delivered again
+    second = deployment.start_worker("w2")
+    second.wait_ready()
+    deployment.produce([store.position("late", store.D1, 5000)])  # a marker: all caught up
+    wait_for("the second worker caught up", lambda: second.metric(
+        "storestream_events_total", topic=deployment.topic("customers.locations")) >= 1, 60)
+    time.sleep(3)
+    # One more than expected: the read waits out its timeout and returns every record there.
+    redeemed = deployment.read_topic("offers.redemptions", expect=len(shoppers) + 1,
+                                     timeout=10)
+    assert sorted(r["purchase_id"] for r in redeemed) == sorted(f"till-{u}" for u in shoppers)
