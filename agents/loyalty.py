@@ -9,6 +9,7 @@ from typing import Any
 import orjson
 from faust.types import StreamT
 
+from agents.attribution import after_purchase
 from agents.common import (
     DUPLICATE,
     OK,
@@ -124,6 +125,7 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
         outcome = apply_purchase(purchase, source.offset, customer.spend, customer.stamps,
                                  customer.basket, price_history, RULES,
                                  repartitioned=repartitioned)
+        after_purchase(writes, purchase, source.topic, source.partition, source.offset)
         if outcome.spend is None and outcome.stamps is None and outcome.basket is None:
             return DUPLICATE
         if outcome.spend is not None:

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 from faust.types import StreamT
 
+from agents.attribution import after_position, count_offers
 from agents.common import (
     OK,
     agent_writes,
@@ -31,10 +32,22 @@ from app.runtime import fastlane
 from app.runtime.fastlane import Source
 from app.runtime.guarantees import GATE
 from app.settings import SETTINGS
-from app.topics import displays_topic, locations_topic, offers_topic, promotions_topic
+from app.topics import (
+    associates_topic,
+    displays_topic,
+    held_out_topic,
+    locations_topic,
+    offers_topic,
+    presence_topic,
+    promotions_topic,
+)
+from core.associates import Visits
+from core.caps import QUIET_HOURS, UTC_STORE, Frequency, apply_caps
 from core.events import parse_display_event, parse_position, parse_promotion_event
+from core.lift import in_control_group
 from core.loyalty import Spend, view_spend
-from core.offers import CooldownState, PositionSource, decide_offers
+from core.offers import CooldownState, Offer, PositionSource, decide_offers
+from core.presence import Presence, accurate
 from tables.batch import TableWrites
 from tables.loyalty import price_history, profiles, spend
 from tables.offers import (
@@ -43,12 +56,17 @@ from tables.offers import (
     display_key,
     display_record,
     displays,
+    frequency,
+    presence,
     promotion_record,
     promotions,
     shoppers,
+    visits,
 )
 
 RULES = SETTINGS.loyalty
+CONTROL_PCT = SETTINGS.control_group_pct
+MAX_ACCURACY_M = SETTINGS.max_accuracy_m
 
 
 async def apply_display(message: Any) -> str:
@@ -66,6 +84,72 @@ async def apply_promotion(message: Any) -> str:
         return OK  # an older record arriving late never overrides a newer one
     promotions[promotion.pid] = promotion_record(promotion)
     return OK
+
+
+def track_presence(writes: TableWrites, uid: str, lat: float, lon: float, ts: float,
+                   here: PositionSource) -> Presence:
+    """Enter and leave displays' radii (events on ``displays.presence``); the shopper's
+    presence after this position, for ``dwell_s``."""
+    raw = writes.get(presence, uid)
+    keys = [(display.store_id, display.sku)
+            for display, _ in DISPLAY_INDEX.near(lat, lon, SETTINGS.offer_radius_m)]
+    if raw is None and not keys:
+        return EMPTY_PRESENCE  # far from every display, and was: nothing to record
+    state = Presence.from_json(raw)
+    updated, events = state.moved(uid, ts, keys, here.topic, here.partition, here.offset)
+    if updated is not state:
+        writes.put(presence, uid, updated.to_json())
+    for event in events:
+        writes.emit(presence_topic, uid.encode(), orjson.dumps(event.to_record()))
+        METRICS.inc("storestream_presence_events_total", event=event.kind)
+    return updated
+
+
+EMPTY_PRESENCE = Presence()
+ASSOCIATE_TIERS = SETTINGS.associate_tiers
+
+
+def announce_arrival(writes: TableWrites, uid: str, store_id: str, ts: float,
+                     tier: str) -> None:
+    """Tell the store's associates (``associates.alerts``, keyed by store) when a shopper of
+    a watched tier starts a visit; no position."""
+    raw = writes.get(visits, uid)
+    state = Visits.from_json(raw)
+    updated, arrival = state.seen(uid, store_id, ts, tier, ASSOCIATE_TIERS,
+                                  CAPS.visit_gap_s)
+    if updated is not state:
+        writes.put(visits, uid, updated.to_json())
+    if arrival is not None:
+        writes.emit(associates_topic, store_id.encode(), orjson.dumps(arrival.to_record()))
+        METRICS.inc("storestream_associate_alerts_total", store=store_id)
+CAPS = SETTINGS.caps
+STORES = {store.store_id: store for store in SETTINGS.stores}
+
+
+def limit_offers(writes: TableWrites, uid: str, ts: float, store_id: str | None,
+                 offers: list[Offer]) -> list[Offer]:
+    """The offers a shopper may receive now (quiet hours of each offer's store, then the
+    caps, nearest first); the others are counted by reason, never kept for later."""
+    allowed: list[Offer] = []
+    for offer in offers:
+        if STORES.get(offer.store_id, UTC_STORE).quiet(ts):
+            METRICS.inc("storestream_offers_withheld_total", reason=QUIET_HOURS)
+        else:
+            allowed.append(offer)
+    if not CAPS.active:
+        return allowed
+    raw = writes.get(frequency, uid)
+    state = Frequency.from_json(raw)
+    store = STORES.get(allowed[0].store_id if allowed else (store_id or ""), UTC_STORE)
+    kept, withheld, updated = apply_caps(allowed, state, ts, store.day(ts), CAPS, quiet=False)
+    for _, reason in withheld:
+        METRICS.inc("storestream_offers_withheld_total", reason=reason)
+    # The visit's clock is written only now and then (a tenth of the gap), not per position.
+    if (updated.visit_offers, updated.day_offers, updated.day) != (
+            state.visit_offers, state.day_offers, state.day) or (
+            updated.last_seen - state.last_seen >= CAPS.visit_gap_s / 10):
+        writes.put(frequency, uid, updated.to_json())
+    return kept
 
 
 def customer_tier(uid: str) -> str:
@@ -90,28 +174,53 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
         profile = profiles.get(uid) or {}
         state = CooldownState.from_json(writes.get(shoppers, uid))
         here = PositionSource(source.topic, source.partition, source.offset)
+        redelivered = state.redelivers(here)
+        held_out = CONTROL_PCT > 0 and in_control_group(uid, CONTROL_PCT)
+        if not accurate(position.accuracy_m, MAX_ACCURACY_M):
+            # Says nothing about where the shopper is: no offer, no enter or exit.
+            METRICS.inc("storestream_positions_inaccurate_total",
+                        store=position.store_id or "-")
+            after_position(writes, uid, position.ts, [], here, held_out)
+            return OK
+        near = track_presence(writes, uid, position.lat, position.lon, position.ts, here)
+        tier = customer_tier(uid)
+        # Only watched shoppers' visits are kept: one who reaches a watched tier mid-visit is
+        # announced with their next position, as arriving then.
+        if position.store_id is not None and tier in ASSOCIATE_TIERS:
+            announce_arrival(writes, uid, position.store_id, position.ts, tier)
         # Replays are told by the record's place in the log, never by its timestamp: a record
         # redelivered (after a crash before the commit) yields the very same offers and ids,
         # which delivery de-duplicates; any other position within a cooldown yields none.
         offers = decide_offers(
             uid, position.lat, position.lon, position.ts,
             opted_out=bool(profile.get("opt_out", False)),
-            tier=customer_tier(uid),
+            tier=tier,
             displays=DISPLAY_INDEX,
             promotions=PROMOTION_INDEX,
             last_offered=state.windows,
             radius_m=SETTINGS.offer_radius_m,
             cooldown_s=SETTINGS.offer_cooldown_s,
             source=here,
-            redelivered=state.redelivers(here),
+            redelivered=redelivered,
+            stayed=lambda display: near.stayed((display.store_id, display.sku), position.ts),
         )
+        if not redelivered and (CAPS.active or STORES):  # a redelivered record is not capped
+            offers = limit_offers(writes, uid, position.ts, position.store_id, offers)
+        after_position(writes, uid, position.ts, offers, here, held_out)
         if not offers:
             return OK
+        if not redelivered:  # a redelivered record's offers were counted the first time
+            count_offers(writes, offers, held_out)
         updated = state.after(offers, here, position.ts, SETTINGS.offer_cooldown_s)
         if updated is not state:  # a redelivered record's effects are in the state already
             writes.put(shoppers, uid, updated.to_json())
         for offer in offers:
             record = offer.to_record()
+            if held_out:  # control group: recorded, never sent
+                record["held_out"] = True
+                writes.emit(held_out_topic, uid.encode(), orjson.dumps(record))
+                METRICS.inc("storestream_offers_held_out_total", store=offer.store_id or "-")
+                continue
             writes.emit(offers_topic, uid.encode(), orjson.dumps(record))
             if emitted is not None:
                 emitted.append(record)

@@ -15,6 +15,7 @@ import tables.repartition
 import agents.loyalty
 import agents.offers
 import agents.delivery
+import agents.associates
 import agents.repartition
 from app import commands
 from app.web import live, views

@@ -40,13 +40,15 @@ async def devstack_command(self: Any) -> None:
     option("--load-store/--no-load-store", default=True, show_default=True,
            help="Produce the demo floor plan and promotions first."),
     option("--seed", type=int, default=42, show_default=True, help="Random seed of the walk."),
+    option("--buy-pct", type=float, default=0.0, show_default=True,
+           help="Percent of stops at a display after which the shopper buys its product."),
     name="simulate",
 )
 async def simulate_command(self: Any, shoppers: int, rate: float, duration: float,
-                           load_store: bool, seed: int) -> None:
+                           load_store: bool, seed: int, buy_pct: float) -> None:
     """Drive shoppers through the demo store (positions to customers.locations)."""
     await run_simulation(SETTINGS, shoppers=shoppers, rate=rate, duration=duration,
-                         load=load_store, seed=seed)
+                         load=load_store, seed=seed, buy_pct=buy_pct)
 
 
 @app.command(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.campaigns import Campaign
+from core.caps import Caps, StoreSettings, parse_quiet_hours
 from core.loyalty import LoyaltyRules
 from core.money import to_cents
 from core.partitioners import PARTITIONERS
@@ -66,6 +67,22 @@ class Topics:
         return self.name("customers.promotions")
 
     @property
+    def redemptions(self) -> str:
+        return self.name("offers.redemptions")
+
+    @property
+    def held_out(self) -> str:
+        return self.name("offers.held_out")
+
+    @property
+    def presence(self) -> str:
+        return self.name("displays.presence")
+
+    @property
+    def associates(self) -> str:
+        return self.name("associates.alerts")
+
+    @property
     def loyalty_events(self) -> str:
         return self.name("loyalty.events")
 
@@ -104,6 +121,18 @@ class Settings:
     ably_api_key: str | None = None
     offer_radius_m: float = 0.9144
     offer_cooldown_s: float = 1800.0
+    #: How long after an offer a purchase of it counts as a redemption (0: no attribution).
+    redemption_window_s: float = 7200.0
+    #: Percent of shoppers (by a stable hash of the uid) held out of every offer.
+    control_group_pct: float = 0.0
+    #: Positions less accurate than this (``accuracy_m``) never trigger offers (0: no limit).
+    max_accuracy_m: float = 0.0
+    #: Frequency caps across promotions (0: none) and the gap that ends a visit.
+    caps: Caps = Caps()
+    #: Stores' own settings (``[store ID]`` sections): time zone, quiet hours.
+    stores: tuple[StoreSettings, ...] = ()
+    #: Tiers whose arrival in a store its associates hear of (empty: none).
+    associate_tiers: tuple[str, ...] = ("GOLD",)
     fetch_wait_ms: int = 500
     consumer_max_fetch_size: int = 4 * 1024 * 1024
     producer_max_batch_size: int = 256 * 1024
@@ -176,6 +205,23 @@ def _campaigns(parser: configparser.ConfigParser) -> tuple[Campaign, ...] | None
         except ValueError as exc:
             raise ConfigError(f"[{section}]: {exc}") from exc
     return tuple(campaigns)
+
+
+def _stores(parser: configparser.ConfigParser) -> tuple[StoreSettings, ...]:
+    stores = []
+    for section in parser.sections():
+        if not section.startswith("store "):
+            continue
+        body = parser[section]
+        try:
+            stores.append(StoreSettings(
+                store_id=section.removeprefix("store ").strip(),
+                timezone=body.get("timezone", "UTC").strip() or "UTC",
+                quiet_hours=parse_quiet_hours(body.get("quiet_hours", "")),
+            ))
+        except (ValueError, KeyError) as exc:  # zoneinfo: ZoneInfoNotFoundError is a KeyError
+            raise ConfigError(f"[{section}]: {exc}") from exc
+    return tuple(stores)
 
 
 def repartition_mode(settings: Settings, base: str) -> str:
@@ -265,6 +311,18 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             ably_api_key=env.get("ABLY_API_KEY") or None,
             offer_radius_m=float(pick("OFFER_RADIUS_M", offers, "radius_m", 0.9144)),
             offer_cooldown_s=float(pick("OFFER_COOLDOWN_S", offers, "cooldown_s", 1800)),
+            redemption_window_s=float(pick("REDEMPTION_WINDOW_S", offers,
+                                           "redemption_window_s", 7200)),
+            control_group_pct=float(pick("CONTROL_GROUP_PCT", offers, "control_group_pct", 0)),
+            max_accuracy_m=float(pick("MAX_ACCURACY_M", offers, "max_accuracy_m", 0)),
+            caps=Caps(
+                per_visit=int(pick("MAX_OFFERS_PER_VISIT", offers, "max_offers_per_visit", 0)),
+                per_day=int(pick("MAX_OFFERS_PER_DAY", offers, "max_offers_per_day", 0)),
+                visit_gap_s=float(pick("VISIT_GAP_S", offers, "visit_gap_s", 1800)),
+            ),
+            stores=_stores(parser),
+            associate_tiers=tuple(sorted(_names(pick(
+                "ASSOCIATE_TIERS", offers, "associate_tiers", "GOLD").upper()))),
             fetch_wait_ms=int(pick("FETCH_WAIT_MS", main, "fetch_wait_ms",
                                    defaults.fetch_wait_ms)),
             consumer_max_fetch_size=int(pick(
@@ -312,4 +370,17 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("TOPIC_REPLICATION must be >= 1 (and at most the number of brokers)")
     if settings.offer_radius_m <= 0 or settings.offer_cooldown_s < 0:
         raise ConfigError("OFFER_RADIUS_M must be > 0 and OFFER_COOLDOWN_S >= 0")
+    if not 0 <= settings.redemption_window_s < float("inf"):
+        raise ConfigError("REDEMPTION_WINDOW_S must be >= 0 seconds (0: no attribution)")
+    if not 0 <= settings.control_group_pct <= 100:
+        raise ConfigError("CONTROL_GROUP_PCT must be a percentage of shoppers, 0 to 100")
+    if not 0 <= settings.max_accuracy_m < float("inf"):
+        raise ConfigError("MAX_ACCURACY_M must be >= 0 metres (0: no limit)")
+    unknown = set(settings.associate_tiers) - {"CLIMBING", "BRONZE", "SILVER", "GOLD"}
+    if unknown:
+        raise ConfigError(f"ASSOCIATE_TIERS: unknown tier {', '.join(sorted(unknown))}")
+    caps = settings.caps
+    if caps.per_visit < 0 or caps.per_day < 0 or not 0 < caps.visit_gap_s < float("inf"):
+        raise ConfigError("MAX_OFFERS_PER_VISIT and MAX_OFFERS_PER_DAY must be >= 0 (0: no "
+                          "cap) and VISIT_GAP_S > 0")
     return settings

@@ -216,6 +216,8 @@ class DisplayIndex:
         self._members: dict[tuple[int, int], list[Display]] = {}
         self._where: dict[DisplayKey, tuple[int, int]] = {}
         self._displays: dict[DisplayKey, Display] = {}
+        #: sku -> store_id -> segment, for the displays that have a segment.
+        self._segments: dict[str, dict[str, str]] = {}
 
     def __len__(self) -> int:
         return len(self._displays)
@@ -230,6 +232,11 @@ class DisplayIndex:
         """Return the display with this identity, if indexed."""
         return self._displays.get((store_id, sku))
 
+    def segments_of(self, sku: str) -> tuple[str, ...]:
+        """The segments of the active displays of ``sku`` in every store, sorted."""
+        stores = self._segments.get(sku)
+        return () if not stores else tuple(sorted(set(stores.values())))
+
     def upsert(self, display: Display) -> None:
         """Add or replace a display by key; an inactive display is removed instead."""
         self.remove(display.store_id, display.sku)
@@ -243,6 +250,8 @@ class DisplayIndex:
         self._members.setdefault((row, col), []).append(display)
         self._where[display.key] = (row, col)
         self._displays[display.key] = display
+        if display.segment is not None:
+            self._segments.setdefault(display.sku, {})[display.store_id] = display.segment
 
     def remove(self, store_id: str, sku: str) -> Display | None:
         """Remove a display by identity; returns it, or ``None`` if absent."""
@@ -250,6 +259,11 @@ class DisplayIndex:
         display = self._displays.pop(key, None)
         if display is None:
             return None
+        stores = self._segments.get(sku)
+        if stores is not None:
+            stores.pop(store_id, None)
+            if not stores:
+                del self._segments[sku]
         row, col = cell = self._where.pop(key)
         members = self._members[cell]
         position = next(i for i, member in enumerate(members) if member.key == key)

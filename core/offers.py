@@ -39,7 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeAlias
@@ -121,8 +121,12 @@ class Promotion:
     min_tier: Tier | None = None
     active: bool = True
     ts: float = 0.0
+    #: Seconds the shopper must have stayed within the radius before the offer goes out.
+    dwell_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if not math.isfinite(self.dwell_s) or self.dwell_s < 0:
+            raise ValueError(f"dwell_s must be >= 0 seconds, got {self.dwell_s!r}")
         if not self.pid:
             raise ValueError("promotion pid must be non-empty")
         if self.sku is None and self.segment is None:
@@ -138,6 +142,7 @@ def parse_promotion(record: Mapping[str, object]) -> Promotion:
     raw_sku = record.get("sku")
     blank = raw_sku is None or (isinstance(raw_sku, str) and not raw_sku.strip())
     raw_ts = record.get("ts")
+    raw_dwell = record.get("dwell_s")
     return Promotion(
         pid=normalise_id(record.get("pid"), "pid"),
         discount_pct=parse_discount(record.get("discount_pct")),
@@ -146,6 +151,7 @@ def parse_promotion(record: Mapping[str, object]) -> Promotion:
         min_tier=parse_tier(record.get("min_tier")),
         active=parse_bool(record.get("active"), default=True),
         ts=0.0 if raw_ts is None else parse_float(raw_ts, "ts"),
+        dwell_s=0.0 if raw_dwell is None else parse_float(raw_dwell, "dwell_s"),
     )
 
 
@@ -198,6 +204,10 @@ class PromotionIndex:
         """Forget a promotion entirely (e.g. a tombstone); returns it if it was active."""
         self._latest_ts.pop(pid, None)
         return self._drop(pid)
+
+    def covers(self, sku: str, segments: Iterable[str] = ()) -> bool:
+        """Whether an active promotion names ``sku`` or one of ``segments``."""
+        return sku in self._by_sku or any(s in self._by_segment for s in segments)
 
     def promotions_for(self, display: Display) -> list[Promotion]:
         """Active promotions matching the display, by pid, each once."""
@@ -367,6 +377,7 @@ def decide_offers(
     cooldown_s: float = DEFAULT_COOLDOWN_S,
     source: PositionSource | None = None,
     redelivered: bool = False,
+    stayed: Callable[[Display], float] | None = None,
 ) -> list[Offer]:
     """Offers to emit for one shopper position at event time ``ts``, read at ``source``.
 
@@ -376,6 +387,10 @@ def decide_offers(
     ``redelivered``, from :meth:`CooldownState.redelivers`) so that a redelivered record
     yields its offers again and any other position within the cooldown none. The caller
     records the result with :meth:`CooldownState.after` (or ``record_offers``).
+
+    A promotion with ``dwell_s`` is offered only once ``stayed(display)`` (seconds the shopper
+    has been within the display's radius, :meth:`core.presence.Presence.stayed`) reaches it;
+    a redelivered record is offered what it opened, as the cooldown says.
     """
     customer_tier = parse_tier(tier)
     if opted_out or not valid_coordinates(lat, lon) or not math.isfinite(ts):
@@ -385,6 +400,9 @@ def decide_offers(
         for promo in promotions.promotions_for(display):
             key = (promo.pid, display.sku)
             if key in offers or not _eligible(promo, display, customer_tier):
+                continue
+            if promo.dwell_s > 0 and not redelivered and (
+                    stayed is None or stayed(display) < promo.dwell_s):
                 continue
             if window_allows(last_offered.get(key), ts, source, cooldown_s,
                              redelivered=redelivered):

@@ -83,8 +83,13 @@ class Shopper:
 class StoreWalk:
     """Shoppers wandering the floor plan; ``step`` advances one shopper by ``dt`` seconds."""
 
-    def __init__(self, shoppers: int, seed: int = 42) -> None:
+    def __init__(self, shoppers: int, seed: int = 42, buy_pct: float = 0.0) -> None:
         self._rnd = random.Random(seed)
+        #: Purchases are drawn apart, so the walk is the same with or without them.
+        self._buy_rnd = random.Random(seed + 1)
+        self.buy_pct = buy_pct
+        #: Purchases made since last taken (:meth:`take_purchases`).
+        self.purchases: list[dict[str, Any]] = []
         self._plan = floor_plan()
         self.shoppers = [
             Shopper(uid=f"shopper-{n:03d}", x_m=0.5, y_m=0.5 + n % 20,
@@ -97,6 +102,12 @@ class StoreWalk:
         if shopper.dwell_left_s > 0:
             shopper.dwell_left_s -= dt
             if shopper.dwell_left_s <= 0:
+                if self.buy_pct > 0 and self._buy_rnd.random() * 100 < self.buy_pct:
+                    # Some shoppers buy what they stood at (after an offer or not): the
+                    # purchases that attribution and lift are measured on.
+                    self.purchases.append({"user_id": shopper.uid,
+                                           "product_id": shopper.target.sku,
+                                           "price": round(1 + self._buy_rnd.random() * 9, 2)})
                 shopper.target = self._rnd.choice(self._plan)
             return to_latlon(shopper.x_m, shopper.y_m)
         # stand just in front of the display (within the three-foot radius)
@@ -111,6 +122,11 @@ class StoreWalk:
             shopper.x_m += dx / distance * reach
             shopper.y_m += dy / distance * reach
         return to_latlon(shopper.x_m, shopper.y_m)
+
+    def take_purchases(self) -> list[dict[str, Any]]:
+        """The purchases made since the last call (without ``ts``: the sender stamps it)."""
+        taken, self.purchases = self.purchases, []
+        return taken
 
     def positions(self, rate: float, start_ts: float) -> Iterator[dict[str, Any]]:
         """Endless position events at ``rate`` per second in total (event time from start_ts)."""

@@ -14,6 +14,7 @@ import orjson
 from app.faust_app import app
 from app.runtime.replica import TopicReplica
 from core.geo import Display, DisplayIndex, parse_display
+from core.lift import Figures
 from core.offers import Promotion, PromotionIndex, parse_promotion
 from tables.base import text_keyed_table
 
@@ -25,6 +26,23 @@ promotions = text_keyed_table(app.Table, "promotions", "Promotions by pid")
 #: offset]}}: each cooldown window and the record that opened it
 #: (core.offers.windows_to_json); no positions.
 shoppers = text_keyed_table(app.Table, "shoppers", "Offer cooldowns per shopper")
+#: uid -> core.attribution.AttributionState as JSON: recent offers, purchases waiting to be
+#: attributed, and the offsets applied (written by the locations and the purchases lanes,
+#: each in one synchronous step: both topics are keyed by customer, so one partition).
+attribution = text_keyed_table(app.Table, "attribution",
+                               "Recent offers and purchases awaiting attribution")
+
+#: uid -> core.presence.Presence as JSON: the displays the shopper is within the radius of,
+#: since when (enter/exit events, dwell_s), and the offsets applied; no positions.
+presence = text_keyed_table(app.Table, "presence", "Displays each shopper is near, since when")
+#: uid -> core.caps.Frequency as JSON: offers in the current visit and day (frequency caps).
+frequency = text_keyed_table(app.Table, "frequency", "Offers per visit and per day")
+#: uid -> core.associates.Visits as JSON: each store's current visit (first, latest seen).
+visits = text_keyed_table(app.Table, "visits", "Each shopper's current visit per store")
+#: "pid/partition" -> core.lift.Figures as JSON: a promotion's offers sent and held out,
+#: redemptions and revenue on one partition; every worker follows them all (FIGURES).
+promotion_figures = text_keyed_table(app.Table, "promotion_figures",
+                                     "Offers, redemptions and revenue per promotion and partition")
 
 DISPLAY_INDEX = DisplayIndex()
 PROMOTION_INDEX = PromotionIndex()
@@ -47,7 +65,8 @@ def promotion_record(promo: Promotion) -> dict[str, Any]:
     return {"pid": promo.pid, "sku": promo.sku, "segment": promo.segment,
             "discount_pct": str(promo.discount_pct),
             "min_tier": None if promo.min_tier is None else promo.min_tier.name,
-            "active": promo.active, "ts": promo.ts}
+            "active": promo.active, "ts": promo.ts,
+            **({"dwell_s": promo.dwell_s} if promo.dwell_s > 0 else {})}
 
 
 def _display_changed(key: str, old: Display | None, new: Display | None) -> None:
@@ -74,6 +93,26 @@ PROMOTIONS: TopicReplica[Promotion] = TopicReplica(
     lambda raw: parse_promotion(orjson.loads(raw)),
     _promotion_changed,
 )
+
+
+FIGURES: TopicReplica[Figures] = TopicReplica(
+    promotion_figures.changelog_topic.get_topic_name(),
+    lambda raw: Figures.from_json(orjson.loads(raw)),
+)
+
+
+def figures_key(pid: str, partition: int) -> str:
+    """Key of a promotion's figures on one partition."""
+    return f"{pid}/{partition}"
+
+
+def figures_by_promotion() -> dict[str, Figures]:
+    """Every promotion's figures, all partitions (every worker's) combined."""
+    combined: dict[str, Figures] = {}
+    for key, figures in list(FIGURES.data.items()):
+        pid = key.rpartition("/")[0]
+        combined[pid] = combined.get(pid, Figures()) + figures
+    return combined
 
 
 def store_snapshot(store_id: str | None = None) -> dict[str, Any]:

@@ -94,7 +94,8 @@ def start_simulator(once: bool) -> subprocess.Popen[bytes]:
     LOG_DIR.mkdir(parents=True, exist_ok=True)
     log = open(LOG_DIR / "simulate.log", "wb")  # noqa: SIM115  closed with the process
     return subprocess.Popen(
-        [sys.executable, "-m", "faust", "-A", "app", "simulate", "--shoppers", "12", *duration],
+        [sys.executable, "-m", "faust", "-A", "app", "simulate", "--shoppers", "12",
+         "--buy-pct", "30", *duration],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
     )
 
@@ -139,6 +140,10 @@ class LiveCounts:
             self.shown = ""
 
 
+#: The demo measures lift: a fifth of its shoppers are held out (the environment may say else).
+DEMO_ENV = {"CONTROL_GROUP_PCT": "20"}
+
+
 def start_worker(broker_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``faust -A app worker`` in its own process group, logging to the demo log dir, with
     the settings its broker needs (``DevStack.worker_env``) unless the environment has them."""
@@ -147,7 +152,7 @@ def start_worker(broker_env: dict[str, str] | None = None) -> subprocess.Popen[b
     return subprocess.Popen(
         [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**(broker_env or {}), **os.environ},
+        env={**(broker_env or {}), **DEMO_ENV, **os.environ},
     )
 
 

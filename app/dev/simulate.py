@@ -42,7 +42,7 @@ def _progress(sent: int, started: float, shoppers: int, duration: float) -> None
 
 
 async def simulate(settings: Settings, *, shoppers: int, rate: float, duration: float,
-                   load: bool, seed: int, quiet: bool = False) -> int:
+                   load: bool, seed: int, quiet: bool = False, buy_pct: float = 0.0) -> int:
     """Send positions at ``rate`` per second for ``duration`` seconds (0: until stopped)."""
     if shoppers < 1 or rate <= 0:
         raise ValueError("--shoppers must be >= 1 and --rate > 0")
@@ -58,7 +58,7 @@ async def simulate(settings: Settings, *, shoppers: int, rate: float, duration: 
             if not quiet:
                 sys.stderr.write(f"  simulate: loaded the store ({count} displays and "
                                  "promotions)\n")
-        walk = StoreWalk(shoppers, seed=seed)
+        walk = StoreWalk(shoppers, seed=seed, buy_pct=buy_pct)
         last_report = 0.0
         event: dict[str, Any]
         for event in walk.positions(rate, start_ts=time.time()):
@@ -69,6 +69,10 @@ async def simulate(settings: Settings, *, shoppers: int, rate: float, duration: 
             event["ts"] = time.time()
             await producer.send(settings.topics.locations, orjson.dumps(event),
                                 key=event["uid"].encode())
+            for purchase in walk.take_purchases():
+                purchase["ts"] = time.time()
+                await producer.send(settings.topics.purchases, orjson.dumps(purchase),
+                                    key=purchase["user_id"].encode())
             sent += 1
             now = time.monotonic()
             if not quiet and now - last_report >= 0.5:

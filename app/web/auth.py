@@ -16,7 +16,7 @@ from app.settings import SETTINGS
 #: Routes that carry no customer data and stay open for probes and scrapers.
 OPEN_PATHS = frozenset({"/health", "/health/", "/metrics", "/metrics/"})
 #: Paths on which ``?token=<WEB_TOKEN>`` may replace the header (EventSource sends none).
-LIVE_TOKEN_PATHS = frozenset({"/", "/live/store", "/live/events"})
+LIVE_TOKEN_PATHS = frozenset({"/", "/live/store", "/live/events", "/live/promotions"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 

@@ -39,7 +39,8 @@ from app.faust_app import app
 from app.runtime.replica import replica_connection
 from app.settings import SETTINGS
 from core.geo import normalise_id, optional_str, parse_float, valid_coordinates
-from tables.offers import store_snapshot
+from core.lift import summary
+from tables.offers import figures_by_promotion, store_snapshot
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +256,14 @@ async def live_store(request: web.Request) -> web.StreamResponse:
                         headers={"Cache-Control": "no-store"})
 
 
+async def live_promotions(request: web.Request) -> web.StreamResponse:
+    """Every promotion's figures (``GET /promotions/``'s), for the page's lift panel."""
+    combined = figures_by_promotion()
+    body = {"promotions": [summary(pid, combined[pid]) for pid in sorted(combined)]}
+    return web.Response(body=orjson.dumps(body), content_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+
 async def live_events(request: web.Request) -> web.StreamResponse:
     """``text/event-stream`` of ``status``, ``position`` and ``offer`` events."""
     client = FEED.subscribe()
@@ -292,4 +301,5 @@ _web_app: web.Application = cast(AiohttpWeb, app.web).web_app
 _web_app.router.add_get("/", index)
 _web_app.router.add_get("/live/store", live_store)
 _web_app.router.add_get("/live/events", live_events)
+_web_app.router.add_get("/live/promotions", live_promotions)
 _web_app.on_shutdown.append(_stop_feed)

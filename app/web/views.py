@@ -1,4 +1,5 @@
-"""Web view: ``/customers/{user_id}/``, ``/health`` and ``/metrics`` (DESIGN section 5)."""
+"""Web view: ``/customers/{user_id}/``, ``/promotions/``, ``/health`` and ``/metrics``
+(DESIGN section 5)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,12 @@ from app.routing.misplaced import PLACEMENT
 from app.runtime.replica import not_ready
 from app.settings import SETTINGS
 from app.web.readiness import waiting_for
+from core.lift import summary
 from core.loyalty import Basket, Spend, Stamps
 from core.loyalty import customer_document as document
 from tables.deadletters import DEAD_LETTERS
 from tables.loyalty import CATALOGUE, baskets, price_history, profiles, spend, stamps
-from tables.offers import DISPLAYS, PROMOTIONS
+from tables.offers import DISPLAYS, FIGURES, PROMOTIONS, figures_by_promotion
 
 RULES = SETTINGS.loyalty
 
@@ -43,6 +45,27 @@ async def customer(web: Any, request: Any, user_id: str) -> Any:
     if document is None:
         return web.json({"error": "not found", "user_id": user_id}, status=404)
     return web.json(document)
+
+
+@app.page("/promotions/")
+async def promotion_figures(web: Any, request: Any) -> Any:
+    """Every promotion's offers sent and held out, redemptions, conversion, revenue and lift
+    (every worker's figures combined: each worker follows them all)."""
+    if not is_ready() or not FIGURES.ready:
+        return web.json({"error": "not ready", "detail": "recovering state"}, status=503)
+    combined = figures_by_promotion()
+    return web.json({"promotions": [summary(pid, combined[pid]) for pid in sorted(combined)]})
+
+
+@app.page("/promotions/{pid}/")
+async def promotion_figure(web: Any, request: Any, pid: str) -> Any:
+    """One promotion's figures (404 when it never made an offer)."""
+    if not is_ready() or not FIGURES.ready:
+        return web.json({"error": "not ready", "detail": "recovering state"}, status=503)
+    figures = figures_by_promotion().get(pid)
+    if figures is None:
+        return web.json({"error": "not found", "pid": pid}, status=404)
+    return web.json(summary(pid, figures))
 
 
 def is_ready() -> bool:

@@ -15,7 +15,16 @@ import app as storestream
 from app import topics
 from tables import loyalty as tables
 from tables.deadletters import DEAD_LETTERS, SENT, dead_letter_marks
-from tables.offers import DISPLAYS, PROMOTIONS
+from tables.offers import (
+    DISPLAYS,
+    FIGURES,
+    PROMOTIONS,
+    attribution,
+    frequency,
+    presence,
+    promotion_figures,
+    visits,
+)
 
 
 class Sent:
@@ -30,12 +39,14 @@ class Sent:
 
 @pytest.fixture
 def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
-    """Capture sends to loyalty.events and dead-letters; fresh tables for each test."""
+    """Capture sends to loyalty.events, dead-letters and offers.redemptions; fresh tables for
+    each test."""
     app = storestream.app
     app.finalize()
     app.flow_control.resume()
     captured = Sent()
-    for topic in (topics.loyalty_events_topic, topics.dead_letters_topic):
+    for topic in (topics.loyalty_events_topic, topics.dead_letters_topic,
+                  topics.redemptions_topic, topics.presence_topic, topics.associates_topic):
         name = topic.get_topic_name()
 
         async def send(*, key: Any = None, value: Any = None, _name: str = name,
@@ -52,11 +63,11 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
         monkeypatch.setattr(topic, "send", send)
         monkeypatch.setattr(topic, "send_soon", send_soon)
     for table in (tables.catalogue, tables.spend, tables.stamps, tables.baskets,
-                  tables.profiles):
+                  tables.profiles, attribution, promotion_figures, presence, frequency, visits):
         table.data.clear()
     tables.CATALOGUE.data.clear()
     dead_letter_marks.data.clear()
     SENT.clear()
-    for replica in (tables.CATALOGUE, DISPLAYS, PROMOTIONS, DEAD_LETTERS):
+    for replica in (tables.CATALOGUE, DISPLAYS, PROMOTIONS, DEAD_LETTERS, FIGURES):
         replica.ready = True  # no broker here: the replicas are filled by the tests
     yield captured

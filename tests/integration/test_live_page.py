@@ -138,9 +138,14 @@ async def test_query_token_opens_only_live_paths(secured: Deployment) -> None:
     worker = secured.start_worker("w1")
     await asyncio.to_thread(worker.wait_ready)
     good = f"token={secured.token}"
-    for path in ("/", "/live/store"):
+    for path in ("/", "/live/store", "/live/promotions"):
         status, _ = await asyncio.to_thread(worker.get, f"{path}?{good}", None)
         assert status == 200, path
+    status, body = await asyncio.to_thread(worker.get, f"/live/promotions?{good}", None)
+    assert body == {"promotions": []}  # the lift panel's figures: no offer made yet
+    for path in ("/live/promotions", f"/promotions/?{good}"):  # the data route wants the header
+        status, _ = await asyncio.to_thread(worker.get, path, None)
+        assert status == 401, path
     async with aiohttp.ClientSession() as session, session.get(
         f"{worker.url}/live/events?{good}"
     ) as response:

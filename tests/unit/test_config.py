@@ -63,6 +63,8 @@ def test_campaigns_and_tiers_come_from_the_ini(tmp_path: Path) -> None:
     {"WEB_PORT": "http"}, {"OFFER_RADIUS_M": "-1"}, {"GC_GEN0_THRESHOLD": "-5"},
     {"CONSUMER_MAX_FETCH_SIZE": "0"}, {"REFERENCE_FETCH_INTERVAL_MS": "-1"},
     {"REFERENCE_FETCH_INTERVAL_MS": "60001"}, {"OFFER_BACKSTOP_MS": "-1"},
+    {"REDEMPTION_WINDOW_S": "-1"}, {"REDEMPTION_WINDOW_S": "inf"},
+    {"CONTROL_GROUP_PCT": "-1"}, {"CONTROL_GROUP_PCT": "101"}, {"MAX_ACCURACY_M": "-2"},
 ])
 def test_bad_settings_are_refused_with_a_message(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
@@ -94,3 +96,41 @@ def test_recovery_probe_is_on_unless_turned_off() -> None:
     ini = str(ROOT / "faust.ini")
     assert load_settings({"STORESTREAM_CONFIG": ini}).recovery_probe
     assert not load_settings({"STORESTREAM_CONFIG": ini, "RECOVERY_PROBE": "off"}).recovery_probe
+
+
+def test_redemptions_count_for_two_hours_after_an_offer_unless_told_otherwise() -> None:
+    ini = str(ROOT / "faust.ini")
+    assert load_settings({"STORESTREAM_CONFIG": ini}).redemption_window_s == 7200
+    assert load_settings({"STORESTREAM_CONFIG": ini, "REDEMPTION_WINDOW_S": "0"}
+                         ).redemption_window_s == 0
+
+
+def test_nobody_is_held_out_and_no_position_is_too_inaccurate_by_default() -> None:
+    settings = load_settings({"STORESTREAM_CONFIG": str(ROOT / "faust.ini")})
+    assert settings.control_group_pct == 0 and settings.max_accuracy_m == 0
+
+
+def test_caps_and_store_settings_come_from_the_ini(tmp_path: Path) -> None:
+    ini = tmp_path / "faust.ini"
+    ini.write_text("[offers]\nmax_offers_per_visit = 2\nmax_offers_per_day = 5\n"
+                   "visit_gap_s = 900\n\n[store s1]\ntimezone = Europe/London\n"
+                   "quiet_hours = 21:00-08:00, 12:00-12:30\n")
+    settings = load_settings({"STORESTREAM_CONFIG": str(ini)})
+    assert (settings.caps.per_visit, settings.caps.per_day, settings.caps.visit_gap_s) == (
+        2, 5, 900.0)
+    (store,) = settings.stores
+    assert store.store_id == "s1" and store.timezone == "Europe/London"
+    assert len(store.quiet_hours) == 2
+    ini.write_text("[store s2]\ntimezone = Mars/Olympus\n")
+    with pytest.raises(ConfigError, match="store s2"):
+        load_settings({"STORESTREAM_CONFIG": str(ini)})
+    ini.write_text("[store s3]\nquiet_hours = late\n")
+    with pytest.raises(ConfigError, match="store s3"):
+        load_settings({"STORESTREAM_CONFIG": str(ini)})
+    with pytest.raises(ConfigError):
+        load_settings({"STORESTREAM_CONFIG": str(ROOT / "faust.ini"), "VISIT_GAP_S": "0"})
+
+
+def test_no_cap_and_no_store_settings_by_default() -> None:
+    settings = load_settings({"STORESTREAM_CONFIG": str(ROOT / "faust.ini")})
+    assert not settings.caps.active and settings.stores == ()

@@ -36,3 +36,17 @@ def test_walk_is_deterministic_for_a_seed() -> None:
     a = list(itertools.islice(StoreWalk(3, seed=7).positions(5, 0.0), 50))
     b = list(itertools.islice(StoreWalk(3, seed=7).positions(5, 0.0), 50))
     assert a == b
+
+
+def test_some_shoppers_buy_what_they_stood_at_without_changing_the_walk() -> None:
+    plain, buying = StoreWalk(6, seed=3), StoreWalk(6, seed=3, buy_pct=50)
+    a = plain.positions(20, 0.0)
+    b = buying.positions(20, 0.0)
+    bought = []
+    for _ in range(3000):
+        assert next(a) == next(b)
+        bought += buying.take_purchases()
+    assert bought and plain.take_purchases() == []
+    skus = {d.sku for d in floor_plan()}
+    assert all(p["product_id"] in skus and p["price"] > 0 and p["user_id"].startswith("shopper-")
+               for p in bought)

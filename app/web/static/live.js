@@ -201,4 +201,31 @@
   connect();
   setInterval(fade, 1000);
   setInterval(loadStore, STORE_REFRESH_MS);
+
+  // Conversion and lift per promotion (sent against held out), every two seconds.
+  function pct(x) { return x === null ? '–' : `${(100 * x).toFixed(1)}%`; }
+  async function loadLift() {
+    try {
+      const response = await fetch(url('/live/promotions'), {cache: 'no-store'});
+      if (!response.ok) return;
+      const body = await response.json();
+      const rows = body.promotions.map((p) => {
+        const ci = p.lift_ci95 ? ` (${pct(p.lift_ci95[0])} … ${pct(p.lift_ci95[1])})` : '';
+        const cells = [p.pid, p.sent.offers, pct(p.sent.conversion), p.held_out.offers,
+                       pct(p.held_out.conversion), p.lift === null ? '–' : pct(p.lift) + ci];
+        const tr = document.createElement('tr');
+        for (const value of cells) {
+          const td = document.createElement('td');
+          td.textContent = String(value);
+          tr.append(td);
+        }
+        return tr;
+      });
+      $('lift').tBodies[0].replaceChildren(...rows);
+    } catch (err) {
+      console.warn('live store: promotions failed', err);
+    }
+  }
+  loadLift();
+  setInterval(loadLift, 2000);
 })();

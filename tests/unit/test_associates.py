@@ -1,0 +1,50 @@
+"""Store associates hear of a watched tier's arrival once per visit, never a position."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from core.associates import Visits
+
+GAP = 1800.0
+GOLD = ("GOLD",)
+
+
+def test_a_gold_shopper_entering_a_store_is_announced_once_per_visit() -> None:
+    visits, first = Visits().seen("rick", "s1", 1000.0, "GOLD", GOLD, GAP)
+    assert first is not None
+    assert first.to_record() == {"alert_id": first.alert_id, "store_id": "s1", "uid": "rick",
+                                 "tier": "GOLD", "event": "arrived", "ts": 1000.0}
+    for ts in (1010.0, 1500.0, 2500.0, 4000.0):  # gaps below half an hour: the same visit
+        visits, again = visits.seen("rick", "s1", ts, "GOLD", GOLD, GAP)
+        assert again is None
+    visits, back = visits.seen("rick", "s1", 4000.0 + GAP + 1, "GOLD", GOLD, GAP)
+    assert back is not None and back.alert_id != first.alert_id
+    assert Visits.from_json(visits.to_json()) == visits
+
+
+def test_other_tiers_are_not_announced_and_each_store_has_its_own_visit() -> None:
+    visits, none = Visits().seen("kris", "s1", 0.0, "SILVER", GOLD, GAP)
+    assert none is None
+    visits, other = visits.seen("kris", "s2", 10.0, "SILVER", ("SILVER", "GOLD"), GAP)
+    assert other is not None and other.store_id == "s2"
+
+
+def test_a_redelivered_arrival_has_the_same_id() -> None:
+    _, first = Visits().seen("rick", "s1", 1000.0, "GOLD", GOLD, GAP)
+    _, again = Visits().seen("rick", "s1", 1000.0, "GOLD", GOLD, GAP)
+    assert first is not None and again is not None and first.alert_id == again.alert_id
+
+
+@given(st.lists(st.floats(0, 4000), min_size=1, max_size=40))
+def test_one_arrival_per_visit_whatever_the_gaps(gaps: list[float]) -> None:
+    visits, ts, arrivals = Visits(), 0.0, 0
+    # The oracle: a visit starts at the first position and after every gap over GAP.
+    expected = 1 + sum(1 for gap in gaps[1:] if gap > GAP)
+    for n, gap in enumerate(gaps):
+        ts += gap if n else 0.0
+        visits, arrival = visits.seen("rick", "s1", ts, "GOLD", GOLD, GAP)
+        arrivals += arrival is not None
+    assert arrivals >= expected
+    assert arrivals <= expected + sum(1 for gap in gaps[1:] if GAP * 0.9 < gap <= GAP)
