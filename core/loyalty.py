@@ -46,6 +46,8 @@ class LoyaltyRules:
     campaigns: tuple[Campaign, ...] = DEFAULT_CAMPAIGNS
     lateness_s: float = 86_400.0
     max_pending: int = 1_000
+    #: How long (event time, behind the customer's newest purchase) a purchase can be returned.
+    return_window_s: float = 90 * 86_400.0
     #: Products whose spend campaigns need (derived from ``campaigns``).
     watched: frozenset[str] = field(init=False, repr=False, compare=False)
 
@@ -83,10 +85,13 @@ class Spend(NamedTuple):
     last_offset: int = -1
     #: The last offset applied from the topic's repartition topic (another offset space).
     last_rp: int = -1
+    #: The last offset applied from the ``returns`` topic (a third offset space).
+    last_ret: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
         return {
+            **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
             "settled_cents": self.settled_cents,
             "settled_unpriced": self.settled_unpriced,
             "watched_cents": dict(self.watched_cents),
@@ -113,6 +118,7 @@ class Spend(NamedTuple):
             tier=str(raw["tier"]),
             last_offset=int(raw["last_offset"]),
             last_rp=int(raw.get("last_rp", -1)),
+            last_ret=int(raw.get("last_ret", -1)),
         )
 
 
@@ -122,11 +128,13 @@ class Stamps(NamedTuple):
     total: int = 0
     last_offset: int = -1
     last_rp: int = -1
+    last_ret: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
         return {"total": self.total, "last_offset": self.last_offset,
-                **({"last_rp": self.last_rp} if self.last_rp >= 0 else {})}
+                **({"last_rp": self.last_rp} if self.last_rp >= 0 else {}),
+                **({"last_ret": self.last_ret} if self.last_ret >= 0 else {})}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> Stamps:
@@ -134,7 +142,7 @@ class Stamps(NamedTuple):
         if not raw:
             return cls()
         return cls(total=int(raw["total"]), last_offset=int(raw["last_offset"]),
-                   last_rp=int(raw.get("last_rp", -1)))
+                   last_rp=int(raw.get("last_rp", -1)), last_ret=int(raw.get("last_ret", -1)))
 
 
 class Basket(NamedTuple):
@@ -144,6 +152,10 @@ class Basket(NamedTuple):
     announced: frozenset[str] = frozenset()
     last_offset: int = -1
     last_rp: int = -1
+    last_ret: int = -1
+    #: Purchases per watched product beyond the first (a return takes the product out of the
+    #: basket only when none is left; kept sparse so the record is as small as before).
+    extra: Mapping[str, int] = EMPTY_CENTS
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
@@ -152,6 +164,8 @@ class Basket(NamedTuple):
             "announced": sorted(self.announced),
             "last_offset": self.last_offset,
             **({"last_rp": self.last_rp} if self.last_rp >= 0 else {}),
+            **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
+            **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
     @classmethod
@@ -164,6 +178,8 @@ class Basket(NamedTuple):
             announced=frozenset(raw["announced"]),
             last_offset=int(raw["last_offset"]),
             last_rp=int(raw.get("last_rp", -1)),
+            last_ret=int(raw.get("last_ret", -1)),
+            extra={str(k): int(v) for k, v in raw.get("extra", {}).items()},
         )
 
 
@@ -282,7 +298,7 @@ def _next_spend(
     last_offset, last_rp = (spend.last_offset, offset) if repartitioned else (offset,
                                                                              spend.last_rp)
     return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
-                 tier, last_offset, last_rp), total
+                 tier, last_offset, last_rp, spend.last_ret), total
 
 
 def apply_purchase(
@@ -342,8 +358,9 @@ def _apply_purchase(
             }, purchase.ts))
 
     if product_id == rules.stamps.product_id and offset > seen_stamps:
-        new_stamps = (Stamps(stamps.total + 1, stamps.last_offset, offset) if repartitioned
-                      else Stamps(stamps.total + 1, offset, stamps.last_rp))
+        new_stamps = (Stamps(stamps.total + 1, stamps.last_offset, offset, stamps.last_ret)
+                      if repartitioned
+                      else Stamps(stamps.total + 1, offset, stamps.last_rp, stamps.last_ret))
         if next_one_free(new_stamps.total, rules.stamps):
             events.append(LoyaltyEvent(purchase.user_id, FREE_COFFEE_READY, {
                 "product_id": product_id, "total": new_stamps.total,
@@ -351,8 +368,11 @@ def _apply_purchase(
 
     if is_watched:
         products = basket.products
+        extra = basket.extra
         if product_id not in products:
             products = products | {product_id}
+        else:
+            extra = {**extra, product_id: extra.get(product_id, 0) + 1}
         spent: Mapping[str, int] = (
             view_spend(spend, catalogue, rules).by_product_cents if by_product is None
             else by_product
@@ -363,8 +383,10 @@ def _apply_purchase(
             events.append(LoyaltyEvent(purchase.user_id, CAMPAIGN_QUALIFIED, {
                 "campaign": name, "products": met[name],
             }, purchase.ts))
-        new_basket = (Basket(products, announced, basket.last_offset, offset) if repartitioned
-                      else Basket(products, announced, offset, basket.last_rp))
+        new_basket = (Basket(products, announced, basket.last_offset, offset, basket.last_ret,
+                             extra) if repartitioned
+                      else Basket(products, announced, offset, basket.last_rp, basket.last_ret,
+                                  extra))
 
     return Outcome(new_spend, new_stamps, new_basket, tuple(events))
 
