@@ -50,6 +50,10 @@ class Topics:
         return self.name("purchases")
 
     @property
+    def returns(self) -> str:
+        return self.name("returns")
+
+    @property
     def displays(self) -> str:
         return self.name("stores.products")
 
@@ -238,6 +242,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             ),
             campaigns=_campaigns(parser) or defaults.loyalty.campaigns,
             lateness_s=float(pick("PRICE_LATENESS_S", main, "price_lateness_s", 86400)),
+            return_window_s=86_400.0 * float(pick("RETURN_WINDOW_DAYS", main,
+                                                  "return_window_days", 30)),
         )
         guarantee = pick("PROCESSING_GUARANTEE", main, "processing_guarantee", "at_least_once")
         if guarantee not in ("at_least_once", "exactly_once"):

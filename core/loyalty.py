@@ -47,7 +47,7 @@ class LoyaltyRules:
     lateness_s: float = 86_400.0
     max_pending: int = 1_000
     #: How long (event time, behind the customer's newest purchase) a purchase can be returned.
-    return_window_s: float = 90 * 86_400.0
+    return_window_s: float = 30 * 86_400.0
     #: Products whose spend campaigns need (derived from ``campaigns``).
     watched: frozenset[str] = field(init=False, repr=False, compare=False)
 

@@ -33,6 +33,7 @@ from core.loyalty import (
     Catalogue,
     LoyaltyEvent,
     LoyaltyRules,
+    Outcome,
     Pending,
     Purchase,
     Spend,
@@ -345,6 +346,17 @@ def apply_purchase_returnable(
     the ledger and applying, with it, the returns held for it."""
     out = apply_purchase(purchase, offset, spend, stamps, basket, catalogue, rules,
                          repartitioned=repartitioned)
+    return remember_purchase(purchase, offset, out, spend, ledger, catalogue, rules,
+                             repartitioned=repartitioned)
+
+
+def remember_purchase(
+    purchase: Purchase, offset: int, out: Outcome, spend: Spend, ledger: Ledger,
+    catalogue: Catalogue, rules: LoyaltyRules = LoyaltyRules(), *,
+    repartitioned: bool = False,
+) -> ReturnOutcome:
+    """The second half of :func:`apply_purchase_returnable`: ``out`` is what
+    :func:`core.loyalty.apply_purchase` made of the purchase (``spend``: the record before)."""
     pid = purchase.purchase_id
     if pid is None:
         return ReturnOutcome(out.spend, out.stamps, out.basket, None, out.events)

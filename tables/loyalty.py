@@ -28,6 +28,9 @@ stamps = text_keyed_table(app.Table, "stamps", "Coffee stamps per customer")
 #: user_id -> core.loyalty.Basket as JSON (the recipe's promotion_* tables).
 baskets = text_keyed_table(app.Table, "baskets", "Watched products bought, campaigns announced")
 
+#: user_id -> core.returns.Ledger as JSON: returnable purchases, held returns (issue 22).
+ledgers = text_keyed_table(app.Table, "ledgers", "Returnable purchases and held returns")
+
 #: user_id -> {"name", "opt_out", "last_offset"}.
 profiles = text_keyed_table(app.Table, "profiles", "Customer profile and consent")
 

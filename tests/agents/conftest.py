@@ -52,7 +52,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
         monkeypatch.setattr(topic, "send", send)
         monkeypatch.setattr(topic, "send_soon", send_soon)
     for table in (tables.catalogue, tables.spend, tables.stamps, tables.baskets,
-                  tables.profiles):
+                  tables.profiles, tables.ledgers):
         table.data.clear()
     tables.CATALOGUE.data.clear()
     dead_letter_marks.data.clear()
