@@ -244,6 +244,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             lateness_s=float(pick("PRICE_LATENESS_S", main, "price_lateness_s", 86400)),
             return_window_s=86_400.0 * float(pick("RETURN_WINDOW_DAYS", main,
                                                   "return_window_days", 30)),
+            free_coffee=_switch(pick("FREE_COFFEE", stamps, "free_coffee", "off")),
         )
         guarantee = pick("PROCESSING_GUARANTEE", main, "processing_guarantee", "at_least_once")
         if guarantee not in ("at_least_once", "exactly_once"):

@@ -35,6 +35,9 @@ Catalogue = Callable[[str], PriceHistory]
 TIER_CHANGED = "tier_changed"
 FREE_COFFEE_READY = "free_coffee_ready"
 CAMPAIGN_QUALIFIED = "campaign_qualified"
+FREE_COFFEE_REDEEMED = "free_coffee_redeemed"
+#: How many offsets of free purchases a stamps record remembers (to replay them alike).
+FREE_KEPT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +51,9 @@ class LoyaltyRules:
     max_pending: int = 1_000
     #: How long (event time, behind the customer's newest purchase) a purchase can be returned.
     return_window_s: float = 30 * 86_400.0
+    #: The stamp product bought when ``next_one_free`` is true is free (priced 0, announced
+    #: as ``free_coffee_redeemed``); off: the recipe (the card only counts).
+    free_coffee: bool = False
     #: Products whose spend campaigns need (derived from ``campaigns``).
     watched: frozenset[str] = field(init=False, repr=False, compare=False)
 
@@ -129,12 +135,18 @@ class Stamps(NamedTuple):
     last_offset: int = -1
     last_rp: int = -1
     last_ret: int = -1
+    #: Offsets (``-1 - offset`` for the repartition topic's) of the latest free purchases.
+    free: tuple[int, ...] = ()
+    #: Free purchases redeemed so far.
+    redeemed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
         return {"total": self.total, "last_offset": self.last_offset,
                 **({"last_rp": self.last_rp} if self.last_rp >= 0 else {}),
-                **({"last_ret": self.last_ret} if self.last_ret >= 0 else {})}
+                **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
+                **({"free": list(self.free), "redeemed": self.redeemed} if self.redeemed
+                   else {})}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> Stamps:
@@ -142,7 +154,9 @@ class Stamps(NamedTuple):
         if not raw:
             return cls()
         return cls(total=int(raw["total"]), last_offset=int(raw["last_offset"]),
-                   last_rp=int(raw.get("last_rp", -1)), last_ret=int(raw.get("last_ret", -1)))
+                   last_rp=int(raw.get("last_rp", -1)), last_ret=int(raw.get("last_ret", -1)),
+                   free=tuple(int(o) for o in raw.get("free", ())),
+                   redeemed=int(raw.get("redeemed", 0)))
 
 
 class Basket(NamedTuple):
@@ -208,6 +222,22 @@ class Outcome(NamedTuple):
     stamps: Stamps | None
     basket: Basket | None
     events: tuple[LoyaltyEvent, ...]
+    #: The purchase was a free coffee (counted at 0 cents).
+    free: bool = False
+
+
+def is_free(purchase: Purchase, offset: int, stamps: Stamps, rules: LoyaltyRules,
+            repartitioned: bool = False) -> bool:
+    """Whether this purchase is a free coffee: ``next_one_free`` was true before it. Decided
+    from the stamps record as it was before the purchase, or, when that record already holds
+    the purchase (a replay), from the free offsets it remembers."""
+    if not rules.free_coffee or purchase.product_id != rules.stamps.product_id:
+        return False
+    mark = -1 - offset if repartitioned else offset
+    seen = stamps.last_rp if repartitioned else stamps.last_offset
+    if offset <= seen:
+        return mark in stamps.free
+    return next_one_free(stamps.total, rules.stamps)
 
 
 def _price_pending(
@@ -345,6 +375,9 @@ def _apply_purchase(
     new_stamps: Stamps | None = None
     new_basket: Basket | None = None
     product_id = purchase.product_id
+    free = is_free(purchase, offset, stamps, rules, repartitioned)
+    if free:
+        purchase = purchase._replace(price_cents=0)
     is_watched = product_id in rules.watched and offset > seen_basket
     by_product: dict[str, int] | None = None
 
@@ -358,9 +391,19 @@ def _apply_purchase(
             }, purchase.ts))
 
     if product_id == rules.stamps.product_id and offset > seen_stamps:
-        new_stamps = (Stamps(stamps.total + 1, stamps.last_offset, offset, stamps.last_ret)
+        new_stamps = (Stamps(stamps.total + 1, stamps.last_offset, offset, stamps.last_ret,
+                             stamps.free, stamps.redeemed)
                       if repartitioned
-                      else Stamps(stamps.total + 1, offset, stamps.last_rp, stamps.last_ret))
+                      else Stamps(stamps.total + 1, offset, stamps.last_rp, stamps.last_ret,
+                                  stamps.free, stamps.redeemed))
+        if free:
+            new_stamps = new_stamps._replace(
+                free=(*stamps.free, -1 - offset if repartitioned else offset)[-FREE_KEPT:],
+                redeemed=stamps.redeemed + 1)
+            events.append(LoyaltyEvent(purchase.user_id, FREE_COFFEE_REDEEMED, {
+                "product_id": product_id, "total": new_stamps.total,
+                "purchase_id": purchase.purchase_id,
+            }, purchase.ts))
         if next_one_free(new_stamps.total, rules.stamps):
             events.append(LoyaltyEvent(purchase.user_id, FREE_COFFEE_READY, {
                 "product_id": product_id, "total": new_stamps.total,
@@ -388,7 +431,7 @@ def _apply_purchase(
                       else Basket(products, announced, offset, basket.last_rp, basket.last_ret,
                                   extra))
 
-    return Outcome(new_spend, new_stamps, new_basket, tuple(events))
+    return Outcome(new_spend, new_stamps, new_basket, tuple(events), free)
 
 
 def coffee_status(stamps: Stamps, rules: LoyaltyRules) -> StampStatus:

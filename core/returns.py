@@ -366,7 +366,7 @@ def remember_purchase(
     refused: list[tuple[Held, str]] = []
     if offset > seen:
         bought = ledger.bought.get(pid) or Bought(purchase.ts, purchase.product_id,
-                                                  purchase.price_cents)
+                                                  0 if out.free else purchase.price_cents)
         for held in sorted((h for h in ledger.held if h.purchase_id == pid),
                            key=lambda h: h.offset):
             if bought.returned:
