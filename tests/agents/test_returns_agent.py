@@ -4,9 +4,12 @@
 from __future__ import annotations
 
 import orjson
+import pytest
 
+import agents.loyalty
 from agents.loyalty import process_purchases, process_returns
 from app.web.views import customer_document
+from core.loyalty import LoyaltyRules
 from tables import loyalty as tables
 from tests.agents.conftest import Sent
 
@@ -86,3 +89,14 @@ async def test_a_return_before_its_purchase_applies_when_the_purchase_arrives(
     assert letter["topic"] == "returns" and letter["offset"] == 1
     assert letter["error"].startswith("unknown purchase 'ghost'")
     assert orjson.loads(letter["raw"])["purchase_id"] == "ghost"
+
+
+async def test_with_free_coffee_on_the_sixth_coffee_is_free_on_the_agent_path(
+        sent: Sent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agents.loyalty, "RULES", LoyaltyRules(free_coffee=True))
+    async with process_purchases.test_context() as agent:
+        for i in range(6):
+            await agent.put(purchase(f"c{i}", "coffee", 3.00, float(i)), key=b"kris")
+    assert tables.spend["kris"]["settled_cents"] == 1_500
+    assert tables.stamps["kris"]["redeemed"] == 1
+    assert event_types(sent)[-1] == "free_coffee_redeemed"
