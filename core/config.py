@@ -245,7 +245,13 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             return_window_s=86_400.0 * float(pick("RETURN_WINDOW_DAYS", main,
                                                   "return_window_days", 30)),
             free_coffee=_switch(pick("FREE_COFFEE", stamps, "free_coffee", "off")),
+            tier_window_days=int(pick("TIER_WINDOW_DAYS", tiers, "window_days", 0)),
+            tier_grace_days=float(pick("TIER_GRACE_DAYS", tiers, "grace_days", 0)),
         )
+        if rules.tier_window_days < 0 or rules.tier_grace_days < 0:
+            raise ConfigError("TIER_WINDOW_DAYS and TIER_GRACE_DAYS must be 0 or more")
+        if rules.return_window_s < 0:
+            raise ConfigError("RETURN_WINDOW_DAYS must be 0 or more")
         guarantee = pick("PROCESSING_GUARANTEE", main, "processing_guarantee", "at_least_once")
         if guarantee not in ("at_least_once", "exactly_once"):
             raise ConfigError(f"PROCESSING_GUARANTEE must be at_least_once or exactly_once, "

@@ -24,7 +24,7 @@ from core.campaigns import DEFAULT_CAMPAIGNS, Campaign, qualifying, watched_prod
 from core.money import cents_to_number
 from core.pricing import PriceHistory, price_at
 from core.stamps import StampCard, StampStatus, next_one_free, stamp_status
-from core.tiers import CLIMBING, TierThresholds, tier_for
+from core.tiers import CLIMBING, DAY_S, TierThresholds, day_of, tier_for, window_days, with_grace
 
 #: A new customer's spend per watched product (read-only: records are values).
 EMPTY_CENTS: Mapping[str, int] = MappingProxyType({})
@@ -54,6 +54,10 @@ class LoyaltyRules:
     #: The stamp product bought when ``next_one_free`` is true is free (priced 0, announced
     #: as ``free_coffee_redeemed``); off: the recipe (the card only counts).
     free_coffee: bool = False
+    #: The tier follows spend within the last N days of event time (0: lifetime, the recipe).
+    tier_window_days: int = 0
+    #: A downgrade takes effect only after the spend stayed below the tier this long.
+    tier_grace_days: float = 0.0
     #: Products whose spend campaigns need (derived from ``campaigns``).
     watched: frozenset[str] = field(init=False, repr=False, compare=False)
 
@@ -93,11 +97,17 @@ class Spend(NamedTuple):
     last_rp: int = -1
     #: The last offset applied from the ``returns`` topic (a third offset space).
     last_ret: int = -1
+    #: Settled cents per day of event time within the tier window (``TIER_WINDOW_DAYS``).
+    days: Mapping[int, int] = MappingProxyType({})
+    #: Since when (event time) spend has been below the tier held in grace; -1: it is not.
+    below_since: float = -1.0
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
         return {
             **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
+            **({"days": {str(d): c for d, c in self.days.items()}} if self.days else {}),
+            **({"below_since": self.below_since} if self.below_since >= 0 else {}),
             "settled_cents": self.settled_cents,
             "settled_unpriced": self.settled_unpriced,
             "watched_cents": dict(self.watched_cents),
@@ -125,6 +135,8 @@ class Spend(NamedTuple):
             last_offset=int(raw["last_offset"]),
             last_rp=int(raw.get("last_rp", -1)),
             last_ret=int(raw.get("last_ret", -1)),
+            days={int(d): int(c) for d, c in raw.get("days", {}).items()},
+            below_since=float(raw.get("below_since", -1.0)),
         )
 
 
@@ -259,13 +271,40 @@ def _price_pending(
     return cents_total, unpriced
 
 
+def window_cents(days: Mapping[int, int], pending: Sequence[Pending], newest_ts: float,
+                 catalogue: Catalogue, rules: LoyaltyRules) -> int:
+    """Spend within the tier window ending on the day of ``newest_ts``: the daily buckets of
+    settled spend and the pending purchases priced now."""
+    first = day_of(newest_ts) - rules.tier_window_days + 1
+    cents = sum(c for day, c in days.items() if day >= first)
+    for item in pending:
+        if day_of(item.ts) >= first:
+            cents += price_at(catalogue(item.product_id), item.ts) or 0
+    return cents
+
+
+def tier_now(spend: Spend, total_cents: int, catalogue: Catalogue,
+             rules: LoyaltyRules) -> tuple[str, float]:
+    """The tier in effect for ``spend`` (whose lifetime total is ``total_cents``) and since
+    when spend has been below it in grace (-1: not in grace). Lifetime (the recipe): the
+    tier of the total. With ``tier_window_days``: the tier of the window's spend, a downgrade
+    held for ``tier_grace_days`` (:func:`core.tiers.with_grace`)."""
+    if rules.tier_window_days <= 0:
+        return tier_for(total_cents, rules.tiers), -1.0
+    computed = tier_for(window_cents(spend.days, spend.pending, spend.newest_ts, catalogue,
+                                     rules), rules.tiers)
+    return with_grace(spend.tier, spend.below_since, computed, spend.newest_ts,
+                      rules.tier_grace_days * DAY_S)
+
+
 def view_spend(spend: Spend, catalogue: Catalogue, rules: LoyaltyRules) -> SpendView:
     """Total, unpriced count, spend on watched products and tier, pricing pending purchases now."""
     by_product = dict(spend.watched_cents)
     cents, unpriced = _price_pending(spend.pending, catalogue, rules.watched, by_product)
     total = spend.settled_cents + cents
-    return SpendView(total, spend.settled_unpriced + unpriced, by_product,
-                     tier_for(total, rules.tiers))
+    tier = (tier_for(total, rules.tiers) if rules.tier_window_days <= 0
+            else tier_now(spend, total, catalogue, rules)[0])
+    return SpendView(total, spend.settled_unpriced + unpriced, by_product, tier)
 
 
 def _settled_count(pending: Sequence[Pending], horizon: float, max_pending: int) -> int:
@@ -313,6 +352,17 @@ def _next_spend(
             )
     newest = max(spend.newest_ts, purchase.ts)
     cut = _settled_count(pending, newest - rules.lateness_s, rules.max_pending)
+    days = spend.days
+    if rules.tier_window_days > 0:
+        added = dict(days)
+        if purchase.price_cents is not None:
+            day = day_of(purchase.ts)
+            added[day] = added.get(day, 0) + purchase.price_cents
+        for item in pending[:cut]:
+            day = day_of(item.ts)
+            added[day] = added.get(day, 0) + (price_at(catalogue(item.product_id), item.ts)
+                                              or 0)
+        days = window_days(added, day_of(newest), rules.tier_window_days)
     if cut:
         settling = dict(watched_cents)
         cents, unpriced = _price_pending(pending[:cut], catalogue, watched, settling)
@@ -324,11 +374,14 @@ def _next_spend(
         by_product.update(watched_cents)
     cents, _ = _price_pending(pending, catalogue, watched, by_product)
     total = settled + cents
-    tier = tier_for(total, rules.tiers)
     last_offset, last_rp = (spend.last_offset, offset) if repartitioned else (offset,
                                                                              spend.last_rp)
-    return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
-                 tier, last_offset, last_rp, spend.last_ret), total
+    new = Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
+                spend.tier, last_offset, last_rp, spend.last_ret, days, spend.below_since)
+    if rules.tier_window_days <= 0:
+        return new._replace(tier=tier_for(total, rules.tiers)), total
+    tier, below_since = tier_now(new, total, catalogue, rules)
+    return new._replace(tier=tier, below_since=below_since), total
 
 
 def apply_purchase(

@@ -39,10 +39,11 @@ from core.loyalty import (
     Spend,
     Stamps,
     apply_purchase,
+    tier_now,
     view_spend,
 )
 from core.pricing import price_at
-from core.tiers import tier_for
+from core.tiers import day_of, window_days
 
 PURCHASE_RETURNED = "purchase_returned"
 #: How many rejected return offsets a ledger remembers (so a redelivery is rejected alike).
@@ -192,8 +193,14 @@ def _reverse_spend(spend: Spend, bought: Bought, refund: Refund, refunded_before
     settled += delta
     if watched and delta:
         watched_cents = {**watched_cents, product: watched_cents.get(product, 0) + delta}
+    days = spend.days
+    day = day_of(bought.ts)
+    if rules.tier_window_days > 0 and delta and day in days:
+        days = window_days({**days, day: days[day] + delta}, day_of(spend.newest_ts),
+                           rules.tier_window_days)
     return spend._replace(settled_cents=settled, settled_unpriced=unpriced,
-                          watched_cents=watched_cents, pending=pending, purchases=purchases)
+                          watched_cents=watched_cents, pending=pending, purchases=purchases,
+                          days=days)
 
 
 def _reverse(
@@ -208,8 +215,8 @@ def _reverse(
         before_tier = spend.tier
         spend = _reverse_spend(spend, bought, refund, refunded_before, catalogue, rules)
         view = view_spend(spend, catalogue, rules)
-        tier = tier_for(view.total_cents, rules.tiers)
-        spend = spend._replace(tier=tier)
+        tier, below_since = tier_now(spend, view.total_cents, catalogue, rules)
+        spend = spend._replace(tier=tier, below_since=below_since)
         if tier != before_tier:
             events.append(LoyaltyEvent(user_id, TIER_CHANGED, {
                 "from": before_tier, "to": tier, "total_cents": view.total_cents,
