@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -36,11 +37,21 @@ from app.topics import (
     users_topic,
 )
 from core.events import BadEvent, parse_product, parse_purchase, parse_return, parse_user
-from core.loyalty import Basket, LoyaltyEvent, Spend, Stamps, apply_purchase
+from core.loyalty import Basket, LoyaltyEvent, Spend, Stamps, apply_purchase, view_spend
 from core.pricing import history_from_json, history_to_json, with_price
 from core.returns import Held, Ledger, apply_return, remember_purchase
+from core.rfm import learn_boundaries
 from tables.batch import DecodedCache, TableWrites
-from tables.loyalty import baskets, catalogue, ledgers, price_history, profiles, spend, stamps
+from tables.loyalty import (
+    RFM_CUTS,
+    baskets,
+    catalogue,
+    ledgers,
+    price_history,
+    profiles,
+    spend,
+    stamps,
+)
 
 RULES = SETTINGS.loyalty
 
@@ -295,3 +306,23 @@ async def process_returns(stream: StreamT[bytes]) -> None:
             writes = agent_writes(source.partition)
             await apply_returns([source], writes)
             await send_emitted(writes)
+
+
+def learn_rfm(now: float) -> None:
+    """Quintile RFM boundaries from the customers this worker holds (``RFM=learn``)."""
+    if RULES.rfm is None:
+        return
+    population = []
+    for user, raw in list(spend.data.items()):
+        record = SPEND.get(user, raw)
+        total = view_spend(record, price_history, RULES).total_cents
+        population.append((record.newest_ts, record.purchases, total))
+    RFM_CUTS.current = learn_boundaries(population, now, RULES.rfm)
+    RFM_CUTS.learnt_at = now
+
+
+if RULES.rfm is not None and RULES.rfm_learn:
+    @app.timer(interval=RULES.rfm_refresh_s, name="learn_rfm")  # type: ignore[untyped-decorator]
+    async def refresh_rfm() -> None:
+        """Refresh the learnt RFM boundaries (every ``RFM_REFRESH_S``)."""
+        learn_rfm(time.time())

@@ -35,8 +35,9 @@ from app.topics import displays_topic, locations_topic, offers_topic, promotions
 from core.events import parse_display_event, parse_position, parse_promotion_event
 from core.loyalty import Spend, view_spend
 from core.offers import CooldownState, PositionSource, decide_offers
+from core.rfm import rfm_of
 from tables.batch import TableWrites
-from tables.loyalty import price_history, profiles, spend
+from tables.loyalty import RFM_CUTS, price_history, profiles, spend
 from tables.offers import (
     DISPLAY_INDEX,
     PROMOTION_INDEX,
@@ -70,10 +71,21 @@ async def apply_promotion(message: Any) -> str:
 
 def customer_tier(uid: str) -> str:
     """The shopper's current reward tier (local: locations are keyed by customer too)."""
+    return customer_standing(uid, 0.0)[0]
+
+
+def customer_standing(uid: str, now: float) -> tuple[str, str | None]:
+    """The shopper's tier and, with RFM on, RFM segment at event time ``now``."""
     raw = spend.get(uid)
     if raw is None:
-        return "CLIMBING"
-    return view_spend(Spend.from_json(raw), price_history, RULES).tier
+        return "CLIMBING", None
+    record = Spend.from_json(raw)
+    view = view_spend(record, price_history, RULES)
+    cuts = RFM_CUTS.current
+    if cuts is None:
+        return view.tier, None
+    return view.tier, rfm_of(record.newest_ts, record.purchases, view.total_cents, now,
+                             cuts).segment
 
 
 async def apply_positions(batch: Sequence[Source], writes: TableWrites,
@@ -90,13 +102,15 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
         profile = profiles.get(uid) or {}
         state = CooldownState.from_json(writes.get(shoppers, uid))
         here = PositionSource(source.topic, source.partition, source.offset)
+        tier, segment = customer_standing(uid, position.ts)
         # Replays are told by the record's place in the log, never by its timestamp: a record
         # redelivered (after a crash before the commit) yields the very same offers and ids,
         # which delivery de-duplicates; any other position within a cooldown yields none.
         offers = decide_offers(
             uid, position.lat, position.lon, position.ts,
             opted_out=bool(profile.get("opt_out", False)),
-            tier=customer_tier(uid),
+            tier=tier,
+            rfm_segment=segment,
             displays=DISPLAY_INDEX,
             promotions=PROMOTION_INDEX,
             last_offered=state.windows,

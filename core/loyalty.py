@@ -23,6 +23,7 @@ from typing import Any, NamedTuple
 from core.campaigns import DEFAULT_CAMPAIGNS, Campaign, qualifying, watched_products
 from core.money import cents_to_number
 from core.pricing import PriceHistory, price_at
+from core.rfm import RfmBoundaries, rfm_of
 from core.stamps import StampCard, StampStatus, next_one_free, stamp_status
 from core.tiers import CLIMBING, DAY_S, TierThresholds, day_of, tier_for, window_days, with_grace
 
@@ -58,6 +59,11 @@ class LoyaltyRules:
     tier_window_days: int = 0
     #: A downgrade takes effect only after the spend stayed below the tier this long.
     tier_grace_days: float = 0.0
+    #: RFM scores and segment (``RFM``): ``None`` is off; else the configured boundaries
+    #: (the worker may replace them with learnt ones: ``rfm_learn``).
+    rfm: RfmBoundaries | None = None
+    rfm_learn: bool = False
+    rfm_refresh_s: float = 3_600.0
     #: Products whose spend campaigns need (derived from ``campaigns``).
     watched: frozenset[str] = field(init=False, repr=False, compare=False)
 
@@ -518,11 +524,18 @@ def replay(
 
 def customer_document(
     user_id: str, spend: Spend, stamps: Stamps, basket: Basket, catalogue: Catalogue,
-    rules: LoyaltyRules,
+    rules: LoyaltyRules, *, now: float | None = None, rfm_cuts: RfmBoundaries | None = None,
 ) -> dict[str, Any]:
-    """The web view's answer for a customer (DESIGN section 5), from their records."""
+    """The web view's answer for a customer (DESIGN section 5), from their records; with RFM
+    on, also ``rfm`` at ``now`` (default: the customer's newest purchase), scored with
+    ``rfm_cuts`` (default: the configured boundaries)."""
     view = view_spend(spend, catalogue, rules)
     status = coffee_status(stamps, rules)
+    extra: dict[str, Any] = {}
+    if rules.rfm is not None:
+        scores = rfm_of(spend.newest_ts, spend.purchases, view.total_cents,
+                        spend.newest_ts if now is None else now, rfm_cuts or rules.rfm)
+        extra["rfm"] = scores._asdict()
     return {
         "user_id": user_id,
         "total": cents_to_number(view.total_cents),
@@ -534,6 +547,7 @@ def customer_document(
             "next_one_free": status.next_one_free,
         },
         "promotions": campaigns_met(basket, spend, catalogue, rules),
+        **extra,
     }
 
 

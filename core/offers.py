@@ -55,6 +55,7 @@ from core.geo import (
     parse_float,
     valid_coordinates,
 )
+from core.rfm import parse_segments
 from core.tiers import Tier
 
 DEFAULT_COOLDOWN_S = 1800.0
@@ -121,6 +122,8 @@ class Promotion:
     min_tier: Tier | None = None
     active: bool = True
     ts: float = 0.0
+    #: RFM segments the promotion targets (``segment_rfm``); ``None``: every customer.
+    segment_rfm: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if not self.pid:
@@ -146,6 +149,7 @@ def parse_promotion(record: Mapping[str, object]) -> Promotion:
         min_tier=parse_tier(record.get("min_tier")),
         active=parse_bool(record.get("active"), default=True),
         ts=0.0 if raw_ts is None else parse_float(raw_ts, "ts"),
+        segment_rfm=parse_segments(record.get("segment_rfm")),
     )
 
 
@@ -367,6 +371,7 @@ def decide_offers(
     cooldown_s: float = DEFAULT_COOLDOWN_S,
     source: PositionSource | None = None,
     redelivered: bool = False,
+    rfm_segment: str | None = None,
 ) -> list[Offer]:
     """Offers to emit for one shopper position at event time ``ts``, read at ``source``.
 
@@ -384,7 +389,7 @@ def decide_offers(
     for display, distance in displays.near(lat, lon, radius_m):
         for promo in promotions.promotions_for(display):
             key = (promo.pid, display.sku)
-            if key in offers or not _eligible(promo, display, customer_tier):
+            if key in offers or not _eligible(promo, display, customer_tier, rfm_segment):
                 continue
             if window_allows(last_offered.get(key), ts, source, cooldown_s,
                              redelivered=redelivered):
@@ -392,11 +397,13 @@ def decide_offers(
     return sorted(offers.values(), key=lambda o: (o.distance_m, o.pid, o.sku, o.store_id))
 
 
-def _eligible(promo: Promotion, display: Display, tier: Tier | None) -> bool:
+def _eligible(promo: Promotion, display: Display, tier: Tier | None,
+              rfm_segment: str | None = None) -> bool:
     return (
         display.active
         and promotion_matches_display(promo, display)
         and tier_allows(tier, promo.min_tier)
+        and (promo.segment_rfm is None or rfm_segment in promo.segment_rfm)
     )
 
 

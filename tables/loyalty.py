@@ -6,7 +6,9 @@ import orjson
 
 from app.faust_app import app
 from app.runtime.replica import TopicReplica
+from app.settings import SETTINGS
 from core.pricing import PriceHistory, history_from_json
+from core.rfm import RfmBoundaries
 from tables.base import text_keyed_table
 
 #: product_id -> {"category", "history": [[ts, cents], ...]}; every worker holds all of it.
@@ -39,3 +41,15 @@ def price_history(product_id: str) -> PriceHistory:
     """The catalogue price history of a product (empty when never seen), on any worker."""
     return CATALOGUE.get(product_id) or ()
 
+
+
+class RfmCuts:
+    """The RFM boundaries in use on this worker: the configured ones, replaced periodically
+    by quintiles of the customers it holds with ``RFM=learn`` (``agents.loyalty``)."""
+
+    def __init__(self, configured: RfmBoundaries | None) -> None:
+        self.current = configured
+        self.learnt_at: float | None = None
+
+
+RFM_CUTS = RfmCuts(SETTINGS.loyalty.rfm)

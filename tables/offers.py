@@ -47,7 +47,8 @@ def promotion_record(promo: Promotion) -> dict[str, Any]:
     return {"pid": promo.pid, "sku": promo.sku, "segment": promo.segment,
             "discount_pct": str(promo.discount_pct),
             "min_tier": None if promo.min_tier is None else promo.min_tier.name,
-            "active": promo.active, "ts": promo.ts}
+            "active": promo.active, "ts": promo.ts,
+            **({"segment_rfm": sorted(promo.segment_rfm)} if promo.segment_rfm else {})}
 
 
 def _display_changed(key: str, old: Display | None, new: Display | None) -> None:

@@ -100,3 +100,26 @@ async def test_with_free_coffee_on_the_sixth_coffee_is_free_on_the_agent_path(
     assert tables.spend["kris"]["settled_cents"] == 1_500
     assert tables.stamps["kris"]["redeemed"] == 1
     assert event_types(sent)[-1] == "free_coffee_redeemed"
+
+
+async def test_rfm_learnt_from_the_customers_held_and_served_in_the_document(
+        sent: Sent, monkeypatch: pytest.MonkeyPatch) -> None:
+    from app.web import views
+    from core.rfm import RfmBoundaries
+
+    rules = LoyaltyRules(rfm=RfmBoundaries())
+    monkeypatch.setattr(agents.loyalty, "RULES", rules)
+    monkeypatch.setattr(views, "RULES", rules)
+    monkeypatch.setattr(tables.RFM_CUTS, "current", rules.rfm)
+    async with process_purchases.test_context() as agent:
+        for n in range(10):
+            user = f"u{n}"
+            await agent.put(js({"user_id": user, "product_id": "tv", "price": 10.0 * (n + 1),
+                                "ts": 1.0}), key=user.encode())
+    agents.loyalty.learn_rfm(1.0)
+    assert tables.RFM_CUTS.current is not None
+    assert tables.RFM_CUTS.current.monetary_cents == (2_000, 4_000, 6_000, 8_000)
+    top = customer_document("u9")
+    assert top is not None and top["rfm"]["monetary"] == 5
+    bottom = customer_document("u0")
+    assert bottom is not None and bottom["rfm"]["monetary"] == 1
