@@ -248,16 +248,19 @@ def _requalify(basket: Basket, spend: Spend, catalogue: Catalogue,
 def _expire(ledger: Ledger, rules: LoyaltyRules) -> tuple[Ledger, tuple[tuple[Held, str], ...]]:
     """Drop purchases past the return window and held returns past the lateness window."""
     horizon = ledger.newest_ts - rules.lateness_s
-    expired = tuple((h, f"unknown purchase {h.purchase_id!r} (held {rules.lateness_s:g} s "
-                        f"of event time, it never arrived)")
-                    for h in ledger.held if h.ts < horizon)
+    expired = () if not ledger.held else tuple(
+        (h, f"unknown purchase {h.purchase_id!r} (held {rules.lateness_s:g} s of event time, "
+            f"it never arrived)")
+        for h in ledger.held if h.ts < horizon)
     keep_from = ledger.newest_ts - rules.return_window_s
     bought = ledger.bought
-    if any(b.ts < keep_from for b in bought.values()):
+    # Purchases are remembered roughly in event-time order: the first one tells whether any
+    # may be due (one arriving late and old is dropped with the next due one: still bounded).
+    if bought and next(iter(bought.values())).ts < keep_from:
         bought = {pid: b for pid, b in bought.items() if b.ts >= keep_from}
     if expired:
         ledger = ledger._replace(held=tuple(h for h in ledger.held if h.ts >= horizon))
-    return ledger._replace(bought=bought), expired
+    return (ledger if bought is ledger.bought else ledger._replace(bought=bought)), expired
 
 
 def _decide(ret: Return, offset: int, ledger: Ledger, newest_ts: float, catalogue: Catalogue,
@@ -375,7 +378,7 @@ def remember_purchase(
         bought = ledger.bought.get(pid) or Bought(purchase.ts, purchase.product_id,
                                                   0 if out.free else purchase.price_cents)
         for held in sorted((h for h in ledger.held if h.purchase_id == pid),
-                           key=lambda h: h.offset):
+                           key=lambda h: h.offset) if ledger.held else ():
             if bought.returned:
                 refused.append((held, f"purchase {pid!r} already returned"))
                 continue
@@ -385,16 +388,24 @@ def remember_purchase(
                 refused.append((held, reason or "refused"))
             else:
                 bought = bought._replace(refunds=(*bought.refunds, refund))
-        new_ledger = ledger._replace(
-            bought={**ledger.bought, pid: bought},
-            held=tuple(h for h in ledger.held if h.purchase_id != pid),
-            newest_ts=max(ledger.newest_ts, purchase.ts),
-            last_rp=offset if repartitioned else ledger.last_rp,
-            last_offset=ledger.last_offset if repartitioned else offset)
+        remembered = dict(ledger.bought)
+        remembered[pid] = bought
+        new_ledger = Ledger(
+            remembered,
+            (tuple(h for h in ledger.held if h.purchase_id != pid) if ledger.held else ()),
+            max(ledger.newest_ts, purchase.ts),
+            ledger.rejected,
+            ledger.last_offset if repartitioned else offset,
+            offset if repartitioned else ledger.last_rp,
+            ledger.last_ret)
         new_ledger, expired = _expire(new_ledger, rules)
-        expired = (*refused, *expired)
+        if refused:
+            expired = (*refused, *expired)
         ledger = new_ledger
     entry = ledger.bought.get(pid)
+    if entry is None or not entry.refunds:  # the usual case: nothing held for it
+        return ReturnOutcome(out.spend, out.stamps, out.basket, new_ledger, out.events,
+                             None, expired)
     new_spend, new_stamps, new_basket = out.spend, out.stamps, out.basket
     events = list(out.events)
     if entry is not None:
