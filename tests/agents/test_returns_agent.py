@@ -123,3 +123,15 @@ async def test_rfm_learnt_from_the_customers_held_and_served_in_the_document(
     assert top is not None and top["rfm"]["monetary"] == 5
     bottom = customer_document("u0")
     assert bottom is not None and bottom["rfm"]["monetary"] == 1
+
+
+async def test_with_returns_off_a_return_is_dead_lettered_and_nothing_is_remembered(
+        sent: Sent, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(agents.loyalty, "RULES", LoyaltyRules(return_window_s=0))
+    async with process_purchases.test_context() as agent:
+        await agent.put(purchase("c1", "coffee", 3.00, 1.0), key=b"kris")
+    async with process_returns.test_context() as agent:
+        await agent.put(give_back("c1", 2.0), key=b"kris")
+    assert "kris" not in tables.ledgers.data
+    (_, raw), = sent.by_topic("dead-letters")
+    assert orjson.loads(raw)["error"] == "returns are off (RETURN_WINDOW_DAYS=0)"

@@ -289,11 +289,16 @@ def oracle(purchases: list[tuple[str, str, int, float]],
     return {"total_cents": total, "tier": tier, "coffees": coffees}
 
 
+#: Catalogue prices of the property below (fixed: only the two topics' order varies).
+LIST_PRICES = {"coffee": 299, "tea": 450, "dog": 15_000, "beret": 2_500, "tv": 30_000}
+
+
 @st.composite
 def purchases_and_returns(draw: Any) -> tuple[list[tuple[str, str, int, float]],
                                               list[tuple[str, int | None]], list[bool]]:
     n = draw(st.integers(1, 10))
-    purchases = [(f"p{i}", draw(st.sampled_from(PRODUCTS)), draw(st.integers(1, 20_000)),
+    purchases = [(f"p{i}", draw(st.sampled_from(PRODUCTS)),
+                  draw(st.one_of(st.just(0), st.integers(1, 20_000))),  # 0: catalogue-priced
                   draw(st.floats(0.0, 3_600.0))) for i in range(n)]
     chosen = draw(st.lists(st.sampled_from([p[0] for p in purchases]), unique=True))
     returns = [(pid, draw(st.one_of(st.none(), st.integers(1, 25_000)))) for pid in chosen]
@@ -308,15 +313,18 @@ def test_any_interleaving_of_purchases_and_returns_within_the_lateness_window_gi
         case: tuple[list[tuple[str, str, int, float]], list[tuple[str, int | None]],
                     list[bool]]) -> None:
     purchases, returns, order = case
+    catalogue_priced = {pid for pid, _, cents, _ in purchases if cents == 0}
+    purchases = [(pid, product, cents or LIST_PRICES[product], ts)
+                 for pid, product, cents, ts in purchases]
     price = {pid: cents for pid, _, cents, _ in purchases}
     returns = [(pid, None if amount is None or amount > price[pid] else amount)
                for pid, amount in returns]
-    kris = Customer()
+    kris = Customer(prices={p: ((0.0, cents),) for p, cents in LIST_PRICES.items()})
     bought, given_back = iter(purchases), iter(returns)
     for take_purchase in order:
         if take_purchase:
             pid, product, cents, ts = next(bought)
-            kris.buy(product, ts, cents, pid)
+            kris.buy(product, ts, None if pid in catalogue_priced else cents, pid)
         else:
             pid, amount = next(given_back)
             kris.give_back(pid, 3_600.0, amount)
@@ -326,3 +334,52 @@ def test_any_interleaving_of_purchases_and_returns_within_the_lateness_window_gi
     assert document["reward_level"] == expected["tier"] == kris.spend.tier
     assert document["coffee"]["total"] == expected["coffees"]
     assert kris.rejected == [] and kris.expired == [] and kris.ledger.held == ()
+
+
+@settings(max_examples=150, deadline=None)
+@given(purchases_and_returns(), st.lists(st.integers(0, 40), max_size=8))
+def test_events_redelivered_after_a_crash_change_nothing(
+        case: tuple[list[tuple[str, str, int, float]], list[tuple[str, int | None]],
+                    list[bool]], crashes: list[int]) -> None:
+    """Replaying everything from an earlier offset of either topic (at-least-once delivery
+    after a crash) gives the records and answer of a run without the crash."""
+    purchases, returns, order = case
+    price = {pid: cents or 100 for pid, _, cents, _ in purchases}
+    log: list[tuple[str, int, Any]] = []
+    bought, given_back = iter(purchases), iter(returns)
+    offsets = {"purchases": 0, "returns": 0}
+    for take_purchase in order:
+        topic = "purchases" if take_purchase else "returns"
+        item = next(bought) if take_purchase else next(given_back)
+        log.append((topic, offsets[topic], item))
+        offsets[topic] += 1
+
+    def run(redeliver: list[int]) -> Customer:
+        customer = Customer()
+        for at, (topic, offset, item) in enumerate(log):
+            again = [log[i] for i in range(at) if at in redeliver and log[i][0] == topic][-3:]
+            for replayed in (*again, (topic, offset, item)):
+                r_topic, r_offset, r_item = replayed
+                if r_topic == "purchases":
+                    pid, product, _, ts = r_item
+                    customer.buy(product, ts, price[pid], pid, offset=r_offset)
+                else:
+                    pid, amount = r_item
+                    amount = None if amount is None or amount >= price[pid] else amount
+                    customer.give_back(pid, 3_600.0, amount, offset=r_offset)
+        return customer
+
+    clean, crashed = run([]), run(crashes)
+    assert (crashed.spend, crashed.stamps, crashed.basket, crashed.ledger) == (
+        clean.spend, clean.stamps, clean.basket, clean.ledger)
+    assert crashed.document() == clean.document()
+
+
+def test_purchases_older_than_the_return_window_are_forgotten_and_cannot_be_returned() -> None:
+    kris = Customer()
+    kris.buy("tea", 0.0, 500, "old")
+    kris.buy("tea", 31 * DAY, 500, "new")  # the default window: 30 days
+    assert set(kris.ledger.bought) == {"new"}
+    kris.give_back("old", 31 * DAY + 1)
+    assert kris.rejected == ["unknown purchase 'old'"]
+    assert kris.document()["total"] == 10.0
