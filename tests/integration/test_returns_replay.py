@@ -6,6 +6,9 @@ some of a purchase already returned)."""
 from __future__ import annotations
 
 import random
+import signal
+import threading
+import time
 from collections import Counter
 from typing import Any
 
@@ -21,14 +24,15 @@ PURCHASES = 90_000
 PRODUCTS = {"coffee": (250, 450), "bread": (150, 400), "milk": (90, 200), "tv": (20_000, 60_000)}
 
 
-def workload(seed: int = 22) -> tuple[list[tuple[str, str, dict[str, Any]]], int]:
+def workload(seed: int = 22, count: int = PURCHASES, customers: int = CUSTOMERS
+             ) -> tuple[list[tuple[str, str, dict[str, Any]]], int]:
     """Purchases and returns in one log order, and how many returns must be refused."""
     rnd = random.Random(seed)
     purchases: list[dict[str, Any]] = []
-    for n in range(PURCHASES):
+    for n in range(count):
         product = rnd.choices(list(PRODUCTS), weights=(50, 25, 24, 1))[0]
         low, high = PRODUCTS[product]
-        purchases.append({"user_id": f"u{rnd.randrange(CUSTOMERS):04d}", "product_id": product,
+        purchases.append({"user_id": f"u{rnd.randrange(customers):04d}", "product_id": product,
                           "purchase_id": f"p{n}", "price": rnd.randrange(low, high) / 100,
                           "ts": BASE_TS + n * 0.5})
     records: list[tuple[str, str, dict[str, Any]]] = []
@@ -143,3 +147,48 @@ def test_100k_purchases_and_returns_on_two_workers_match_an_independent_computat
              for worker in (first, second)
              if (answer := worker.get(f"/customers/{user}/")) != (200, document)]
     assert not wrong, wrong[:5]
+
+
+def test_sigkill_mid_stream_returns_and_purchases_count_exactly_once(
+        deployment: Deployment) -> None:
+    """kill -9 with purchases and returns in flight; a second worker finishes the stream and
+    every customer is exact: nothing lost, nothing returned twice."""
+    records, refused = workload(seed=5, count=18_000, customers=500)
+    first = deployment.start_worker("w1")
+    first.wait_ready()
+    killed = threading.Event()
+    failure: list[BaseException] = []
+
+    def produce_slowly() -> None:
+        try:
+            for start in range(0, len(records), 1_000):
+                if start >= len(records) * 3 // 4:
+                    killed.wait(120)
+                deployment.produce(records[start:start + 1_000])
+                time.sleep(0.2)
+        except BaseException as exc:  # reported by the test thread
+            failure.append(exc)
+
+    producer = threading.Thread(target=produce_slowly, daemon=True)
+    producer.start()
+    try:
+        wait_for("returns committed", lambda: deployment.committed("returns") > 100, 90,
+                 interval=0.2)
+    finally:
+        first.stop(signal.SIGKILL)
+        at_kill = deployment.committed("purchases") + deployment.committed("returns")
+        killed.set()
+    assert at_kill < len(records)  # killed mid-stream: a quarter was still to come
+    producer.join(120)
+    assert not producer.is_alive() and not failure, failure
+    second = deployment.start_worker("w2")
+    second.wait_ready(90)
+    per_topic = Counter(topic for topic, _, _ in records)
+    for topic, count in sorted(per_topic.items()):
+        deployment.wait_committed(topic, count, timeout=180)
+    expected = oracle(records)
+    wrong = [(user, answer) for user, document in sorted(expected.items())
+             if (answer := second.get(f"/customers/{user}/")) != (200, document)]
+    assert not wrong, wrong[:5]
+    letters = deployment.read_topic("dead-letters", expect=10 * refused, timeout=15)
+    assert len({(letter["partition"], letter["offset"]) for letter in letters}) == refused
