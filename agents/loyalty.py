@@ -1,7 +1,8 @@
-"""Agents for ``products``, ``users`` and ``purchases``."""
+"""Agents for ``products``, ``users``, ``purchases`` and ``returns``."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -21,19 +22,37 @@ from agents.common import (
     process_batch,
     send_emitted,
 )
-from app.deadletters import decode_key
+from app.deadletters import dead_letter_value, decode_key
 from app.faust_app import METRICS, app
 from app.routing.repartition import divert, is_repartitioned
 from app.runtime import fastlane
 from app.runtime.fastlane import Source
 from app.runtime.guarantees import GATE
 from app.settings import SETTINGS
-from app.topics import loyalty_events_topic, products_topic, purchases_topic, users_topic
-from core.events import parse_product, parse_purchase, parse_user
-from core.loyalty import Basket, LoyaltyEvent, Spend, Stamps, apply_purchase
+from app.topics import (
+    dead_letters_topic,
+    loyalty_events_topic,
+    products_topic,
+    purchases_topic,
+    returns_topic,
+    users_topic,
+)
+from core.events import BadEvent, parse_product, parse_purchase, parse_return, parse_user
+from core.loyalty import Basket, LoyaltyEvent, Spend, Stamps, apply_purchase, view_spend
 from core.pricing import history_from_json, history_to_json, with_price
+from core.returns import Held, Ledger, apply_return, remember_purchase
+from core.rfm import learn_boundaries
 from tables.batch import DecodedCache, TableWrites
-from tables.loyalty import baskets, catalogue, price_history, profiles, spend, stamps
+from tables.loyalty import (
+    RFM_CUTS,
+    baskets,
+    catalogue,
+    ledgers,
+    price_history,
+    profiles,
+    spend,
+    stamps,
+)
 
 RULES = SETTINGS.loyalty
 
@@ -90,6 +109,7 @@ def loyalty_event_value(event: LoyaltyEvent) -> bytes:
 SPEND = DecodedCache(Spend.from_json)
 STAMPS = DecodedCache(Stamps.from_json)
 BASKETS = DecodedCache(Basket.from_json)
+LEDGERS = DecodedCache(Ledger.from_json)
 
 
 @dataclass(slots=True)
@@ -100,6 +120,78 @@ class _Customer:
     stamps: Stamps
     basket: Basket
     changed: set[str]
+    #: Read only when a purchase carries a ``purchase_id`` or a return arrives.
+    ledger: Ledger | None = None
+
+
+def _customer(customers: dict[str, _Customer], user: str, writes: TableWrites) -> _Customer:
+    customer = customers.get(user)
+    if customer is None:
+        customer = customers[user] = _Customer(
+            SPEND.get(user, writes.get(spend, user)),
+            STAMPS.get(user, writes.get(stamps, user)),
+            BASKETS.get(user, writes.get(baskets, user)),
+            set(),
+        )
+    return customer
+
+
+def _ledger(customer: _Customer, user: str, writes: TableWrites) -> Ledger:
+    if customer.ledger is None:
+        customer.ledger = LEDGERS.get(user, writes.get(ledgers, user))
+    return customer.ledger
+
+
+def _take(customer: _Customer, out: Any) -> bool:
+    """Keep the records an outcome changed; whether any did."""
+    changed = False
+    if out.spend is not None:
+        customer.spend = out.spend
+        customer.changed.add("spend")
+        changed = True
+    if out.stamps is not None:
+        customer.stamps = out.stamps
+        customer.changed.add("stamps")
+        changed = True
+    if out.basket is not None:
+        customer.basket = out.basket
+        customer.changed.add("basket")
+        changed = True
+    ledger = getattr(out, "ledger", None)
+    if ledger is not None:
+        customer.ledger = ledger
+        customer.changed.add("ledger")
+        changed = True
+    return changed
+
+
+def _write(customers: dict[str, _Customer], writes: TableWrites) -> None:
+    for user, customer in customers.items():
+        if "spend" in customer.changed:
+            raw = customer.spend.to_json()
+            SPEND.remember(user, raw, customer.spend)
+            writes.put(spend, user, raw)
+        if "stamps" in customer.changed:
+            raw = customer.stamps.to_json()
+            STAMPS.remember(user, raw, customer.stamps)
+            writes.put(stamps, user, raw)
+        if "basket" in customer.changed:
+            raw = customer.basket.to_json()
+            BASKETS.remember(user, raw, customer.basket)
+            writes.put(baskets, user, raw)
+        if "ledger" in customer.changed and customer.ledger is not None:
+            raw = customer.ledger.to_json()
+            LEDGERS.remember(user, raw, customer.ledger)
+            writes.put(ledgers, user, raw)
+    writes.commit()
+
+
+def _dead_letter_held(writes: TableWrites, user: str, held: Held, reason: str) -> None:
+    """Dead-letter a held return given up (with its own topic, partition and offset)."""
+    source = Source(returns_topic.get_topic_name(), held.partition, held.offset, held.ts,
+                    user.encode(), held.raw.encode())
+    METRICS.inc("storestream_dead_letters_total", topic=source.topic)
+    writes.emit(dead_letters_topic, user.encode(), dead_letter_value(source, reason))
 
 
 async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
@@ -114,50 +206,51 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
     def apply_one(source: Source) -> str:
         purchase = parse_purchase(source.value, decode_key(source.key), source.timestamp)
         user = purchase.user_id
-        customer = customers.get(user)
-        if customer is None:
-            customer = customers[user] = _Customer(
-                SPEND.get(user, writes.get(spend, user)),
-                STAMPS.get(user, writes.get(stamps, user)),
-                BASKETS.get(user, writes.get(baskets, user)),
-                set(),
-            )
-        outcome = apply_purchase(purchase, source.offset, customer.spend, customer.stamps,
-                                 customer.basket, price_history, RULES,
-                                 repartitioned=repartitioned)
+        customer = _customer(customers, user, writes)
+        outcome: Any = apply_purchase(purchase, source.offset, customer.spend,
+                                      customer.stamps, customer.basket, price_history, RULES,
+                                      repartitioned=repartitioned)
+        if purchase.purchase_id is not None and RULES.return_window_s > 0:
+            # returnable: remembered in the ledger, with the returns held for it
+            outcome = remember_purchase(purchase, source.offset, outcome, customer.spend,
+                                        _ledger(customer, user, writes), price_history, RULES,
+                                        repartitioned=repartitioned)
+            for held, reason in outcome.expired:
+                _dead_letter_held(writes, user, held, reason)
         after_purchase(writes, purchase, source.topic, source.partition, source.offset)
-        if outcome.spend is None and outcome.stamps is None and outcome.basket is None:
+        if not _take(customer, outcome):
             return DUPLICATE
-        if outcome.spend is not None:
-            customer.spend = outcome.spend
-            customer.changed.add("spend")
-        if outcome.stamps is not None:
-            customer.stamps = outcome.stamps
-            customer.changed.add("stamps")
-        if outcome.basket is not None:
-            customer.basket = outcome.basket
-            customer.changed.add("basket")
         for change in outcome.events:
             writes.emit(loyalty_events_topic, user.encode(), loyalty_event_value(change))
         return OK
 
-    def finish() -> None:
-        for user, customer in customers.items():
-            if "spend" in customer.changed:
-                raw = customer.spend.to_json()
-                SPEND.remember(user, raw, customer.spend)
-                writes.put(spend, user, raw)
-            if "stamps" in customer.changed:
-                raw = customer.stamps.to_json()
-                STAMPS.remember(user, raw, customer.stamps)
-                writes.put(stamps, user, raw)
-            if "basket" in customer.changed:
-                raw = customer.basket.to_json()
-                BASKETS.remember(user, raw, customer.basket)
-                writes.put(baskets, user, raw)
-        writes.commit()
+    await process_batch("purchases", batch, apply_one, lambda: _write(customers, writes))
 
-    await process_batch("purchases", batch, apply_one, finish)
+
+async def apply_returns(batch: Sequence[Source], writes: TableWrites) -> None:
+    """Take each returned purchase back (spend at the price counted, stamp, campaign part);
+    a return that cannot apply is dead-lettered with the reason (``core/returns.py``)."""
+    customers: dict[str, _Customer] = {}
+
+    def apply_one(source: Source) -> str:
+        ret = parse_return(source.value, decode_key(source.key), source.timestamp)
+        if RULES.return_window_s <= 0:
+            raise BadEvent("returns are off (RETURN_WINDOW_DAYS=0)")
+        user = ret.user_id
+        customer = _customer(customers, user, writes)
+        raw = b"" if source.value is None else source.value
+        outcome = apply_return(ret, source.offset, customer.spend, customer.stamps,
+                               customer.basket, _ledger(customer, user, writes),
+                               price_history, RULES, partition=source.partition,
+                               raw=raw.decode("utf-8", errors="replace"))
+        changed = _take(customer, outcome)
+        for change in outcome.events:
+            writes.emit(loyalty_events_topic, user.encode(), loyalty_event_value(change))
+        if outcome.rejected is not None:
+            raise BadEvent(outcome.rejected)
+        return OK if changed else DUPLICATE
+
+    await process_batch("returns", batch, apply_one, lambda: _write(customers, writes))
 
 
 @fastlane.lane(purchases_topic.get_topic_name())
@@ -165,6 +258,14 @@ async def purchases_lane(batch: Sequence[Source]) -> None:
     """The fast lane for ``purchases``: one changelog write per customer and table per batch."""
     started = lane_clock()
     await apply_purchases(batch, lane_writes(batch))
+    count_lane(batch, started)
+
+
+@fastlane.lane(returns_topic.get_topic_name())
+async def returns_lane(batch: Sequence[Source]) -> None:
+    """The fast lane for ``returns``."""
+    started = lane_clock()
+    await apply_returns(batch, lane_writes(batch))
     count_lane(batch, started)
 
 
@@ -196,3 +297,34 @@ async def process_purchases(stream: StreamT[bytes]) -> None:
             writes = agent_writes(source.partition)
             await apply_purchases([source], writes)
             await send_emitted(writes)
+
+
+@app.agent(returns_topic, name="returns")
+async def process_returns(stream: StreamT[bytes]) -> None:
+    """Returns (when the fast lane is off)."""
+    async for event in stream.events():
+        source = fastlane.from_message(event.message)
+        async with GATE.event():
+            writes = agent_writes(source.partition)
+            await apply_returns([source], writes)
+            await send_emitted(writes)
+
+
+def learn_rfm(now: float) -> None:
+    """Quintile RFM boundaries from the customers this worker holds (``RFM=learn``)."""
+    if RULES.rfm is None:
+        return
+    population = []
+    for user, raw in list(spend.data.items()):
+        record = SPEND.get(user, raw)
+        total = view_spend(record, price_history, RULES).total_cents
+        population.append((record.newest_ts, record.purchases, total))
+    RFM_CUTS.current = learn_boundaries(population, now, RULES.rfm)
+    RFM_CUTS.learnt_at = now
+
+
+if RULES.rfm is not None and RULES.rfm_learn:
+    @app.timer(interval=RULES.rfm_refresh_s, name="learn_rfm")  # type: ignore[untyped-decorator]
+    async def refresh_rfm() -> None:
+        """Refresh the learnt RFM boundaries (every ``RFM_REFRESH_S``)."""
+        learn_rfm(time.time())

@@ -48,8 +48,9 @@ from core.lift import in_control_group
 from core.loyalty import Spend, view_spend
 from core.offers import CooldownState, Offer, PositionSource, decide_offers
 from core.presence import Presence, accurate
+from core.rfm import rfm_of
 from tables.batch import TableWrites
-from tables.loyalty import price_history, profiles, spend
+from tables.loyalty import RFM_CUTS, price_history, profiles, spend
 from tables.offers import (
     DISPLAY_INDEX,
     PROMOTION_INDEX,
@@ -154,10 +155,21 @@ def limit_offers(writes: TableWrites, uid: str, ts: float, store_id: str | None,
 
 def customer_tier(uid: str) -> str:
     """The shopper's current reward tier (local: locations are keyed by customer too)."""
+    return customer_standing(uid, 0.0)[0]
+
+
+def customer_standing(uid: str, now: float) -> tuple[str, str | None]:
+    """The shopper's tier and, with RFM on, RFM segment at event time ``now``."""
     raw = spend.get(uid)
     if raw is None:
-        return "CLIMBING"
-    return view_spend(Spend.from_json(raw), price_history, RULES).tier
+        return "CLIMBING", None
+    record = Spend.from_json(raw)
+    view = view_spend(record, price_history, RULES)
+    cuts = RFM_CUTS.current
+    if cuts is None:
+        return view.tier, None
+    return view.tier, rfm_of(record.newest_ts, record.purchases, view.total_cents, now,
+                             cuts).segment
 
 
 async def apply_positions(batch: Sequence[Source], writes: TableWrites,
@@ -183,7 +195,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             after_position(writes, uid, position.ts, [], here, held_out)
             return OK
         near = track_presence(writes, uid, position.lat, position.lon, position.ts, here)
-        tier = customer_tier(uid)
+        tier, segment = customer_standing(uid, position.ts)
         # Only watched shoppers' visits are kept: one who reaches a watched tier mid-visit is
         # announced with their next position, as arriving then.
         if position.store_id is not None and tier in ASSOCIATE_TIERS:
@@ -195,6 +207,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             uid, position.lat, position.lon, position.ts,
             opted_out=bool(profile.get("opt_out", False)),
             tier=tier,
+            rfm_segment=segment,
             displays=DISPLAY_INDEX,
             promotions=PROMOTION_INDEX,
             last_offered=state.windows,

@@ -18,6 +18,7 @@ def _topic(name: str) -> TopicT:
 products_topic = _topic(_T.products)
 users_topic = _topic(_T.users)
 purchases_topic = _topic(_T.purchases)
+returns_topic = _topic(_T.returns)
 loyalty_events_topic = _topic(_T.loyalty_events)
 dead_letters_topic = _topic(_T.dead_letters)
 displays_topic = _topic(_T.displays)

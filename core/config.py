@@ -18,6 +18,7 @@ from core.money import to_cents
 from core.partitioners import PARTITIONERS
 from core.repartition import DEFAULT_MODE, parse_mode
 from core.repartition import ENV_NAMES as REPARTITION_ENV_NAMES
+from core.rfm import RfmBoundaries
 from core.stamps import StampCard
 from core.tiers import TierThresholds
 
@@ -49,6 +50,10 @@ class Topics:
     @property
     def purchases(self) -> str:
         return self.name("purchases")
+
+    @property
+    def returns(self) -> str:
+        return self.name("returns")
 
     @property
     def displays(self) -> str:
@@ -182,6 +187,41 @@ def _switch(value: str) -> bool:
     raise ConfigError(f"expected on or off, got {value!r}")
 
 
+def _rfm(mode: str, section: Mapping[str, str], env: Mapping[str, str]
+         ) -> tuple[RfmBoundaries | None, bool]:
+    """``RFM`` (off, on: configured boundaries, learn: quintiles of the population) and the
+    boundaries ``RFM_RECENCY_DAYS``, ``RFM_FREQUENCY``, ``RFM_MONETARY`` (currency units)."""
+    mode = mode.strip().lower()
+    if mode in ("off", ""):
+        return None, False
+    if mode not in ("on", "learn"):
+        raise ConfigError(f"RFM must be off, on or learn, got {mode!r}")
+    defaults = RfmBoundaries()
+
+    def cuts(env_name: str, key: str, default: tuple[float, float, float, float],
+             scale: int = 1) -> tuple[float, float, float, float]:
+        text = env.get(env_name) or section.get(key)
+        if not text:
+            return default
+        try:
+            values = tuple(float(to_cents(part.strip())) if scale == 100 else float(part)
+                           for part in text.split(","))
+        except ValueError as exc:  # MoneyError too
+            raise ConfigError(f"{env_name}: {exc}") from exc
+        if len(values) != 4:
+            raise ConfigError(f"{env_name} must be four comma-separated numbers, got {text!r}")
+        return values[0], values[1], values[2], values[3]
+
+    try:
+        boundaries = RfmBoundaries(
+            cuts("RFM_RECENCY_DAYS", "rfm_recency_days", defaults.recency_days),
+            cuts("RFM_FREQUENCY", "rfm_frequency", defaults.frequency),
+            cuts("RFM_MONETARY", "rfm_monetary", defaults.monetary_cents, 100))
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
+    return boundaries, mode == "learn"
+
+
 def _names(value: str) -> frozenset[str]:
     return frozenset(part.strip() for part in value.split(",") if part.strip())
 
@@ -272,6 +312,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         return str(default) if value is None else str(value)
 
     try:
+        rfm_cuts, rfm_learn = _rfm(pick("RFM", tiers, "rfm", "off"), tiers, env)
         rules = LoyaltyRules(
             tiers=TierThresholds(
                 gold_cents=to_cents(tiers.get("gold", "400")),
@@ -284,7 +325,19 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             ),
             campaigns=_campaigns(parser) or defaults.loyalty.campaigns,
             lateness_s=float(pick("PRICE_LATENESS_S", main, "price_lateness_s", 86400)),
+            return_window_s=86_400.0 * float(pick("RETURN_WINDOW_DAYS", main,
+                                                  "return_window_days", 30)),
+            free_coffee=_switch(pick("FREE_COFFEE", stamps, "free_coffee", "off")),
+            tier_window_days=int(pick("TIER_WINDOW_DAYS", tiers, "window_days", 0)),
+            tier_grace_days=float(pick("TIER_GRACE_DAYS", tiers, "grace_days", 0)),
+            rfm=rfm_cuts,
+            rfm_learn=rfm_learn,
+            rfm_refresh_s=float(pick("RFM_REFRESH_S", tiers, "rfm_refresh_s", 3600)),
         )
+        if rules.tier_window_days < 0 or rules.tier_grace_days < 0:
+            raise ConfigError("TIER_WINDOW_DAYS and TIER_GRACE_DAYS must be 0 or more")
+        if rules.return_window_s < 0:
+            raise ConfigError("RETURN_WINDOW_DAYS must be 0 or more")
         guarantee = pick("PROCESSING_GUARANTEE", main, "processing_guarantee", "at_least_once")
         if guarantee not in ("at_least_once", "exactly_once"):
             raise ConfigError(f"PROCESSING_GUARANTEE must be at_least_once or exactly_once, "

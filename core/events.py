@@ -17,6 +17,7 @@ from core.geo import Display, parse_display
 from core.loyalty import Purchase
 from core.money import MoneyError, to_cents
 from core.offers import Promotion, parse_promotion
+from core.returns import Return
 
 #: Values larger than this are rejected before decoding (a poison pill, not an event).
 MAX_VALUE_BYTES = 256 * 1024
@@ -177,6 +178,22 @@ def parse_purchase(raw: bytes | None, key: str | None, record_ts: float) -> Purc
         price_cents=price_cents(event) if event.get("price") is not None else None,
         purchase_id=None if purchase_id is None else str(purchase_id),
     )
+
+
+def parse_return(raw: bytes | None, key: str | None, record_ts: float) -> Return:
+    """A ``returns`` event: the purchase returned and, for a partial return, the amount."""
+    event = decode_object(raw)
+    user_id = required_str(event, "user_id")
+    check_key(key, user_id, "user_id")
+    purchase_id = event.get("purchase_id")
+    if purchase_id is None:
+        raise BadEvent("missing required field 'purchase_id'")
+    if isinstance(purchase_id, bool) or not isinstance(purchase_id, str | int):
+        raise BadEvent("field 'purchase_id' must be a string or an integer")
+    amount = price_cents(event, "amount") if event.get("amount") is not None else None
+    if amount is not None and amount <= 0:
+        raise BadEvent("field 'amount' must be above zero")
+    return Return(user_id, str(purchase_id), event_time(event, record_ts), amount)
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,8 +23,9 @@ from typing import Any, NamedTuple
 from core.campaigns import DEFAULT_CAMPAIGNS, Campaign, qualifying, watched_products
 from core.money import cents_to_number
 from core.pricing import PriceHistory, price_at
+from core.rfm import RfmBoundaries, rfm_of
 from core.stamps import StampCard, StampStatus, next_one_free, stamp_status
-from core.tiers import CLIMBING, TierThresholds, tier_for
+from core.tiers import CLIMBING, DAY_S, TierThresholds, day_of, tier_for, window_days, with_grace
 
 #: A new customer's spend per watched product (read-only: records are values).
 EMPTY_CENTS: Mapping[str, int] = MappingProxyType({})
@@ -35,6 +36,9 @@ Catalogue = Callable[[str], PriceHistory]
 TIER_CHANGED = "tier_changed"
 FREE_COFFEE_READY = "free_coffee_ready"
 CAMPAIGN_QUALIFIED = "campaign_qualified"
+FREE_COFFEE_REDEEMED = "free_coffee_redeemed"
+#: How many offsets of free purchases a stamps record remembers (to replay them alike).
+FREE_KEPT = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +50,20 @@ class LoyaltyRules:
     campaigns: tuple[Campaign, ...] = DEFAULT_CAMPAIGNS
     lateness_s: float = 86_400.0
     max_pending: int = 1_000
+    #: How long (event time, behind the customer's newest purchase) a purchase can be returned.
+    return_window_s: float = 30 * 86_400.0
+    #: The stamp product bought when ``next_one_free`` is true is free (priced 0, announced
+    #: as ``free_coffee_redeemed``); off: the recipe (the card only counts).
+    free_coffee: bool = False
+    #: The tier follows spend within the last N days of event time (0: lifetime, the recipe).
+    tier_window_days: int = 0
+    #: A downgrade takes effect only after the spend stayed below the tier this long.
+    tier_grace_days: float = 0.0
+    #: RFM scores and segment (``RFM``): ``None`` is off; else the configured boundaries
+    #: (the worker may replace them with learnt ones: ``rfm_learn``).
+    rfm: RfmBoundaries | None = None
+    rfm_learn: bool = False
+    rfm_refresh_s: float = 3_600.0
     #: Products whose spend campaigns need (derived from ``campaigns``).
     watched: frozenset[str] = field(init=False, repr=False, compare=False)
 
@@ -83,10 +101,19 @@ class Spend(NamedTuple):
     last_offset: int = -1
     #: The last offset applied from the topic's repartition topic (another offset space).
     last_rp: int = -1
+    #: The last offset applied from the ``returns`` topic (a third offset space).
+    last_ret: int = -1
+    #: Settled cents per day of event time within the tier window (``TIER_WINDOW_DAYS``).
+    days: Mapping[int, int] = MappingProxyType({})
+    #: Since when (event time) spend has been below the tier held in grace; -1: it is not.
+    below_since: float = -1.0
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
         return {
+            **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
+            **({"days": {str(d): c for d, c in self.days.items()}} if self.days else {}),
+            **({"below_since": self.below_since} if self.below_since >= 0 else {}),
             "settled_cents": self.settled_cents,
             "settled_unpriced": self.settled_unpriced,
             "watched_cents": dict(self.watched_cents),
@@ -113,6 +140,9 @@ class Spend(NamedTuple):
             tier=str(raw["tier"]),
             last_offset=int(raw["last_offset"]),
             last_rp=int(raw.get("last_rp", -1)),
+            last_ret=int(raw.get("last_ret", -1)),
+            days={int(d): int(c) for d, c in raw.get("days", {}).items()},
+            below_since=float(raw.get("below_since", -1.0)),
         )
 
 
@@ -122,11 +152,19 @@ class Stamps(NamedTuple):
     total: int = 0
     last_offset: int = -1
     last_rp: int = -1
+    last_ret: int = -1
+    #: Offsets (``-1 - offset`` for the repartition topic's) of the latest free purchases.
+    free: tuple[int, ...] = ()
+    #: Free purchases redeemed so far.
+    redeemed: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
         return {"total": self.total, "last_offset": self.last_offset,
-                **({"last_rp": self.last_rp} if self.last_rp >= 0 else {})}
+                **({"last_rp": self.last_rp} if self.last_rp >= 0 else {}),
+                **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
+                **({"free": list(self.free), "redeemed": self.redeemed} if self.redeemed
+                   else {})}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> Stamps:
@@ -134,7 +172,9 @@ class Stamps(NamedTuple):
         if not raw:
             return cls()
         return cls(total=int(raw["total"]), last_offset=int(raw["last_offset"]),
-                   last_rp=int(raw.get("last_rp", -1)))
+                   last_rp=int(raw.get("last_rp", -1)), last_ret=int(raw.get("last_ret", -1)),
+                   free=tuple(int(o) for o in raw.get("free", ())),
+                   redeemed=int(raw.get("redeemed", 0)))
 
 
 class Basket(NamedTuple):
@@ -144,6 +184,10 @@ class Basket(NamedTuple):
     announced: frozenset[str] = frozenset()
     last_offset: int = -1
     last_rp: int = -1
+    last_ret: int = -1
+    #: Purchases per watched product beyond the first (a return takes the product out of the
+    #: basket only when none is left; kept sparse so the record is as small as before).
+    extra: Mapping[str, int] = EMPTY_CENTS
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
@@ -152,6 +196,8 @@ class Basket(NamedTuple):
             "announced": sorted(self.announced),
             "last_offset": self.last_offset,
             **({"last_rp": self.last_rp} if self.last_rp >= 0 else {}),
+            **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
+            **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
     @classmethod
@@ -164,6 +210,8 @@ class Basket(NamedTuple):
             announced=frozenset(raw["announced"]),
             last_offset=int(raw["last_offset"]),
             last_rp=int(raw.get("last_rp", -1)),
+            last_ret=int(raw.get("last_ret", -1)),
+            extra={str(k): int(v) for k, v in raw.get("extra", {}).items()},
         )
 
 
@@ -192,6 +240,22 @@ class Outcome(NamedTuple):
     stamps: Stamps | None
     basket: Basket | None
     events: tuple[LoyaltyEvent, ...]
+    #: The purchase was a free coffee (counted at 0 cents).
+    free: bool = False
+
+
+def is_free(purchase: Purchase, offset: int, stamps: Stamps, rules: LoyaltyRules,
+            repartitioned: bool = False) -> bool:
+    """Whether this purchase is a free coffee: ``next_one_free`` was true before it. Decided
+    from the stamps record as it was before the purchase, or, when that record already holds
+    the purchase (a replay), from the free offsets it remembers."""
+    if not rules.free_coffee or purchase.product_id != rules.stamps.product_id:
+        return False
+    mark = -1 - offset if repartitioned else offset
+    seen = stamps.last_rp if repartitioned else stamps.last_offset
+    if offset <= seen:
+        return mark in stamps.free
+    return next_one_free(stamps.total, rules.stamps)
 
 
 def _price_pending(
@@ -213,13 +277,40 @@ def _price_pending(
     return cents_total, unpriced
 
 
+def window_cents(days: Mapping[int, int], pending: Sequence[Pending], newest_ts: float,
+                 catalogue: Catalogue, rules: LoyaltyRules) -> int:
+    """Spend within the tier window ending on the day of ``newest_ts``: the daily buckets of
+    settled spend and the pending purchases priced now."""
+    first = day_of(newest_ts) - rules.tier_window_days + 1
+    cents = sum(c for day, c in days.items() if day >= first)
+    for item in pending:
+        if day_of(item.ts) >= first:
+            cents += price_at(catalogue(item.product_id), item.ts) or 0
+    return cents
+
+
+def tier_now(spend: Spend, total_cents: int, catalogue: Catalogue,
+             rules: LoyaltyRules) -> tuple[str, float]:
+    """The tier in effect for ``spend`` (whose lifetime total is ``total_cents``) and since
+    when spend has been below it in grace (-1: not in grace). Lifetime (the recipe): the
+    tier of the total. With ``tier_window_days``: the tier of the window's spend, a downgrade
+    held for ``tier_grace_days`` (:func:`core.tiers.with_grace`)."""
+    if rules.tier_window_days <= 0:
+        return tier_for(total_cents, rules.tiers), -1.0
+    computed = tier_for(window_cents(spend.days, spend.pending, spend.newest_ts, catalogue,
+                                     rules), rules.tiers)
+    return with_grace(spend.tier, spend.below_since, computed, spend.newest_ts,
+                      rules.tier_grace_days * DAY_S)
+
+
 def view_spend(spend: Spend, catalogue: Catalogue, rules: LoyaltyRules) -> SpendView:
     """Total, unpriced count, spend on watched products and tier, pricing pending purchases now."""
     by_product = dict(spend.watched_cents)
     cents, unpriced = _price_pending(spend.pending, catalogue, rules.watched, by_product)
     total = spend.settled_cents + cents
-    return SpendView(total, spend.settled_unpriced + unpriced, by_product,
-                     tier_for(total, rules.tiers))
+    tier = (tier_for(total, rules.tiers) if rules.tier_window_days <= 0
+            else tier_now(spend, total, catalogue, rules)[0])
+    return SpendView(total, spend.settled_unpriced + unpriced, by_product, tier)
 
 
 def _settled_count(pending: Sequence[Pending], horizon: float, max_pending: int) -> int:
@@ -267,6 +358,17 @@ def _next_spend(
             )
     newest = max(spend.newest_ts, purchase.ts)
     cut = _settled_count(pending, newest - rules.lateness_s, rules.max_pending)
+    days = spend.days
+    if rules.tier_window_days > 0:
+        added = dict(days)
+        if purchase.price_cents is not None:
+            day = day_of(purchase.ts)
+            added[day] = added.get(day, 0) + purchase.price_cents
+        for item in pending[:cut]:
+            day = day_of(item.ts)
+            added[day] = added.get(day, 0) + (price_at(catalogue(item.product_id), item.ts)
+                                              or 0)
+        days = window_days(added, day_of(newest), rules.tier_window_days)
     if cut:
         settling = dict(watched_cents)
         cents, unpriced = _price_pending(pending[:cut], catalogue, watched, settling)
@@ -278,11 +380,14 @@ def _next_spend(
         by_product.update(watched_cents)
     cents, _ = _price_pending(pending, catalogue, watched, by_product)
     total = settled + cents
-    tier = tier_for(total, rules.tiers)
     last_offset, last_rp = (spend.last_offset, offset) if repartitioned else (offset,
                                                                              spend.last_rp)
-    return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
-                 tier, last_offset, last_rp), total
+    new = Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
+                spend.tier, last_offset, last_rp, spend.last_ret, days, spend.below_since)
+    if rules.tier_window_days <= 0:
+        return new._replace(tier=tier_for(total, rules.tiers)), total
+    tier, below_since = tier_now(new, total, catalogue, rules)
+    return new._replace(tier=tier, below_since=below_since), total
 
 
 def apply_purchase(
@@ -329,6 +434,9 @@ def _apply_purchase(
     new_stamps: Stamps | None = None
     new_basket: Basket | None = None
     product_id = purchase.product_id
+    free = is_free(purchase, offset, stamps, rules, repartitioned)
+    if free:
+        purchase = purchase._replace(price_cents=0)
     is_watched = product_id in rules.watched and offset > seen_basket
     by_product: dict[str, int] | None = None
 
@@ -342,8 +450,19 @@ def _apply_purchase(
             }, purchase.ts))
 
     if product_id == rules.stamps.product_id and offset > seen_stamps:
-        new_stamps = (Stamps(stamps.total + 1, stamps.last_offset, offset) if repartitioned
-                      else Stamps(stamps.total + 1, offset, stamps.last_rp))
+        new_stamps = (Stamps(stamps.total + 1, stamps.last_offset, offset, stamps.last_ret,
+                             stamps.free, stamps.redeemed)
+                      if repartitioned
+                      else Stamps(stamps.total + 1, offset, stamps.last_rp, stamps.last_ret,
+                                  stamps.free, stamps.redeemed))
+        if free:
+            new_stamps = new_stamps._replace(
+                free=(*stamps.free, -1 - offset if repartitioned else offset)[-FREE_KEPT:],
+                redeemed=stamps.redeemed + 1)
+            events.append(LoyaltyEvent(purchase.user_id, FREE_COFFEE_REDEEMED, {
+                "product_id": product_id, "total": new_stamps.total,
+                "purchase_id": purchase.purchase_id,
+            }, purchase.ts))
         if next_one_free(new_stamps.total, rules.stamps):
             events.append(LoyaltyEvent(purchase.user_id, FREE_COFFEE_READY, {
                 "product_id": product_id, "total": new_stamps.total,
@@ -351,8 +470,11 @@ def _apply_purchase(
 
     if is_watched:
         products = basket.products
+        extra = basket.extra
         if product_id not in products:
             products = products | {product_id}
+        else:
+            extra = {**extra, product_id: extra.get(product_id, 0) + 1}
         spent: Mapping[str, int] = (
             view_spend(spend, catalogue, rules).by_product_cents if by_product is None
             else by_product
@@ -363,10 +485,12 @@ def _apply_purchase(
             events.append(LoyaltyEvent(purchase.user_id, CAMPAIGN_QUALIFIED, {
                 "campaign": name, "products": met[name],
             }, purchase.ts))
-        new_basket = (Basket(products, announced, basket.last_offset, offset) if repartitioned
-                      else Basket(products, announced, offset, basket.last_rp))
+        new_basket = (Basket(products, announced, basket.last_offset, offset, basket.last_ret,
+                             extra) if repartitioned
+                      else Basket(products, announced, offset, basket.last_rp, basket.last_ret,
+                                  extra))
 
-    return Outcome(new_spend, new_stamps, new_basket, tuple(events))
+    return Outcome(new_spend, new_stamps, new_basket, tuple(events), free)
 
 
 def coffee_status(stamps: Stamps, rules: LoyaltyRules) -> StampStatus:
@@ -400,11 +524,18 @@ def replay(
 
 def customer_document(
     user_id: str, spend: Spend, stamps: Stamps, basket: Basket, catalogue: Catalogue,
-    rules: LoyaltyRules,
+    rules: LoyaltyRules, *, now: float | None = None, rfm_cuts: RfmBoundaries | None = None,
 ) -> dict[str, Any]:
-    """The web view's answer for a customer (DESIGN section 5), from their records."""
+    """The web view's answer for a customer (DESIGN section 5), from their records; with RFM
+    on, also ``rfm`` at ``now`` (default: the customer's newest purchase), scored with
+    ``rfm_cuts`` (default: the configured boundaries)."""
     view = view_spend(spend, catalogue, rules)
     status = coffee_status(stamps, rules)
+    extra: dict[str, Any] = {}
+    if rules.rfm is not None:
+        scores = rfm_of(spend.newest_ts, spend.purchases, view.total_cents,
+                        spend.newest_ts if now is None else now, rfm_cuts or rules.rfm)
+        extra["rfm"] = scores._asdict()
     return {
         "user_id": user_id,
         "total": cents_to_number(view.total_cents),
@@ -416,6 +547,7 @@ def customer_document(
             "next_one_free": status.next_one_free,
         },
         "promotions": campaigns_met(basket, spend, catalogue, rules),
+        **extra,
     }
 
 

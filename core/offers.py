@@ -55,6 +55,7 @@ from core.geo import (
     parse_float,
     valid_coordinates,
 )
+from core.rfm import parse_segments
 from core.tiers import Tier
 
 DEFAULT_COOLDOWN_S = 1800.0
@@ -123,6 +124,8 @@ class Promotion:
     ts: float = 0.0
     #: Seconds the shopper must have stayed within the radius before the offer goes out.
     dwell_s: float = 0.0
+    #: RFM segments the promotion targets (``segment_rfm``); ``None``: every customer.
+    segment_rfm: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if not math.isfinite(self.dwell_s) or self.dwell_s < 0:
@@ -152,6 +155,7 @@ def parse_promotion(record: Mapping[str, object]) -> Promotion:
         active=parse_bool(record.get("active"), default=True),
         ts=0.0 if raw_ts is None else parse_float(raw_ts, "ts"),
         dwell_s=0.0 if raw_dwell is None else parse_float(raw_dwell, "dwell_s"),
+        segment_rfm=parse_segments(record.get("segment_rfm")),
     )
 
 
@@ -378,6 +382,7 @@ def decide_offers(
     source: PositionSource | None = None,
     redelivered: bool = False,
     stayed: Callable[[Display], float] | None = None,
+    rfm_segment: str | None = None,
 ) -> list[Offer]:
     """Offers to emit for one shopper position at event time ``ts``, read at ``source``.
 
@@ -399,7 +404,7 @@ def decide_offers(
     for display, distance in displays.near(lat, lon, radius_m):
         for promo in promotions.promotions_for(display):
             key = (promo.pid, display.sku)
-            if key in offers or not _eligible(promo, display, customer_tier):
+            if key in offers or not _eligible(promo, display, customer_tier, rfm_segment):
                 continue
             if promo.dwell_s > 0 and not redelivered and (
                     stayed is None or stayed(display) < promo.dwell_s):
@@ -410,11 +415,13 @@ def decide_offers(
     return sorted(offers.values(), key=lambda o: (o.distance_m, o.pid, o.sku, o.store_id))
 
 
-def _eligible(promo: Promotion, display: Display, tier: Tier | None) -> bool:
+def _eligible(promo: Promotion, display: Display, tier: Tier | None,
+              rfm_segment: str | None = None) -> bool:
     return (
         display.active
         and promotion_matches_display(promo, display)
         and tier_allows(tier, promo.min_tier)
+        and (promo.segment_rfm is None or rfm_segment in promo.segment_rfm)
     )
 
 

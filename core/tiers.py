@@ -53,3 +53,31 @@ def tier_rank(tier: str | None) -> int:
     if tier is None or tier not in Tier.__members__:
         return Tier.CLIMBING
     return Tier[tier].value
+
+
+DAY_S = 86_400.0
+
+
+def day_of(ts: float) -> int:
+    """The day (of event time, UTC) a timestamp falls on: the rolling window's bucket."""
+    return int(ts // DAY_S)
+
+
+def window_days(days: dict[int, int] | None, today: int, window: int) -> dict[int, int]:
+    """Daily buckets kept for a window of ``window`` days ending ``today`` (older ones go)."""
+    first = today - window + 1
+    return {day: cents for day, cents in (days or {}).items() if day >= first and cents}
+
+
+def with_grace(held: str, below_since: float, computed: str, now: float,
+               grace_s: float) -> tuple[str, float]:
+    """The tier in effect and since when the spend has been below it (``-1``: it is not).
+
+    An upgrade takes effect at once; a downgrade only once the spend has stayed below the
+    held tier for ``grace_s`` of event time (then straight to the tier the spend gives)."""
+    if tier_rank(computed) >= tier_rank(held):
+        return computed, -1.0
+    since = below_since if below_since >= 0 else now
+    if now - since >= grace_s:
+        return computed, -1.0
+    return held, since

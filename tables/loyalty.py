@@ -6,7 +6,9 @@ import orjson
 
 from app.faust_app import app
 from app.runtime.replica import TopicReplica
+from app.settings import SETTINGS
 from core.pricing import PriceHistory, history_from_json
+from core.rfm import RfmBoundaries
 from tables.base import text_keyed_table
 
 #: product_id -> {"category", "history": [[ts, cents], ...]}; every worker holds all of it.
@@ -28,6 +30,9 @@ stamps = text_keyed_table(app.Table, "stamps", "Coffee stamps per customer")
 #: user_id -> core.loyalty.Basket as JSON (the recipe's promotion_* tables).
 baskets = text_keyed_table(app.Table, "baskets", "Watched products bought, campaigns announced")
 
+#: user_id -> core.returns.Ledger as JSON: returnable purchases, held returns (issue 22).
+ledgers = text_keyed_table(app.Table, "ledgers", "Returnable purchases and held returns")
+
 #: user_id -> {"name", "opt_out", "last_offset"}.
 profiles = text_keyed_table(app.Table, "profiles", "Customer profile and consent")
 
@@ -36,3 +41,15 @@ def price_history(product_id: str) -> PriceHistory:
     """The catalogue price history of a product (empty when never seen), on any worker."""
     return CATALOGUE.get(product_id) or ()
 
+
+
+class RfmCuts:
+    """The RFM boundaries in use on this worker: the configured ones, replaced periodically
+    by quintiles of the customers it holds with ``RFM=learn`` (``agents.loyalty``)."""
+
+    def __init__(self, configured: RfmBoundaries | None) -> None:
+        self.current = configured
+        self.learnt_at: float | None = None
+
+
+RFM_CUTS = RfmCuts(SETTINGS.loyalty.rfm)

@@ -66,7 +66,8 @@ def promotion_record(promo: Promotion) -> dict[str, Any]:
             "discount_pct": str(promo.discount_pct),
             "min_tier": None if promo.min_tier is None else promo.min_tier.name,
             "active": promo.active, "ts": promo.ts,
-            **({"dwell_s": promo.dwell_s} if promo.dwell_s > 0 else {})}
+            **({"dwell_s": promo.dwell_s} if promo.dwell_s > 0 else {}),
+            **({"segment_rfm": sorted(promo.segment_rfm)} if promo.segment_rfm else {})}
 
 
 def _display_changed(key: str, old: Display | None, new: Display | None) -> None:

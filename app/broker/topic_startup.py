@@ -88,7 +88,8 @@ def ensure_topics_at_start(settings: Settings, bootstrap: str, auth: dict[str, A
 def input_topics(settings: Settings) -> tuple[str, ...]:
     """The topics producers write and agents read, co-partitioned by their owner keys."""
     t = settings.topics
-    return (t.products, t.users, t.purchases, t.displays, t.promotions, t.locations)
+    return (t.products, t.users, t.purchases, t.returns, t.displays, t.promotions,
+            t.locations)
 
 
 def _grouped(failures: Mapping[str, str]) -> str:

@@ -35,6 +35,7 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
         TopicSpec(t.products, n, compacted),
         TopicSpec(t.users, n, compacted),
         TopicSpec(t.purchases, n, events),
+        TopicSpec(t.returns, n, events),
         TopicSpec(t.displays, n, compacted),
         TopicSpec(t.promotions, n, compacted),
         TopicSpec(t.locations, n, locations),

@@ -85,7 +85,7 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
         if SETTINGS.reference_fetch_interval_ms > 0:
             self._schedule(FetchSchedule.for_fetch_wait(
                 topics.reference, SETTINGS.reference_fetch_interval_ms,
-                SETTINGS.fetch_wait_ms, idle_topics=(topics.purchases,)))
+                SETTINGS.fetch_wait_ms, idle_topics=(topics.purchases, topics.returns)))
         if SETTINGS.direct_push:
             # Offers are pushed by the worker that emits them; their topic is the backstop.
             # Read soon when the pusher left offers to it, else after a quiet interval.

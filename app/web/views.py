@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import time
 from typing import Any, cast
 
 from app.faust_app import METRICS, app
@@ -14,7 +15,7 @@ from core.lift import summary
 from core.loyalty import Basket, Spend, Stamps
 from core.loyalty import customer_document as document
 from tables.deadletters import DEAD_LETTERS
-from tables.loyalty import CATALOGUE, baskets, price_history, profiles, spend, stamps
+from tables.loyalty import CATALOGUE, RFM_CUTS, baskets, price_history, profiles, spend, stamps
 from tables.offers import DISPLAYS, FIGURES, PROMOTIONS, figures_by_promotion
 
 RULES = SETTINGS.loyalty
@@ -32,6 +33,8 @@ def customer_document(user_id: str) -> dict[str, Any] | None:
         Basket.from_json(baskets.get(user_id)),
         price_history,
         RULES,
+        now=time.time(),
+        rfm_cuts=RFM_CUTS.current,
     )
 
 

@@ -63,7 +63,8 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
         monkeypatch.setattr(topic, "send", send)
         monkeypatch.setattr(topic, "send_soon", send_soon)
     for table in (tables.catalogue, tables.spend, tables.stamps, tables.baskets,
-                  tables.profiles, attribution, promotion_figures, presence, frequency, visits):
+                  tables.profiles, tables.ledgers, attribution, promotion_figures, presence,
+                  frequency, visits):
         table.data.clear()
     tables.CATALOGUE.data.clear()
     dead_letter_marks.data.clear()

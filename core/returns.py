@@ -1,0 +1,421 @@
+"""Returns: a purchase given back takes back its spend, its coffee stamp and its campaign part.
+
+A customer's :class:`Ledger` remembers the purchases that carry a ``purchase_id`` (the only
+ones a return can name) for ``rules.return_window_s`` of event time behind their newest
+purchase, and how much of each was refunded. A return is reversed *at the price the purchase
+was counted at*: its own price, or the catalogue price in force at the purchase's event time
+(while the purchase is still pending, the purchase simply leaves the pending list, so a late
+catalogue change can no longer matter to it). A partial return (``amount``) takes back that
+much spend and leaves the item (stamp, basket) in place; the return that completes the amount,
+or one without an amount, returns the item.
+
+Exactly once: every record keeps the last ``returns`` offset it applied (``last_ret``), and the
+ledger keeps, with each purchase, the offsets of the returns applied to it, so a redelivered
+return has the effect it had the first time, on exactly the records that missed it.
+
+A return whose purchase is not known yet is *held* when it is within ``rules.lateness_s`` of
+the customer's newest purchase, and applied together with the purchase when it arrives (with
+the purchase's offset: once); one held longer than that is given up (reported as expired, a
+dead letter). A return of an unknown purchase older than that window, of a purchase already
+returned, or of more than what is left of it, is rejected with the reason.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import MappingProxyType
+from typing import Any, NamedTuple
+
+from core.campaigns import qualifying
+from core.loyalty import (
+    TIER_CHANGED,
+    Basket,
+    Catalogue,
+    LoyaltyEvent,
+    LoyaltyRules,
+    Outcome,
+    Pending,
+    Purchase,
+    Spend,
+    Stamps,
+    apply_purchase,
+    tier_now,
+    view_spend,
+)
+from core.pricing import price_at
+from core.tiers import day_of, window_days
+
+PURCHASE_RETURNED = "purchase_returned"
+#: How many rejected return offsets a ledger remembers (so a redelivery is rejected alike).
+REJECTED_KEPT = 32
+
+
+class Return(NamedTuple):
+    """A validated ``returns`` event."""
+
+    user_id: str
+    purchase_id: str
+    ts: float
+    amount_cents: int | None = None
+
+
+class Refund(NamedTuple):
+    """A return applied to a purchase: its ``returns`` offset, cents taken back, whether it
+    returned the item, and whether it was held until the purchase arrived."""
+
+    offset: int
+    cents: int
+    full: bool
+    held: bool = False
+
+
+class Bought(NamedTuple):
+    """A returnable purchase: when, what, its own price (``None``: catalogue-priced)."""
+
+    ts: float
+    product_id: str
+    price_cents: int | None
+    refunds: tuple[Refund, ...] = ()
+
+    @property
+    def returned(self) -> bool:
+        return any(r.full for r in self.refunds)
+
+    @property
+    def refunded_cents(self) -> int:
+        return sum(r.cents for r in self.refunds)
+
+
+class Held(NamedTuple):
+    """A return that arrived before its purchase, with where it came from."""
+
+    purchase_id: str
+    ts: float
+    amount_cents: int | None
+    offset: int
+    partition: int
+    raw: str
+
+
+EMPTY_BOUGHT: Mapping[str, Bought] = MappingProxyType({})
+
+
+class Ledger(NamedTuple):
+    """A customer's returnable purchases, held returns, and offsets applied."""
+
+    bought: Mapping[str, Bought] = EMPTY_BOUGHT
+    held: tuple[Held, ...] = ()
+    newest_ts: float = 0.0
+    rejected: tuple[tuple[int, str], ...] = ()
+    last_offset: int = -1
+    last_rp: int = -1
+    last_ret: int = -1
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-friendly form for the changelog."""
+        return {
+            "bought": {pid: [b.ts, b.product_id, b.price_cents,
+                             [[r.offset, r.cents, r.full, r.held] for r in b.refunds]]
+                       for pid, b in self.bought.items()},
+            "held": [list(h) for h in self.held],
+            "newest_ts": self.newest_ts,
+            "rejected": [list(r) for r in self.rejected],
+            "last_offset": self.last_offset,
+            "last_rp": self.last_rp,
+            "last_ret": self.last_ret,
+        }
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any] | None) -> Ledger:
+        """Inverse of :meth:`to_json`; ``None`` is a new customer."""
+        if not raw:
+            return cls()
+        return cls(
+            bought={str(pid): Bought(float(ts), str(product), None if cents is None
+                                     else int(cents),
+                                     tuple(Refund(int(o), int(c), bool(f), bool(h))
+                                           for o, c, f, h in refunds))
+                    for pid, (ts, product, cents, refunds) in raw["bought"].items()},
+            held=tuple(Held(str(p), float(t), None if a is None else int(a), int(o), int(pa),
+                            str(r)) for p, t, a, o, pa, r in raw["held"]),
+            newest_ts=float(raw["newest_ts"]),
+            rejected=tuple((int(o), str(r)) for o, r in raw["rejected"]),
+            last_offset=int(raw["last_offset"]),
+            last_rp=int(raw["last_rp"]),
+            last_ret=int(raw["last_ret"]),
+        )
+
+
+class ReturnOutcome(NamedTuple):
+    """Records after a return or a purchase (``None``: unchanged), events, and what failed:
+    ``rejected`` (this return's reason) and ``expired`` (held returns given up, each with the
+    reason: to dead-letter)."""
+
+    spend: Spend | None
+    stamps: Stamps | None
+    basket: Basket | None
+    ledger: Ledger | None
+    events: tuple[LoyaltyEvent, ...]
+    rejected: str | None = None
+    expired: tuple[tuple[Held, str], ...] = ()
+
+
+def counted_cents(bought: Bought, catalogue: Catalogue) -> int | None:
+    """What the purchase was counted at (``None``: a never-priced product, counted as 0)."""
+    if bought.price_cents is not None:
+        return bought.price_cents
+    return price_at(catalogue(bought.product_id), bought.ts)
+
+
+def _reverse_spend(spend: Spend, bought: Bought, refund: Refund, refunded_before: int,
+                   catalogue: Catalogue, rules: LoyaltyRules) -> Spend:
+    """``spend`` with ``refund`` of ``bought`` taken back (offsets left to the caller)."""
+    product = bought.product_id
+    watched = product in rules.watched
+    settled, unpriced = spend.settled_cents, spend.settled_unpriced
+    watched_cents = spend.watched_cents
+    pending = spend.pending
+    purchases = spend.purchases
+    delta = -refund.cents  # change of settled cents (and of the watched product's cents)
+    if refund.full:
+        purchases -= 1
+        item = Pending(bought.ts, product)
+        if bought.price_cents is None and item in pending:
+            at = pending.index(item)
+            pending = pending[:at] + pending[at + 1:]
+            # the purchase leaves pending: earlier partial refunds are given back to settled
+            delta = refunded_before
+        elif bought.price_cents is None and price_at(catalogue(product), bought.ts) is None:
+            unpriced = max(unpriced - 1, 0)
+            delta = 0
+        else:
+            delta = -(counted_cents(bought, catalogue) or 0) + refunded_before
+    settled += delta
+    if watched and delta:
+        watched_cents = {**watched_cents, product: watched_cents.get(product, 0) + delta}
+    days = spend.days
+    day = day_of(bought.ts)
+    if rules.tier_window_days > 0 and delta and day in days:
+        days = window_days({**days, day: days[day] + delta}, day_of(spend.newest_ts),
+                           rules.tier_window_days)
+    return spend._replace(settled_cents=settled, settled_unpriced=unpriced,
+                          watched_cents=watched_cents, pending=pending, purchases=purchases,
+                          days=days)
+
+
+def _reverse(
+    user_id: str, ts: float, bought: Bought, refund: Refund, refunded_before: int,
+    spend: Spend | None, stamps: Stamps | None, basket: Basket | None,
+    catalogue: Catalogue, rules: LoyaltyRules,
+) -> tuple[Spend | None, Stamps | None, Basket | None, list[LoyaltyEvent]]:
+    """Take ``refund`` back from the records given (``None``: not to be changed)."""
+    events: list[LoyaltyEvent] = []
+    product = bought.product_id
+    if spend is not None:
+        before_tier = spend.tier
+        spend = _reverse_spend(spend, bought, refund, refunded_before, catalogue, rules)
+        view = view_spend(spend, catalogue, rules)
+        tier, below_since = tier_now(spend, view.total_cents, catalogue, rules)
+        spend = spend._replace(tier=tier, below_since=below_since)
+        if tier != before_tier:
+            events.append(LoyaltyEvent(user_id, TIER_CHANGED, {
+                "from": before_tier, "to": tier, "total_cents": view.total_cents,
+            }, ts))
+    if stamps is not None and refund.full and product == rules.stamps.product_id:
+        stamps = stamps._replace(total=max(stamps.total - 1, 0))
+    if basket is not None and refund.full and product in rules.watched:
+        extra = dict(basket.extra)
+        products = basket.products
+        if extra.get(product, 0) > 0:
+            extra[product] -= 1
+            if not extra[product]:
+                del extra[product]
+        else:
+            products = products - {product}
+        basket = basket._replace(products=products, extra=extra)
+    return spend, stamps, basket, events
+
+
+def _requalify(basket: Basket, spend: Spend, catalogue: Catalogue,
+               rules: LoyaltyRules) -> Basket:
+    """Campaigns announced = those met now (a return can take a customer out of one; meeting
+    it again is announced again)."""
+    met = qualifying(rules.campaigns, basket.products,
+                     view_spend(spend, catalogue, rules).by_product_cents)
+    return basket._replace(announced=frozenset(met))
+
+
+def _expire(ledger: Ledger, rules: LoyaltyRules) -> tuple[Ledger, tuple[tuple[Held, str], ...]]:
+    """Drop purchases past the return window and held returns past the lateness window."""
+    horizon = ledger.newest_ts - rules.lateness_s
+    expired = () if not ledger.held else tuple(
+        (h, f"unknown purchase {h.purchase_id!r} (held {rules.lateness_s:g} s of event time, "
+            f"it never arrived)")
+        for h in ledger.held if h.ts < horizon)
+    keep_from = ledger.newest_ts - rules.return_window_s
+    bought = ledger.bought
+    # Purchases are remembered roughly in event-time order: the first one tells whether any
+    # may be due (one arriving late and old is dropped with the next due one: still bounded).
+    if bought and next(iter(bought.values())).ts < keep_from:
+        bought = {pid: b for pid, b in bought.items() if b.ts >= keep_from}
+    if expired:
+        ledger = ledger._replace(held=tuple(h for h in ledger.held if h.ts >= horizon))
+    return (ledger if bought is ledger.bought else ledger._replace(bought=bought)), expired
+
+
+def _decide(ret: Return, offset: int, ledger: Ledger, newest_ts: float, catalogue: Catalogue,
+            rules: LoyaltyRules, partition: int, raw: str) -> tuple[Ledger, str | None]:
+    """The ledger after a new return, or the reason it is rejected."""
+    ledger = ledger._replace(last_ret=offset)
+    bought = ledger.bought.get(ret.purchase_id)
+    reason: str | None = None
+    if bought is None:
+        if ret.ts < newest_ts - rules.lateness_s:
+            reason = f"unknown purchase {ret.purchase_id!r}"
+        else:
+            held = Held(ret.purchase_id, ret.ts, ret.amount_cents, offset, partition, raw)
+            return ledger._replace(held=(*ledger.held, held)), None
+    elif bought.returned:
+        reason = f"purchase {ret.purchase_id!r} already returned"
+    else:
+        refund, reason = _refund_for(bought, ret.amount_cents, offset, False, catalogue)
+        if refund is not None:
+            return ledger._replace(bought={
+                **ledger.bought,
+                ret.purchase_id: bought._replace(refunds=(*bought.refunds, refund)),
+            }), None
+    assert reason is not None
+    rejected = ((*ledger.rejected, (offset, reason)))[-REJECTED_KEPT:]
+    return ledger._replace(rejected=rejected), reason
+
+
+def _refund_for(bought: Bought, amount: int | None, offset: int, held: bool,
+                catalogue: Catalogue) -> tuple[Refund | None, str | None]:
+    counted = counted_cents(bought, catalogue) or 0
+    left = counted - bought.refunded_cents
+    if amount is None or amount >= left:
+        if amount is not None and amount > left:
+            return None, (f"return amount {amount} cents exceeds the {left} cents left of "
+                          f"the purchase")
+        return Refund(offset, max(left, 0), True, held), None
+    return Refund(offset, amount, False, held), None
+
+
+def apply_return(
+    ret: Return, offset: int, spend: Spend, stamps: Stamps, basket: Basket, ledger: Ledger,
+    catalogue: Catalogue, rules: LoyaltyRules = LoyaltyRules(), *, partition: int = 0,
+    raw: str = "",
+) -> ReturnOutcome:
+    """Apply one ``returns`` event at ``offset``; a redelivered one has the effect it had."""
+    new_ledger: Ledger | None = None
+    if offset > ledger.last_ret:
+        new_ledger, reason = _decide(ret, offset, ledger, max(ledger.newest_ts, spend.newest_ts),
+                                     catalogue, rules, partition, raw)
+        if reason is not None:
+            return ReturnOutcome(None, None, None, new_ledger, (), reason)
+        ledger = new_ledger
+    else:
+        for seen, reason in ledger.rejected:
+            if seen == offset:
+                return ReturnOutcome(None, None, None, None, (), reason)
+    bought = ledger.bought.get(ret.purchase_id)
+    refund = None if bought is None else next(
+        (r for r in bought.refunds if r.offset == offset and not r.held), None)
+    if bought is None or refund is None:  # held (or a replay of a held one): nothing yet
+        return ReturnOutcome(None, None, None, new_ledger, ())
+    before = sum(r.cents for r in bought.refunds[:bought.refunds.index(refund)])
+    new_spend, new_stamps, new_basket, events = _reverse(
+        ret.user_id, ret.ts, bought, refund, before,
+        spend if offset > spend.last_ret else None,
+        stamps if offset > stamps.last_ret else None,
+        basket if offset > basket.last_ret else None, catalogue, rules)
+    if new_spend is not None:
+        new_spend = new_spend._replace(last_ret=offset)
+    if new_stamps is not None:
+        new_stamps = None if new_stamps == stamps else new_stamps._replace(last_ret=offset)
+    if new_basket is not None:
+        if new_basket == basket:
+            new_basket = None
+        else:
+            new_basket = _requalify(new_basket, new_spend or spend, catalogue,
+                                    rules)._replace(last_ret=offset)
+    if new_spend is not None:
+        events.insert(0, LoyaltyEvent(ret.user_id, PURCHASE_RETURNED, {
+            "purchase_id": ret.purchase_id, "product_id": bought.product_id,
+            "refund_cents": refund.cents, "full": refund.full,
+        }, ret.ts))
+    return ReturnOutcome(new_spend, new_stamps, new_basket, new_ledger, tuple(events))
+
+
+def apply_purchase_returnable(
+    purchase: Purchase, offset: int, spend: Spend, stamps: Stamps, basket: Basket,
+    ledger: Ledger, catalogue: Catalogue, rules: LoyaltyRules = LoyaltyRules(), *,
+    repartitioned: bool = False,
+) -> ReturnOutcome:
+    """:func:`core.loyalty.apply_purchase`, remembering a purchase with a ``purchase_id`` in
+    the ledger and applying, with it, the returns held for it."""
+    out = apply_purchase(purchase, offset, spend, stamps, basket, catalogue, rules,
+                         repartitioned=repartitioned)
+    return remember_purchase(purchase, offset, out, spend, ledger, catalogue, rules,
+                             repartitioned=repartitioned)
+
+
+def remember_purchase(
+    purchase: Purchase, offset: int, out: Outcome, spend: Spend, ledger: Ledger,
+    catalogue: Catalogue, rules: LoyaltyRules = LoyaltyRules(), *,
+    repartitioned: bool = False,
+) -> ReturnOutcome:
+    """The second half of :func:`apply_purchase_returnable`: ``out`` is what
+    :func:`core.loyalty.apply_purchase` made of the purchase (``spend``: the record before)."""
+    pid = purchase.purchase_id
+    if pid is None:
+        return ReturnOutcome(out.spend, out.stamps, out.basket, None, out.events)
+    seen = ledger.last_rp if repartitioned else ledger.last_offset
+    new_ledger: Ledger | None = None
+    expired: tuple[tuple[Held, str], ...] = ()
+    refused: list[tuple[Held, str]] = []
+    if offset > seen:
+        bought = ledger.bought.get(pid) or Bought(purchase.ts, purchase.product_id,
+                                                  0 if out.free else purchase.price_cents)
+        for held in sorted((h for h in ledger.held if h.purchase_id == pid),
+                           key=lambda h: h.offset) if ledger.held else ():
+            if bought.returned:
+                refused.append((held, f"purchase {pid!r} already returned"))
+                continue
+            refund, reason = _refund_for(bought, held.amount_cents, held.offset, True,
+                                         catalogue)
+            if refund is None:
+                refused.append((held, reason or "refused"))
+            else:
+                bought = bought._replace(refunds=(*bought.refunds, refund))
+        remembered = dict(ledger.bought)
+        remembered[pid] = bought
+        new_ledger = Ledger(
+            remembered,
+            (tuple(h for h in ledger.held if h.purchase_id != pid) if ledger.held else ()),
+            max(ledger.newest_ts, purchase.ts),
+            ledger.rejected,
+            ledger.last_offset if repartitioned else offset,
+            offset if repartitioned else ledger.last_rp,
+            ledger.last_ret)
+        new_ledger, expired = _expire(new_ledger, rules)
+        if refused:
+            expired = (*refused, *expired)
+        ledger = new_ledger
+    entry = ledger.bought.get(pid)
+    if entry is None or not entry.refunds:  # the usual case: nothing held for it
+        return ReturnOutcome(out.spend, out.stamps, out.basket, new_ledger, out.events,
+                             None, expired)
+    new_spend, new_stamps, new_basket = out.spend, out.stamps, out.basket
+    events = list(out.events)
+    if entry is not None:
+        for refund in (r for r in entry.refunds if r.held):
+            before = sum(r.cents for r in entry.refunds[:entry.refunds.index(refund)])
+            new_spend, new_stamps, new_basket, more = _reverse(
+                purchase.user_id, purchase.ts, entry, refund, before, new_spend, new_stamps,
+                new_basket, catalogue, rules)
+            if new_basket is not None:
+                new_basket = _requalify(new_basket, new_spend or spend, catalogue, rules)
+            events.extend(more)
+    return ReturnOutcome(new_spend, new_stamps, new_basket, new_ledger, tuple(events),
+                         None, expired)
