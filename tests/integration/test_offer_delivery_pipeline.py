@@ -41,6 +41,15 @@ def stream_entries(redis_url: str, stream: str) -> list[dict[str, str]]:
     return asyncio.run(read())
 
 
+def store_open(worker: Worker) -> None:
+    """Wait until the worker's replicas hold every display and every promotion: a position
+    matched before the promotions arrived would rightly yield no offer."""
+    wait_for("the store", lambda: worker.metric("storestream_replica_keys", table="displays")
+             == len(store.display_records()) and worker.metric(
+                 "storestream_replica_keys", table="promotions")
+             == len(store.promotion_records()), 30)
+
+
 def ably_settled(worker: Worker, ably: AblyStub, topic: str, records: int) -> Counter[str | None]:
     """Publishes per message id, once the worker has read ``records`` offer records and every
     Ably publish it counted has reached the stub (and none more: nothing else is in flight)."""
@@ -57,8 +66,7 @@ def test_each_offer_is_pushed_once_to_redis_and_ably(pushed: Deployment, ably: A
     worker = pushed.start_worker("w1")
     worker.wait_ready()
     pushed.produce(store.display_records() + store.promotion_records())
-    wait_for("the store", lambda: worker.metric("storestream_replica_keys",
-                                                table="displays") == 3, 30)
+    store_open(worker)
     pushed.produce([store.position("alice", store.D2, 100), store.position("bob", store.D2, 101)])
     offers = pushed.read_topic("customers.promotions", expect=2, timeout=30)
     assert len(offers) == 2
@@ -143,8 +151,7 @@ def test_offer_is_pushed_without_waiting_for_its_topic(stack: DevStack, tmp_path
         worker = running.start_worker("w1")
         worker.wait_ready()
         running.produce(store.display_records() + store.promotion_records())
-        wait_for("the store", lambda: worker.metric("storestream_replica_keys",
-                                                    table="displays") == 3, 30)
+        store_open(worker)
         running.produce([store.position("dave", store.D2, 100)])
         (offer,) = running.read_topic("customers.promotions", expect=1, timeout=30)
         wait_for("the push", lambda: len(ably.unique_ids()) == 1, 10)
