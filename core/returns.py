@@ -22,6 +22,7 @@ returned, or of more than what is left of it, is rejected with the reason.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -69,6 +70,17 @@ class Refund(NamedTuple):
     held: bool = False
 
 
+#: A refund as the ledger stores it: ``tuple(Refund)``.
+RefundRow = tuple[int, int, bool, bool]
+#: A returnable purchase as the ledger stores it: plain tuples, which ``orjson`` writes to the
+#: changelog without a Python step per purchase (``Bought.row``/``Bought.of`` convert).
+BoughtRow = tuple[float, str, int | None, tuple[RefundRow, ...]]
+#: Purchases past the return window stay in the ledger up to this much longer (they are
+#: already treated as absent): dropping them a day at a time, not one per purchase, keeps
+#: a purchase's cost independent of how many purchases the window holds.
+EXPIRY_SLACK_S = 86_400.0
+
+
 class Bought(NamedTuple):
     """A returnable purchase: when, what, its own price (``None``: catalogue-priced)."""
 
@@ -76,6 +88,17 @@ class Bought(NamedTuple):
     product_id: str
     price_cents: int | None
     refunds: tuple[Refund, ...] = ()
+
+    @classmethod
+    def of(cls, row: BoughtRow) -> Bought:
+        """The purchase a ledger row holds."""
+        ts, product, cents, refunds = row
+        return cls(ts, product, cents, tuple(Refund(*r) for r in refunds))
+
+    def row(self) -> BoughtRow:
+        """The ledger row of this purchase."""
+        return (self.ts, self.product_id, self.price_cents,
+                tuple((r.offset, r.cents, r.full, r.held) for r in self.refunds))
 
     @property
     def returned(self) -> bool:
@@ -97,13 +120,14 @@ class Held(NamedTuple):
     raw: str
 
 
-EMPTY_BOUGHT: Mapping[str, Bought] = MappingProxyType({})
+EMPTY_BOUGHT: Mapping[str, BoughtRow] = MappingProxyType({})
 
 
 class Ledger(NamedTuple):
-    """A customer's returnable purchases, held returns, and offsets applied."""
+    """A customer's returnable purchases (rows by ``purchase_id``, in arrival order), held
+    returns, and offsets applied."""
 
-    bought: Mapping[str, Bought] = EMPTY_BOUGHT
+    bought: Mapping[str, BoughtRow] = EMPTY_BOUGHT
     held: tuple[Held, ...] = ()
     newest_ts: float = 0.0
     rejected: tuple[tuple[int, str], ...] = ()
@@ -113,10 +137,10 @@ class Ledger(NamedTuple):
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
+        bought = self.bought
         return {
-            "bought": {pid: [b.ts, b.product_id, b.price_cents,
-                             [[r.offset, r.cents, r.full, r.held] for r in b.refunds]]
-                       for pid, b in self.bought.items()},
+            # never mutated once in a ledger: the value written shares the rows and the map
+            "bought": bought if type(bought) is dict else dict(bought),
             "held": [list(h) for h in self.held],
             "newest_ts": self.newest_ts,
             "rejected": [list(r) for r in self.rejected],
@@ -131,10 +155,10 @@ class Ledger(NamedTuple):
         if not raw:
             return cls()
         return cls(
-            bought={str(pid): Bought(float(ts), str(product), None if cents is None
-                                     else int(cents),
-                                     tuple(Refund(int(o), int(c), bool(f), bool(h))
-                                           for o, c, f, h in refunds))
+            bought={str(pid): (float(ts), sys.intern(str(product)),
+                               None if cents is None else int(cents),
+                               tuple((int(o), int(c), bool(f), bool(h))
+                                     for o, c, f, h in refunds))
                     for pid, (ts, product, cents, refunds) in raw["bought"].items()},
             held=tuple(Held(str(p), float(t), None if a is None else int(a), int(o), int(pa),
                             str(r)) for p, t, a, o, pa, r in raw["held"]),
@@ -144,6 +168,14 @@ class Ledger(NamedTuple):
             last_rp=int(raw["last_rp"]),
             last_ret=int(raw["last_ret"]),
         )
+
+
+    def entry(self, purchase_id: str, rules: LoyaltyRules) -> Bought | None:
+        """The purchase ``purchase_id`` while it can still be returned."""
+        row = self.bought.get(purchase_id)
+        if row is None or row[0] < self.newest_ts - rules.return_window_s:
+            return None
+        return Bought.of(row)
 
 
 class ReturnOutcome(NamedTuple):
@@ -256,8 +288,10 @@ def _expire(ledger: Ledger, rules: LoyaltyRules) -> tuple[Ledger, tuple[tuple[He
     bought = ledger.bought
     # Purchases are remembered roughly in event-time order: the first one tells whether any
     # may be due (one arriving late and old is dropped with the next due one: still bounded).
-    if bought and next(iter(bought.values())).ts < keep_from:
-        bought = {pid: b for pid, b in bought.items() if b.ts >= keep_from}
+    # Rows past the window are already absent to returns (Ledger.entry); they are dropped
+    # once the first is a slack past it, so at most once a day of event time per customer.
+    if bought and next(iter(bought.values()))[0] < keep_from - EXPIRY_SLACK_S:
+        bought = {pid: b for pid, b in bought.items() if b[0] >= keep_from}
     if expired:
         ledger = ledger._replace(held=tuple(h for h in ledger.held if h.ts >= horizon))
     return (ledger if bought is ledger.bought else ledger._replace(bought=bought)), expired
@@ -267,7 +301,7 @@ def _decide(ret: Return, offset: int, ledger: Ledger, newest_ts: float, catalogu
             rules: LoyaltyRules, partition: int, raw: str) -> tuple[Ledger, str | None]:
     """The ledger after a new return, or the reason it is rejected."""
     ledger = ledger._replace(last_ret=offset)
-    bought = ledger.bought.get(ret.purchase_id)
+    bought = ledger.entry(ret.purchase_id, rules)
     reason: str | None = None
     if bought is None:
         if ret.ts < newest_ts - rules.lateness_s:
@@ -282,7 +316,7 @@ def _decide(ret: Return, offset: int, ledger: Ledger, newest_ts: float, catalogu
         if refund is not None:
             return ledger._replace(bought={
                 **ledger.bought,
-                ret.purchase_id: bought._replace(refunds=(*bought.refunds, refund)),
+                ret.purchase_id: bought._replace(refunds=(*bought.refunds, refund)).row(),
             }), None
     assert reason is not None
     rejected = ((*ledger.rejected, (offset, reason)))[-REJECTED_KEPT:]
@@ -318,7 +352,7 @@ def apply_return(
         for seen, reason in ledger.rejected:
             if seen == offset:
                 return ReturnOutcome(None, None, None, None, (), reason)
-    bought = ledger.bought.get(ret.purchase_id)
+    bought = ledger.entry(ret.purchase_id, rules)
     refund = None if bought is None else next(
         (r for r in bought.refunds if r.offset == offset and not r.held), None)
     if bought is None or refund is None:  # held (or a replay of a held one): nothing yet
@@ -360,6 +394,14 @@ def apply_purchase_returnable(
                              repartitioned=repartitioned)
 
 
+def _seen(ledger: Ledger, offset: int, newest_ts: float, repartitioned: bool) -> Ledger:
+    """``ledger`` having seen the purchase at ``offset`` (of the repartition topic when
+    ``repartitioned``) of event time up to ``newest_ts``."""
+    if repartitioned:
+        return ledger._replace(newest_ts=newest_ts, last_rp=offset)
+    return ledger._replace(newest_ts=newest_ts, last_offset=offset)
+
+
 def remember_purchase(
     purchase: Purchase, offset: int, out: Outcome, spend: Spend, ledger: Ledger,
     catalogue: Catalogue, rules: LoyaltyRules = LoyaltyRules(), *,
@@ -375,8 +417,23 @@ def remember_purchase(
     expired: tuple[tuple[Held, str], ...] = ()
     refused: list[tuple[Held, str]] = []
     if offset > seen:
-        bought = ledger.bought.get(pid) or Bought(purchase.ts, purchase.product_id,
-                                                  0 if out.free else purchase.price_cents)
+        newest_ts = max(ledger.newest_ts, purchase.ts)
+        row = ledger.bought.get(pid)
+        if row is not None and row[0] >= ledger.newest_ts - rules.return_window_s:
+            bought = Bought.of(row)  # a purchase_id seen before: kept as it is
+        elif not ledger.held:  # the usual case: a new purchase, no return waiting for it
+            remembered = dict(ledger.bought)
+            remembered[pid] = (purchase.ts, sys.intern(purchase.product_id),
+                               0 if out.free else purchase.price_cents, ())
+            new_ledger, expired = _expire(Ledger(
+                remembered, (), newest_ts, ledger.rejected,
+                ledger.last_offset if repartitioned else offset,
+                offset if repartitioned else ledger.last_rp, ledger.last_ret), rules)
+            return ReturnOutcome(out.spend, out.stamps, out.basket, new_ledger, out.events,
+                                 None, expired)
+        else:
+            bought = Bought(purchase.ts, purchase.product_id,
+                            0 if out.free else purchase.price_cents)
         for held in sorted((h for h in ledger.held if h.purchase_id == pid),
                            key=lambda h: h.offset) if ledger.held else ():
             if bought.returned:
@@ -389,20 +446,15 @@ def remember_purchase(
             else:
                 bought = bought._replace(refunds=(*bought.refunds, refund))
         remembered = dict(ledger.bought)
-        remembered[pid] = bought
-        new_ledger = Ledger(
-            remembered,
-            (tuple(h for h in ledger.held if h.purchase_id != pid) if ledger.held else ()),
-            max(ledger.newest_ts, purchase.ts),
-            ledger.rejected,
-            ledger.last_offset if repartitioned else offset,
-            offset if repartitioned else ledger.last_rp,
-            ledger.last_ret)
+        remembered[pid] = bought.row()
+        new_ledger = _seen(ledger, offset, newest_ts, repartitioned)._replace(
+            bought=remembered, held=tuple(h for h in ledger.held if h.purchase_id != pid))
         new_ledger, expired = _expire(new_ledger, rules)
         if refused:
             expired = (*refused, *expired)
         ledger = new_ledger
-    entry = ledger.bought.get(pid)
+    row = ledger.bought.get(pid)
+    entry = None if row is None else Bought.of(row)
     if entry is None or not entry.refunds:  # the usual case: nothing held for it
         return ReturnOutcome(out.spend, out.stamps, out.basket, new_ledger, out.events,
                              None, expired)

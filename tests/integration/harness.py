@@ -96,6 +96,21 @@ class Deployment:
         self.workers.append(worker)
         return worker
 
+    def start_two_workers(self) -> tuple[Worker, Worker]:
+        """Workers ``w1`` and ``w2``, returned once both are healthy and own partitions."""
+        first = self.start_worker("w1")
+        first.wait_ready()
+        second = self.start_worker("w2")
+        second.wait_ready()
+
+        def balanced() -> bool:
+            status, hosts = first.get("/router/")
+            return status == 200 and len(hosts) == 2 and first.get("/health")[0] == 200 \
+                and second.get("/health")[0] == 200
+
+        wait_for("both workers to own partitions", balanced, 90)
+        return first, second
+
     def stop(self) -> None:
         """Stop every worker of this deployment."""
         for worker in self.workers:

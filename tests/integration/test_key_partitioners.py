@@ -104,26 +104,11 @@ def wrong_answers(workers: tuple[Worker, ...],
             if (answer := worker.get(f"/customers/{user}/")) != (200, document)]
 
 
-def two_workers(deployment: Deployment) -> tuple[Worker, Worker]:
-    first = deployment.start_worker("w1")
-    first.wait_ready()
-    second = deployment.start_worker("w2")
-    second.wait_ready()
-
-    def balanced() -> bool:
-        status, hosts = first.get("/router/")
-        return status == 200 and len(hosts) == 2 and first.get("/health")[0] == 200 \
-            and second.get("/health")[0] == 200
-
-    wait_for("both workers to own partitions", balanced, 90)
-    return first, second
-
-
 def test_confluent_kafka_input_with_key_partitioner_crc32(stack: DevStack,
                                                           tmp_path: Path) -> None:
     with deployed(stack, tmp_path, partitions=PARTITIONS,
                   extra_env={"KEY_PARTITIONER": "crc32"}) as deployment:
-        first, second = two_workers(deployment)
+        first, second = deployment.start_two_workers()
         events = purchases(40, seed=17)
         # gold1 is GOLD, climb1 stays CLIMBING; both are keys murmur2 places elsewhere
         # than CRC32, so a murmur2 lookup would miss them.
@@ -201,7 +186,7 @@ def test_repartition_all_mends_confluent_kafka_input_under_murmur2(stack: DevSta
     customer right from either port, each purchase counted once."""
     with deployed(stack, tmp_path, partitions=PARTITIONS,
                   extra_env={"REPARTITION": "all"}) as deployment:
-        first, second = two_workers(deployment)
+        first, second = deployment.start_two_workers()
         events = purchases(40, seed=23)
         placed = confluent_produce(deployment,
                                    [("purchases", e["user_id"], e) for e in events])

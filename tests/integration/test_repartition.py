@@ -28,7 +28,6 @@ from tests.integration.test_exactly_once import read_committed
 from tests.integration.test_key_partitioners import (
     documents,
     purchases,
-    two_workers,
     wrong_answers,
 )
 
@@ -67,7 +66,7 @@ def demo_position(uid: str, point: tuple[float, float], ts: float) -> tuple[str,
 def test_keyless_demo_input_through_the_repartition_topics(stack: DevStack,
                                                            tmp_path: Path) -> None:
     with deployed(stack, tmp_path, partitions=PARTITIONS) as deployment:
-        first, second = two_workers(deployment)
+        first, second = deployment.start_two_workers()
         events = purchases(40, seed=23)
         events += [{"user_id": "gold1", "product_id": "tv", "price": 450.0, "ts": 1.0},
                    {"user_id": "climb1", "product_id": "tv", "price": 20.0, "ts": 1.0}]

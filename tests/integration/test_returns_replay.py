@@ -117,17 +117,7 @@ def test_100k_purchases_and_returns_on_two_workers_match_an_independent_computat
         deployment: Deployment) -> None:
     records, refused = workload()
     assert len(records) >= 100_000
-    first = deployment.start_worker("w1")
-    first.wait_ready()
-    second = deployment.start_worker("w2")
-    second.wait_ready()
-
-    def balanced() -> bool:
-        status, hosts = first.get("/router/")
-        return status == 200 and len(hosts) == 2 and first.get("/health")[0] == 200 \
-            and second.get("/health")[0] == 200
-
-    wait_for("both workers to own partitions", balanced, 90)
+    first, second = deployment.start_two_workers()
     produced = deployment.produce(records)
     per_topic = Counter(topic for topic, _, _ in records)
     for topic, count in sorted(per_topic.items()):

@@ -52,17 +52,7 @@ def reference(purchase_events: list[dict[str, Any]]) -> dict[str, dict[str, Any]
 
 def test_same_answer_from_both_workers_for_every_customer(secured: Deployment) -> None:
     deployment = secured
-    first = deployment.start_worker("w1")
-    first.wait_ready()
-    second = deployment.start_worker("w2")
-    second.wait_ready()
-
-    def balanced() -> bool:
-        status, hosts = first.get("/router/")
-        return status == 200 and len(hosts) == 2 and first.get("/health")[0] == 200 \
-            and second.get("/health")[0] == 200
-
-    wait_for("both workers to own partitions", balanced, 90)
+    first, second = deployment.start_two_workers()
 
     recipe = [(e.topic, e.key, e.value) for e in sample.recipe_events()]
     extra = synthetic_purchases(60)
