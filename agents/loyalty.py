@@ -38,9 +38,17 @@ from app.topics import (
     users_topic,
 )
 from core.events import BadEvent, parse_product, parse_purchase, parse_return, parse_user
-from core.loyalty import Basket, LoyaltyEvent, Spend, Stamps, apply_purchase, view_spend
+from core.loyalty import (
+    Basket,
+    LoyaltyEvent,
+    Purchase,
+    Spend,
+    Stamps,
+    apply_purchase,
+    view_spend,
+)
 from core.pricing import history_from_json, history_to_json, with_price
-from core.returns import Held, Ledger, apply_return, remember_purchase
+from core.returns import Held, Ledger, apply_return, remember_purchase, remember_purchases
 from core.rfm import learn_boundaries
 from tables.batch import DecodedCache, TableWrites
 from tables.loyalty import (
@@ -122,6 +130,9 @@ class _Customer:
     changed: set[str]
     #: Read only when a purchase carries a ``purchase_id`` or a return arrives.
     ledger: Ledger | None = None
+    #: Returnable purchases of this batch, remembered in the ledger in one step at the end
+    #: (while it holds no return: ``core.returns.remember_purchases``).
+    returnable: list[tuple[int, Purchase, bool]] | None = None
 
 
 def _customer(customers: dict[str, _Customer], user: str, writes: TableWrites) -> _Customer:
@@ -165,8 +176,13 @@ def _take(customer: _Customer, out: Any) -> bool:
     return changed
 
 
-def _write(customers: dict[str, _Customer], writes: TableWrites) -> None:
+def _write(customers: dict[str, _Customer], writes: TableWrites,
+           repartitioned: bool = False) -> None:
     for user, customer in customers.items():
+        if customer.returnable and customer.ledger is not None:
+            customer.ledger = remember_purchases(customer.ledger, customer.returnable, RULES,
+                                                 repartitioned=repartitioned)
+            customer.changed.add("ledger")
         if "spend" in customer.changed:
             raw = customer.spend.to_json()
             SPEND.remember(user, raw, customer.spend)
@@ -210,21 +226,30 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
         outcome: Any = apply_purchase(purchase, source.offset, customer.spend,
                                       customer.stamps, customer.basket, price_history, RULES,
                                       repartitioned=repartitioned)
+        remembered = False
         if purchase.purchase_id is not None and RULES.return_window_s > 0:
-            # returnable: remembered in the ledger, with the returns held for it
-            outcome = remember_purchase(purchase, source.offset, outcome, customer.spend,
-                                        _ledger(customer, user, writes), price_history, RULES,
-                                        repartitioned=repartitioned)
-            for held, reason in outcome.expired:
-                _dead_letter_held(writes, user, held, reason)
+            ledger = _ledger(customer, user, writes)
+            if not ledger.held:  # the usual case: remembered at the end of the batch
+                if customer.returnable is None:
+                    customer.returnable = []
+                customer.returnable.append((source.offset, purchase, outcome.free))
+                remembered = source.offset > (ledger.last_rp if repartitioned
+                                              else ledger.last_offset)
+            else:  # returns held for a purchase: applied with it, one purchase at a time
+                outcome = remember_purchase(purchase, source.offset, outcome,
+                                            customer.spend, ledger, price_history, RULES,
+                                            repartitioned=repartitioned)
+                for held, reason in outcome.expired:
+                    _dead_letter_held(writes, user, held, reason)
         after_purchase(writes, purchase, source.topic, source.partition, source.offset)
-        if not _take(customer, outcome):
+        if not _take(customer, outcome) and not remembered:
             return DUPLICATE
         for change in outcome.events:
             writes.emit(loyalty_events_topic, user.encode(), loyalty_event_value(change))
         return OK
 
-    await process_batch("purchases", batch, apply_one, lambda: _write(customers, writes))
+    await process_batch("purchases", batch, apply_one,
+                        lambda: _write(customers, writes, repartitioned))
 
 
 async def apply_returns(batch: Sequence[Source], writes: TableWrites) -> None:

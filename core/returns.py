@@ -23,7 +23,7 @@ returned, or of more than what is left of it, is rejected with the reason.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
@@ -400,6 +400,41 @@ def _seen(ledger: Ledger, offset: int, newest_ts: float, repartitioned: bool) ->
     if repartitioned:
         return ledger._replace(newest_ts=newest_ts, last_rp=offset)
     return ledger._replace(newest_ts=newest_ts, last_offset=offset)
+
+
+def remember_purchases(
+    ledger: Ledger, purchases: Sequence[tuple[int, Purchase, bool]],
+    rules: LoyaltyRules = LoyaltyRules(), *, repartitioned: bool = False,
+) -> Ledger:
+    """``ledger`` after remembering ``purchases`` (``(offset, purchase, free)`` in offset
+    order, each with a ``purchase_id``) in one step, for a ledger holding no return
+    (``ledger.held`` empty: only a return adds one). What a return can see is what
+    :func:`remember_purchase` one at a time leaves; only rows already past the window may
+    be dropped at other moments."""
+    assert not ledger.held, "held returns: remember_purchase, one at a time"
+    seen = ledger.last_rp if repartitioned else ledger.last_offset
+    remembered = dict(ledger.bought)
+    newest_ts, last = ledger.newest_ts, seen
+    window = rules.return_window_s
+    for offset, purchase, free in purchases:
+        if offset <= seen:
+            continue
+        pid = purchase.purchase_id
+        assert pid is not None
+        row = remembered.get(pid)
+        if row is None or row[0] < newest_ts - window:
+            remembered[pid] = (purchase.ts, sys.intern(purchase.product_id),
+                               0 if free else purchase.price_cents, ())
+        newest_ts = max(newest_ts, purchase.ts)
+        last = offset
+    if last == seen:
+        return ledger
+    updated, expired = _expire(Ledger(
+        remembered, (), newest_ts, ledger.rejected,
+        ledger.last_offset if repartitioned else last,
+        last if repartitioned else ledger.last_rp, ledger.last_ret), rules)
+    assert not expired
+    return updated
 
 
 def remember_purchase(

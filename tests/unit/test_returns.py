@@ -16,6 +16,7 @@ from core.loyalty import (
     TIER_CHANGED,
     Basket,
     LoyaltyRules,
+    Outcome,
     Purchase,
     Spend,
     Stamps,
@@ -28,6 +29,8 @@ from core.returns import (
     Return,
     apply_purchase_returnable,
     apply_return,
+    remember_purchase,
+    remember_purchases,
 )
 
 RULES = LoyaltyRules()
@@ -398,3 +401,40 @@ def test_purchases_older_than_the_return_window_are_forgotten_and_a_return_of_on
     assert kris.expired == [
         "unknown purchase 'old' (held 86400 s of event time, it never arrived)"]
     assert kris.document()["total"] == 15.0
+
+
+SHORT = LoyaltyRules(return_window_s=3 * DAY)
+
+
+@st.composite
+def returnable_batches(draw: st.DrawFn) -> tuple[list[tuple[int, Purchase, bool]], int]:
+    """Purchases with ids (some repeated), event time mostly rising over ~10 days, and where
+    a batch boundary falls."""
+    count = draw(st.integers(1, 30))
+    ts, purchases = 0.0, []
+    for offset in range(count):
+        ts = max(0.0, ts + draw(st.floats(-DAY, DAY)))
+        pid = f"p{draw(st.integers(0, 12))}"
+        purchases.append((offset, Purchase("kris", draw(st.sampled_from(["tea", "coffee"])),
+                                           ts, draw(st.none() | st.integers(0, 900)), pid),
+                          draw(st.booleans())))
+    return purchases, draw(st.integers(0, count))
+
+
+@given(returnable_batches(), st.booleans())
+def test_a_batch_remembered_at_once_lets_returns_see_what_one_at_a_time_does(
+        case: tuple[list[tuple[int, Purchase, bool]], int], repartitioned: bool) -> None:
+    purchases, cut = case
+    one_by_one = Ledger()
+    for offset, purchase, free in purchases:
+        out = Outcome(None, None, None, (), free)
+        one_by_one = remember_purchase(purchase, offset, out, Spend(), one_by_one, lambda _: (),
+                                       SHORT, repartitioned=repartitioned).ledger or one_by_one
+    batched = remember_purchases(Ledger(), purchases[:cut], SHORT, repartitioned=repartitioned)
+    batched = remember_purchases(batched, purchases[cut:], SHORT, repartitioned=repartitioned)
+    batched = remember_purchases(batched, purchases, SHORT, repartitioned=repartitioned)  # replay
+    assert (batched.newest_ts, batched.last_offset, batched.last_rp) == (
+        one_by_one.newest_ts, one_by_one.last_offset, one_by_one.last_rp)
+    for pid in {p.purchase_id for _, p, _ in purchases}:
+        assert pid is not None
+        assert batched.entry(pid, SHORT) == one_by_one.entry(pid, SHORT)
