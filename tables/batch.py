@@ -17,7 +17,10 @@ Keys are UTF-8 text and values JSON, the serializers of :func:`tables.base.text_
 Private internals mirrored (listed in app/runtime/internals.py; checked against
 faust-streaming 0.15.3, re-check on upgrade): the fast lane does what
 ``faust.tables.table.Table.on_key_set`` and ``faust.tables.base.Collection._send_changelog``
-do for a table write (changelog partition = the event's source partition).
+do for a table write (changelog partition = the event's source partition); reads of a
+``memory://`` table go to ``faust.stores.memory.Store.data``, the plain dict behind it
+(through the store's ``Mapping.get``, a key not there costs a ``KeyError`` raised and caught:
+most ``attribution`` reads are such misses).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 import orjson
+from faust.stores.memory import Store as MemoryStore
 from faust.types import TP
 
 from app.runtime.bulk import BulkWriter
@@ -46,7 +50,10 @@ class TableWrites:
         pending = self._pending.get(table)
         if pending is not None and key in pending:
             return pending[key]
-        return table.data.get(key)
+        store = table.data
+        if type(store) is MemoryStore:
+            return store.data.get(key)
+        return store.get(key)
 
     def put(self, table: Any, key: str, value: Any) -> None:
         """Set ``key`` to ``value`` at :meth:`commit` (a later put of the key replaces it)."""
@@ -77,10 +84,11 @@ class TableWrites:
                     table[key] = value
                 written += len(values)
                 continue
-            data = table.data
+            store = table.data
+            data = store.data if type(store) is MemoryStore else store
             topic = table.changelog_topic.get_topic_name()
             partition = self.partition
-            bulk.on_delivered(topic, partition, _persisted(data, TP(topic, partition)))
+            bulk.on_delivered(topic, partition, _persisted(store, TP(topic, partition)))
             enqueue = bulk.enqueue
             dumps = orjson.dumps
             for key, value in values.items():

@@ -157,6 +157,7 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
         "faust-streaming": (
             "faust.tables.table.Table.on_key_set",
             "faust.tables.base.Collection._send_changelog",
+            "faust.stores.memory.Store.data",
         ),
     },
     "tables/base.py": {
