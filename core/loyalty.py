@@ -382,10 +382,12 @@ def _next_spend(
     total = settled + cents
     last_offset, last_rp = (spend.last_offset, offset) if repartitioned else (offset,
                                                                              spend.last_rp)
+    if rules.tier_window_days <= 0:
+        return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1,
+                     newest, tier_for(total, rules.tiers), last_offset, last_rp,
+                     spend.last_ret, days, spend.below_since), total
     new = Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
                 spend.tier, last_offset, last_rp, spend.last_ret, days, spend.below_since)
-    if rules.tier_window_days <= 0:
-        return new._replace(tier=tier_for(total, rules.tiers)), total
     tier, below_since = tier_now(new, total, catalogue, rules)
     return new._replace(tier=tier, below_since=below_since), total
 
