@@ -21,11 +21,12 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from core.campaigns import DEFAULT_CAMPAIGNS, Campaign, qualifying, watched_products
+from core.day_buckets import EMPTY_DAYS, DayBuckets
 from core.money import cents_to_number
 from core.pricing import PriceHistory, price_at
 from core.rfm import RfmBoundaries, rfm_of
 from core.stamps import StampCard, StampStatus, next_one_free, stamp_status
-from core.tiers import CLIMBING, DAY_S, TierThresholds, day_of, tier_for, window_days, with_grace
+from core.tiers import CLIMBING, DAY_S, TierThresholds, day_of, tier_for, with_grace
 
 #: A new customer's spend per watched product (read-only: records are values).
 EMPTY_CENTS: Mapping[str, int] = MappingProxyType({})
@@ -103,8 +104,9 @@ class Spend(NamedTuple):
     last_rp: int = -1
     #: The last offset applied from the ``returns`` topic (a third offset space).
     last_ret: int = -1
-    #: Settled cents per day of event time within the tier window (``TIER_WINDOW_DAYS``).
-    days: Mapping[int, int] = MappingProxyType({})
+    #: Settled cents per day of event time within the tier window (``TIER_WINDOW_DAYS``),
+    #: packed (:mod:`core.day_buckets`).
+    days: DayBuckets = EMPTY_DAYS
     #: Since when (event time) spend has been below the tier held in grace; -1: it is not.
     below_since: float = -1.0
 
@@ -112,7 +114,7 @@ class Spend(NamedTuple):
         """JSON-friendly form for the changelog."""
         return {
             **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
-            **({"days": {str(d): c for d, c in self.days.items()}} if self.days else {}),
+            **({"day_cents": self.days.packed} if self.days else {}),
             **({"below_since": self.below_since} if self.below_since >= 0 else {}),
             "settled_cents": self.settled_cents,
             "settled_unpriced": self.settled_unpriced,
@@ -141,9 +143,19 @@ class Spend(NamedTuple):
             last_offset=int(raw["last_offset"]),
             last_rp=int(raw.get("last_rp", -1)),
             last_ret=int(raw.get("last_ret", -1)),
-            days={int(d): int(c) for d, c in raw.get("days", {}).items()},
+            days=_days_from_json(raw),
             below_since=float(raw.get("below_since", -1.0)),
         )
+
+
+def _days_from_json(raw: Mapping[str, Any]) -> DayBuckets:
+    """The buckets of a spend record: packed (``day_cents``, written since the packing) or
+    a ``{"day": cents}`` object (``days``, as written before): both are read."""
+    packed = raw.get("day_cents")
+    if packed is not None:
+        return DayBuckets(str(packed))
+    old = raw.get("days")
+    return DayBuckets.of([(int(d), int(c)) for d, c in old.items()]) if old else EMPTY_DAYS
 
 
 class Stamps(NamedTuple):
@@ -277,12 +289,12 @@ def _price_pending(
     return cents_total, unpriced
 
 
-def window_cents(days: Mapping[int, int], pending: Sequence[Pending], newest_ts: float,
+def window_cents(days: DayBuckets, pending: Sequence[Pending], newest_ts: float,
                  catalogue: Catalogue, rules: LoyaltyRules) -> int:
     """Spend within the tier window ending on the day of ``newest_ts``: the daily buckets of
     settled spend and the pending purchases priced now."""
     first = day_of(newest_ts) - rules.tier_window_days + 1
-    cents = sum(c for day, c in days.items() if day >= first)
+    cents = days.since(first)
     for item in pending:
         if day_of(item.ts) >= first:
             cents += price_at(catalogue(item.product_id), item.ts) or 0
@@ -360,7 +372,7 @@ def _next_spend(
     cut = _settled_count(pending, newest - rules.lateness_s, rules.max_pending)
     days = spend.days
     if rules.tier_window_days > 0:
-        added = dict(days)
+        added: dict[int, int] = {}
         if purchase.price_cents is not None:
             day = day_of(purchase.ts)
             added[day] = added.get(day, 0) + purchase.price_cents
@@ -368,7 +380,7 @@ def _next_spend(
             day = day_of(item.ts)
             added[day] = added.get(day, 0) + (price_at(catalogue(item.product_id), item.ts)
                                               or 0)
-        days = window_days(added, day_of(newest), rules.tier_window_days)
+        days = days.merged(added, day_of(newest) - rules.tier_window_days + 1)
     if cut:
         settling = dict(watched_cents)
         cents, unpriced = _price_pending(pending[:cut], catalogue, watched, settling)

@@ -196,8 +196,9 @@ def _reverse_spend(spend: Spend, bought: Bought, refund: Refund, refunded_before
     days = spend.days
     day = day_of(bought.ts)
     if rules.tier_window_days > 0 and delta and day in days:
-        days = window_days({**days, day: days[day] + delta}, day_of(spend.newest_ts),
-                           rules.tier_window_days)
+        buckets = days.to_dict()
+        buckets[day] += delta
+        days = window_days(buckets, day_of(spend.newest_ts), rules.tier_window_days)
     return spend._replace(settled_cents=settled, settled_unpriced=unpriced,
                           watched_cents=watched_cents, pending=pending, purchases=purchases,
                           days=days)
