@@ -109,6 +109,8 @@ class Spend(NamedTuple):
     days: DayBuckets = EMPTY_DAYS
     #: Since when (event time) spend has been below the tier held in grace; -1: it is not.
     below_since: float = -1.0
+    #: The last offset applied from the ``returns`` topic's repartition topic (a fourth).
+    last_ret_rp: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
@@ -116,6 +118,7 @@ class Spend(NamedTuple):
             **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
             **({"day_cents": self.days.packed} if self.days else {}),
             **({"below_since": self.below_since} if self.below_since >= 0 else {}),
+            **({"last_ret_rp": self.last_ret_rp} if self.last_ret_rp >= 0 else {}),
             "settled_cents": self.settled_cents,
             "settled_unpriced": self.settled_unpriced,
             "watched_cents": dict(self.watched_cents),
@@ -145,6 +148,7 @@ class Spend(NamedTuple):
             last_ret=int(raw.get("last_ret", -1)),
             days=_days_from_json(raw),
             below_since=float(raw.get("below_since", -1.0)),
+            last_ret_rp=int(raw.get("last_ret_rp", -1)),
         )
 
 
@@ -169,12 +173,14 @@ class Stamps(NamedTuple):
     free: tuple[int, ...] = ()
     #: Free purchases redeemed so far.
     redeemed: int = 0
+    last_ret_rp: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
         return {"total": self.total, "last_offset": self.last_offset,
                 **({"last_rp": self.last_rp} if self.last_rp >= 0 else {}),
                 **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
+                **({"last_ret_rp": self.last_ret_rp} if self.last_ret_rp >= 0 else {}),
                 **({"free": list(self.free), "redeemed": self.redeemed} if self.redeemed
                    else {})}
 
@@ -186,7 +192,8 @@ class Stamps(NamedTuple):
         return cls(total=int(raw["total"]), last_offset=int(raw["last_offset"]),
                    last_rp=int(raw.get("last_rp", -1)), last_ret=int(raw.get("last_ret", -1)),
                    free=tuple(int(o) for o in raw.get("free", ())),
-                   redeemed=int(raw.get("redeemed", 0)))
+                   redeemed=int(raw.get("redeemed", 0)),
+                   last_ret_rp=int(raw.get("last_ret_rp", -1)))
 
 
 class Basket(NamedTuple):
@@ -200,6 +207,7 @@ class Basket(NamedTuple):
     #: Purchases per watched product beyond the first (a return takes the product out of the
     #: basket only when none is left; kept sparse so the record is as small as before).
     extra: Mapping[str, int] = EMPTY_CENTS
+    last_ret_rp: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
@@ -209,6 +217,7 @@ class Basket(NamedTuple):
             "last_offset": self.last_offset,
             **({"last_rp": self.last_rp} if self.last_rp >= 0 else {}),
             **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
+            **({"last_ret_rp": self.last_ret_rp} if self.last_ret_rp >= 0 else {}),
             **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
@@ -224,6 +233,7 @@ class Basket(NamedTuple):
             last_rp=int(raw.get("last_rp", -1)),
             last_ret=int(raw.get("last_ret", -1)),
             extra={str(k): int(v) for k, v in raw.get("extra", {}).items()},
+            last_ret_rp=int(raw.get("last_ret_rp", -1)),
         )
 
 
@@ -395,7 +405,8 @@ def _next_spend(
     last_offset, last_rp = (spend.last_offset, offset) if repartitioned else (offset,
                                                                              spend.last_rp)
     new = Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
-                spend.tier, last_offset, last_rp, spend.last_ret, days, spend.below_since)
+                spend.tier, last_offset, last_rp, spend.last_ret, days, spend.below_since,
+                spend.last_ret_rp)
     if rules.tier_window_days <= 0:
         return new._replace(tier=tier_for(total, rules.tiers)), total
     tier, below_since = tier_now(new, total, catalogue, rules)
@@ -463,10 +474,10 @@ def _apply_purchase(
 
     if product_id == rules.stamps.product_id and offset > seen_stamps:
         new_stamps = (Stamps(stamps.total + 1, stamps.last_offset, offset, stamps.last_ret,
-                             stamps.free, stamps.redeemed)
+                             stamps.free, stamps.redeemed, stamps.last_ret_rp)
                       if repartitioned
                       else Stamps(stamps.total + 1, offset, stamps.last_rp, stamps.last_ret,
-                                  stamps.free, stamps.redeemed))
+                                  stamps.free, stamps.redeemed, stamps.last_ret_rp))
         if free:
             new_stamps = new_stamps._replace(
                 free=(*stamps.free, -1 - offset if repartitioned else offset)[-FREE_KEPT:],
@@ -498,9 +509,9 @@ def _apply_purchase(
                 "campaign": name, "products": met[name],
             }, purchase.ts))
         new_basket = (Basket(products, announced, basket.last_offset, offset, basket.last_ret,
-                             extra) if repartitioned
+                             extra, basket.last_ret_rp) if repartitioned
                       else Basket(products, announced, offset, basket.last_rp, basket.last_ret,
-                                  extra))
+                                  extra, basket.last_ret_rp))
 
     return Outcome(new_spend, new_stamps, new_basket, tuple(events), free)
 

@@ -110,10 +110,13 @@ class Ledger(NamedTuple):
     last_offset: int = -1
     last_rp: int = -1
     last_ret: int = -1
+    #: The last offset applied from the returns' repartition topic.
+    last_ret_rp: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
         return {
+            **({"last_ret_rp": self.last_ret_rp} if self.last_ret_rp >= 0 else {}),
             "bought": {pid: [b.ts, b.product_id, b.price_cents,
                              [[r.offset, r.cents, r.full, r.held] for r in b.refunds]]
                        for pid, b in self.bought.items()},
@@ -143,6 +146,7 @@ class Ledger(NamedTuple):
             last_offset=int(raw["last_offset"]),
             last_rp=int(raw["last_rp"]),
             last_ret=int(raw["last_ret"]),
+            last_ret_rp=int(raw.get("last_ret_rp", -1)),
         )
 
 
@@ -264,29 +268,32 @@ def _expire(ledger: Ledger, rules: LoyaltyRules) -> tuple[Ledger, tuple[tuple[He
     return (ledger if bought is ledger.bought else ledger._replace(bought=bought)), expired
 
 
-def _decide(ret: Return, offset: int, ledger: Ledger, newest_ts: float, catalogue: Catalogue,
-            rules: LoyaltyRules, partition: int, raw: str) -> tuple[Ledger, str | None]:
-    """The ledger after a new return, or the reason it is rejected."""
-    ledger = ledger._replace(last_ret=offset)
+def _decide(ret: Return, offset: int, mark: int, ledger: Ledger, newest_ts: float,
+            catalogue: Catalogue, rules: LoyaltyRules, partition: int,
+            raw: str) -> tuple[Ledger, str | None]:
+    """The ledger after a new return, or the reason it is rejected (``mark``: the return's
+    offset as refunds, held returns and rejections remember it, see :func:`return_mark`)."""
+    ledger = (ledger._replace(last_ret_rp=offset) if mark < 0
+              else ledger._replace(last_ret=offset))
     bought = ledger.bought.get(ret.purchase_id)
     reason: str | None = None
     if bought is None:
         if ret.ts < newest_ts - rules.lateness_s:
             reason = f"unknown purchase {ret.purchase_id!r}"
         else:
-            held = Held(ret.purchase_id, ret.ts, ret.amount_cents, offset, partition, raw)
+            held = Held(ret.purchase_id, ret.ts, ret.amount_cents, mark, partition, raw)
             return ledger._replace(held=(*ledger.held, held)), None
     elif bought.returned:
         reason = f"purchase {ret.purchase_id!r} already returned"
     else:
-        refund, reason = _refund_for(bought, ret.amount_cents, offset, False, catalogue)
+        refund, reason = _refund_for(bought, ret.amount_cents, mark, False, catalogue)
         if refund is not None:
             return ledger._replace(bought={
                 **ledger.bought,
                 ret.purchase_id: bought._replace(refunds=(*bought.refunds, refund)),
             }), None
     assert reason is not None
-    rejected = ((*ledger.rejected, (offset, reason)))[-REJECTED_KEPT:]
+    rejected = ((*ledger.rejected, (mark, reason)))[-REJECTED_KEPT:]
     return ledger._replace(rejected=rejected), reason
 
 
@@ -302,44 +309,62 @@ def _refund_for(bought: Bought, amount: int | None, offset: int, held: bool,
     return Refund(offset, amount, False, held), None
 
 
+def return_mark(offset: int, repartitioned: bool) -> int:
+    """A return's offset as refunds, held returns and rejections remember it: the
+    ``returns`` offset, or ``-1 - offset`` for the returns' repartition topic (another
+    offset space, as :attr:`core.loyalty.Stamps.free` tells purchases apart)."""
+    return -1 - offset if repartitioned else offset
+
+
 def apply_return(
     ret: Return, offset: int, spend: Spend, stamps: Stamps, basket: Basket, ledger: Ledger,
     catalogue: Catalogue, rules: LoyaltyRules = LoyaltyRules(), *, partition: int = 0,
-    raw: str = "",
+    raw: str = "", repartitioned: bool = False,
 ) -> ReturnOutcome:
-    """Apply one ``returns`` event at ``offset``; a redelivered one has the effect it had."""
+    """Apply one ``returns`` event at ``offset``; a redelivered one has the effect it had.
+    A return read from the returns' repartition topic (``repartitioned``: a keyless or
+    misplaced return re-keyed by its customer) has an offset of that topic: compared with
+    and stored as ``last_ret_rp`` instead."""
+    field = "last_ret_rp" if repartitioned else "last_ret"
+    mark = return_mark(offset, repartitioned)
     new_ledger: Ledger | None = None
-    if offset > ledger.last_ret:
-        new_ledger, reason = _decide(ret, offset, ledger, max(ledger.newest_ts, spend.newest_ts),
+    if offset > getattr(ledger, field):
+        new_ledger, reason = _decide(ret, offset, mark, ledger,
+                                     max(ledger.newest_ts, spend.newest_ts),
                                      catalogue, rules, partition, raw)
         if reason is not None:
             return ReturnOutcome(None, None, None, new_ledger, (), reason)
         ledger = new_ledger
     else:
         for seen, reason in ledger.rejected:
-            if seen == offset:
+            if seen == mark:
                 return ReturnOutcome(None, None, None, None, (), reason)
     bought = ledger.bought.get(ret.purchase_id)
     refund = None if bought is None else next(
-        (r for r in bought.refunds if r.offset == offset and not r.held), None)
+        (r for r in bought.refunds if r.offset == mark and not r.held), None)
     if bought is None or refund is None:  # held (or a replay of a held one): nothing yet
         return ReturnOutcome(None, None, None, new_ledger, ())
     before = sum(r.cents for r in bought.refunds[:bought.refunds.index(refund)])
     new_spend, new_stamps, new_basket, events = _reverse(
         ret.user_id, ret.ts, bought, refund, before,
-        spend if offset > spend.last_ret else None,
-        stamps if offset > stamps.last_ret else None,
-        basket if offset > basket.last_ret else None, catalogue, rules)
+        spend if offset > getattr(spend, field) else None,
+        stamps if offset > getattr(stamps, field) else None,
+        basket if offset > getattr(basket, field) else None, catalogue, rules)
+    rp = repartitioned
     if new_spend is not None:
-        new_spend = new_spend._replace(last_ret=offset)
+        new_spend = (new_spend._replace(last_ret_rp=offset) if rp
+                     else new_spend._replace(last_ret=offset))
     if new_stamps is not None:
-        new_stamps = None if new_stamps == stamps else new_stamps._replace(last_ret=offset)
+        new_stamps = None if new_stamps == stamps else (
+            new_stamps._replace(last_ret_rp=offset) if rp
+            else new_stamps._replace(last_ret=offset))
     if new_basket is not None:
         if new_basket == basket:
             new_basket = None
         else:
-            new_basket = _requalify(new_basket, new_spend or spend, catalogue,
-                                    rules)._replace(last_ret=offset)
+            new_basket = _requalify(new_basket, new_spend or spend, catalogue, rules)
+            new_basket = (new_basket._replace(last_ret_rp=offset) if rp
+                          else new_basket._replace(last_ret=offset))
     if new_spend is not None:
         events.insert(0, LoyaltyEvent(ret.user_id, PURCHASE_RETURNED, {
             "purchase_id": ret.purchase_id, "product_id": bought.product_id,
@@ -398,7 +423,7 @@ def remember_purchase(
             ledger.rejected,
             ledger.last_offset if repartitioned else offset,
             offset if repartitioned else ledger.last_rp,
-            ledger.last_ret)
+            ledger.last_ret, ledger.last_ret_rp)
         new_ledger, expired = _expire(new_ledger, rules)
         if refused:
             expired = (*refused, *expired)
