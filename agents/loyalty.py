@@ -44,6 +44,7 @@ from core.repartition import repartition_topic
 from core.returns import Held, Ledger, apply_return, remember_purchase
 from core.rfm import learn_boundaries
 from tables.batch import DecodedCache, TableWrites
+from tables.deadletters import return_letter_sent
 from tables.loyalty import (
     RFM_CUTS,
     baskets,
@@ -194,6 +195,8 @@ def _dead_letter_held(writes: TableWrites, user: str, held: Held, reason: str) -
         topic = repartition_topic(topic)
     source = Source(topic, held.partition, -1 - held.offset if held.offset < 0 else held.offset,
                     held.ts, user.encode(), held.raw.encode())
+    if return_letter_sent(source.topic, source.partition, source.offset):
+        return  # a redelivered purchase gave it up again: its letter is out already
     METRICS.inc("storestream_dead_letters_total", topic=source.topic)
     writes.emit(dead_letters_topic, user.encode(), dead_letter_value(source, reason))
 

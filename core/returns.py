@@ -48,6 +48,8 @@ from core.tiers import day_of, window_days
 PURCHASE_RETURNED = "purchase_returned"
 #: How many rejected return offsets a ledger remembers (so a redelivery is rejected alike).
 REJECTED_KEPT = 32
+#: How many held returns given up a ledger remembers (see :attr:`Ledger.given_up`).
+GIVEN_UP_KEPT = 32
 
 
 class Return(NamedTuple):
@@ -112,11 +114,18 @@ class Ledger(NamedTuple):
     last_ret: int = -1
     #: The last offset applied from the returns' repartition topic.
     last_ret_rp: int = -1
+    #: Held returns given up lately: (the purchase's offset that gave them up, ``-1 -
+    #: offset`` from the purchases' repartition topic; the held return; the reason), so a
+    #: redelivered purchase reports them again and their dead letters can be sent exactly
+    #: once (the sender skips a letter already on the dead-letters topic).
+    given_up: tuple[tuple[int, Held, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
         return {
             **({"last_ret_rp": self.last_ret_rp} if self.last_ret_rp >= 0 else {}),
+            **({"given_up": [[m, list(h), r] for m, h, r in self.given_up]}
+               if self.given_up else {}),
             "bought": {pid: [b.ts, b.product_id, b.price_cents,
                              [[r.offset, r.cents, r.full, r.held] for r in b.refunds]]
                        for pid, b in self.bought.items()},
@@ -147,6 +156,10 @@ class Ledger(NamedTuple):
             last_rp=int(raw["last_rp"]),
             last_ret=int(raw["last_ret"]),
             last_ret_rp=int(raw.get("last_ret_rp", -1)),
+            given_up=tuple((int(m), Held(str(h[0]), float(h[1]),
+                                         None if h[2] is None else int(h[2]), int(h[3]),
+                                         int(h[4]), str(h[5])), str(r))
+                           for m, h, r in raw.get("given_up", ())),
         )
 
 
@@ -423,11 +436,18 @@ def remember_purchase(
             ledger.rejected,
             ledger.last_offset if repartitioned else offset,
             offset if repartitioned else ledger.last_rp,
-            ledger.last_ret, ledger.last_ret_rp)
+            ledger.last_ret, ledger.last_ret_rp, ledger.given_up)
         new_ledger, expired = _expire(new_ledger, rules)
         if refused:
             expired = (*refused, *expired)
+        if expired:
+            mark = -1 - offset if repartitioned else offset
+            new_ledger = new_ledger._replace(given_up=(
+                *new_ledger.given_up, *((mark, h, r) for h, r in expired))[-GIVEN_UP_KEPT:])
         ledger = new_ledger
+    elif ledger.given_up:  # a redelivered purchase: the held returns it gave up, again
+        mark = -1 - offset if repartitioned else offset
+        expired = tuple((h, r) for m, h, r in ledger.given_up if m == mark)
     entry = ledger.bought.get(pid)
     if entry is None or not entry.refunds:  # the usual case: nothing held for it
         return ReturnOutcome(out.spend, out.stamps, out.basket, new_ledger, out.events,

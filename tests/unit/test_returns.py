@@ -199,6 +199,30 @@ def test_a_held_return_whose_purchase_never_comes_is_given_up_after_the_lateness
     assert kris.ledger.held == ()
 
 
+def test_a_redelivered_purchase_reports_the_held_returns_it_gave_up_and_nothing_else(
+) -> None:
+    """The ledger remembers which purchase gave up which held return, so a redelivery of
+    that purchase (its letter may not have reached the topic) reports the same ones again,
+    and a redelivery of any other purchase none (the sender skips letters already out)."""
+    kris = Customer()
+    kris.give_back("ghost", 10.0)
+    kris.give_back("spook", 20.0)
+    kris.buy("tea", 15.0, 500, "t0")
+    kris.buy("tea", 10.0 + DAY + 1, 500, "t1")
+    assert kris.expired == [
+        "unknown purchase 'ghost' (held 86400 s of event time, it never arrived)"]
+    kris.buy("tea", 20.0 + DAY + 1, 500, "t2")
+    assert len(kris.expired) == 2 and "spook" in kris.expired[1]
+    after = (kris.spend, kris.ledger)
+    for offset, expected in ((1, ["ghost"]), (2, ["spook"]), (0, [])):
+        kris.expired.clear()
+        kris.buy("tea", 0.0, 500, f"t{offset}", offset=offset)  # redelivered
+        assert [e.split("'")[1] for e in kris.expired] == expected
+        assert (kris.spend, kris.ledger) == after  # nothing else changes
+    assert Ledger.from_json(kris.ledger.to_json()) == kris.ledger
+    assert [h.purchase_id for _, h, _ in kris.ledger.given_up] == ["ghost", "spook"]
+
+
 def test_two_held_returns_of_one_purchase_apply_once_and_reject_the_second() -> None:
     kris = Customer()
     kris.give_back("c1", 10.0)
