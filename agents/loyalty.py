@@ -48,9 +48,11 @@ from core.loyalty import (
     view_spend,
 )
 from core.pricing import history_from_json, history_to_json, with_price
+from core.repartition import repartition_topic
 from core.returns import Held, Ledger, apply_return, remember_purchase, remember_purchases
 from core.rfm import learn_boundaries
 from tables.batch import DecodedCache, TableWrites
+from tables.deadletters import return_letter_sent
 from tables.loyalty import (
     RFM_CUTS,
     baskets,
@@ -204,8 +206,13 @@ def _write(customers: dict[str, _Customer], writes: TableWrites,
 
 def _dead_letter_held(writes: TableWrites, user: str, held: Held, reason: str) -> None:
     """Dead-letter a held return given up (with its own topic, partition and offset)."""
-    source = Source(returns_topic.get_topic_name(), held.partition, held.offset, held.ts,
-                    user.encode(), held.raw.encode())
+    topic = returns_topic.get_topic_name()
+    if held.offset < 0:  # read from the returns' repartition topic (core.returns.return_mark)
+        topic = repartition_topic(topic)
+    source = Source(topic, held.partition, -1 - held.offset if held.offset < 0 else held.offset,
+                    held.ts, user.encode(), held.raw.encode())
+    if return_letter_sent(source.topic, source.partition, source.offset):
+        return  # a redelivered purchase gave it up again: its letter is out already
     METRICS.inc("storestream_dead_letters_total", topic=source.topic)
     writes.emit(dead_letters_topic, user.encode(), dead_letter_value(source, reason))
 
@@ -229,7 +236,9 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
         remembered = False
         if purchase.purchase_id is not None and RULES.return_window_s > 0:
             ledger = _ledger(customer, user, writes)
-            if not ledger.held:  # the usual case: remembered at the end of the batch
+            if not ledger.held and not ledger.given_up:
+                # the usual case: remembered at the end of the batch (no return waits for a
+                # purchase, none given up that a redelivered purchase would report again)
                 if customer.returnable is None:
                     customer.returnable = []
                 customer.returnable.append((source.offset, purchase, outcome.free))
@@ -256,6 +265,7 @@ async def apply_returns(batch: Sequence[Source], writes: TableWrites) -> None:
     """Take each returned purchase back (spend at the price counted, stamp, campaign part);
     a return that cannot apply is dead-lettered with the reason (``core/returns.py``)."""
     customers: dict[str, _Customer] = {}
+    repartitioned = is_repartitioned(batch[0].topic) if batch else False
 
     def apply_one(source: Source) -> str:
         ret = parse_return(source.value, decode_key(source.key), source.timestamp)
@@ -267,7 +277,8 @@ async def apply_returns(batch: Sequence[Source], writes: TableWrites) -> None:
         outcome = apply_return(ret, source.offset, customer.spend, customer.stamps,
                                customer.basket, _ledger(customer, user, writes),
                                price_history, RULES, partition=source.partition,
-                               raw=raw.decode("utf-8", errors="replace"))
+                               raw=raw.decode("utf-8", errors="replace"),
+                               repartitioned=repartitioned)
         changed = _take(customer, outcome)
         for change in outcome.events:
             writes.emit(loyalty_events_topic, user.encode(), loyalty_event_value(change))
@@ -330,6 +341,11 @@ async def process_returns(stream: StreamT[bytes]) -> None:
     async for event in stream.events():
         source = fastlane.from_message(event.message)
         async with GATE.event():
+            diverted = await divert(event.message)
+            if diverted is not None:  # forwarded to the repartition topic (keyless)
+                METRICS.inc("storestream_events_total", topic=event.message.topic,
+                            outcome=diverted)
+                continue
             writes = agent_writes(source.partition)
             await apply_returns([source], writes)
             await send_emitted(writes)

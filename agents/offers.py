@@ -172,6 +172,16 @@ def customer_standing(uid: str, now: float) -> tuple[str, str | None]:
                              cuts).segment
 
 
+def _seen(writes: TableWrites, uid: str, state: CooldownState, here: PositionSource,
+          ts: float) -> None:
+    """Keep the place of a position that was counted without opening a cooldown (an
+    inaccurate one, or one whose offers were all withheld), so a redelivery of it is told
+    as such and counted no more (:meth:`core.offers.CooldownState.redelivers`)."""
+    updated = state.after((), here, ts, SETTINGS.offer_cooldown_s)
+    if updated is not state:
+        writes.put(shoppers, uid, updated.to_json())
+
+
 async def apply_positions(batch: Sequence[Source], writes: TableWrites,
                           emitted: list[dict[str, object]] | None = None) -> None:
     """Match each shopper position against nearby promoted displays; emit offers.
@@ -190,8 +200,10 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
         held_out = CONTROL_PCT > 0 and in_control_group(uid, CONTROL_PCT)
         if not accurate(position.accuracy_m, MAX_ACCURACY_M):
             # Says nothing about where the shopper is: no offer, no enter or exit.
-            METRICS.inc("storestream_positions_inaccurate_total",
-                        store=position.store_id or "-")
+            if not redelivered:  # counted once: the record's place is kept (below)
+                METRICS.inc("storestream_positions_inaccurate_total",
+                            store=position.store_id or "-")
+                _seen(writes, uid, state, here, position.ts)
             after_position(writes, uid, position.ts, [], here, held_out)
             return OK
         near = track_presence(writes, uid, position.lat, position.lon, position.ts, here)
@@ -217,10 +229,15 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             redelivered=redelivered,
             stayed=lambda display: near.stayed((display.store_id, display.sku), position.ts),
         )
+        withheld = False
         if not redelivered and (CAPS.active or STORES):  # a redelivered record is not capped
+            proposed = len(offers)
             offers = limit_offers(writes, uid, position.ts, position.store_id, offers)
+            withheld = len(offers) < proposed
         after_position(writes, uid, position.ts, offers, here, held_out)
         if not offers:
+            if withheld:  # counted by reason once: the record's place is kept
+                _seen(writes, uid, state, here, position.ts)
             return OK
         if not redelivered:  # a redelivered record's offers were counted the first time
             count_offers(writes, offers, held_out)
@@ -232,12 +249,15 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             if held_out:  # control group: recorded, never sent
                 record["held_out"] = True
                 writes.emit(held_out_topic, uid.encode(), orjson.dumps(record))
-                METRICS.inc("storestream_offers_held_out_total", store=offer.store_id or "-")
+                if not redelivered:
+                    METRICS.inc("storestream_offers_held_out_total",
+                                store=offer.store_id or "-")
                 continue
             writes.emit(offers_topic, uid.encode(), orjson.dumps(record))
             if emitted is not None:
                 emitted.append(record)
-            METRICS.inc("storestream_offers_total", store=offer.store_id or "-")
+            if not redelivered:
+                METRICS.inc("storestream_offers_total", store=offer.store_id or "-")
         return OK
 
     await process_batch("locations", batch, apply_one, writes.commit)

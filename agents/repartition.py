@@ -9,7 +9,7 @@ from typing import Any
 from faust.types import StreamT
 
 from agents.common import agent_writes, handle, send_emitted
-from agents.loyalty import apply_product, apply_purchases, apply_user
+from agents.loyalty import apply_product, apply_purchases, apply_returns, apply_user
 from agents.offers import apply_display, apply_positions, apply_promotion
 from app.faust_app import app
 from app.routing.repartition import FORWARDS, divert
@@ -29,6 +29,7 @@ _ONE_BY_ONE: dict[str, tuple[str, Callable[[Any], Awaitable[str]]]] = {
 #: Input topic -> (agent name, batch function) for the fast-lane topics.
 _BATCHED: dict[str, tuple[str, Any]] = {
     _T.purchases: ("purchases", apply_purchases),
+    _T.returns: ("returns", apply_returns),
     _T.locations: ("locations", apply_positions),
 }
 

@@ -21,11 +21,12 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from core.campaigns import DEFAULT_CAMPAIGNS, Campaign, qualifying, watched_products
+from core.day_buckets import EMPTY_DAYS, DayBuckets
 from core.money import cents_to_number
 from core.pricing import PriceHistory, price_at
 from core.rfm import RfmBoundaries, rfm_of
 from core.stamps import StampCard, StampStatus, next_one_free, stamp_status
-from core.tiers import CLIMBING, DAY_S, TierThresholds, day_of, tier_for, window_days, with_grace
+from core.tiers import CLIMBING, DAY_S, TierThresholds, day_of, tier_for, with_grace
 
 #: A new customer's spend per watched product (read-only: records are values).
 EMPTY_CENTS: Mapping[str, int] = MappingProxyType({})
@@ -103,17 +104,21 @@ class Spend(NamedTuple):
     last_rp: int = -1
     #: The last offset applied from the ``returns`` topic (a third offset space).
     last_ret: int = -1
-    #: Settled cents per day of event time within the tier window (``TIER_WINDOW_DAYS``).
-    days: Mapping[int, int] = MappingProxyType({})
+    #: Settled cents per day of event time within the tier window (``TIER_WINDOW_DAYS``),
+    #: packed (:mod:`core.day_buckets`).
+    days: DayBuckets = EMPTY_DAYS
     #: Since when (event time) spend has been below the tier held in grace; -1: it is not.
     below_since: float = -1.0
+    #: The last offset applied from the ``returns`` topic's repartition topic (a fourth).
+    last_ret_rp: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
         return {
             **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
-            **({"days": {str(d): c for d, c in self.days.items()}} if self.days else {}),
+            **({"day_cents": self.days.packed} if self.days else {}),
             **({"below_since": self.below_since} if self.below_since >= 0 else {}),
+            **({"last_ret_rp": self.last_ret_rp} if self.last_ret_rp >= 0 else {}),
             "settled_cents": self.settled_cents,
             "settled_unpriced": self.settled_unpriced,
             "watched_cents": dict(self.watched_cents),
@@ -141,9 +146,20 @@ class Spend(NamedTuple):
             last_offset=int(raw["last_offset"]),
             last_rp=int(raw.get("last_rp", -1)),
             last_ret=int(raw.get("last_ret", -1)),
-            days={int(d): int(c) for d, c in raw.get("days", {}).items()},
+            days=_days_from_json(raw),
             below_since=float(raw.get("below_since", -1.0)),
+            last_ret_rp=int(raw.get("last_ret_rp", -1)),
         )
+
+
+def _days_from_json(raw: Mapping[str, Any]) -> DayBuckets:
+    """The buckets of a spend record: packed (``day_cents``, written since the packing) or
+    a ``{"day": cents}`` object (``days``, as written before): both are read."""
+    packed = raw.get("day_cents")
+    if packed is not None:
+        return DayBuckets(str(packed))
+    old = raw.get("days")
+    return DayBuckets.of([(int(d), int(c)) for d, c in old.items()]) if old else EMPTY_DAYS
 
 
 class Stamps(NamedTuple):
@@ -157,12 +173,14 @@ class Stamps(NamedTuple):
     free: tuple[int, ...] = ()
     #: Free purchases redeemed so far.
     redeemed: int = 0
+    last_ret_rp: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
         return {"total": self.total, "last_offset": self.last_offset,
                 **({"last_rp": self.last_rp} if self.last_rp >= 0 else {}),
                 **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
+                **({"last_ret_rp": self.last_ret_rp} if self.last_ret_rp >= 0 else {}),
                 **({"free": list(self.free), "redeemed": self.redeemed} if self.redeemed
                    else {})}
 
@@ -174,7 +192,8 @@ class Stamps(NamedTuple):
         return cls(total=int(raw["total"]), last_offset=int(raw["last_offset"]),
                    last_rp=int(raw.get("last_rp", -1)), last_ret=int(raw.get("last_ret", -1)),
                    free=tuple(int(o) for o in raw.get("free", ())),
-                   redeemed=int(raw.get("redeemed", 0)))
+                   redeemed=int(raw.get("redeemed", 0)),
+                   last_ret_rp=int(raw.get("last_ret_rp", -1)))
 
 
 class Basket(NamedTuple):
@@ -188,6 +207,7 @@ class Basket(NamedTuple):
     #: Purchases per watched product beyond the first (a return takes the product out of the
     #: basket only when none is left; kept sparse so the record is as small as before).
     extra: Mapping[str, int] = EMPTY_CENTS
+    last_ret_rp: int = -1
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
@@ -197,6 +217,7 @@ class Basket(NamedTuple):
             "last_offset": self.last_offset,
             **({"last_rp": self.last_rp} if self.last_rp >= 0 else {}),
             **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
+            **({"last_ret_rp": self.last_ret_rp} if self.last_ret_rp >= 0 else {}),
             **({"extra": dict(self.extra)} if self.extra else {}),
         }
 
@@ -212,6 +233,7 @@ class Basket(NamedTuple):
             last_rp=int(raw.get("last_rp", -1)),
             last_ret=int(raw.get("last_ret", -1)),
             extra={str(k): int(v) for k, v in raw.get("extra", {}).items()},
+            last_ret_rp=int(raw.get("last_ret_rp", -1)),
         )
 
 
@@ -277,12 +299,12 @@ def _price_pending(
     return cents_total, unpriced
 
 
-def window_cents(days: Mapping[int, int], pending: Sequence[Pending], newest_ts: float,
+def window_cents(days: DayBuckets, pending: Sequence[Pending], newest_ts: float,
                  catalogue: Catalogue, rules: LoyaltyRules) -> int:
     """Spend within the tier window ending on the day of ``newest_ts``: the daily buckets of
     settled spend and the pending purchases priced now."""
     first = day_of(newest_ts) - rules.tier_window_days + 1
-    cents = sum(c for day, c in days.items() if day >= first)
+    cents = days.since(first)
     for item in pending:
         if day_of(item.ts) >= first:
             cents += price_at(catalogue(item.product_id), item.ts) or 0
@@ -360,7 +382,7 @@ def _next_spend(
     cut = _settled_count(pending, newest - rules.lateness_s, rules.max_pending)
     days = spend.days
     if rules.tier_window_days > 0:
-        added = dict(days)
+        added: dict[int, int] = {}
         if purchase.price_cents is not None:
             day = day_of(purchase.ts)
             added[day] = added.get(day, 0) + purchase.price_cents
@@ -368,7 +390,7 @@ def _next_spend(
             day = day_of(item.ts)
             added[day] = added.get(day, 0) + (price_at(catalogue(item.product_id), item.ts)
                                               or 0)
-        days = window_days(added, day_of(newest), rules.tier_window_days)
+        days = days.merged(added, day_of(newest) - rules.tier_window_days + 1)
     if cut:
         settling = dict(watched_cents)
         cents, unpriced = _price_pending(pending[:cut], catalogue, watched, settling)
@@ -385,9 +407,10 @@ def _next_spend(
     if rules.tier_window_days <= 0:
         return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1,
                      newest, tier_for(total, rules.tiers), last_offset, last_rp,
-                     spend.last_ret, days, spend.below_since), total
+                     spend.last_ret, days, spend.below_since, spend.last_ret_rp), total
     new = Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
-                spend.tier, last_offset, last_rp, spend.last_ret, days, spend.below_since)
+                spend.tier, last_offset, last_rp, spend.last_ret, days, spend.below_since,
+                spend.last_ret_rp)
     tier, below_since = tier_now(new, total, catalogue, rules)
     return new._replace(tier=tier, below_since=below_since), total
 
@@ -453,10 +476,10 @@ def _apply_purchase(
 
     if product_id == rules.stamps.product_id and offset > seen_stamps:
         new_stamps = (Stamps(stamps.total + 1, stamps.last_offset, offset, stamps.last_ret,
-                             stamps.free, stamps.redeemed)
+                             stamps.free, stamps.redeemed, stamps.last_ret_rp)
                       if repartitioned
                       else Stamps(stamps.total + 1, offset, stamps.last_rp, stamps.last_ret,
-                                  stamps.free, stamps.redeemed))
+                                  stamps.free, stamps.redeemed, stamps.last_ret_rp))
         if free:
             new_stamps = new_stamps._replace(
                 free=(*stamps.free, -1 - offset if repartitioned else offset)[-FREE_KEPT:],
@@ -488,9 +511,9 @@ def _apply_purchase(
                 "campaign": name, "products": met[name],
             }, purchase.ts))
         new_basket = (Basket(products, announced, basket.last_offset, offset, basket.last_ret,
-                             extra) if repartitioned
+                             extra, basket.last_ret_rp) if repartitioned
                       else Basket(products, announced, offset, basket.last_rp, basket.last_ret,
-                                  extra))
+                                  extra, basket.last_ret_rp))
 
     return Outcome(new_spend, new_stamps, new_basket, tuple(events), free)
 

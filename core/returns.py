@@ -49,6 +49,8 @@ from core.tiers import day_of, window_days
 PURCHASE_RETURNED = "purchase_returned"
 #: How many rejected return offsets a ledger remembers (so a redelivery is rejected alike).
 REJECTED_KEPT = 32
+#: How many held returns given up a ledger remembers (see :attr:`Ledger.given_up`).
+GIVEN_UP_KEPT = 32
 
 
 class Return(NamedTuple):
@@ -134,11 +136,21 @@ class Ledger(NamedTuple):
     last_offset: int = -1
     last_rp: int = -1
     last_ret: int = -1
+    #: The last offset applied from the returns' repartition topic.
+    last_ret_rp: int = -1
+    #: Held returns given up lately: (the purchase's offset that gave them up, ``-1 -
+    #: offset`` from the purchases' repartition topic; the held return; the reason), so a
+    #: redelivered purchase reports them again and their dead letters can be sent exactly
+    #: once (the sender skips a letter already on the dead-letters topic).
+    given_up: tuple[tuple[int, Held, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
         bought = self.bought
         return {
+            **({"last_ret_rp": self.last_ret_rp} if self.last_ret_rp >= 0 else {}),
+            **({"given_up": [[m, list(h), r] for m, h, r in self.given_up]}
+               if self.given_up else {}),
             # never mutated once in a ledger: the value written shares the rows and the map
             "bought": bought if type(bought) is dict else dict(bought),
             "held": [list(h) for h in self.held],
@@ -167,6 +179,11 @@ class Ledger(NamedTuple):
             last_offset=int(raw["last_offset"]),
             last_rp=int(raw["last_rp"]),
             last_ret=int(raw["last_ret"]),
+            last_ret_rp=int(raw.get("last_ret_rp", -1)),
+            given_up=tuple((int(m), Held(str(h[0]), float(h[1]),
+                                         None if h[2] is None else int(h[2]), int(h[3]),
+                                         int(h[4]), str(h[5])), str(r))
+                           for m, h, r in raw.get("given_up", ())),
         )
 
 
@@ -228,8 +245,9 @@ def _reverse_spend(spend: Spend, bought: Bought, refund: Refund, refunded_before
     days = spend.days
     day = day_of(bought.ts)
     if rules.tier_window_days > 0 and delta and day in days:
-        days = window_days({**days, day: days[day] + delta}, day_of(spend.newest_ts),
-                           rules.tier_window_days)
+        buckets = days.to_dict()
+        buckets[day] += delta
+        days = window_days(buckets, day_of(spend.newest_ts), rules.tier_window_days)
     return spend._replace(settled_cents=settled, settled_unpriced=unpriced,
                           watched_cents=watched_cents, pending=pending, purchases=purchases,
                           days=days)
@@ -297,29 +315,32 @@ def _expire(ledger: Ledger, rules: LoyaltyRules) -> tuple[Ledger, tuple[tuple[He
     return (ledger if bought is ledger.bought else ledger._replace(bought=bought)), expired
 
 
-def _decide(ret: Return, offset: int, ledger: Ledger, newest_ts: float, catalogue: Catalogue,
-            rules: LoyaltyRules, partition: int, raw: str) -> tuple[Ledger, str | None]:
-    """The ledger after a new return, or the reason it is rejected."""
-    ledger = ledger._replace(last_ret=offset)
+def _decide(ret: Return, offset: int, mark: int, ledger: Ledger, newest_ts: float,
+            catalogue: Catalogue, rules: LoyaltyRules, partition: int,
+            raw: str) -> tuple[Ledger, str | None]:
+    """The ledger after a new return, or the reason it is rejected (``mark``: the return's
+    offset as refunds, held returns and rejections remember it, see :func:`return_mark`)."""
+    ledger = (ledger._replace(last_ret_rp=offset) if mark < 0
+              else ledger._replace(last_ret=offset))
     bought = ledger.entry(ret.purchase_id, rules)
     reason: str | None = None
     if bought is None:
         if ret.ts < newest_ts - rules.lateness_s:
             reason = f"unknown purchase {ret.purchase_id!r}"
         else:
-            held = Held(ret.purchase_id, ret.ts, ret.amount_cents, offset, partition, raw)
+            held = Held(ret.purchase_id, ret.ts, ret.amount_cents, mark, partition, raw)
             return ledger._replace(held=(*ledger.held, held)), None
     elif bought.returned:
         reason = f"purchase {ret.purchase_id!r} already returned"
     else:
-        refund, reason = _refund_for(bought, ret.amount_cents, offset, False, catalogue)
+        refund, reason = _refund_for(bought, ret.amount_cents, mark, False, catalogue)
         if refund is not None:
             return ledger._replace(bought={
                 **ledger.bought,
                 ret.purchase_id: bought._replace(refunds=(*bought.refunds, refund)).row(),
             }), None
     assert reason is not None
-    rejected = ((*ledger.rejected, (offset, reason)))[-REJECTED_KEPT:]
+    rejected = ((*ledger.rejected, (mark, reason)))[-REJECTED_KEPT:]
     return ledger._replace(rejected=rejected), reason
 
 
@@ -335,44 +356,62 @@ def _refund_for(bought: Bought, amount: int | None, offset: int, held: bool,
     return Refund(offset, amount, False, held), None
 
 
+def return_mark(offset: int, repartitioned: bool) -> int:
+    """A return's offset as refunds, held returns and rejections remember it: the
+    ``returns`` offset, or ``-1 - offset`` for the returns' repartition topic (another
+    offset space, as :attr:`core.loyalty.Stamps.free` tells purchases apart)."""
+    return -1 - offset if repartitioned else offset
+
+
 def apply_return(
     ret: Return, offset: int, spend: Spend, stamps: Stamps, basket: Basket, ledger: Ledger,
     catalogue: Catalogue, rules: LoyaltyRules = LoyaltyRules(), *, partition: int = 0,
-    raw: str = "",
+    raw: str = "", repartitioned: bool = False,
 ) -> ReturnOutcome:
-    """Apply one ``returns`` event at ``offset``; a redelivered one has the effect it had."""
+    """Apply one ``returns`` event at ``offset``; a redelivered one has the effect it had.
+    A return read from the returns' repartition topic (``repartitioned``: a keyless or
+    misplaced return re-keyed by its customer) has an offset of that topic: compared with
+    and stored as ``last_ret_rp`` instead."""
+    field = "last_ret_rp" if repartitioned else "last_ret"
+    mark = return_mark(offset, repartitioned)
     new_ledger: Ledger | None = None
-    if offset > ledger.last_ret:
-        new_ledger, reason = _decide(ret, offset, ledger, max(ledger.newest_ts, spend.newest_ts),
+    if offset > getattr(ledger, field):
+        new_ledger, reason = _decide(ret, offset, mark, ledger,
+                                     max(ledger.newest_ts, spend.newest_ts),
                                      catalogue, rules, partition, raw)
         if reason is not None:
             return ReturnOutcome(None, None, None, new_ledger, (), reason)
         ledger = new_ledger
     else:
         for seen, reason in ledger.rejected:
-            if seen == offset:
+            if seen == mark:
                 return ReturnOutcome(None, None, None, None, (), reason)
     bought = ledger.entry(ret.purchase_id, rules)
     refund = None if bought is None else next(
-        (r for r in bought.refunds if r.offset == offset and not r.held), None)
+        (r for r in bought.refunds if r.offset == mark and not r.held), None)
     if bought is None or refund is None:  # held (or a replay of a held one): nothing yet
         return ReturnOutcome(None, None, None, new_ledger, ())
     before = sum(r.cents for r in bought.refunds[:bought.refunds.index(refund)])
     new_spend, new_stamps, new_basket, events = _reverse(
         ret.user_id, ret.ts, bought, refund, before,
-        spend if offset > spend.last_ret else None,
-        stamps if offset > stamps.last_ret else None,
-        basket if offset > basket.last_ret else None, catalogue, rules)
+        spend if offset > getattr(spend, field) else None,
+        stamps if offset > getattr(stamps, field) else None,
+        basket if offset > getattr(basket, field) else None, catalogue, rules)
+    rp = repartitioned
     if new_spend is not None:
-        new_spend = new_spend._replace(last_ret=offset)
+        new_spend = (new_spend._replace(last_ret_rp=offset) if rp
+                     else new_spend._replace(last_ret=offset))
     if new_stamps is not None:
-        new_stamps = None if new_stamps == stamps else new_stamps._replace(last_ret=offset)
+        new_stamps = None if new_stamps == stamps else (
+            new_stamps._replace(last_ret_rp=offset) if rp
+            else new_stamps._replace(last_ret=offset))
     if new_basket is not None:
         if new_basket == basket:
             new_basket = None
         else:
-            new_basket = _requalify(new_basket, new_spend or spend, catalogue,
-                                    rules)._replace(last_ret=offset)
+            new_basket = _requalify(new_basket, new_spend or spend, catalogue, rules)
+            new_basket = (new_basket._replace(last_ret_rp=offset) if rp
+                          else new_basket._replace(last_ret=offset))
     if new_spend is not None:
         events.insert(0, LoyaltyEvent(ret.user_id, PURCHASE_RETURNED, {
             "purchase_id": ret.purchase_id, "product_id": bought.product_id,
@@ -432,7 +471,8 @@ def remember_purchases(
     updated, expired = _expire(Ledger(
         remembered, (), newest_ts, ledger.rejected,
         ledger.last_offset if repartitioned else last,
-        last if repartitioned else ledger.last_rp, ledger.last_ret), rules)
+        last if repartitioned else ledger.last_rp, ledger.last_ret, ledger.last_ret_rp,
+        ledger.given_up), rules)
     assert not expired
     return updated
 
@@ -463,7 +503,8 @@ def remember_purchase(
             new_ledger, expired = _expire(Ledger(
                 remembered, (), newest_ts, ledger.rejected,
                 ledger.last_offset if repartitioned else offset,
-                offset if repartitioned else ledger.last_rp, ledger.last_ret), rules)
+                offset if repartitioned else ledger.last_rp, ledger.last_ret,
+                ledger.last_ret_rp, ledger.given_up), rules)
             return ReturnOutcome(out.spend, out.stamps, out.basket, new_ledger, out.events,
                                  None, expired)
         else:
@@ -487,7 +528,14 @@ def remember_purchase(
         new_ledger, expired = _expire(new_ledger, rules)
         if refused:
             expired = (*refused, *expired)
+        if expired:
+            mark = -1 - offset if repartitioned else offset
+            new_ledger = new_ledger._replace(given_up=(
+                *new_ledger.given_up, *((mark, h, r) for h, r in expired))[-GIVEN_UP_KEPT:])
         ledger = new_ledger
+    elif ledger.given_up:  # a redelivered purchase: the held returns it gave up, again
+        mark = -1 - offset if repartitioned else offset
+        expired = tuple((h, r) for m, h, r in ledger.given_up if m == mark)
     row = ledger.bought.get(pid)
     entry = None if row is None else Bought.of(row)
     if entry is None or not entry.refunds:  # the usual case: nothing held for it

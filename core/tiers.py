@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+
+from core.day_buckets import EMPTY_DAYS, DayBuckets
 
 
 class Tier(IntEnum):
@@ -63,10 +66,13 @@ def day_of(ts: float) -> int:
     return int(ts // DAY_S)
 
 
-def window_days(days: dict[int, int] | None, today: int, window: int) -> dict[int, int]:
-    """Daily buckets kept for a window of ``window`` days ending ``today`` (older ones go)."""
+def window_days(days: Mapping[int, int] | None, today: int, window: int) -> DayBuckets:
+    """Daily buckets kept for a window of ``window`` days ending ``today`` (older ones and
+    empty ones go), packed."""
+    if not days:
+        return EMPTY_DAYS
     first = today - window + 1
-    return {day: cents for day, cents in (days or {}).items() if day >= first and cents}
+    return DayBuckets.of([(day, cents) for day, cents in days.items() if day >= first])
 
 
 def with_grace(held: str, below_since: float, computed: str, now: float,

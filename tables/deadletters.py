@@ -9,6 +9,7 @@ import orjson
 from app.faust_app import app
 from app.runtime.replica import TopicReplica
 from app.settings import SETTINGS
+from core.repartition import repartition_topic
 from tables.base import text_keyed_table
 
 #: "topic:partition" -> highest offset already sent to dead-letters. Written from the source
@@ -34,11 +35,24 @@ def _source(raw: bytes) -> tuple[str, int]:
     return mark_key(str(letter["topic"]), int(letter["partition"])), int(letter["offset"])
 
 
+#: The returns topics: their dead letters are also remembered one by one (``RETURN_LETTERS``).
+RETURN_TOPICS = frozenset({SETTINGS.topics.returns, repartition_topic(SETTINGS.topics.returns)})
+
+#: "topic:partition:offset" of every dead letter of a returns topic seen on the dead-letters
+#: topic or sent by this process. A held return is given up when a later purchase comes, out
+#: of offset order with its partition's other dead letters, so the highest offset per source
+#: partition cannot tell whether its letter was sent; this can (they are few: bounded by the
+#: dead-letters topic's retention).
+RETURN_LETTERS: set[str] = set()
+
+
 def _letter_seen(key: str, old: tuple[str, int] | None, new: tuple[str, int] | None) -> None:
     if new is not None:
         source, offset = new
         if offset > SENT.get(source, -1):
             SENT[source] = offset
+        if source.rpartition(":")[0] in RETURN_TOPICS:
+            RETURN_LETTERS.add(f"{source}:{offset}")
 
 
 DEAD_LETTERS: TopicReplica[tuple[str, int]] = TopicReplica(
@@ -52,3 +66,13 @@ def already_dead_lettered(topic: str, partition: int, offset: int) -> bool:
     marked = dead_letter_marks.get(key)
     return (marked is not None and marked >= offset) or SENT.get(key, -1) >= offset
 
+
+
+def return_letter_sent(topic: str, partition: int, offset: int) -> bool:
+    """Whether a returns record's dead letter is on the dead-letters topic (as this worker
+    has read it) or was sent by this process; then remember it as sent."""
+    key = f"{mark_key(topic, partition)}:{offset}"
+    if key in RETURN_LETTERS:
+        return True
+    RETURN_LETTERS.add(key)
+    return False

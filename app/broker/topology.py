@@ -12,8 +12,8 @@ from core.topic_plan import DesiredTopic
 EVENT_RETENTION_MS = 7 * 24 * 3600 * 1000
 LOCATION_RETENTION_MS = 3600 * 1000
 #: Input topics (base names) that may have a repartition topic (``REPARTITION``).
-REPARTITIONED = ("products", "users", "purchases", "stores.products", "products.promotions",
-                 "customers.locations")
+REPARTITIONED = ("products", "users", "purchases", "returns", "stores.products",
+                 "products.promotions", "customers.locations")
 
 
 def topic_specs(settings: Settings) -> list[TopicSpec]:

@@ -14,7 +14,7 @@ os.environ.setdefault("APP_STORE", "memory://")
 import app as storestream
 from app import topics
 from tables import loyalty as tables
-from tables.deadletters import DEAD_LETTERS, SENT, dead_letter_marks
+from tables.deadletters import DEAD_LETTERS, RETURN_LETTERS, SENT, dead_letter_marks
 from tables.offers import (
     DISPLAYS,
     FIGURES,
@@ -69,6 +69,7 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
     tables.CATALOGUE.data.clear()
     dead_letter_marks.data.clear()
     SENT.clear()
+    RETURN_LETTERS.clear()
     for replica in (tables.CATALOGUE, DISPLAYS, PROMOTIONS, DEAD_LETTERS, FIGURES):
         replica.ready = True  # no broker here: the replicas are filled by the tests
     yield captured

@@ -129,3 +129,42 @@ async def test_associates_hear_a_watched_shoppers_arrival_once_per_visit_without
     await lane(position(3, T0 + 600 + 1801))  # a new visit
     assert sum(1 for (topic, _), records in lane.bulk._queued.items() if topic == name
                for _ in records) == 2
+
+
+async def test_a_redelivered_position_is_counted_once_inaccurate_or_withheld(
+        store: Sent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A position redelivered (a replay after a crash or a rebalance, same log place) changes
+    no counter again: inaccurate, withheld by a cap or by quiet hours, or offered."""
+    monkeypatch.setattr(offers_agent, "MAX_ACCURACY_M", 5.0)
+    monkeypatch.setattr(offers_agent, "CAPS", Caps(per_visit=1, visit_gap_s=600))
+
+    def counts() -> tuple[float, ...]:
+        return (METRICS.value("storestream_positions_inaccurate_total", store="s1"),
+                METRICS.value("storestream_offers_withheld_total", reason="visit_cap"),
+                METRICS.value("storestream_offers_withheld_total", reason="quiet_hours"),
+                METRICS.value("storestream_offers_total", store="s1"))
+
+    start = counts()
+    lane = Lane()
+    sloppy = position(0, T0, accuracy_m=12.0)
+    await lane(sloppy)
+    await lane(sloppy)
+    await lane(sloppy, position(1, T0 + 1))
+    assert counts() == (start[0] + 1, start[1], start[2], start[3] + 1)  # p-now once
+    await lane(position(1, T0 + 1))
+    capped = position(2, T0 + 31)  # p-dwell is due, the visit's cap is not
+    for _ in range(3):
+        assert await lane(capped) == []
+    assert counts() == (start[0] + 1, start[1] + 1, start[2], start[3] + 1)
+    quiet = StoreSettings("s1", "UTC", parse_quiet_hours("00:00-23:59"))
+    monkeypatch.setattr(offers_agent, "STORES", {"s1": quiet})
+    monkeypatch.setattr(offers_agent, "CAPS", Caps())
+    late = position(3, T0 + 2_000)
+    assert await lane(late) == []
+    quiet_once = counts()
+    assert quiet_once[2] == start[2] + 2  # both promotions due, both withheld
+    assert await lane(late) == []
+    assert counts() == quiet_once
+    # a later position is new: counted
+    assert await lane(position(4, T0 + 2_001, accuracy_m=30.0)) == []
+    assert counts()[0] == start[0] + 2

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import orjson
 import pytest
 
@@ -135,3 +137,63 @@ async def test_with_returns_off_a_return_is_dead_lettered_and_nothing_is_remembe
     assert "kris" not in tables.ledgers.data
     (_, raw), = sent.by_topic("dead-letters")
     assert orjson.loads(raw)["error"] == "returns are off (RETURN_WINDOW_DAYS=0)"
+
+
+async def test_a_held_return_given_up_is_dead_lettered_exactly_once_across_crashes(
+        sent: Sent) -> None:
+    """A held return is given up by a later purchase; its dead letter and the ledger's
+    change go to two topics, so a crash may keep either one. Letter out, ledger lost: the
+    purchase redelivered gives it up again and the letter, seen on the dead-letters topic,
+    is not sent again. Ledger kept, letter lost: the redelivered purchase finds in the
+    ledger what it gave up and sends the letter, once. (The fast lane's path.)"""
+    from agents.loyalty import apply_purchases, apply_returns
+    from app import topics
+    from app.runtime.bulk import BulkWriter
+    from app.runtime.fastlane import Source
+    from tables.batch import TableWrites
+    from tables.deadletters import DEAD_LETTERS, RETURN_LETTERS
+
+    returns = topics.returns_topic.get_topic_name()
+    purchases = topics.purchases_topic.get_topic_name()
+    letters: list[bytes] = []
+
+    async def run(apply: Any, topic: str, offset: int, value: bytes) -> None:
+        bulk = BulkWriter()
+        await apply([Source(topic, 0, offset, 1.0, b"kris", value)], TableWrites(0, bulk))
+        letters.extend(v for (t, _), records in bulk._queued.items()
+                       if t == topics.dead_letters_topic.get_topic_name()
+                       for _, v, _, _ in records if v is not None)
+
+    def redeliver_t1() -> Any:
+        return run(apply_purchases, purchases, 1, purchase("t1", "tea", 1.00, 100_000.0))
+
+    await run(apply_returns, returns, 0, give_back("ghost", 10.0))
+    await run(apply_purchases, purchases, 0, purchase("t0", "tea", 1.00, 11.0))
+    state = (tables.spend, tables.stamps, tables.baskets, tables.ledgers)
+    before = [dict(t.data) for t in state]
+    await redeliver_t1()
+    (raw,) = letters
+    letter = orjson.loads(raw)
+    assert (letter["topic"], letter["partition"], letter["offset"]) == (returns, 0, 0)
+    assert letter["error"].startswith("unknown purchase 'ghost'")
+    after = [dict(t.data) for t in state]
+
+    # 1. The letter reached the topic, the changelog writes did not; a new process reads
+    # the dead-letters topic before it resumes, then the purchase is redelivered.
+    for table, data in zip(state, before, strict=True):
+        table.data.clear()
+        table.data.update(data)
+    RETURN_LETTERS.clear()
+    DEAD_LETTERS.apply(b"kris", raw)
+    await redeliver_t1()
+    assert letters == [raw]
+    assert [dict(t.data) for t in state] == after
+
+    # 2. The changelog writes were kept, the letter was lost; a new process, whose
+    # dead-letters topic does not have it, gets the purchase redelivered (twice).
+    letters.clear()
+    RETURN_LETTERS.clear()
+    await redeliver_t1()
+    await redeliver_t1()
+    assert letters == [raw]
+    assert [dict(t.data) for t in state] == after

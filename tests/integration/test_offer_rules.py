@@ -11,6 +11,7 @@ import redis
 
 from app.dev.devstack import DevStack
 from tests.integration import store
+from tests.integration.ably_stub import AblyStub
 from tests.integration.harness import deployed, wait_for
 
 pytestmark = [pytest.mark.integration]
@@ -51,10 +52,13 @@ def test_accuracy_dwell_presence_and_a_visit_cap_on_one_worker(
         assert worker.metric("storestream_dead_letters_total") == 0
 
 
-def test_a_gold_shoppers_arrival_reaches_the_stores_associates_once_without_position(
-    stack: DevStack, tmp_path: Path,
+def test_a_gold_shoppers_arrival_reaches_the_stores_associates_once_per_visit_without_position(
+    stack: DevStack, tmp_path: Path, ably: AblyStub,
 ) -> None:
-    with deployed(stack, tmp_path) as deployment:
+    """On Redis and on Ably (the real SDK against the local stub, whose first two publishes
+    fail with 503: retried as offers are), once per visit, never with the position."""
+    env = {**ably.worker_env(), "VISIT_GAP_S": "600"}
+    with deployed(stack, tmp_path, extra_env=env) as deployment:
         worker = deployment.start_worker("w1")
         worker.wait_ready()
         deployment.produce([("purchases", "goldie", {"user_id": "goldie", "product_id": "tv",
@@ -66,19 +70,31 @@ def test_a_gold_shoppers_arrival_reaches_the_stores_associates_once_without_posi
         pubsub = client.pubsub()
         pubsub.subscribe(channel)
         assert pubsub.get_message(timeout=2.0) is not None  # the subscription's confirmation
+        ably.fail_next(2, 503)
         deployment.produce([store.position("goldie", store.D1, 1000),
-                            store.position("goldie", store.D2, 1010),
-                            store.position("alice", store.D1, 1020)])  # CLIMBING: not heard
-        alerts = deployment.read_topic("associates.alerts", expect=1, timeout=30)
-        assert [(a["uid"], a["store_id"], a["tier"]) for a in alerts] == [("goldie", "s1", "GOLD")]
+                            store.position("goldie", store.D2, 1010),   # the same visit
+                            store.position("alice", store.D1, 1020),    # CLIMBING: not heard
+                            store.position("goldie", store.D1, 1700)])  # a new visit
+        alerts = deployment.read_topic("associates.alerts", expect=2, timeout=30)
+        assert [(a["uid"], a["store_id"], a["tier"], a["ts"]) for a in alerts] == [
+            ("goldie", "s1", "GOLD", 1000), ("goldie", "s1", "GOLD", 1700)]
         heard = []
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not heard:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and len(heard) < 2:
             message = pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
             if message is not None:
                 heard.append(orjson.loads(message["data"]))
-        assert [(h["uid"], h["tier"], h["event"]) for h in heard] == [
-            ("goldie", "GOLD", "arrived")]
-        assert not {"lat", "lon"} & set(heard[0])
+        assert [(h["uid"], h["tier"], h["event"], h["ts"]) for h in heard] == [
+            ("goldie", "GOLD", "arrived", 1000), ("goldie", "GOLD", "arrived", 1700)]
+        wait_for("both alerts on Ably", lambda: len(ably.on_channel(channel)) == 2, 30)
+        published = ably.on_channel(channel)
+        assert [m.id for m in published] == [a["alert_id"] for a in alerts]
+        assert [m.name for m in published] == ["arrival", "arrival"]
+        assert ably.publish_attempts == 4  # two 503s retried, then one publish per alert
+        position = {"lat", "lon", "latitude", "longitude", "accuracy_m", "distance_m"}
+        for body in [*heard, *(m.data for m in published)]:
+            assert not position & set(body), body
+        assert worker.metric("storestream_associate_alerts_delivered_total", sink="ably") == 2
+        assert worker.metric("storestream_dead_letters_total") == 0
         pubsub.close()
         client.close()

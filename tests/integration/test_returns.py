@@ -5,10 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 import pytest
+from confluent_kafka import Producer
 
 from core import sample
 from tests.integration.harness import Deployment, wait_for
+from tests.integration.test_key_partitioners import murmur2_partition
 
 pytestmark = [pytest.mark.integration]
 
@@ -68,3 +71,39 @@ def test_returning_the_dog_takes_kris_back_to_before_it_and_bad_returns_are_dead
     letters = deployment.read_topic("dead-letters", expect=3, timeout=60)
     assert len(letters) == 3 and letters[-1]["error"] == "purchase 'p999' already returned"
     assert second.get("/customers/kris/")[1] == kris
+
+
+def test_keyless_returns_are_applied_on_the_partition_that_owns_the_customer(
+        each_path: Deployment) -> None:
+    """A return without a key lands on any partition; it is re-keyed by its ``user_id``
+    through the returns' repartition topic (``REPARTITION=keyless``, the default) and taken
+    back where ann's purchases are, beside a keyed return of hers (two offset spaces: the
+    keyless ones come at repartition offsets 0 and 1, as the keyed one at returns offset 0)."""
+    deployment = each_path
+    worker = deployment.start_worker("w1")
+    worker.wait_ready()
+    bought = [("a1", "tv", 450.0), ("a2", "coffee", 3.0), ("a3", "tea", 2.0)]
+    deployment.produce([("purchases", "ann", {"user_id": "ann", "product_id": product,
+                                              "purchase_id": pid, "price": price,
+                                              "ts": 1_000.0 + n})
+                        for n, (pid, product, price) in enumerate(bought)])
+    wait_for("ann's purchases", lambda: worker.get("/customers/ann/")[1].get("total") == 455.0,
+             60)
+    assert worker.get("/customers/ann/")[1]["reward_level"] == "GOLD"
+    owner = murmur2_partition("ann")
+    elsewhere = (owner + 1) % 4
+    deployment.produce([("returns", "ann", {"user_id": "ann", "purchase_id": "a3",
+                                            "ts": 1_010.0})])
+    producer = Producer({"bootstrap.servers": deployment.stack.bootstrap, "acks": "all"})
+    for n, pid in enumerate(("a1", "a2")):
+        producer.produce(deployment.topic("returns"), partition=elsewhere,
+                         value=orjson.dumps({"user_id": "ann", "purchase_id": pid,
+                                             "ts": 1_011.0 + n}))
+    assert producer.flush(30) == 0
+    wait_for("every return taken back",
+             lambda: worker.get("/customers/ann/")[1].get("total") == 0.0, 60)
+    ann = worker.get("/customers/ann/")[1]
+    assert ann["reward_level"] == "CLIMBING" and ann["coffee"]["total"] == 0
+    assert worker.metric("storestream_events_total", topic=deployment.topic("returns"),
+                         outcome="repartitioned") == 2
+    assert worker.metric("storestream_dead_letters_total") == 0

@@ -48,3 +48,26 @@ def test_one_arrival_per_visit_whatever_the_gaps(gaps: list[float]) -> None:
         arrivals += arrival is not None
     assert arrivals >= expected
     assert arrivals <= expected + sum(1 for gap in gaps[1:] if GAP * 0.9 < gap <= GAP)
+
+
+def test_an_alert_publishes_only_its_own_fields_and_never_a_position() -> None:
+    from app.delivery.alerts import alert_body, alert_channel
+    from app.delivery.sinks import DeliveryError
+
+    record = {"alert_id": "a1", "store_id": "s1", "uid": "goldie", "tier": "GOLD",
+              "event": "arrived", "ts": 5.0, "note": "internal"}
+    assert alert_body(record) == {k: v for k, v in record.items() if k != "note"}
+    assert alert_channel("s1", "x.") == "x.associates:s1"
+    for field in ("lat", "lon", "latitude", "longitude", "accuracy_m", "distance_m"):
+        try:
+            alert_body({**record, field: 1.0})
+        except DeliveryError as exc:
+            assert exc.permanent and field in str(exc)
+        else:
+            raise AssertionError(f"an alert with {field} was accepted")
+    try:
+        alert_body({"store_id": "s1"})
+    except DeliveryError as exc:
+        assert exc.permanent and "alert_id" in str(exc)
+    else:
+        raise AssertionError("an alert without alert_id was accepted")

@@ -74,11 +74,12 @@ class Customer:
             self.basket, self.ledger, self.catalogue, RULES))
 
     def give_back(self, pid: str, ts: float, amount: int | None = None,
-                  offset: int | None = None) -> None:
+                  offset: int | None = None, repartitioned: bool = False) -> None:
         if offset is None:
             offset, self.next_return = self.next_return, self.next_return + 1
         self._take(apply_return(Return("k", pid, ts, amount), offset, self.spend,
-                                self.stamps, self.basket, self.ledger, self.catalogue, RULES))
+                                self.stamps, self.basket, self.ledger, self.catalogue, RULES,
+                                repartitioned=repartitioned))
 
     def document(self) -> dict[str, Any]:
         return customer_document("k", self.spend, self.stamps, self.basket, self.catalogue,
@@ -199,6 +200,30 @@ def test_a_held_return_whose_purchase_never_comes_is_given_up_after_the_lateness
     assert kris.expired == [
         "unknown purchase 'ghost' (held 86400 s of event time, it never arrived)"]
     assert kris.ledger.held == ()
+
+
+def test_a_redelivered_purchase_reports_the_held_returns_it_gave_up_and_nothing_else(
+) -> None:
+    """The ledger remembers which purchase gave up which held return, so a redelivery of
+    that purchase (its letter may not have reached the topic) reports the same ones again,
+    and a redelivery of any other purchase none (the sender skips letters already out)."""
+    kris = Customer()
+    kris.give_back("ghost", 10.0)
+    kris.give_back("spook", 20.0)
+    kris.buy("tea", 15.0, 500, "t0")
+    kris.buy("tea", 10.0 + DAY + 1, 500, "t1")
+    assert kris.expired == [
+        "unknown purchase 'ghost' (held 86400 s of event time, it never arrived)"]
+    kris.buy("tea", 20.0 + DAY + 1, 500, "t2")
+    assert len(kris.expired) == 2 and "spook" in kris.expired[1]
+    after = (kris.spend, kris.ledger)
+    for offset, expected in ((1, ["ghost"]), (2, ["spook"]), (0, [])):
+        kris.expired.clear()
+        kris.buy("tea", 0.0, 500, f"t{offset}", offset=offset)  # redelivered
+        assert [e.split("'")[1] for e in kris.expired] == expected
+        assert (kris.spend, kris.ledger) == after  # nothing else changes
+    assert Ledger.from_json(kris.ledger.to_json()) == kris.ledger
+    assert [h.purchase_id for _, h, _ in kris.ledger.given_up] == ["ghost", "spook"]
 
 
 def test_two_held_returns_of_one_purchase_apply_once_and_reject_the_second() -> None:
@@ -387,6 +412,52 @@ def test_the_ledger_holds_at_most_a_window_and_a_day_of_purchases() -> None:
     assert len(kris.ledger.bought) <= 3 * (window_days + 2)
     assert kris.ledger.entry("d199h18", RULES) is not None
     assert kris.ledger.entry(f"d{199 - int(window_days) - 1}h18", RULES) is None
+
+
+@settings(max_examples=150, deadline=None)
+@given(purchases_and_returns(), st.lists(st.booleans(), min_size=10, max_size=10),
+       st.lists(st.integers(0, 40), max_size=8))
+def test_returns_from_the_returns_topic_and_its_repartition_topic_apply_once_each(
+        case: tuple[list[tuple[str, str, int, float]], list[tuple[str, int | None]],
+                    list[bool]], keyless: list[bool], crashes: list[int]) -> None:
+    """Keyed returns come from ``returns``, keyless ones re-keyed from its repartition
+    topic: two logs whose offsets overlap. Each return counts once, whatever the log, with
+    redeliveries of any of the three logs, as the independent oracle says."""
+    purchases, returns, order = case
+    purchases = [(pid, product, cents or 100, ts) for pid, product, cents, ts in purchases]
+    price = {pid: cents for pid, _, cents, _ in purchases}
+    returns = [(pid, None if amount is None or amount >= price[pid] else amount)
+               for pid, amount in returns]
+    log: list[tuple[str, int, Any]] = []
+    bought, given_back = iter(purchases), iter(returns)
+    offsets = {"purchases": 0, "returns": 0, "returns.repartition": 0}
+    n = 0
+    for take_purchase in order:
+        if take_purchase:
+            topic, item = "purchases", next(bought)
+        else:
+            topic = "returns.repartition" if keyless[n % len(keyless)] else "returns"
+            item, n = next(given_back), n + 1
+        log.append((topic, offsets[topic], item))
+        offsets[topic] += 1
+    customer = Customer()
+    for at, (topic, offset, item) in enumerate(log):
+        again = [log[i] for i in range(at) if at in crashes and log[i][0] == topic][-3:]
+        for r_topic, r_offset, r_item in (*again, (topic, offset, item)):
+            if r_topic == "purchases":
+                pid, product, cents, ts = r_item
+                customer.buy(product, ts, cents, pid, offset=r_offset)
+            else:
+                pid, amount = r_item
+                customer.give_back(pid, 3_600.0, amount, offset=r_offset,
+                                   repartitioned=r_topic == "returns.repartition")
+    expected = oracle(purchases, returns)
+    document = customer.document()
+    assert round(document["total"] * 100) == expected["total_cents"]
+    assert document["coffee"]["total"] == expected["coffees"]
+    assert customer.rejected == [] and customer.ledger.held == ()
+    assert Ledger.from_json(customer.ledger.to_json()) == customer.ledger
+    assert Spend.from_json(customer.spend.to_json()) == customer.spend
 
 
 def test_purchases_older_than_the_return_window_are_forgotten_and_a_return_of_one_refused(

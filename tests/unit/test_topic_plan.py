@@ -143,15 +143,15 @@ def test_every_topology_topic_gets_the_replication_setting() -> None:
     settings = load_settings({"STORESTREAM_CONFIG": INI, "TOPIC_REPLICATION": "3",
                               "TOPIC_PREFIX": "x.", "TOPIC_PARTITIONS": "6"})
     topics = desired_topics(settings)
-    assert len(topics) == 20  # 14 (returns: issue 22; redemptions, held out, presence,
-    # associates: issue 21), and a repartition topic per input topic but returns
+    assert len(topics) == 21  # 14 (returns: issue 22; redemptions, held out, presence,
+    # associates: issue 21), and a repartition topic per input topic
     assert {t.name for t in topics} >= {"x.purchases", "x.dead-letters", "x.products"}
     for topic in topics:
         assert topic.partitions == 6 and topic.replication == 3
         assert topic.config["min.insync.replicas"] == "2"
         assert "cleanup.policy" in topic.config and "retention.ms" in topic.config
     single = desired_topics(load_settings({"STORESTREAM_CONFIG": INI}))
-    assert len(single) == 20
+    assert len(single) == 21
     assert all(t.replication == 1 and "min.insync.replicas" not in t.config for t in single)
 
 
