@@ -59,30 +59,56 @@ class DayBuckets(Mapping[int, int]):
 
     def merged(self, adds: Mapping[int, int], first: int) -> DayBuckets:
         """These buckets with ``adds`` added (cents per day), days before ``first`` and
-        empty days dropped."""
-        days, cents = _unpacked(self.packed)
-        if len(adds) <= 1 and (not days or days[0] >= first):
-            # the usual case: at most one purchase, on or after the newest day; none to drop
-            if not adds:
-                return self
-            ((day, plus),) = adds.items()
-            if not days or day > days[-1]:
-                if not plus or day < first:
-                    return self
-                if not days:
-                    return _packed((day,), (plus,))
-                return _remember(f"{self.packed},{day - days[-1]},{plus}",
-                                 (*days, day), (*cents, plus))
-            if day == days[-1]:
+        empty days dropped.
+
+        Only the text that changes is rewritten: a purchase adds to the newest days and
+        settles purchases of the day before, and a new day drops the oldest ones, so the
+        work per purchase does not grow with the number of days held."""
+        packed = self.packed
+        days, cents = _unpacked(packed)
+        if len(adds) == 1 and days and days[0] >= first:
+            ((day, plus),) = adds.items()  # the usual case: one day, on or after the newest
+            if day > days[-1] and plus:
+                return _remember(f"{packed},{day - days[-1]},{plus}", (*days, day),
+                                 (*cents, plus))
+            if day == days[-1] and cents[-1] + plus:
                 total = cents[-1] + plus
-                if total:
-                    return _remember(self.packed[:self.packed.rfind(",") + 1] + str(total),
-                                     days, (*cents[:-1], total))
-                return _packed(days[:-1], cents[:-1])
-        buckets = dict(zip(days, cents, strict=True))
-        for day, plus in adds.items():
-            buckets[day] = buckets.get(day, 0) + plus
-        return DayBuckets.of((d, c) for d, c in buckets.items() if d >= first)
+                return _remember(f"{packed[:packed.rfind(',') + 1]}{total}", days,
+                                 (*cents[:-1], total))
+        if days and days[0] < first:  # drop the head: days before the window
+            cut = bisect.bisect_left(days, first)
+            if cut == len(days):
+                packed, days, cents = "", (), ()
+            else:
+                days, cents = days[cut:], cents[cut:]
+                rest = packed.split(",", 2 * cut + 2)[-1] if len(days) > 1 else ""
+                packed = f"{days[0]},{cents[0]}" + ("," + rest if rest else "")
+        if adds:
+            low = min(adds)
+            if low < first:
+                adds = {day: plus for day, plus in adds.items() if day >= first}
+                if not adds:
+                    return _remember(packed, days, cents) if packed else EMPTY_DAYS
+                low = min(adds)
+            keep = bisect.bisect_left(days, low)  # the buckets before it are left as they are
+            tail = dict(zip(days[keep:], cents[keep:], strict=True))
+            for day, plus in adds.items():
+                tail[day] = tail.get(day, 0) + plus
+            tail_days = tuple(sorted(day for day, total in tail.items() if total))
+            tail_cents = tuple(tail[day] for day in tail_days)
+            if keep == 0:
+                return _packed(tail_days, tail_cents)
+            head = packed.rsplit(",", 2 * (len(days) - keep))[0] if keep < len(days) else packed
+            days, cents = days[:keep] + tail_days, cents[:keep] + tail_cents
+            previous = days[keep - 1]
+            pieces = [head]
+            for day, total in zip(tail_days, tail_cents, strict=True):
+                pieces.append(f"{day - previous},{total}")
+                previous = day
+            packed = ",".join(pieces)
+        if not packed:
+            return EMPTY_DAYS
+        return self if packed is self.packed else _remember(packed, days, cents)
 
     def __getitem__(self, day: int) -> int:
         for at, cents in self.pairs():
@@ -146,21 +172,29 @@ EMPTY_DAYS = DayBuckets()
 
 Unpacked = tuple[tuple[int, ...], tuple[int, ...]]
 
-#: The last string unpacked or packed, and its days and cents: a purchase reads the buckets
-#: it has just written (the window's spend), so that read costs nothing. Immutable values.
-_last: tuple[str, Unpacked] = ("", ((), ()))
+#: Strings lately unpacked or packed, with their days and cents: a customer's buckets are
+#: read and rewritten by each of their purchases in a batch, so those reads cost a lookup
+#: (values immutable; bounded: past ``_UNPACKED_KEPT`` strings it starts over).
+_UNPACKED: dict[str, Unpacked] = {}
+_UNPACKED_KEPT = 4_096
 
 
 def _unpacked(packed: str) -> Unpacked:
     """Days and cents of a packed string (see the module's docstring)."""
-    global _last
-    last = _last
-    if last[0] is packed or not packed:
-        return last[1] if packed else ((), ())
-    values = list(map(int, packed.split(",")))
-    out = (tuple(accumulate(values[0::2])), tuple(values[1::2]))
-    _last = (packed, out)
+    if not packed:
+        return ((), ())
+    out = _UNPACKED.get(packed)
+    if out is None:
+        values = list(map(int, packed.split(",")))
+        out = (tuple(accumulate(values[0::2])), tuple(values[1::2]))
+        _keep(packed, out)
     return out
+
+
+def _keep(packed: str, unpacked: Unpacked) -> None:
+    if len(_UNPACKED) >= _UNPACKED_KEPT:
+        _UNPACKED.clear()
+    _UNPACKED[packed] = unpacked
 
 
 def _packed(days: tuple[int, ...], cents: tuple[int, ...]) -> DayBuckets:
@@ -175,6 +209,5 @@ def _packed(days: tuple[int, ...], cents: tuple[int, ...]) -> DayBuckets:
 
 def _remember(packed: str, days: tuple[int, ...], cents: tuple[int, ...]) -> DayBuckets:
     """The buckets packed as ``packed``, whose days and cents are known already."""
-    global _last
-    _last = (packed, (days, cents))
+    _keep(packed, (days, cents))
     return DayBuckets(packed)

@@ -408,11 +408,15 @@ def _next_spend(
         return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1,
                      newest, tier_for(total, rules.tiers), last_offset, last_rp,
                      spend.last_ret, days, spend.below_since, spend.last_ret_rp), total
-    new = Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
-                spend.tier, last_offset, last_rp, spend.last_ret, days, spend.below_since,
-                spend.last_ret_rp)
-    tier, below_since = tier_now(new, total, catalogue, rules)
-    return new._replace(tier=tier, below_since=below_since), total
+    first = day_of(newest) - rules.tier_window_days + 1
+    in_window = (days.since(first) + cents if not pending or day_of(pending[0].ts) >= first
+                 else window_cents(days, pending, newest, catalogue, rules))  # all pending in
+    computed = tier_for(in_window, rules.tiers)
+    tier, below_since = with_grace(spend.tier, spend.below_since, computed, newest,
+                                   rules.tier_grace_days * DAY_S)
+    return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
+                 tier, last_offset, last_rp, spend.last_ret, days, below_since,
+                 spend.last_ret_rp), total
 
 
 def apply_purchase(
