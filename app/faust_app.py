@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import ssl
 from typing import Any
@@ -11,7 +12,7 @@ from faust.serializers import codecs
 
 from app.broker import broker_check
 from app.routing.partitioning import KeyPartitioner
-from app.runtime import gc_tuning, transport
+from app.runtime import gc_tuning, internals, transport
 from app.runtime.guarantees import on_worker_init as check_processing_guarantee
 from app.settings import SETTINGS
 from app.web.auth import bearer_auth
@@ -107,8 +108,17 @@ def _tune_gc(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
     gc_tuning.tune(SETTINGS.gc_gen0_threshold)
 
 
+def _check_internals(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    """Warn, naming what to re-check, when faust, mode or aiokafka is a release the mirrored
+    internals were not checked against (app/runtime/internals.py): a worker upgraded past
+    the pins still starts, but says where it may misbehave."""
+    for problem in internals.problems():
+        logging.getLogger(__name__).warning("unchecked release: %s", problem)
+
+
 app.on_worker_init.connect(broker_check.on_worker_init)
 app.on_worker_init.connect(_check_guarantee)
+app.on_worker_init.connect(_check_internals)
 app.on_worker_init.connect(_tune_gc)
 
 
