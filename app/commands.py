@@ -47,8 +47,10 @@ async def devstack_command(self: Any) -> None:
 async def simulate_command(self: Any, shoppers: int, rate: float, duration: float,
                            load_store: bool, seed: int, buy_pct: float) -> None:
     """Drive shoppers through the demo store (positions to customers.locations)."""
+    bootstrap, auth, _ = replica_connection(app)  # SASL/TLS as the worker's own clients
     await run_simulation(SETTINGS, shoppers=shoppers, rate=rate, duration=duration,
-                         load=load_store, seed=seed, buy_pct=buy_pct)
+                         load=load_store, seed=seed, buy_pct=buy_pct,
+                         connection=(bootstrap, auth))
 
 
 @app.command(

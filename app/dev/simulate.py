@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -42,13 +43,18 @@ def _progress(sent: int, started: float, shoppers: int, duration: float) -> None
 
 
 async def simulate(settings: Settings, *, shoppers: int, rate: float, duration: float,
-                   load: bool, seed: int, quiet: bool = False, buy_pct: float = 0.0) -> int:
-    """Send positions at ``rate`` per second for ``duration`` seconds (0: until stopped)."""
+                   load: bool, seed: int, quiet: bool = False, buy_pct: float = 0.0,
+                   connection: tuple[str, Mapping[str, Any]] | None = None) -> int:
+    """Send positions at ``rate`` per second for ``duration`` seconds (0: until stopped).
+
+    ``connection``: bootstrap servers and aiokafka security settings (SASL/TLS) as the
+    worker's own clients use them; default: ``settings.broker_url`` in plain text."""
     if shoppers < 1 or rate <= 0:
         raise ValueError("--shoppers must be >= 1 and --rate > 0")
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap_servers(settings.broker_url),
+    servers, auth = connection or (bootstrap_servers(settings.broker_url), {})
+    producer = AIOKafkaProducer(bootstrap_servers=servers,
                                 partitioner=KeyPartitioner(settings.key_partitioner),
-                                linger_ms=20)
+                                linger_ms=20, **auth)
     await producer.start()
     sent = 0
     started = time.monotonic()

@@ -11,6 +11,8 @@ works only if it logs in too.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +24,7 @@ from app.dev.devstack import DevStack, free_port
 from app.dev.kafka_broker import SaslSslListener, ScramUser
 from core import sample
 from tests.integration import tls
-from tests.integration.harness import Deployment, Worker, deployed, wait_for
+from tests.integration.harness import ROOT, Deployment, Worker, deployed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -155,3 +157,20 @@ def test_unknown_ca_ends_the_worker_with_one_line(secured_stack: DevStack,
         f"certificate verification failed (KAFKA_SSL_CAFILE={certificates.other_ca.cert} did "
         f"not sign the broker's certificate: "), log
     assert "Traceback" not in log, log
+
+
+def test_simulate_command_produces_over_sasl_ssl(secured_stack: DevStack,
+                                                 certificates: Certificates,
+                                                 tmp_path: Path) -> None:
+    """``faust -A app simulate`` connects as the worker does: SASL over TLS, credentials and
+    CA from the same settings (it used to try the listener in plain text)."""
+    env = sasl_env(secured_stack, certificates.ca.cert)
+    with deployed(secured_stack, tmp_path, extra_env=env) as deployment:
+        done = subprocess.run(
+            [sys.executable, "-m", "faust", "-A", "app", "simulate", "--shoppers", "3",
+             "--rate", "20", "--duration", "3", "--no-load-store"],
+            cwd=ROOT, env=deployment.env, capture_output=True, text=True, timeout=90)
+        assert done.returncode == 0, done.stderr[-3000:]
+        positions = deployment.read_topic("customers.locations", expect=40, timeout=30)
+        assert len(positions) >= 40  # ~60 sent in 3 s at 20/s
+        assert {p["uid"] for p in positions} == {f"shopper-{n:03d}" for n in range(3)}
