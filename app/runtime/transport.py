@@ -38,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any, cast
 
@@ -185,6 +186,8 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         super().__post_init__()
         #: Per partition: (generation, highest offset) processed by the lane in that generation.
         self._lane_done: dict[TP, tuple[int, int]] = {}
+        #: Records handed to a lane at a time, adapted to how long a chunk takes (lane_chunk).
+        self._lane_chunk = LANE_CHUNK
 
     def pause_partitions(self, tps: Iterable[TP]) -> None:
         """Faust's pause; aiokafka stops fetching paused changelog partitions too."""
@@ -286,12 +289,17 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             if active is not None and tp not in active and tp not in self._buffered_partitions:
                 not_taken[tp] = batch[0].offset
                 continue
-            for start in range(0, len(batch), LANE_CHUNK):
+            start = 0
+            while start < len(batch):
                 if start and (not self.flow_active
                               or self.app.consumer_generation_id != generation_id):
                     not_taken[tp] = batch[start].offset
                     break
-                await self._run_lane(tp, batch[start:start + LANE_CHUNK], handler)
+                size = self._lane_chunk
+                began = time.monotonic()
+                await self._run_lane(tp, batch[start:start + size], handler)
+                start += size
+                self._lane_chunk = lane_chunk(size, time.monotonic() - began)
                 # Let the loop run between chunks: heartbeats, commits, the web server and
                 # the producer's sends wait for it (see LANE_CHUNK).
                 await asyncio.sleep(0)
@@ -378,6 +386,23 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
 #: group rebalanced in the middle of the backlog. Each chunk still writes each key's state
 #: once, and between chunks the loop runs.
 LANE_CHUNK = 32768
+#: A chunk should keep the loop at most this long (heartbeats every BROKER_SESSION_TIMEOUT_S
+#: / 3, 2 s by default): on a CPU-starved host 32,768 records took seconds and the group
+#: session expired 3-8 times per bench run; the chunk shrinks until one takes about this long.
+LANE_STEP_S = 0.5
+#: The smallest chunk (smaller ones lose the per-batch writes of each key's state).
+LANE_CHUNK_MIN = 1024
+
+
+def lane_chunk(size: int, elapsed_s: float) -> int:
+    """The next chunk size after a chunk of ``size`` records took ``elapsed_s``: shrunk to
+    fit :data:`LANE_STEP_S` when it took longer, doubled (up to :data:`LANE_CHUNK`) when it
+    took under a quarter of it."""
+    if elapsed_s > LANE_STEP_S:
+        return max(LANE_CHUNK_MIN, int(size * LANE_STEP_S / elapsed_s))
+    if elapsed_s < LANE_STEP_S / 4:
+        return min(LANE_CHUNK, size * 2)
+    return size
 
 #: Loop turns given to aiokafka before an urgent batch is processed: one for its fetch routine
 #: to see the records taken and build the next request, one for the request's task to write
