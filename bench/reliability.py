@@ -797,6 +797,10 @@ class Run:
             "distinct_sources": len(sources),
             "duplicates": sum(n - 1 for n in sources.values()),
             "for_valid_events": len(for_valid),
+            # offers whose delivery was given up (their source is the offers topic): none
+            # unless redis or Ably was unreachable for longer than the retries
+            "delivery_letters": sum(1 for d in for_valid if d.get("topic") == self.deployment
+                                    .topic("customers.promotions")),
             "bad_without_letter": sum(1 for k in bad if k not in sources),
             "examples_for_valid_events": [
                 {k: d.get(k) for k in ("topic", "partition", "offset", "error")}
