@@ -447,11 +447,17 @@ def run_cluster(plan: Plan, faults: FaultPlan, seed: int, keep_logs: bool,
     return figures
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 def cluster_main(nodes: int, quick: bool, seed: int, keep_logs: bool,
                  json_path: Path | None) -> int:
     """``--cluster N``: run, print the table, write the figures; exit 1 on a failure."""
     # aiokafka logs every refused connection to a killed node: the progress lines say more
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # SIGTERM unwinds like Ctrl-C: the namespace, nodes and workers are cleaned up
+    signal.signal(signal.SIGTERM, _interrupt)
     if nodes != 3:
         print("--cluster: the fault run is defined for 3 nodes (RF 3, min ISR 2)")
         return 2
