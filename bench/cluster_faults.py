@@ -120,7 +120,8 @@ class ClusterRun(Run):
         self.cluster_faults: list[Fault] = []
         self.last_tracker: asyncio.Task[None] | None = None
         super().__init__(plan, seed, stack, run_dir,
-                         worker_env={"TOPIC_REPLICATION": str(stack.kafka_nodes)})
+                         worker_env={"TOPIC_REPLICATION": str(stack.kafka_nodes),
+                                     "PRODUCER_IDEMPOTENCE": "on"})
 
     def make_slots(self) -> list[Slot]:
         """Two workers on the host and a third inside the namespace; each advertises an
