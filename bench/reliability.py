@@ -1008,7 +1008,7 @@ class Run:
                     return True
 
                 await self.wait_until("both workers to know every display and promotion",
-                                      store_loaded, 60)
+                                      store_loaded, max(60.0, plan.recovery_timeout_s))
                 self.say(f"setup: {len(self.inputs.setup):,} records (catalogue, "
                          f"{plan.customers} customers, {displays} displays, {promotions} "
                          f"promotions) produced and replicated")
