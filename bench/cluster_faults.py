@@ -346,10 +346,11 @@ def _kind_figures(faults: list[Fault]) -> dict[str, Any]:
 def cluster_failures(figures: dict[str, Any]) -> list[str]:
     """The single-broker run's failures plus the cluster's must-be figures.
 
-    Dead letters of offers (their source is ``customers.promotions``) are left out of the
-    dead-letter checks: a worker cut off from redis gives up delivering the offers it reads
-    after its retries, by design, and says so in ``dead-letters``; what counts is that every
-    offer reaches redis exactly once (``not_pushed`` and ``pushed_more_than_once``).
+    Dead letters of offers and associate alerts (their source is ``customers.promotions`` or
+    ``associates.alerts``) are left out of the dead-letter checks: a worker cut off from
+    redis gives up delivering what it reads after its retries, by design, and says so in
+    ``dead-letters``; what counts is that every offer reaches redis exactly once
+    (``not_pushed`` and ``pushed_more_than_once``).
     """
     letters = figures.get("dead_letters")
     if letters is not None:
@@ -393,8 +394,8 @@ def cluster_table(figures: dict[str, Any]) -> str:
                  f"under-replicated partitions at the end {figures.get('under_replicated_end')}"
                  f" (must be 0)")
     offers_dead = figures.get("dead_letters", {}).get("delivery_letters")
-    lines.append(f"dead letters of offers a worker cut off from redis gave up on: {offers_dead} "
-                 f"(not counted above; every offer must still reach redis once)")
+    lines.append(f"dead letters of offers/alerts a worker cut off from redis gave up on: "
+                 f"{offers_dead} (not counted above; every offer must still reach redis once)")
     lines.append("fault kind        count  to every worker processing again s: p50 / max"
                  "  (longest outage s)")
     for kind, got in kinds.items():

@@ -382,15 +382,16 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, timeout: floa
 
 
 async def read_topic(bootstrap: str, topic: str, *, at_least: int = 0, timeout: float = 60.0,
-                     quiet_s: float = 1.5) -> list[Any]:
+                     quiet_s: float = 1.5, isolation: str = "read_uncommitted") -> list[Any]:
     """Every record of ``topic``, from the start of every partition.
 
     Reads until at least ``at_least`` records arrived, every partition is past the end offset
     reported when reading began, and nothing new came for ``quiet_s`` (the embedded broker's
-    end offsets can be low, DESIGN section 7), or until ``timeout``.
+    end offsets can be low, DESIGN section 7), or until ``timeout``. Under exactly_once read
+    with ``isolation="read_committed"``: aborted transactions' records are not output.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest",
+                                auto_offset_reset="earliest", isolation_level=isolation,
                                 max_partition_fetch_bytes=MAX_REQUEST_BYTES)
     await consumer.start()
     try:
@@ -509,6 +510,12 @@ class Run:
         self.failed = 0
         self.figures: dict[str, Any] = {}
         self.session: aiohttp.ClientSession | None = None
+
+    @property
+    def isolation(self) -> str:
+        """How the checks read output topics: committed records only under exactly_once."""
+        return ("read_committed" if self.settings.processing_guarantee == "exactly_once"
+                else "read_uncommitted")
 
     def make_slots(self) -> list[Slot]:
         """The deployment's workers (two on loopback here)."""
@@ -785,7 +792,8 @@ class Run:
         bad = {(self.deployment.topic(r.topic), r.partition, r.offset): r.kind
                for r in self.inputs.stream if r.bad and r.placed}
         records = await read_topic(self.stack.bootstrap, self.deployment.topic("dead-letters"),
-                                   at_least=len(bad), timeout=wait_s, quiet_s=3.0)
+                                   at_least=len(bad), timeout=wait_s, quiet_s=3.0,
+                                   isolation=self.isolation)
         letters = [orjson.loads(r.value) for r in records]
         sources = Counter((d.get("topic"), d.get("partition"), d.get("offset")) for d in letters)
         for_valid = [d for d in letters if (d.get("topic"), d.get("partition"),
@@ -797,10 +805,12 @@ class Run:
             "distinct_sources": len(sources),
             "duplicates": sum(n - 1 for n in sources.values()),
             "for_valid_events": len(for_valid),
-            # offers whose delivery was given up (their source is the offers topic): none
-            # unless redis or Ably was unreachable for longer than the retries
-            "delivery_letters": sum(1 for d in for_valid if d.get("topic") == self.deployment
-                                    .topic("customers.promotions")),
+            # offers and associate alerts whose delivery was given up (their source is the
+            # offers or alerts topic): none unless redis or Ably was unreachable for longer
+            # than the retries
+            "delivery_letters": sum(1 for d in for_valid if d.get("topic") in (
+                self.deployment.topic("customers.promotions"),
+                self.deployment.topic("associates.alerts"))),
             "bad_without_letter": sum(1 for k in bad if k not in sources),
             "examples_for_valid_events": [
                 {k: d.get(k) for k in ("topic", "partition", "offset", "error")}
@@ -818,7 +828,8 @@ class Run:
     async def verify_offers(self, final_docs: dict[str, dict[str, Any]],
                             wait_s: float) -> dict[str, Any]:
         topic = self.deployment.topic("customers.promotions")
-        records = await read_topic(self.stack.bootstrap, topic, timeout=wait_s, quiet_s=3.0)
+        records = await read_topic(self.stack.bootstrap, topic, timeout=wait_s, quiet_s=3.0,
+                                   isolation=self.isolation)
         offers = [orjson.loads(r.value) for r in records]
         by_id: dict[str, dict[str, Any]] = {}
         for offer in offers:
