@@ -319,8 +319,23 @@ class ClusterRun(Run):
                      f"nodes down {figures['nodes_down_end']}")
         return figures
 
+    def fenced_exits(self) -> list[str]:
+        """Workers that exited on their own because their transactional producer was fenced
+        (``ProducerFenced``: a zombie after a network cut stopping rather than diverging)."""
+        out = []
+        for slot in self.slots:
+            for incarnation in range(slot.incarnation):  # the last one is still running
+                log = self.run_dir / f"{slot.name}.{incarnation}.log"
+                name = f"{slot.name}#{incarnation}"
+                if (any(e.startswith(f"{name} ") for e in self.unexpected_exits)
+                        and "ProducerFenced" in log.read_text(errors="replace")):
+                    out.append(name)
+        return out
+
     def summarise(self, runtime_s: float) -> dict[str, Any]:
+        fenced = self.fenced_exits()
         figures = super().summarise(runtime_s)
+        figures["faults"]["fenced_exits"] = fenced
         by_kind: dict[str, list[Fault]] = defaultdict(list)
         for fault in self.cluster_faults:
             by_kind[fault.kind].append(fault)
@@ -358,6 +373,10 @@ def cluster_failures(figures: dict[str, Any]) -> list[str]:
         figures = {**figures, "dead_letters": {
             **letters, "records": letters["records"] - offers_dead,
             "for_valid_events": letters["for_valid_events"] - offers_dead}}
+    faults = figures.get("faults", {})
+    if faults.get("fenced_exits"):  # a fenced zombie stopping is exactly_once working
+        figures = {**figures, "faults": {**faults, "unexpected_exits": faults[
+            "unexpected_exits"] - len(faults["fenced_exits"])}}
     out = failures(figures)
     fp = figures.get("fault_plan", {})
     kinds = figures.get("cluster_faults", {}).get("by_kind", {})
@@ -393,6 +412,9 @@ def cluster_table(figures: dict[str, Any]) -> str:
                  f"processing guarantee {figures.get('processing_guarantee')}, "
                  f"under-replicated partitions at the end {figures.get('under_replicated_end')}"
                  f" (must be 0)")
+    fenced = figures.get("faults", {}).get("fenced_exits", [])
+    lines.append(f"workers that exited fenced (ProducerFenced: a zombie stopping, then "
+                 f"restarted; not counted above): {len(fenced)} {' '.join(fenced)}")
     offers_dead = figures.get("dead_letters", {}).get("delivery_letters")
     lines.append(f"dead letters of offers/alerts a worker cut off from redis gave up on: "
                  f"{offers_dead} (not counted above; every offer must still reach redis once)")

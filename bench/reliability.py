@@ -1,7 +1,9 @@
 """Fault injection against a real broker, checked against the input log.
 
 ``python -m bench.reliability [--quick] [--broker kafka|tansu] [--json PATH] [--seed N]
-[--keep-logs]`` (``make reliability``, ``make reliability BROKER=tansu``) starts its own
+[--keep-logs] [--cluster 3]`` (``make reliability``, ``make reliability BROKER=tansu``;
+``--cluster 3``, ``make reliability CLUSTER=3``: three KRaft nodes, broker, controller, pause
+and network faults, :mod:`bench.cluster_faults`) starts its own
 broker (Apache Kafka, one KRaft node, by default; the embedded Tansu with ``--broker
 tansu``) and redis, two real ``faust -A app worker`` processes of one deployment, and then,
 while purchases, malformed events and shopper positions are produced over time, SIGKILLs
