@@ -71,9 +71,13 @@ bench: $(BENCH_STAMP)
 # Fault injection: 2 workers, SIGKILL/SIGTERM, poison pills, offers, web load (~6-10 min),
 # on Apache Kafka; BROKER=tansu runs it on the embedded broker (BROKER's default of devstack
 # does not apply here: only a BROKER given to make does).
+# CLUSTER=3: three KRaft nodes, three workers (one in a network namespace: needs root),
+# leader/controller SIGKILLs, broker SIGSTOPs and network cuts (bench/cluster_faults.py).
 RELIABILITY_BROKER = $(if $(filter command line environment,$(origin BROKER)),$(BROKER),kafka)
+CLUSTER ?=
 reliability: install $(if $(filter kafka,$(RELIABILITY_BROKER)),kafka)
-	$(BIN)/python -m bench.reliability --broker $(RELIABILITY_BROKER) $(RELIABILITY_ARGS)
+	$(BIN)/python -m bench.reliability --broker $(RELIABILITY_BROKER) \
+		$(if $(CLUSTER),--cluster $(CLUSTER)) $(RELIABILITY_ARGS)
 
 reliability-quick: install $(if $(filter kafka,$(RELIABILITY_BROKER)),kafka)
 	$(BIN)/python -m bench.reliability --quick --broker $(RELIABILITY_BROKER)

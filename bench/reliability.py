@@ -1,7 +1,9 @@
 """Fault injection against a real broker, checked against the input log.
 
 ``python -m bench.reliability [--quick] [--broker kafka|tansu] [--json PATH] [--seed N]
-[--keep-logs]`` (``make reliability``, ``make reliability BROKER=tansu``) starts its own
+[--keep-logs] [--cluster 3]`` (``make reliability``, ``make reliability BROKER=tansu``;
+``--cluster 3``, ``make reliability CLUSTER=3``: three KRaft nodes, broker, controller, pause
+and network faults, :mod:`bench.cluster_faults`) starts its own
 broker (Apache Kafka, one KRaft node, by default; the embedded Tansu with ``--broker
 tansu``) and redis, two real ``faust -A app worker`` processes of one deployment, and then,
 while purchases, malformed events and shopper positions are produced over time, SIGKILLs
@@ -71,13 +73,13 @@ from core.offers import (
     CooldownState,
     PositionSource,
     PromotionIndex,
-    Tier,
     decide_offers,
     parse_promotion,
     parse_tier,
 )
 from core.poison import poison_pills
 from core.pricing import PriceHistory, with_price
+from core.tiers import Tier
 from tests.integration.harness import ROOT, Deployment, Worker
 
 RESULTS = ROOT / "bench" / "results"
@@ -243,7 +245,7 @@ def reference_documents(inputs: Inputs, rules: LoyaltyRules) -> dict[str, dict[s
 
 
 def reference_offers(inputs: Inputs, radius_m: float, cooldown_s: float,
-                     topic: str) -> dict[str, tuple]:
+                     topic: str) -> dict[str, tuple[str, str, str, float]]:
     """Offers of promotions without a tier gate, by id, replaying the positions (read from
     ``topic``, the prefixed locations topic) as the agent does (tier-gated ones depend on when
     purchases were processed, so they are checked against the final tier instead)."""
@@ -256,7 +258,7 @@ def reference_offers(inputs: Inputs, radius_m: float, cooldown_s: float,
         if promotion.min_tier is None:
             promotions.upsert(promotion)
     state: dict[str, CooldownState] = defaultdict(CooldownState)
-    expected: dict[str, tuple] = {}
+    expected: dict[str, tuple[str, str, str, float]] = {}
     positions = sorted((r for r in inputs.of_kind("position") if r.placed),
                        key=lambda r: (r.partition, r.offset))
     for record in positions:
@@ -283,17 +285,21 @@ def reference_offers(inputs: Inputs, radius_m: float, cooldown_s: float,
 class BenchWorker(Worker):
     """A harness ``Worker`` on a fixed web port, logging each incarnation to its own file."""
 
-    def __init__(self, deployment: Deployment, slot: str, port: int, incarnation: int) -> None:
+    def __init__(self, deployment: Deployment, slot: str, port: int, incarnation: int,
+                 extra_env: dict[str, str] | None = None,
+                 wrap: Callable[[list[str]], list[str]] | None = None) -> None:
         self.deployment = deployment
         self.name = f"{slot}#{incarnation}"
         self.port = port
         datadir = deployment.tmp / f"data-{slot}"
         datadir.mkdir(parents=True, exist_ok=True)
         self.log_path = deployment.tmp / f"{slot}.{incarnation}.log"
-        env = {**deployment.env, "WEB_PORT": str(port), "APP_DATADIR": str(datadir)}
+        env = {**deployment.env, "WEB_PORT": str(port), "APP_DATADIR": str(datadir),
+               **(extra_env or {})}
+        argv = [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"]
         self._log = open(self.log_path, "wb")  # noqa: SIM115  closed by kill()/stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "faust", "-A", "app", "worker", "-l", "info"],
+            wrap(argv) if wrap is not None else argv,
             cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: killpg reaches the whole worker
         )
@@ -319,11 +325,20 @@ class BenchWorker(Worker):
 
 
 class Slot:
-    """One of the deployment's workers: a name, a web port and a data dir kept across restarts."""
+    """One of the deployment's workers: a name, a web port and a data dir kept across restarts.
 
-    def __init__(self, deployment: Deployment, name: str) -> None:
+    ``host`` is where its web server answers; ``extra_env`` and ``wrap`` (an argv rewriter,
+    e.g. to run it in a network namespace) apply to every incarnation.
+    """
+
+    def __init__(self, deployment: Deployment, name: str, host: str = "127.0.0.1",
+                 extra_env: dict[str, str] | None = None,
+                 wrap: Callable[[list[str]], list[str]] | None = None) -> None:
         self.deployment = deployment
         self.name = name
+        self.host = host
+        self.extra_env = extra_env
+        self.wrap = wrap
         self.port = free_port()
         self.incarnation = -1
         self.worker: BenchWorker | None = None
@@ -331,12 +346,13 @@ class Slot:
 
     def start(self) -> BenchWorker:
         self.incarnation += 1
-        self.worker = BenchWorker(self.deployment, self.name, self.port, self.incarnation)
+        self.worker = BenchWorker(self.deployment, self.name, self.port, self.incarnation,
+                                  self.extra_env, self.wrap)
         return self.worker
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
 
 @dataclass(slots=True)
@@ -368,15 +384,16 @@ async def topic_partitions(consumer: AIOKafkaConsumer, topic: str, timeout: floa
 
 
 async def read_topic(bootstrap: str, topic: str, *, at_least: int = 0, timeout: float = 60.0,
-                     quiet_s: float = 1.5) -> list[Any]:
+                     quiet_s: float = 1.5, isolation: str = "read_uncommitted") -> list[Any]:
     """Every record of ``topic``, from the start of every partition.
 
     Reads until at least ``at_least`` records arrived, every partition is past the end offset
     reported when reading began, and nothing new came for ``quiet_s`` (the embedded broker's
-    end offsets can be low, DESIGN section 7), or until ``timeout``.
+    end offsets can be low, DESIGN section 7), or until ``timeout``. Under exactly_once read
+    with ``isolation="read_committed"``: aborted transactions' records are not output.
     """
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
-                                auto_offset_reset="earliest",
+                                auto_offset_reset="earliest", isolation_level=isolation,
                                 max_partition_fetch_bytes=MAX_REQUEST_BYTES)
     await consumer.start()
     try:
@@ -470,17 +487,19 @@ def percentile(values: list[float], q: float) -> float:
 class Run:
     """One fault-injection run."""
 
-    def __init__(self, plan: Plan, seed: int, stack: DevStack, run_dir: Path) -> None:
+    def __init__(self, plan: Plan, seed: int, stack: DevStack, run_dir: Path,
+                 worker_env: dict[str, str] | None = None) -> None:
         self.plan = plan
         self.seed = seed
         self.rnd = random.Random(seed)
         self.stack = stack
         self.run_dir = run_dir
         self.deployment = Deployment(stack, run_dir, partitions=plan.partitions, token=TOKEN,
-                                     extra_env={"OFFER_COOLDOWN_S": str(plan.cooldown_s)})
+                                     extra_env={"OFFER_COOLDOWN_S": str(plan.cooldown_s),
+                                                **(worker_env or {})})
         self.settings = self.deployment.settings
         self.group = self.settings.app_id
-        self.slots = [Slot(self.deployment, "w1"), Slot(self.deployment, "w2")]
+        self.slots = self.make_slots()
         self.inputs = build_inputs(plan, seed)
         self.restarts: list[Restart] = []
         self.trackers: list[asyncio.Task[None]] = []
@@ -494,6 +513,20 @@ class Run:
         self.figures: dict[str, Any] = {}
         self.session: aiohttp.ClientSession | None = None
 
+    @property
+    def isolation(self) -> str:
+        """How the checks read output topics: committed records only under exactly_once."""
+        return ("read_committed" if self.settings.processing_guarantee == "exactly_once"
+                else "read_uncommitted")
+
+    def make_slots(self) -> list[Slot]:
+        """The deployment's workers (two on loopback here)."""
+        return [Slot(self.deployment, "w1"), Slot(self.deployment, "w2")]
+
+    def producer_options(self) -> dict[str, Any]:
+        """Settings of the input producer beyond the bootstrap servers."""
+        return {"linger_ms": 20, "acks": "all", "max_request_size": MAX_REQUEST_BYTES}
+
     # -- output
     def say(self, message: str) -> None:
         print(f"[{time.monotonic() - self.t0:6.1f}s] {message}", flush=True)
@@ -502,7 +535,8 @@ class Run:
     async def get(self, port: int, path: str, timeout: float = 10.0) -> tuple[int, Any]:
         assert self.session is not None
         try:
-            async with self.session.get(f"http://127.0.0.1:{port}{path}",
+            host = next((s.host for s in self.slots if s.port == port), "127.0.0.1")
+            async with self.session.get(f"http://{host}:{port}{path}",
                                         timeout=aiohttp.ClientTimeout(total=timeout)) as resp:
                 raw = await resp.read()
                 if "json" in (resp.headers.get("Content-Type") or ""):
@@ -541,8 +575,8 @@ class Run:
 
     async def send(self, producer: AIOKafkaProducer, record: Record) -> asyncio.Future[Any]:
         key = record.key.encode() if isinstance(record.key, str) else record.key
-        future = await producer.send(self.deployment.topic(record.topic), encode(record.value),
-                                     key=key)
+        future: asyncio.Future[Any] = await producer.send(
+            self.deployment.topic(record.topic), encode(record.value), key=key)
         future.add_done_callback(lambda f: self._landed(record, f))
         self.sent += 1
         return future
@@ -658,7 +692,7 @@ class Run:
             return False
         for slot in self.slots:
             status, hosts = await self.get(slot.port, "/router/")
-            if status != 200 or not isinstance(hosts, dict) or len(hosts) != 2:
+            if status != 200 or not isinstance(hosts, dict) or len(hosts) != len(self.slots):
                 return False
         return True
 
@@ -675,7 +709,8 @@ class Run:
         gate = asyncio.Semaphore(16)
 
         async def one(index: int, user: str) -> tuple[str, tuple[int, Any, int, Any]]:
-            first, second = self.slots[index % 2], self.slots[(index + 1) % 2]
+            count = len(self.slots)
+            first, second = self.slots[index % count], self.slots[(index + 1) % count]
             async with gate:
                 doc = await self.get(first.port, f"/customers/{user}/")
                 spend = await self.get(second.port, f"/table/spend/{user}/")
@@ -759,7 +794,8 @@ class Run:
         bad = {(self.deployment.topic(r.topic), r.partition, r.offset): r.kind
                for r in self.inputs.stream if r.bad and r.placed}
         records = await read_topic(self.stack.bootstrap, self.deployment.topic("dead-letters"),
-                                   at_least=len(bad), timeout=wait_s, quiet_s=3.0)
+                                   at_least=len(bad), timeout=wait_s, quiet_s=3.0,
+                                   isolation=self.isolation)
         letters = [orjson.loads(r.value) for r in records]
         sources = Counter((d.get("topic"), d.get("partition"), d.get("offset")) for d in letters)
         for_valid = [d for d in letters if (d.get("topic"), d.get("partition"),
@@ -771,6 +807,12 @@ class Run:
             "distinct_sources": len(sources),
             "duplicates": sum(n - 1 for n in sources.values()),
             "for_valid_events": len(for_valid),
+            # offers and associate alerts whose delivery was given up (their source is the
+            # offers or alerts topic): none unless redis or Ably was unreachable for longer
+            # than the retries
+            "delivery_letters": sum(1 for d in for_valid if d.get("topic") in (
+                self.deployment.topic("customers.promotions"),
+                self.deployment.topic("associates.alerts"))),
             "bad_without_letter": sum(1 for k in bad if k not in sources),
             "examples_for_valid_events": [
                 {k: d.get(k) for k in ("topic", "partition", "offset", "error")}
@@ -788,7 +830,8 @@ class Run:
     async def verify_offers(self, final_docs: dict[str, dict[str, Any]],
                             wait_s: float) -> dict[str, Any]:
         topic = self.deployment.topic("customers.promotions")
-        records = await read_topic(self.stack.bootstrap, topic, timeout=wait_s, quiet_s=3.0)
+        records = await read_topic(self.stack.bootstrap, topic, timeout=wait_s, quiet_s=3.0,
+                                   isolation=self.isolation)
         offers = [orjson.loads(r.value) for r in records]
         by_id: dict[str, dict[str, Any]] = {}
         for offer in offers:
@@ -804,9 +847,9 @@ class Run:
         gates = {p["pid"]: parse_tier(p.get("min_tier"))
                  for p in (r.value for r in self.inputs.of_kind("promotion"))}
         ungated = {oid for oid, o in by_id.items() if gates.get(o["pid"]) is None}
-        above_tier = [o for o in by_id.values() if gates.get(o["pid"]) is not None
+        above_tier = [o for o in by_id.values() if (gate := gates.get(o["pid"])) is not None
                       and Tier[final_docs.get(o["uid"], {}).get("reward_level", "CLIMBING")]
-                      < gates[o["pid"]]]
+                      < gate]
         to_opted_out = [o for o in by_id.values() if o["uid"] in self.inputs.opted_out]
 
         # every distinct offer pushed to the Redis stream exactly once
@@ -820,11 +863,11 @@ class Run:
                     break
                 await asyncio.sleep(1.0)
             await asyncio.sleep(1.0)  # anything more than expected is a failure too
-            entries = await client.xrange(stream)
+            entries = await client.xrange(stream) or []
             xlen = await client.xlen(stream)
         finally:
             await client.aclose()
-        pushed = Counter(fields.get("offer_id") for _, fields in entries)
+        pushed = Counter((fields or {}).get("offer_id") for _, fields in entries)
         result = {
             "records": len(offers),
             "distinct_ids": len(by_id),
@@ -865,11 +908,13 @@ class Run:
     async def load_test(self, expected: dict[str, dict[str, Any]]) -> dict[str, Any]:
         plan = self.plan
         owner = await self.owners()
-        by_owner: dict[int, list[str]] = {0: [], 1: []}
+        count = len(self.slots)
+        by_owner: dict[int, list[str]] = {index: [] for index in range(count)}
         for user, index in owner.items():
             by_owner[index].append(user)
-        if not by_owner[0] or not by_owner[1]:
-            return {"error": f"customers by owner: {len(by_owner[0])}/{len(by_owner[1])}"}
+        if not all(by_owner.values()):
+            return {"error": "customers by owner: "
+                    + "/".join(str(len(users)) for users in by_owner.values())}
         latencies: list[float] = []
         errors: Counter[str] = Counter()
         remote = 0
@@ -881,10 +926,11 @@ class Run:
             async def client(number: int) -> None:
                 nonlocal remote
                 rnd = random.Random(self.seed * 1000 + number)
-                home = number % 2
+                home = number % count
                 sent = 0
                 while time.monotonic() < stop_at:
-                    target = home if sent % 2 == 0 else 1 - home
+                    other = (home + 1 + rnd.randrange(count - 1)) % count
+                    target = home if sent % 2 == 0 else other
                     user = rnd.choice(by_owner[target])
                     url = f"{self.slots[home].url}/customers/{user}/"
                     started = time.perf_counter()
@@ -915,7 +961,7 @@ class Run:
             "errors": sum(errors.values()), "error_kinds": dict(errors),
             "error_rate": round(sum(errors.values()) / total, 6) if total else 1.0,
             "remote_share": round(remote / total, 3) if total else 0.0,
-            "customers_by_owner": [len(by_owner[0]), len(by_owner[1])],
+            "customers_by_owner": [len(users) for users in by_owner.values()],
         }
         self.say(f"load: {total:,} requests in {elapsed:.1f} s ({result['requests_per_s']}/s), "
                  f"p50 {result['p50_ms']} ms, p99 {result['p99_ms']} ms, "
@@ -953,8 +999,8 @@ class Run:
             figures["startup_s"] = round(time.monotonic() - self.t0, 1)
             self.say(f"start: both workers ready after {figures['startup_s']} s")
 
-            producer = AIOKafkaProducer(bootstrap_servers=self.stack.bootstrap, linger_ms=20,
-                                        acks="all", max_request_size=MAX_REQUEST_BYTES)
+            producer = AIOKafkaProducer(bootstrap_servers=self.stack.bootstrap,
+                                        **self.producer_options())
             await producer.start()
             stop_watch = asyncio.Event()
             watcher = asyncio.create_task(self.watch(stop_watch))
@@ -975,7 +1021,7 @@ class Run:
                     return True
 
                 await self.wait_until("both workers to know every display and promotion",
-                                      store_loaded, 60)
+                                      store_loaded, max(60.0, plan.recovery_timeout_s))
                 self.say(f"setup: {len(self.inputs.setup):,} records (catalogue, "
                          f"{plan.customers} customers, {displays} displays, {promotions} "
                          f"promotions) produced and replicated")
@@ -1049,6 +1095,7 @@ class Run:
             figures["load"] = await self.load_test(expected) if both else {
                 "error": "a worker was not ready for the load test"}
             self.session = None
+        return figures
 
     def stop_workers(self) -> None:
         for slot in self.slots:
@@ -1291,8 +1338,15 @@ def main(argv: Iterable[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="where to write the figures")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--keep-logs", action="store_true", help="keep worker logs")
+    parser.add_argument("--cluster", type=int, default=0, metavar="N",
+                        help="N KRaft nodes with broker, controller, pause and network faults "
+                             "(bench/cluster_faults.py; N=3)")
     add_broker_argument(parser, default="kafka")
     args = parser.parse_args(list(argv) if argv is not None else None)
+    if args.cluster:
+        from bench.cluster_faults import cluster_main
+
+        return cluster_main(args.cluster, args.quick, args.seed, args.keep_logs, args.json)
     plan = QUICK if args.quick else FULL
     path = args.json or RESULTS / ("reliability-quick.json" if args.quick
                                    else "reliability.json")

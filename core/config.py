@@ -145,6 +145,8 @@ class Settings:
     offer_backstop_ms: int = 1000
     fast_lane: bool = True
     consumer_thread: bool = False
+    #: acks=all and an idempotent producer outside transactions too (PRODUCER_IDEMPOTENCE).
+    producer_idempotence: bool = False
     gc_gen0_threshold: int = 10_000
     broker_session_timeout_s: float = 6.0
     #: Whether recovery reads past each changelog end offset the broker reports
@@ -391,6 +393,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                                        defaults.offer_backstop_ms)),
             fast_lane=_switch(pick("FAST_LANE", main, "fast_lane", "on")),
             consumer_thread=_switch(pick("CONSUMER_THREAD", main, "consumer_thread", "off")),
+            producer_idempotence=_switch(pick("PRODUCER_IDEMPOTENCE", main,
+                                              "producer_idempotence", "off")),
             gc_gen0_threshold=int(pick("GC_GEN0_THRESHOLD", main, "gc_gen0_threshold",
                                        defaults.gc_gen0_threshold)),
             broker_session_timeout_s=float(

@@ -157,16 +157,16 @@ def _cluster_id() -> str:
             return cluster_id
 
 
-def _free_port() -> int:
+def _free_port(host: str = LOOPBACK) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
+        sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
 
 
-def _port_open(port: int) -> bool:
+def _port_open(port: int, host: str = LOOPBACK) -> bool:
     try:
-        with socket.create_connection((LOOPBACK, port), timeout=0.25):
+        with socket.create_connection((host, port), timeout=0.25):
             return True
     except OSError:
         return False
@@ -235,6 +235,9 @@ class KafkaCluster:
     startup_timeout: float = 60.0
     stop_timeout: float = 20.0
     config: Mapping[str, str] = field(default_factory=dict)
+    #: The address every listener binds and advertises (an address a network namespace
+    #: can reach, for the cluster fault runs; loopback otherwise).
+    host: str = LOOPBACK
     _nodes: list[_Node] = field(default_factory=list, init=False)
     _lib: Path | None = field(default=None, init=False)
 
@@ -247,14 +250,14 @@ class KafkaCluster:
     @property
     def bootstrap(self) -> str:
         """``127.0.0.1:P1,127.0.0.1:P2,...`` (aiokafka's ``bootstrap_servers``)."""
-        return ",".join(f"{LOOPBACK}:{port}" for port in self.ports)
+        return ",".join(f"{self.host}:{port}" for port in self.ports)
 
     @property
     def sasl_bootstrap(self) -> str | None:
         """The SASL_SSL listeners' ``host:port`` list, when there are any."""
         if self.sasl_ssl is None:
             return None
-        return ",".join(f"{LOOPBACK}:{self.sasl_ssl.port + i}" for i in range(self.nodes))
+        return ",".join(f"{self.host}:{self.sasl_ssl.port + i}" for i in range(self.nodes))
 
     @property
     def pids(self) -> dict[int, int]:
@@ -273,17 +276,17 @@ class KafkaCluster:
         self._lib = provision(echo)
         for port in self.ports + ([] if self.sasl_ssl is None else
                                   [self.sasl_ssl.port + i for i in range(self.nodes)]):
-            if _port_open(port):
-                raise KafkaSetupError(f"port {port} on {LOOPBACK} is already in use")
+            if _port_open(port, self.host):
+                raise KafkaSetupError(f"port {port} on {self.host} is already in use")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "log4j2.yaml").write_text(_LOG4J2)
         self._nodes = [
-            _Node(node_id=index + 1, port=port, controller_port=_free_port(),
+            _Node(node_id=index + 1, port=port, controller_port=_free_port(self.host),
                   sasl_port=None if self.sasl_ssl is None else self.sasl_ssl.port + index,
                   folder=self.run_dir / f"node-{index + 1}")
             for index, port in enumerate(self.ports)
         ]
-        voters = ",".join(f"{n.node_id}@{LOOPBACK}:{n.controller_port}" for n in self._nodes)
+        voters = ",".join(f"{n.node_id}@{self.host}:{n.controller_port}" for n in self._nodes)
         cluster_id = _cluster_id()
         formatters = []
         for node in self._nodes:
@@ -324,6 +327,31 @@ class KafkaCluster:
                     os.killpg(node.process.pid, signal.SIGKILL)
                 node.process.wait()
 
+    # -- one node (fault injection)
+    def signal_node(self, node_id: int, sig: int) -> int:
+        """Send ``sig`` to one node's process group (SIGKILL, SIGSTOP, SIGCONT...); returns
+        its pid. A node that has exited already is left alone."""
+        node = self._node(node_id)
+        if node.process is None:
+            raise KafkaSetupError(f"node {node_id} was never started")
+        if node.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(node.process.pid, sig)
+        if sig == signal.SIGKILL:
+            node.process.wait(timeout=30)
+        return node.process.pid
+
+    def restart_node(self, node_id: int, timeout: float | None = None) -> int:
+        """Start a node that was killed or stopped again on its own storage; waits until it
+        is up; returns its new pid."""
+        node = self._node(node_id)
+        if node.process is not None and node.process.poll() is None:
+            raise KafkaSetupError(f"node {node_id} is still running (pid {node.process.pid})")
+        self._spawn(node)
+        self._wait_started(node, time.monotonic() + (timeout or self.startup_timeout))
+        assert node.process is not None
+        return node.process.pid
+
     def dead(self) -> dict[int, int]:
         """Nodes that exited (not stopped by :meth:`stop`), with their exit codes."""
         return {n.node_id: rc for n in self._nodes
@@ -346,9 +374,9 @@ class KafkaCluster:
             "process.roles": "broker,controller",
             "node.id": str(node.node_id),
             "controller.quorum.voters": voters,
-            "listeners": ",".join(f"{name}://{LOOPBACK}:{port}"
+            "listeners": ",".join(f"{name}://{self.host}:{port}"
                                   for name, port in listeners.items()),
-            "advertised.listeners": ",".join(f"{name}://{LOOPBACK}:{port}"
+            "advertised.listeners": ",".join(f"{name}://{self.host}:{port}"
                                              for name, port in listeners.items()
                                              if name != "CONTROLLER"),
             "controller.listener.names": "CONTROLLER",
@@ -415,7 +443,8 @@ class KafkaCluster:
                 raise KafkaSetupError(
                     f"Kafka node {node.node_id} exited during start-up (exit code {rc}); "
                     f"last lines of {node.log}:\n{_tail(node.log)}")
-            if _READY_LINE in _read_from(node.log, node.log_offset) and _port_open(node.port):
+            if (_READY_LINE in _read_from(node.log, node.log_offset)
+                    and _port_open(node.port, self.host)):
                 return
             if time.monotonic() >= deadline:
                 raise KafkaSetupError(

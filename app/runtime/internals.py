@@ -73,6 +73,7 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
             "faust.transport.producer.ProducerBuffer._send_pending",
             f"{_FAUST_AIOKAFKA}.Producer._producer",
             f"{_FAUST_AIOKAFKA}.Producer._ensure_producer",
+            f"{_FAUST_AIOKAFKA}.Producer._settings_extra",
             f"{_FAUST_AIOKAFKA}.Transport._really_create_topic",
         ),
         "mode-streaming": (

@@ -12,7 +12,8 @@ faust-streaming 0.15.3, mode-streaming 0.7.1 and aiokafka 0.14.0, re-check on up
 
 - faust ``faust.transport.drivers.aiokafka``: ``AIOKafkaConsumerThread._create_worker_consumer``
   (overridden), ``AIOKafkaConsumerThread._consumer``, ``Consumer._to_message``,
-  ``Producer._producer``, ``Producer._ensure_producer``, ``Transport._really_create_topic``
+  ``Producer._producer``, ``Producer._ensure_producer``, ``Producer._settings_extra``
+  (overridden), ``Transport._really_create_topic``
   (overridden); ``faust.transport.consumer``: ``ThreadDelegateConsumer._thread``,
   ``ThreadDelegateConsumer._new_consumer_thread`` (overridden), ``Consumer.getmany`` (body
   copied, with the fast lane), ``Consumer.ack`` (body copied in ``_ack_offsets``),
@@ -490,6 +491,14 @@ class Producer(faust_aiokafka.Producer):  # type: ignore[misc]
         if self._producer is not None:
             await self.bulk.flush(self._producer)
         await super().flush()
+
+    def _settings_extra(self) -> dict[str, Any]:
+        """``PRODUCER_IDEMPOTENCE=on``: acks=all and idempotence without transactions too
+        (a retried send after a broker fail-over is then written once)."""
+        extra: dict[str, Any] = dict(super()._settings_extra())
+        if SETTINGS.producer_idempotence:
+            extra.update(acks="all", enable_idempotence=True)
+        return extra
 
     def _bulk_failed(self, exc: BaseException) -> None:
         """A changelog batch was not written: stop the worker rather than diverge."""

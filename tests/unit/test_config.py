@@ -92,6 +92,13 @@ def test_consumer_runs_on_the_worker_loop_unless_asked_for_a_thread() -> None:
     assert load_settings({"STORESTREAM_CONFIG": ini, "CONSUMER_THREAD": "on"}).consumer_thread
 
 
+def test_producer_idempotence_is_off_unless_turned_on() -> None:
+    ini = str(ROOT / "faust.ini")
+    assert not load_settings({"STORESTREAM_CONFIG": ini}).producer_idempotence
+    assert load_settings({"STORESTREAM_CONFIG": ini,
+                          "PRODUCER_IDEMPOTENCE": "on"}).producer_idempotence
+
+
 def test_recovery_probe_is_on_unless_turned_off() -> None:
     ini = str(ROOT / "faust.ini")
     assert load_settings({"STORESTREAM_CONFIG": ini}).recovery_probe
