@@ -172,5 +172,8 @@ for _name, _kind, _help in (
      "Time from record timestamp to processed, per agent"),
     ("storestream_misplaced_records_total", "counter",
      "Input records whose key KEY_PARTITIONER puts on another partition, by topic"),
+    ("storestream_changelog_superseded_total", "counter",
+     "Changelog records skipped on restore: older, by their source offsets, than the value "
+     "already restored (a cut-off worker's late write), by table"),
 ):
     METRICS.describe(_name, _kind, _help)

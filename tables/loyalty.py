@@ -15,26 +15,32 @@ from tables.base import text_keyed_table
 # Written by the products agent on the worker that owns the product's partition; every worker
 # reads it through CATALOGUE, a replica of the whole changelog (see app.runtime.replica for why
 # not a GlobalTable).
-catalogue = text_keyed_table(app.Table, "catalogue", "Catalogue price history per product")
+catalogue = text_keyed_table(app.Table, "catalogue", "Catalogue price history per product",
+                             newest_by_offsets=True)
 CATALOGUE: TopicReplica[PriceHistory] = TopicReplica(
     catalogue.changelog_topic.get_topic_name(),
     lambda raw: history_from_json(orjson.loads(raw).get("history")),
 )
 
 #: user_id -> core.loyalty.Spend as JSON (the recipe's sales_totals).
-spend = text_keyed_table(app.Table, "spend", "Spend, pending purchases, announced tier")
+spend = text_keyed_table(app.Table, "spend", "Spend, pending purchases, announced tier",
+                         newest_by_offsets=True)
 
 #: user_id -> core.loyalty.Stamps as JSON (the recipe's caffeine_index).
-stamps = text_keyed_table(app.Table, "stamps", "Coffee stamps per customer")
+stamps = text_keyed_table(app.Table, "stamps", "Coffee stamps per customer",
+                          newest_by_offsets=True)
 
 #: user_id -> core.loyalty.Basket as JSON (the recipe's promotion_* tables).
-baskets = text_keyed_table(app.Table, "baskets", "Watched products bought, campaigns announced")
+baskets = text_keyed_table(app.Table, "baskets", "Watched products bought, campaigns announced",
+                           newest_by_offsets=True)
 
 #: user_id -> core.returns.Ledger as JSON: returnable purchases, held returns (issue 22).
-ledgers = text_keyed_table(app.Table, "ledgers", "Returnable purchases and held returns")
+ledgers = text_keyed_table(app.Table, "ledgers", "Returnable purchases and held returns",
+                           newest_by_offsets=True)
 
 #: user_id -> {"name", "opt_out", "last_offset"}.
-profiles = text_keyed_table(app.Table, "profiles", "Customer profile and consent")
+profiles = text_keyed_table(app.Table, "profiles", "Customer profile and consent",
+                            newest_by_offsets=True)
 
 
 def price_history(product_id: str) -> PriceHistory:
