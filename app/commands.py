@@ -42,14 +42,21 @@ async def devstack_command(self: Any) -> None:
     option("--seed", type=int, default=42, show_default=True, help="Random seed of the walk."),
     option("--buy-pct", type=float, default=0.0, show_default=True,
            help="Percent of stops at a display after which the shopper buys its product."),
+    option("--offer-buy-pct", type=float, default=None,
+           help="The same at a display the shopper was offered a promotion for (shoppers "
+                "outside CONTROL_GROUP_PCT); default: --buy-pct."),
+    option("--visit-stops", type=int, default=0, show_default=True,
+           help="Stops after which a shopper leaves and a new one comes in (0: they stay)."),
     name="simulate",
 )
 async def simulate_command(self: Any, shoppers: int, rate: float, duration: float,
-                           load_store: bool, seed: int, buy_pct: float) -> None:
+                           load_store: bool, seed: int, buy_pct: float,
+                           offer_buy_pct: float | None, visit_stops: int) -> None:
     """Drive shoppers through the demo store (positions to customers.locations)."""
     bootstrap, auth, _ = replica_connection(app)  # SASL/TLS as the worker's own clients
     await run_simulation(SETTINGS, shoppers=shoppers, rate=rate, duration=duration,
                          load=load_store, seed=seed, buy_pct=buy_pct,
+                         offer_buy_pct=offer_buy_pct, visit_stops=visit_stops,
                          connection=(bootstrap, auth))
 
 

@@ -372,10 +372,10 @@ def apply_return(
     A return read from the returns' repartition topic (``repartitioned``: a keyless or
     misplaced return re-keyed by its customer) has an offset of that topic: compared with
     and stored as ``last_ret_rp`` instead."""
-    field = "last_ret_rp" if repartitioned else "last_ret"
-    mark = return_mark(offset, repartitioned)
+    rp = repartitioned
+    mark = return_mark(offset, rp)
     new_ledger: Ledger | None = None
-    if offset > getattr(ledger, field):
+    if offset > (ledger.last_ret_rp if rp else ledger.last_ret):
         new_ledger, reason = _decide(ret, offset, mark, ledger,
                                      max(ledger.newest_ts, spend.newest_ts),
                                      catalogue, rules, partition, raw)
@@ -394,10 +394,10 @@ def apply_return(
     before = sum(r.cents for r in bought.refunds[:bought.refunds.index(refund)])
     new_spend, new_stamps, new_basket, events = _reverse(
         ret.user_id, ret.ts, bought, refund, before,
-        spend if offset > getattr(spend, field) else None,
-        stamps if offset > getattr(stamps, field) else None,
-        basket if offset > getattr(basket, field) else None, catalogue, rules)
-    rp = repartitioned
+        spend if offset > (spend.last_ret_rp if rp else spend.last_ret) else None,
+        stamps if offset > (stamps.last_ret_rp if rp else stamps.last_ret) else None,
+        basket if offset > (basket.last_ret_rp if rp else basket.last_ret) else None,
+        catalogue, rules)
     if new_spend is not None:
         new_spend = (new_spend._replace(last_ret_rp=offset) if rp
                      else new_spend._replace(last_ret=offset))

@@ -8,6 +8,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from core.lift import in_control_group
+
 STORE_ID = "flagship"
 ORIGIN = (51.5074, -0.1278)  # the store's south-west corner
 M_PER_DEG = 6_371_000 * math.pi / 180
@@ -69,6 +71,15 @@ def promotions() -> list[dict[str, Any]]:
     ]
 
 
+def offered_skus(plan: list[PlannedDisplay], promos: list[dict[str, Any]]) -> frozenset[str]:
+    """Skus whose display gets every shopper an offer: those of a promotion open to every
+    tier (the demo's shoppers stay CLIMBING), by sku or by segment."""
+    open_to_all = [p for p in promos if not p.get("min_tier")]
+    return frozenset(d.sku for d in plan
+                     if any(p.get("sku") == d.sku or p.get("segment") == d.segment
+                            for p in open_to_all))
+
+
 @dataclass(slots=True)
 class Shopper:
     """A shopper walking from display to display."""
@@ -78,16 +89,30 @@ class Shopper:
     y_m: float
     target: PlannedDisplay
     dwell_left_s: float = 0.0
+    #: Displays stopped at in this visit.
+    stops: int = 0
 
 
 class StoreWalk:
     """Shoppers wandering the floor plan; ``step`` advances one shopper by ``dt`` seconds."""
 
-    def __init__(self, shoppers: int, seed: int = 42, buy_pct: float = 0.0) -> None:
+    def __init__(self, shoppers: int, seed: int = 42, buy_pct: float = 0.0,
+                 offer_buy_pct: float | None = None, control_pct: float = 0.0,
+                 visit_stops: int = 0) -> None:
         self._rnd = random.Random(seed)
         #: Purchases are drawn apart, so the walk is the same with or without them.
         self._buy_rnd = random.Random(seed + 1)
         self.buy_pct = buy_pct
+        #: The chance of buying at a display the shopper was offered a promotion for
+        #: (``None``: ``buy_pct``, offers change nothing); shoppers of the control group
+        #: (``control_pct``, the worker's ``CONTROL_GROUP_PCT``) get no offer, so they buy at
+        #: ``buy_pct``: the difference is the lift the live page shows.
+        self.offer_buy_pct = buy_pct if offer_buy_pct is None else offer_buy_pct
+        self.control_pct = control_pct
+        #: After this many stops a shopper leaves and a new one (a new uid) comes in at the
+        #: entrance (0: shoppers stay): offers then have a visit to convert in, as in a shop.
+        self.visit_stops = visit_stops
+        self._offered = offered_skus(floor_plan(), promotions())
         #: Purchases made since last taken (:meth:`take_purchases`).
         self.purchases: list[dict[str, Any]] = []
         self._plan = floor_plan()
@@ -96,19 +121,30 @@ class StoreWalk:
                     target=self._rnd.choice(self._plan))
             for n in range(shoppers)
         ]
+        self._arrived = shoppers
 
     def step(self, shopper: Shopper, dt: float) -> tuple[float, float]:
         """Move (or dwell) for ``dt`` seconds; returns the new latitude/longitude."""
         if shopper.dwell_left_s > 0:
             shopper.dwell_left_s -= dt
             if shopper.dwell_left_s <= 0:
-                if self.buy_pct > 0 and self._buy_rnd.random() * 100 < self.buy_pct:
+                chance = self.buy_pct
+                if shopper.target.sku in self._offered and not in_control_group(
+                        shopper.uid, self.control_pct):
+                    chance = self.offer_buy_pct
+                if chance > 0 and self._buy_rnd.random() * 100 < chance:
                     # Some shoppers buy what they stood at (after an offer or not): the
                     # purchases that attribution and lift are measured on.
                     self.purchases.append({"user_id": shopper.uid,
                                            "product_id": shopper.target.sku,
                                            "price": round(1 + self._buy_rnd.random() * 9, 2)})
                 shopper.target = self._rnd.choice(self._plan)
+                shopper.stops += 1
+                if self.visit_stops and shopper.stops >= self.visit_stops:
+                    # leaves; a new shopper comes in at the entrance
+                    shopper.uid = f"shopper-{self._arrived:03d}"
+                    self._arrived += 1
+                    shopper.x_m, shopper.stops = 0.5, 0
             return to_latlon(shopper.x_m, shopper.y_m)
         # stand just in front of the display (within the three-foot radius)
         tx, ty = shopper.target.x_m, shopper.target.y_m - 0.4

@@ -87,6 +87,10 @@ def counted_events() -> int:
     return int(metric_sum("storestream_events_total"))
 
 
+#: The demo measures lift: a fifth of its shoppers are held out (the environment may say else).
+DEMO_ENV = {"CONTROL_GROUP_PCT": "20"}
+
+
 def start_simulator(once: bool) -> subprocess.Popen[bytes]:
     """``faust -A app simulate``, logging to the demo log dir (its progress is shown by
     :class:`LiveCounts`, one line)."""
@@ -95,8 +99,9 @@ def start_simulator(once: bool) -> subprocess.Popen[bytes]:
     log = open(LOG_DIR / "simulate.log", "wb")  # noqa: SIM115  closed with the process
     return subprocess.Popen(
         [sys.executable, "-m", "faust", "-A", "app", "simulate", "--shoppers", "12",
-         "--buy-pct", "30", *duration],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=os.environ.copy(),
+         "--buy-pct", "15", "--offer-buy-pct", "45", "--visit-stops", "6", *duration],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**DEMO_ENV, **os.environ},
     )
 
 
@@ -138,10 +143,6 @@ class LiveCounts:
         if self.tty and self.shown:
             say()
             self.shown = ""
-
-
-#: The demo measures lift: a fifth of its shoppers are held out (the environment may say else).
-DEMO_ENV = {"CONTROL_GROUP_PCT": "20"}
 
 
 def start_worker(broker_env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -44,6 +44,7 @@ def _progress(sent: int, started: float, shoppers: int, duration: float) -> None
 
 async def simulate(settings: Settings, *, shoppers: int, rate: float, duration: float,
                    load: bool, seed: int, quiet: bool = False, buy_pct: float = 0.0,
+                   offer_buy_pct: float | None = None, visit_stops: int = 0,
                    connection: tuple[str, Mapping[str, Any]] | None = None) -> int:
     """Send positions at ``rate`` per second for ``duration`` seconds (0: until stopped).
 
@@ -64,7 +65,8 @@ async def simulate(settings: Settings, *, shoppers: int, rate: float, duration: 
             if not quiet:
                 sys.stderr.write(f"  simulate: loaded the store ({count} displays and "
                                  "promotions)\n")
-        walk = StoreWalk(shoppers, seed=seed, buy_pct=buy_pct)
+        walk = StoreWalk(shoppers, seed=seed, buy_pct=buy_pct, offer_buy_pct=offer_buy_pct,
+                         control_pct=settings.control_group_pct, visit_stops=visit_stops)
         last_report = 0.0
         event: dict[str, Any]
         for event in walk.positions(rate, start_ts=time.time()):

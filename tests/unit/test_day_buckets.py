@@ -38,7 +38,7 @@ def assert_same(packed: DayBuckets, naive: dict[int, int], first: int) -> None:
     assert packed.packed.isascii() and " " not in packed.packed
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(adds_st, st.integers(0, 400)), max_size=30), st.integers(0, 20_000))
 def test_the_packed_buckets_hold_what_a_day_dict_holds(
         steps: list[tuple[dict[int, int], int]], start: int) -> None:
