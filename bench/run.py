@@ -217,41 +217,8 @@ def format_throughput(section: dict[str, Any]) -> str:
 
 
 def format_latency(section: dict[str, Any]) -> str:
-    """The latency table."""
-    lines = [f"{'rate':>8} {'peer':12} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-             f"{'recv/sent':>11} {'out/s':>6} {'CPU%':>5}"]
-    for rate, row in section.items():
-        for name in ("storestream", "aiokafka"):
-            r = row.get(name, {})
-            if "error" in r:
-                lines.append(f"{rate:>8} {name:12} error: {r['error'].splitlines()[0][:60]}")
-                continue
-            lines.append(f"{rate:>8} {name:12} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
-                         f"{r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} "
-                         f"{r['received']:>5}/{r['sent']:<5} {r.get('output_rate', 0):>6.0f} "
-                         f"{r.get('cpu_percent', 0):>5.0f}"
-                         + ("  saturated" if r.get("saturated") else "")
-                         + (f"  median of {_pool(r)}, p99s "
-                            + "/".join(f"{p:.0f}" for p in r["trials_p99_ms"] if p is not None)
-                            + ", steal% " + "/".join(
-                                f"{p:.0f}" for p in r.get("trials_steal_percent", [])
-                                if p is not None)
-                            if r.get("trials", 1) > 1 else ""))
-        if "ratio_p50" in row:
-            lines.append(f"{'':>8} {'ss/aiokafka':12} {row['ratio_p50']:>8.2f} {'':>8} "
-                         f"{row['ratio_p99']:>8.2f}"
-                         + ("" if row.get("comparable", True) else
-                            "  not comparable: a peer had too few quiet trials"))
-    return "\n".join(lines)
-
-
-def _pool(r: dict[str, Any]) -> str:
-    """Which trials a latency median is over: the quiet ones, or all when too few were."""
-    if r.get("disturbed"):
-        return f"all {r['trials']} trials (only {r.get('quiet_trials', 0)} quiet: disturbed)"
-    if r.get("quiet_trials") is not None and r["quiet_trials"] < r["trials"]:
-        return f"{r['quiet_trials']} quiet of {r['trials']} trials"
-    return f"{r['trials']} trials"
+    """The latency table (:func:`bench.latency.format_table`)."""
+    return latency.format_table(section)
 
 
 def format_recovery(section: dict[str, Any]) -> str:
