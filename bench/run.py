@@ -222,18 +222,8 @@ def format_latency(section: dict[str, Any]) -> str:
 
 
 def format_recovery(section: dict[str, Any]) -> str:
-    """The recovery and memory table."""
-    lines = [f"{'store':11} {'customers':>9} {'empty start s':>13} {'1st recovery s':>14} "
-             f"{'restart s':>9} {'SIGTERM->ready s':>16} {'MB/100k':>8} {'sample ok':>9}"]
-    for store, r in section.items():
-        if "error" in r or "skipped" in r:
-            lines.append(f"{store:11} {r.get('error') or r.get('skipped')}"[:100])
-            continue
-        lines.append(f"{store:11} {r['customers']:>9,} {r.get('cold_start_s', '-'):>13} "
-                     f"{r['first_recovery_s']:>14} {r['restart_s']:>9} "
-                     f"{r['sigterm_to_ready_s']:>16} {r.get('mb_per_100k_customers', '-'):>8} "
-                     f"{r['sample_ok_restart']:>9}")
-    return "\n".join(lines)
+    """The recovery and memory table (:func:`bench.recovery.format_table`)."""
+    return recovery.format_table(section)
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -334,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
             _section(report, "latency", lambda: latency.run(stack, tmp, quick))
         if "recovery" not in skip:
             _section(report, "recovery", lambda: recovery.run(stack, tmp, quick))
-    mem = report.get("recovery", {}).get("memory://", {})
+    mem: dict[str, Any] = next((size.get("memory://", {})
+                                for size in report.get("recovery", {}).values()
+                                if isinstance(size, dict)), {})
     report["memory"] = {
         "mb_per_100k_customers": mem.get("mb_per_100k_customers"),
         "method": "RSS of a worker holding N recovered customers minus an empty worker's, "
