@@ -447,7 +447,7 @@ def run(stack: DevStack, tmp: Path, quick: bool, trials: int | None = None,
     """
     rounds = trials or (1 if quick else 5)
     plan = list(rates or ([200.0] if quick else [500.0, 2_000.0]))
-    length = seconds or (4.0 if quick else 15.0)
+    length = seconds or (4.0 if quick else 10.0)
     drain_s = 10.0 if quick else 30.0
     names = ["storestream", "aiokafka"] if quick else list(PEERS)  # quick: the pair alone
     out: dict[str, Any] = {}
