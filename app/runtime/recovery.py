@@ -29,6 +29,7 @@ faust-streaming 0.15.3, re-check on upgrade): ``faust.tables.recovery``:
 ``faust.tables.manager.TableManager._recovery``; ``faust.app.base.App._fetcher``;
 for the bulk restore (``RECOVERY_BULK``, :meth:`ProbingRecovery._bulk_restore`):
 ``Recovery.tp_to_table``, ``Recovery.active_highwaters``, ``Recovery.signal_recovery_start``,
+``Recovery._active_events_received_at`` (set, so Faust does not warn of silent partitions),
 ``faust.tables.base.Collection._on_changelog_event`` (read), and the event attributes that
 ``faust.stores.memory.Store.apply_changelog_batch`` and
 ``faust.stores.rocksdb.Store.apply_changelog_batch`` read
@@ -267,8 +268,11 @@ class ProbingRecovery(Recovery):  # type: ignore[misc]
         decoders = {id(table): _decoders(self.app, table) for _, table in owners.values()}
         applied = [0]
 
+        received_at = self._active_events_received_at  # Faust's "no event received" watch
+
         def apply(key: TopicPartition, records: Sequence[Any]) -> None:
             tp, table = owners[key]
+            received_at[tp] = time.monotonic()
             to_key, to_value = decoders[id(table)]
             table.apply_changelog_batch([
                 ChangelogEvent(to_key(r.key), to_value(r.value),
