@@ -15,6 +15,13 @@ Kafka Streams needs Apache Kafka (Tansu has no transactions, and Kafka Streams' 
 internal-topic handling expect a real broker): on another broker every variant is
 ``skipped``, saying so.
 
+:func:`run_restore` times the program's restore mode (``--mode restore``): its stores
+(String keys, byte[] values) recover changelogs filled beforehand with exactly the records
+storestream's changelogs hold (:mod:`bench.recovery`), on a fresh state directory; it reports
+the records restored and the time from the first restore start to the last restore end
+(a ``StateRestoreListener``), and each store's key count, which must equal the distinct keys
+produced (else no figure).
+
 ``python -m bench.kstreams_peer build`` builds the jar (``make kstreams``); the bench builds
 it on first use (Maven fetches Kafka Streams and RocksDB from Maven Central into ``~/.m2``;
 the jar and its dependencies go to the git-ignored ``bench/kstreams/target``).
@@ -230,6 +237,54 @@ def run_variant(name: str, stack: DevStack, workload: Workload, tmp: Path,
     result.detail = {"timing": "self-reported (first record -> expect-th record processed)",
                      "totals_checked": complete, **check}
     return result
+
+
+def run_restore(stack: DevStack, tmp: Path, store: str,
+                records: Mapping[str, list[tuple[bytes, bytes]]],
+                timeout: float = 900.0) -> dict[str, object]:
+    """Kafka Streams restoring ``records`` (table -> changelog records) into ``store``
+    (``memory`` or ``rocksdb``) stores of the same names, caching as shipped; checked."""
+    from app.dev.devstack import TopicSpec
+    from bench.workload import COMPACT_TOPIC_CONFIG, EVENT_TOPIC_CONFIG
+
+    if stack.broker != "kafka":
+        return {"skipped": f"Kafka Streams needs Apache Kafka, not {stack.broker}"}
+    build()
+    tag = uuid.uuid4().hex[:6]
+    app_id = f"bench-ksr-{tag}"
+    asyncio.run(create_topics(stack.bootstrap, [
+        TopicSpec(f"{app_id}.input", 8, EVENT_TOPIC_CONFIG),
+        *(TopicSpec(f"{app_id}-{table}-changelog", 8, COMPACT_TOPIC_CONFIG) for table in records),
+    ]))
+    started = time.monotonic()
+    for table, rows in records.items():
+        asyncio.run(produce(stack.bootstrap, f"{app_id}-{table}-changelog", rows))
+    fill_s = round(time.monotonic() - started, 2)
+    state_dir = tmp / f"kstreams-restore-{tag}"
+    argv = command(stack.bootstrap, f"{app_id}.input", app_id, store=store, caching="shipped",
+                   expect=0, state_dir=state_dir)
+    argv += ["--mode", "restore", "--stores", ",".join(records),
+             "--restore-timeout-seconds", str(timeout)]
+    proc = Proc(f"kstreams restore {store}", argv, dict(os.environ),
+                tmp / f"{app_id}.restore.log")
+    try:
+        report = proc.wait_result(timeout + STARTUP_S)
+    finally:
+        proc.stop()
+        shutil.rmtree(state_dir, ignore_errors=True)
+    out: dict[str, object] = {**report, "store": f"kstreams {store}", "fill_s": fill_s}
+    total = sum(len(rows) for rows in records.values())
+    out["changelog_records"] = total
+    wrong = {table: (report.get(f"keys_{table}"), len({k for k, _ in rows}))
+             for table, rows in records.items()
+             if report.get(f"keys_{table}") != len({k for k, _ in rows})}
+    if wrong or int(report["restored_records"]) != total:
+        out["error"] = (f"restored {report['restored_records']} of {total} records; keys "
+                        f"(got, want) per store that differ: {wrong}")
+        return out
+    restore_s = float(report["restore_s"])
+    out["records_per_s"] = round(total / restore_s) if restore_s > 0 else None
+    return out
 
 
 def runners() -> dict[str, Callable[[DevStack, Workload, Path, float], PeerResult]]:

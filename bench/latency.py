@@ -1,14 +1,24 @@
-"""Location-to-offer latency: storestream's distance join next to a plain aiokafka loop.
+"""Location-to-offer latency: storestream's distance join next to a plain aiokafka loop doing
+the same matching.
 
 Shoppers stand at one promoted display (``OFFER_COOLDOWN_S=0``), so every position gives
 exactly one offer. Positions are produced at a steady rate with ``ts`` = send time; a
-consumer reads the output topic and records ``receive time - ts``. The plain loop
-(``bench.plain_peer echo``) forwards each position as one record, measured the same way.
-Producer and measuring consumer are the same for both, and so is the fetch wait on Tansu
-(10 ms; on Apache Kafka, which answers a fetch as soon as data arrives, the worker runs with
-faust.ini's 500 ms and the plain loop with 10 ms); each rate gets
-a fresh deployment per trial, the peers taking turns (:func:`run`). The first second of each
-trial is warm-up and left out.
+consumer reads the offers topic and records ``receive time - ts`` ("topic" latency), and each
+offer's entry in the Redis offers stream gives ``entry id (the redis server's clock, ms) - ts``
+("Redis" latency: the offer pushed). The plain loop (``bench.plain_peer match``) follows the
+same displays and promotions topics into a grid, and per position does the grid lookup, the
+haversine distance, the promotion check, produces the offer and pushes it to Redis (XADD +
+PUBLISH, one pipeline per batch). Producer, positions and measuring consumer are the same for
+every peer.
+
+Peers (:data:`PEERS`): ``aiokafka`` (the plain loop), ``storestream`` (the worker with its
+defaults), and the worker with issue 21's campaign rules all off (``rules-off``) and all on
+(``rules-on``: control group, accuracy limit, a dwell promotion on the same display, caps and
+quiet hours configured but never withholding the measured offers, associates alerted for every
+tier, attribution). Each trial runs on a fresh deployment with fresh topics, the peers taking
+turns (forward, then reverse order, round after round); each peer's figure is the median of
+its per-trial p99s (min-max beside it), with every trial's p50/p95/p99 and latency histogram
+in the JSON. The first second of each trial is warm-up and left out.
 """
 
 from __future__ import annotations
@@ -20,7 +30,7 @@ import statistics
 import sys
 import time
 import uuid
-from collections.abc import Callable, Coroutine, Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
@@ -29,12 +39,26 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from app.dev.devstack import DevStack, TopicSpec
-from bench.deploy import BenchError, Proc, StoreDeployment, wait_until
+from bench.deploy import ROOT, BenchError, Proc, StoreDeployment, wait_until
 from bench.procstat import host_cpu_ticks, steal_percent
 from bench.workload import EVENT_TOPIC_CONFIG, create_topics, delete_topics, log
 
 DISPLAY = {"sku": "9001", "lat": 51.5, "lon": -0.1, "segment": "bench", "store_id": "s1"}
 PROMOTION = {"pid": "p-bench", "sku": "9001", "discount_pct": 10, "ts": 1.0}
+#: With the rules on: a second promotion of the same display that needs an hour's dwell, so
+#: every position runs the presence and dwell rules but this one never fires in a trial.
+DWELL_PROMOTION = {"pid": "p-dwell", "segment": "bench", "discount_pct": 5, "dwell_s": 3600,
+                   "ts": 1.0}
+#: Every position's reported accuracy (within ``MAX_ACCURACY_M`` of the rules-on variant).
+ACCURACY_M = 1.0
+#: Issue 21's campaign rules all off, and all on without withholding the measured offers.
+RULES_OFF = {"CONTROL_GROUP_PCT": "0", "MAX_ACCURACY_M": "0", "MAX_OFFERS_PER_VISIT": "0",
+             "MAX_OFFERS_PER_DAY": "0", "ASSOCIATE_TIERS": "", "REDEMPTION_WINDOW_S": "0"}
+RULES_ON = {"CONTROL_GROUP_PCT": "10", "MAX_ACCURACY_M": "5",
+            "MAX_OFFERS_PER_VISIT": "1000000", "MAX_OFFERS_PER_DAY": "1000000",
+            "ASSOCIATE_TIERS": "CLIMBING,BRONZE,SILVER,GOLD", "REDEMPTION_WINDOW_S": "7200"}
+#: Upper edges (ms) of the latency histogram's buckets (the last one is open).
+HISTOGRAM_MS = (1, 2, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
 SHOPPERS = 1_000
 WARMUP_S = 1.0
 FETCH_WAIT_MS = 10
@@ -57,31 +81,78 @@ def percentile(values: list[float], q: float) -> float:
 
 def _position(uid: str, ts: float) -> bytes:
     return orjson.dumps({"uid": uid, "lat": DISPLAY["lat"], "lon": DISPLAY["lon"],
-                         "store_id": "s1", "ts": ts})
+                         "store_id": "s1", "accuracy_m": ACCURACY_M, "ts": ts})
 
 
-async def _consumer(bootstrap: str, topic: str) -> AIOKafkaConsumer:
+def histogram(values_ms: list[float]) -> list[int]:
+    """Counts per bucket of :data:`HISTOGRAM_MS` (one more, open, bucket at the end)."""
+    counts = [0] * (len(HISTOGRAM_MS) + 1)
+    for value in values_ms:
+        counts[next((i for i, edge in enumerate(HISTOGRAM_MS) if value <= edge),
+                    len(HISTOGRAM_MS))] += 1
+    return counts
+
+
+def distribution(prefix: str, values_ms: list[float]) -> dict[str, Any]:
+    """p50/p95/p99/max and the histogram of one latency sample, keys prefixed."""
+    return {f"{prefix}p50_ms": round(percentile(values_ms, 50), 1),
+            f"{prefix}p95_ms": round(percentile(values_ms, 95), 1),
+            f"{prefix}p99_ms": round(percentile(values_ms, 99), 1),
+            f"{prefix}max_ms": round(max(values_ms, default=0.0), 1),
+            f"{prefix}histogram": histogram(values_ms)}
+
+
+def redis_latency(redis_url: str, stream: str, run: str, measure_from: float) -> dict[str, Any]:
+    """Location -> Redis latency of one trial's measured offers (uids ``m{run}-``, positions
+    sent at or after ``measure_from``): each offers stream entry's id (ms, the redis server's
+    clock on this host) minus the offer's position ``ts``."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    try:
+        entries: Any = client.xrange(stream, min=f"{int((measure_from - 5) * 1000)}-0",
+                                     max="+")
+    finally:
+        client.close()
+    ms: list[float] = []
+    for entry_id, fields in entries or ():
+        if str(fields.get("uid", "")).startswith(f"m{run}-"):
+            ts = float(fields.get("ts", "0"))
+            if ts >= measure_from:
+                ms.append((int(str(entry_id).split("-")[0]) / 1000 - ts) * 1000)
+    return {"redis_offers": len(ms), **distribution("redis_", ms)}
+
+
+async def _consumer(bootstrap: str, *topics: str | None) -> AIOKafkaConsumer:
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None,
                                 enable_auto_commit=False, auto_offset_reset="earliest",
                                 fetch_max_wait_ms=FETCH_WAIT_MS)
     await consumer.start()
-    partitions = consumer.partitions_for_topic(topic)
-    deadline = time.monotonic() + 30
-    while not partitions and time.monotonic() < deadline:
-        await consumer._client.force_metadata_update()
+    assigned: list[TopicPartition] = []
+    for topic in topics:
+        if topic is None:
+            continue
         partitions = consumer.partitions_for_topic(topic)
-        await asyncio.sleep(0.2)
-    if not partitions:
-        await consumer.stop()
-        raise BenchError(f"topic {topic} never appeared")
-    consumer.assign([TopicPartition(topic, p) for p in sorted(partitions)])
+        deadline = time.monotonic() + 30
+        while not partitions and time.monotonic() < deadline:
+            await consumer._client.force_metadata_update()
+            partitions = consumer.partitions_for_topic(topic)
+            await asyncio.sleep(0.2)
+        if not partitions:
+            await consumer.stop()
+            raise BenchError(f"topic {topic} never appeared")
+        assigned += [TopicPartition(topic, p) for p in sorted(partitions)]
+    consumer.assign(assigned)
     return consumer
 
 
 async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: float,
-                  drain_s: float) -> dict[str, Any]:
-    """Warm the path up, then send ``rate`` positions/s for ``seconds``; collect latencies."""
-    consumer = await _consumer(bootstrap, sink)
+                  drain_s: float, held_out: str | None = None) -> dict[str, Any]:
+    """Warm the path up, then send ``rate`` positions/s for ``seconds``; collect latencies.
+
+    ``held_out``: a topic whose records (offers held out for a control group) count as
+    outputs for completeness (not for latency)."""
+    consumer = await _consumer(bootstrap, sink, held_out)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, acks=1)
     await producer.start()
     run = uuid.uuid4().hex[:4]
@@ -96,7 +167,8 @@ async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: 
         while not stop.is_set():
             batch = await consumer.getmany(timeout_ms=50)
             received = time.time()
-            for records in batch.values():
+            for tp, records in batch.items():
+                counted_only = tp.topic == held_out
                 for record in records:
                     value = orjson.loads(record.value)
                     uid = str(value.get("uid", ""))
@@ -105,7 +177,7 @@ async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: 
                     elif uid.startswith(f"m{run}-"):
                         seen["measured"] += 1
                         last_received[0] = received
-                        if float(value["ts"]) >= measure_from:
+                        if not counted_only and float(value["ts"]) >= measure_from:
                             latencies.append(received - float(value["ts"]))
                             if record.timestamp is not None and record.timestamp > 0:
                                 last_hop.append(received - record.timestamp / 1000)
@@ -154,9 +226,9 @@ async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: 
         "received": received, "measured": len(ms),
         "output_rate": round(output_rate, 1),
         "saturated": received < total * 0.99 or output_rate < 0.9 * send_rate,
-        "p50_ms": round(percentile(ms, 50), 1), "p95_ms": round(percentile(ms, 95), 1),
-        "p99_ms": round(percentile(ms, 99), 1), "max_ms": round(max(ms, default=0.0), 1),
+        **distribution("", ms),
         "mean_ms": round(statistics.fmean(ms), 1) if ms else 0.0,
+        "run": run, "measure_from": measure_from,
         # The last hop alone (output produced -> received), the same broker work for both.
         "last_hop_p50_ms": round(percentile([x * 1000 for x in last_hop], 50), 1),
         "last_hop_p99_ms": round(percentile([x * 1000 for x in last_hop], 99), 1),
@@ -165,30 +237,34 @@ async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: 
 
 @contextmanager
 def storestream(stack: DevStack, tmp: Path, rate: float, env: Mapping[str, str] | None = None,
-                idle_s: float = 0.0) -> Iterator[Window]:
+                idle_s: float = 0.0, rules: bool = False) -> Iterator[Window]:
     """A storestream worker (positions -> offers) on fresh topics, ready; yields its
     measuring function.
 
     ``env`` overrides the worker's settings (``bench.broker_workarounds`` compares variants);
     with ``idle_s`` each window first measures the ready, idle worker's CPU over that many
-    seconds (``idle_cpu_percent``).
+    seconds (``idle_cpu_percent``). ``rules``: also the dwell promotion and store ``s1``'s
+    quiet hours (:func:`quiet_hours_config`), for the rules-on variant.
     """
-    deployment = StoreDeployment(stack, tmp, f"lat{int(rate)}", partitions=8,
-                                 extra_env={"OFFER_COOLDOWN_S": "0", **stack.worker_env,
-                                            **(env or {})})
+    extra = {"OFFER_COOLDOWN_S": "0", **stack.worker_env, **(env or {})}
+    if rules:
+        extra["STORESTREAM_CONFIG"] = str(quiet_hours_config(tmp))
+    deployment = StoreDeployment(stack, tmp, f"lat{int(rate)}", partitions=8, extra_env=extra)
     deployment.create_topics()
     worker = deployment.start_worker("lat")
     try:
         worker.wait_ready(180)
         from app.dev.producer import produce
 
+        promotions = [PROMOTION, DWELL_PROMOTION] if rules else [PROMOTION]
         asyncio.run(produce(stack.broker_url, [
             (deployment.topic("stores.products"), str(DISPLAY["sku"]), DISPLAY),
-            (deployment.topic("products.promotions"), str(PROMOTION["pid"]), PROMOTION),
+            *((deployment.topic("products.promotions"), str(p["pid"]), p) for p in promotions),
         ]))
-        wait_until("display and promotion on the worker", lambda: worker.metric(
+        wait_until("display and promotions on the worker", lambda: worker.metric(
             "storestream_replica_keys", table="displays") >= 1 and worker.metric(
-            "storestream_replica_applied_total", table="promotions") >= 1, 60)
+            "storestream_replica_applied_total", table="promotions") >= len(promotions), 60)
+        held_out = deployment.topic("offers.held_out") if rules else None
 
         def window(seconds: float, drain_s: float) -> dict[str, Any]:
             idle_cpu = None
@@ -198,11 +274,14 @@ def storestream(stack: DevStack, tmp: Path, rate: float, env: Mapping[str, str] 
                 idle_cpu = 100 * (worker.cpu_seconds() - cpu0) / (time.monotonic() - t0)
             result = _timed(worker.cpu_seconds, lambda: measure(
                 stack.bootstrap, deployment.topic("customers.locations"),
-                deployment.topic("customers.promotions"), rate, seconds, drain_s))
+                deployment.topic("customers.promotions"), rate, seconds, drain_s,
+                held_out=held_out))
             if idle_cpu is not None:
                 result["idle_cpu_percent"] = round(idle_cpu, 2)
             result["redis_stream"] = f"{deployment.prefix}offers"  # the worker's offers stream
             result["dead_letters"] = worker.metric("storestream_dead_letters_total")
+            result["withheld"] = worker.metric("storestream_offers_withheld_total")
+            result["held_out"] = worker.metric("storestream_offers_held_out_total")
             result["worker_side"] = worker_side_lag(worker)
             return result
 
@@ -210,6 +289,18 @@ def storestream(stack: DevStack, tmp: Path, rate: float, env: Mapping[str, str] 
     finally:
         worker.stop()
         _delete(stack, [deployment.prefix, f"{deployment.env['APP_ID']}-"])
+
+
+def quiet_hours_config(tmp: Path) -> Path:
+    """faust.ini plus ``[store s1]`` whose quiet hour is 12 hours away (UTC): configured,
+    checked for every offer, never withholding one in a trial."""
+    import datetime
+
+    hour = (datetime.datetime.now(datetime.UTC).hour + 12) % 24
+    path = tmp / "faust-quiet-hours.ini"
+    path.write_text((ROOT / "faust.ini").read_text() + "\n[store s1]\ntimezone = UTC\n"
+                    f"quiet_hours = {hour:02d}:00-{hour:02d}:59\n")
+    return path
 
 
 def _timed(cpu_seconds: Callable[[], float],
@@ -246,24 +337,37 @@ def worker_side_lag(worker: Any) -> dict[str, float]:
 
 @contextmanager
 def plain(stack: DevStack, tmp: Path, rate: float) -> Iterator[Window]:
-    """The plain aiokafka echo loop on fresh topics, ready; yields its measuring function."""
+    """The plain aiokafka matching loop on fresh topics, ready; yields its measuring
+    function."""
     prefix = f"bench-lat-plain-{uuid.uuid4().hex[:6]}."
     source, sink = f"{prefix}customers.locations", f"{prefix}out"
-    asyncio.run(create_topics(stack.bootstrap, [TopicSpec(source, 8, EVENT_TOPIC_CONFIG),
-                                                TopicSpec(sink, 8, EVENT_TOPIC_CONFIG)]))
-    proc = Proc("aiokafka echo", [sys.executable, "-m", "bench.plain_peer", "echo",
-                                  "--bootstrap", stack.bootstrap, "--source", source,
-                                  "--sink", sink], dict(os.environ), tmp / f"{prefix}echo.log")
+    displays, promotions = f"{prefix}stores.products", f"{prefix}products.promotions"
+    asyncio.run(create_topics(stack.bootstrap, [
+        TopicSpec(source, 8, EVENT_TOPIC_CONFIG), TopicSpec(sink, 8, EVENT_TOPIC_CONFIG),
+        TopicSpec(displays, 1, EVENT_TOPIC_CONFIG), TopicSpec(promotions, 1, EVENT_TOPIC_CONFIG)]))
+    from app.dev.producer import produce
+
+    asyncio.run(produce(stack.broker_url, [(displays, str(DISPLAY["sku"]), DISPLAY),
+                                           (promotions, str(PROMOTION["pid"]), PROMOTION)]))
+    stream = f"{prefix}offers"
+    proc = Proc("aiokafka match", [sys.executable, "-m", "bench.plain_peer", "match",
+                                   "--bootstrap", stack.bootstrap, "--source", source,
+                                   "--sink", sink, "--displays", displays,
+                                   "--promotions", promotions, "--redis", stack.redis_url,
+                                   "--redis-stream", stream],
+                dict(os.environ), tmp / f"{prefix}match.log")
     try:
         def ready() -> bool:
             if not proc.alive():
-                raise BenchError(f"echo loop exited:\n{proc.log_tail()}")
+                raise BenchError(f"matching loop exited:\n{proc.log_tail()}")
             return "READY" in proc.log_text()
-        wait_until("the echo loop", ready, 60, 0.1)
+        wait_until("the matching loop", ready, 60, 0.1)
 
         def window(seconds: float, drain_s: float) -> dict[str, Any]:
-            return _timed(proc.cpu_seconds, lambda: measure(
+            result = _timed(proc.cpu_seconds, lambda: measure(
                 stack.bootstrap, source, sink, rate, seconds, drain_s))
+            result["redis_stream"] = stream
+            return result
 
         yield window
     finally:
@@ -287,79 +391,87 @@ def quiet(trial: dict[str, Any]) -> bool:
     return "error" not in trial and (trial.get("steal_percent") or 0.0) <= STEAL_LIMIT
 
 
-def median_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
-    """The trial (window) with the median p99 (the lower middle one of an even count), with
-    every trial's p99, p50 and host steal attached; an error when no trial succeeded.
+def peer_order(names: Sequence[str], trial: int) -> list[str]:
+    """Which peers run in ``trial`` (0-based) and in which order: forward, then reverse,
+    in turn (ABBA for two), so a drift in the machine's state weighs on every peer alike."""
+    return list(names) if trial % 2 == 0 else list(reversed(names))
 
-    The median is taken over the quiet trials (:func:`quiet`) when at least two are quiet,
-    else over every successful trial, marked ``disturbed``.
-    """
+
+def summarise(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """A peer's figures over its trials: the median of the per-trial p50/p95/p99 (topic and
+    Redis) with min-max, over every successful trial and over the quiet ones
+    (:func:`quiet`), and every trial itself."""
     done = [t for t in trials if "error" not in t]
-    if not done:
-        return trials[-1] if trials else {"error": "no trial ran"}
     calm = [t for t in done if quiet(t)]
-    pool = calm if len(calm) >= 2 else done
-    ordered = sorted(pool, key=lambda t: t["p99_ms"])
-    chosen = dict(ordered[(len(ordered) - 1) // 2])
-    chosen["trials"] = len(trials)
-    chosen["quiet_trials"] = len(calm)
-    chosen["disturbed"] = pool is done and len(calm) < len(done)
-    chosen["trials_p99_ms"] = [t.get("p99_ms") for t in trials]
-    chosen["trials_p50_ms"] = [t.get("p50_ms") for t in trials]
-    chosen["trials_steal_percent"] = [t.get("steal_percent") for t in trials]
-    return chosen
+    out: dict[str, Any] = {"trials": len(trials), "ok_trials": len(done),
+                           "quiet_trials": len(calm),
+                           "saturated_trials": sum(1 for t in done if t.get("saturated"))}
+    for key in ("p50_ms", "p95_ms", "p99_ms", "redis_p50_ms", "redis_p95_ms", "redis_p99_ms",
+                "cpu_percent", "steal_percent"):
+        values = [float(t[key]) for t in done if t.get(key) is not None]
+        if values:
+            out[f"median_{key}"] = round(statistics.median(values), 1)
+            out[f"min_max_{key}"] = [min(values), max(values)]
+        quiet_values = [float(t[key]) for t in calm if t.get(key) is not None]
+        if quiet_values and key.endswith("p99_ms"):
+            out[f"quiet_median_{key}"] = round(statistics.median(quiet_values), 1)
+    out["per_trial"] = trials
+    return out
 
 
-def rounds_needed(runs: dict[str, list[dict[str, Any]]], wanted: int) -> bool:
-    """Whether another round (one trial per peer) is needed: a peer has fewer than
-    ``wanted`` quiet trials."""
-    return any(sum(1 for t in results if quiet(t)) < wanted for results in runs.values())
+def ratio(row: dict[str, Any], peer: str, against: str, key: str) -> float | None:
+    """``peer``'s median ``key`` over ``against``'s, both from the same run."""
+    a, b = row.get(peer, {}).get(f"median_{key}"), row.get(against, {}).get(f"median_{key}")
+    return round(a / max(b, 0.1), 2) if a is not None and b is not None else None
 
 
-def trial_order(trial: int) -> tuple[str, str]:
-    """Which peer goes first in ``trial`` (0-based): ABBA, so a drift in the machine's state
-    over the run weighs on both peers alike."""
-    return ("storestream", "aiokafka") if trial % 4 in (0, 3) else ("aiokafka", "storestream")
+#: Peer name -> its context manager (``stack, tmp, rate``).
+PEERS: dict[str, Callable[[DevStack, Path, float], AbstractContextManager[Window]]] = {
+    "aiokafka": plain,
+    "storestream": lambda stack, tmp, rate: storestream(stack, tmp, rate),
+    "rules-off": lambda stack, tmp, rate: storestream(stack, tmp, rate, env=RULES_OFF),
+    "rules-on": lambda stack, tmp, rate: storestream(stack, tmp, rate, env=RULES_ON,
+                                                     rules=True),
+}
 
 
-def run(stack: DevStack, tmp: Path, quick: bool) -> dict[str, Any]:
-    """Every rate for both peers: ``{"<rate>/s": {"storestream": ..., "aiokafka": ...}}``.
+def run(stack: DevStack, tmp: Path, quick: bool, trials: int | None = None,
+        rates: Sequence[float] | None = None, seconds: float | None = None) -> dict[str, Any]:
+    """Every rate for every peer: ``{"<rate>/s": {"<peer>": summary, "ratios": ...}}``.
 
-    The peers take turns in ABBA order, each trial on a fresh deployment with fresh topics
-    (on the embedded broker a topic's fetch latency grows as it fills: measured, the plain
-    loop's p50 rose from ~40 to ~100-180 ms over six 10-s windows on the same topics and
-    stayed at ~20-30 ms on fresh ones). Each trial records the host's CPU steal; after the
-    planned rounds, more rounds run (up to a bound) until each peer has enough quiet trials
-    (:data:`STEAL_LIMIT`), and each peer reports its median-p99 quiet trial (README,
-    Performance: one 15-s run's p99 moves by up to 25x with steal, for either peer).
+    Each trial is a fresh deployment with fresh topics (on the embedded broker a topic's fetch
+    latency grows as it fills); ``trials`` rounds per rate (5; quick: 1 at 200/s), every peer
+    once per round in :func:`peer_order` (quick: storestream and the plain loop only).
+    Ratios: storestream's median p99 over the plain loop's (issue 19, topic and Redis) and
+    rules-on over rules-off (issue 21).
     """
-    # (rate, seconds per trial, planned rounds, quiet trials wanted per peer, max rounds)
-    plan = ([(200.0, 4.0, 1, 0, 1)] if quick
-            else [(500.0, 15.0, 4, 3, 8), (2_000.0, 15.0, 2, 2, 4)])
+    rounds = trials or (1 if quick else 5)
+    plan = list(rates or ([200.0] if quick else [500.0, 2_000.0]))
+    length = seconds or (4.0 if quick else 10.0)
     drain_s = 10.0 if quick else 30.0
-    peers = {"storestream": storestream, "aiokafka": plain}
+    names = ["storestream", "aiokafka"] if quick else list(PEERS)  # quick: the pair alone
     out: dict[str, Any] = {}
-    for rate, seconds, trials, wanted, max_rounds in plan:
-        row: dict[str, Any] = {"seconds": seconds}
-        runs: dict[str, list[dict[str, Any]]] = {"storestream": [], "aiokafka": []}
-        trial = 0
-        while trial < trials or (trial < max_rounds and rounds_needed(runs, wanted)):
-            if trial == trials:
-                log(f"latency: fewer than {wanted} trials per peer with host CPU steal <= "
-                    f"{STEAL_LIMIT:g}%: more rounds (at most {max_rounds})")
-            for name in trial_order(trial):
-                of = f" (trial {trial + 1}/{max(trials, trial + 1)})" if trials > 1 else ""
-                log(f"latency: {name} at {rate:,.0f} positions/s for {seconds:.0f} s{of} ...")
-                runs[name].append(_trial(name, peers[name], stack, tmp, rate, seconds, drain_s))
-            trial += 1
+    for rate in plan:
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
+        for trial in range(rounds):
+            for name in peer_order(names, trial):
+                log(f"latency: {name} at {rate:,.0f} positions/s for {length:.0f} s "
+                    f"(trial {trial + 1}/{rounds}, load {os.getloadavg()[0]:.2f}) ...")
+                r = _trial(name, PEERS[name], stack, tmp, rate, length, drain_s)
+                r["trial"], r["load_1m"] = trial, round(os.getloadavg()[0], 2)
+                runs[name].append(r)
+        row: dict[str, Any] = {"seconds": length, "rounds": rounds, "peers": names}
         for name, results in runs.items():
-            row[name] = median_trial(results)
-        ss_row, pl_row = row["storestream"], row["aiokafka"]
-        if ss_row.get("p50_ms") and pl_row.get("p50_ms"):
-            row["ratio_p50"] = round(ss_row["p50_ms"] / pl_row["p50_ms"], 2)
-            row["ratio_p99"] = round(ss_row["p99_ms"] / max(pl_row["p99_ms"], 0.1), 2)
-            # A ratio between a quiet median and a disturbed one says more about the host.
-            row["comparable"] = not (ss_row.get("disturbed") or pl_row.get("disturbed"))
+            row[name] = summarise(results)
+        row["ratios"] = {
+            "storestream/aiokafka p99": ratio(row, "storestream", "aiokafka", "p99_ms"),
+            "storestream/aiokafka redis p99": ratio(row, "storestream", "aiokafka",
+                                                    "redis_p99_ms"),
+            "storestream/aiokafka p50": ratio(row, "storestream", "aiokafka", "p50_ms"),
+            "rules-on/rules-off p99": ratio(row, "rules-on", "rules-off", "p99_ms"),
+            "rules-on/rules-off redis p99": ratio(row, "rules-on", "rules-off", "redis_p99_ms"),
+        }
+        log(f"latency: {rate:,.0f}/s ratios {row['ratios']}")
         out[f"{rate:.0f}/s"] = row
     return out
 
@@ -367,16 +479,48 @@ def run(stack: DevStack, tmp: Path, quick: bool) -> dict[str, Any]:
 def _trial(name: str, peer: Callable[[DevStack, Path, float], AbstractContextManager[Window]],
            stack: DevStack, tmp: Path, rate: float, seconds: float,
            drain_s: float) -> dict[str, Any]:
-    """One trial of one peer on a fresh deployment; an error result when it failed."""
+    """One trial of one peer on a fresh deployment, Redis latency included; an error result
+    when it failed."""
     try:
         with peer(stack, tmp, rate) as window:
             r = window(seconds, drain_s)
+            time.sleep(0.5)  # a backstop delivery still on its way
+            r.update(redis_latency(stack.redis_url, r["redis_stream"], r["run"],
+                                   r["measure_from"]))
     except Exception as exc:
         log(f"latency: {name} FAILED: {exc}")
         return {"error": f"{exc}"[-2000:]}
-    log(f"latency: {name}: p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, "
-        f"{r['received']}/{r['sent']} received, steal {r['steal_percent']}%")
-    if r.get("worker_side"):
-        log(f"latency: {name} worker side (record -> its batch processed): "
-            + ", ".join(f"{share:.0%} {bound}" for bound, share in r["worker_side"].items()))
+    log(f"latency: {name}: p50 {r['p50_ms']} / p99 {r['p99_ms']} ms, Redis p50 "
+        f"{r['redis_p50_ms']} / p99 {r['redis_p99_ms']} ms, {r['received']}/{r['sent']} "
+        f"received, {r['redis_offers']} in Redis, steal {r['steal_percent']}%")
     return r
+
+
+def format_table(section: dict[str, Any]) -> str:
+    """The latency table: per rate and peer, medians of the per-trial figures (min-max)."""
+    lines = [f"{'rate':>8} {'peer':12} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms (min-max)':>22} "
+             f"{'Redis p99 ms (min-max)':>24} {'trials':>6} {'CPU%':>5}"]
+    for rate, row in section.items():
+        if not isinstance(row, dict) or "ratios" not in row:
+            lines.append(f"{rate:>8} {row}")
+            continue
+        for name in PEERS:
+            if name not in row:
+                continue
+            r = row[name]
+            if "median_p99_ms" not in r:
+                first = next((t.get("error", "") for t in r.get("per_trial", [])), "no trial")
+                lines.append(f"{rate:>8} {name:12} error: {str(first).splitlines()[0][:60]}")
+                continue
+            span = "{:.0f}-{:.0f}".format(*r["min_max_p99_ms"])
+            rspan = ("{:.0f}-{:.0f}".format(*r["min_max_redis_p99_ms"])
+                     if "min_max_redis_p99_ms" in r else "-")
+            lines.append(
+                f"{rate:>8} {name:12} {r['median_p50_ms']:>8.1f} {r['median_p95_ms']:>8.1f} "
+                f"{r['median_p99_ms']:>8.1f} ({span:>11}) "
+                f"{r.get('median_redis_p99_ms', 0.0):>8.1f} ({rspan:>13}) "
+                f"{r['ok_trials']:>3}/{r['trials']:<2} {r.get('median_cpu_percent', 0):>5.0f}"
+                + (f"  {r['saturated_trials']} saturated" if r.get("saturated_trials") else ""))
+        for label, value in row["ratios"].items():
+            lines.append(f"{'':>8} {label:32} {value if value is not None else '-'}")
+    return "\n".join(lines)

@@ -217,56 +217,13 @@ def format_throughput(section: dict[str, Any]) -> str:
 
 
 def format_latency(section: dict[str, Any]) -> str:
-    """The latency table."""
-    lines = [f"{'rate':>8} {'peer':12} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} "
-             f"{'recv/sent':>11} {'out/s':>6} {'CPU%':>5}"]
-    for rate, row in section.items():
-        for name in ("storestream", "aiokafka"):
-            r = row.get(name, {})
-            if "error" in r:
-                lines.append(f"{rate:>8} {name:12} error: {r['error'].splitlines()[0][:60]}")
-                continue
-            lines.append(f"{rate:>8} {name:12} {r['p50_ms']:>8.1f} {r['p95_ms']:>8.1f} "
-                         f"{r['p99_ms']:>8.1f} {r['max_ms']:>8.1f} "
-                         f"{r['received']:>5}/{r['sent']:<5} {r.get('output_rate', 0):>6.0f} "
-                         f"{r.get('cpu_percent', 0):>5.0f}"
-                         + ("  saturated" if r.get("saturated") else "")
-                         + (f"  median of {_pool(r)}, p99s "
-                            + "/".join(f"{p:.0f}" for p in r["trials_p99_ms"] if p is not None)
-                            + ", steal% " + "/".join(
-                                f"{p:.0f}" for p in r.get("trials_steal_percent", [])
-                                if p is not None)
-                            if r.get("trials", 1) > 1 else ""))
-        if "ratio_p50" in row:
-            lines.append(f"{'':>8} {'ss/aiokafka':12} {row['ratio_p50']:>8.2f} {'':>8} "
-                         f"{row['ratio_p99']:>8.2f}"
-                         + ("" if row.get("comparable", True) else
-                            "  not comparable: a peer had too few quiet trials"))
-    return "\n".join(lines)
-
-
-def _pool(r: dict[str, Any]) -> str:
-    """Which trials a latency median is over: the quiet ones, or all when too few were."""
-    if r.get("disturbed"):
-        return f"all {r['trials']} trials (only {r.get('quiet_trials', 0)} quiet: disturbed)"
-    if r.get("quiet_trials") is not None and r["quiet_trials"] < r["trials"]:
-        return f"{r['quiet_trials']} quiet of {r['trials']} trials"
-    return f"{r['trials']} trials"
+    """The latency table (:func:`bench.latency.format_table`)."""
+    return latency.format_table(section)
 
 
 def format_recovery(section: dict[str, Any]) -> str:
-    """The recovery and memory table."""
-    lines = [f"{'store':11} {'customers':>9} {'empty start s':>13} {'1st recovery s':>14} "
-             f"{'restart s':>9} {'SIGTERM->ready s':>16} {'MB/100k':>8} {'sample ok':>9}"]
-    for store, r in section.items():
-        if "error" in r or "skipped" in r:
-            lines.append(f"{store:11} {r.get('error') or r.get('skipped')}"[:100])
-            continue
-        lines.append(f"{store:11} {r['customers']:>9,} {r.get('cold_start_s', '-'):>13} "
-                     f"{r['first_recovery_s']:>14} {r['restart_s']:>9} "
-                     f"{r['sigterm_to_ready_s']:>16} {r.get('mb_per_100k_customers', '-'):>8} "
-                     f"{r['sample_ok_restart']:>9}")
-    return "\n".join(lines)
+    """The recovery and memory table (:func:`bench.recovery.format_table`)."""
+    return recovery.format_table(section)
 
 
 def format_report(report: dict[str, Any]) -> str:
@@ -367,7 +324,9 @@ def main(argv: list[str] | None = None) -> int:
             _section(report, "latency", lambda: latency.run(stack, tmp, quick))
         if "recovery" not in skip:
             _section(report, "recovery", lambda: recovery.run(stack, tmp, quick))
-    mem = report.get("recovery", {}).get("memory://", {})
+    mem: dict[str, Any] = next((size.get("memory://", {})
+                                for size in report.get("recovery", {}).values()
+                                if isinstance(size, dict)), {})
     report["memory"] = {
         "mb_per_100k_customers": mem.get("mb_per_100k_customers"),
         "method": "RSS of a worker holding N recovered customers minus an empty worker's, "

@@ -152,6 +152,9 @@ class Settings:
     #: Whether recovery reads past each changelog end offset the broker reports
     #: (``app/runtime/recovery.py``: Tansu reports them too low).
     recovery_probe: bool = True
+    #: Whether recovery reads the active changelog partitions with a bulk reader of its own
+    #: (``app/runtime/recovery.py``) before Faust's per-event path (which then has nothing left).
+    recovery_bulk: bool = True
     #: Input topic base name (``purchases``, ``stores.products``...) -> ``REPARTITION`` mode
     #: (:mod:`core.repartition`); a topic not named has :data:`core.repartition.DEFAULT_MODE`.
     repartition: tuple[tuple[str, str], ...] = ()
@@ -401,6 +404,7 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
                 pick("BROKER_SESSION_TIMEOUT_S", main, "broker_session_timeout_s", 6)
             ),
             recovery_probe=_switch(pick("RECOVERY_PROBE", main, "recovery_probe", "on")),
+            recovery_bulk=_switch(pick("RECOVERY_BULK", main, "recovery_bulk", "on")),
             repartition=repartition_modes(env, main),
             topics=Topics(prefix=pick("TOPIC_PREFIX", main, "topic_prefix", "")),
             loyalty=rules,

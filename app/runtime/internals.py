@@ -147,6 +147,13 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
             "faust.tables.recovery.Recovery.standbys_for_table",
             "faust.tables.manager.TableManager._recovery",
             "faust.app.base.App._fetcher",
+            "faust.tables.recovery.Recovery.tp_to_table",
+            "faust.tables.recovery.Recovery.active_highwaters",
+            "faust.tables.recovery.Recovery.signal_recovery_start",
+            "faust.tables.recovery.Recovery._active_events_received_at",
+            "faust.tables.base.Collection._on_changelog_event",
+            "faust.stores.memory.Store.apply_changelog_batch",
+            "faust.stores.rocksdb.Store.apply_changelog_batch",
         ),
     },
     "app/runtime/replica.py": {

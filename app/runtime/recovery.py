@@ -26,7 +26,20 @@ faust-streaming 0.15.3, re-check on upgrade): ``faust.tables.recovery``:
 ``Recovery.on_recovery_completed`` (body copied in ``_complete_recovery``, seek moved first),
 ``Recovery._wait``, ``Recovery._set_recovery_ended``, ``Recovery._is_changelog_tp``,
 ``Recovery.actives_for_table``, ``Recovery.standbys_for_table``;
-``faust.tables.manager.TableManager._recovery``; ``faust.app.base.App._fetcher``.
+``faust.tables.manager.TableManager._recovery``; ``faust.app.base.App._fetcher``;
+for the bulk restore (``RECOVERY_BULK``, :meth:`ProbingRecovery._bulk_restore`):
+``Recovery.tp_to_table``, ``Recovery.active_highwaters``, ``Recovery.signal_recovery_start``,
+``Recovery._active_events_received_at`` (set, so Faust does not warn of silent partitions),
+``faust.tables.base.Collection._on_changelog_event`` (read), and the event attributes that
+``faust.stores.memory.Store.apply_changelog_batch`` and
+``faust.stores.rocksdb.Store.apply_changelog_batch`` read
+(:class:`app.runtime.restore.ChangelogEvent`).
+
+Bulk restore: before Faust's per-event recovery of the active changelog partitions, they are
+read up to their highwaters with a plain consumer and applied a fetched batch at a time
+(:mod:`app.runtime.restore` says where Faust's path spent its time); Faust then finds nothing
+left to read. Measured on Apache Kafka, 100,000 customers (180,203 records, ``memory://``):
+restore 22 s -> 0.8 s, process start to ``/health`` 200 25.3 s -> 4.6 s.
 """
 
 from __future__ import annotations
@@ -34,9 +47,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from faust.tables import TableManager as FaustTableManager
 from faust.tables.recovery import Recovery
@@ -44,6 +58,7 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 
 from app.runtime.replica import REPLICAS, not_ready, replica_connection, wait_all_ready
+from app.runtime.restore import ChangelogEvent, ChangelogMessage, new_consumer, read_span
 from app.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -55,6 +70,34 @@ PROBE_TIMEOUT_S = 20.0
 #: Upper bound (s) for holding the streams for the replicas; past it they resume regardless
 #: (a loud warning): a worker that never starts is worse than one that starts short of data.
 REPLICA_WAIT_TIMEOUT_S = 120.0
+#: Share of Faust's timeout for the seek step (``broker_request_timeout``) the bulk restore
+#: may take; past it, Faust's per-event recovery reads the rest.
+BULK_BUDGET_SHARE = 0.5
+
+
+def _utf8(raw: bytes | None) -> Any:
+    return None if raw is None else raw.decode("utf-8")
+
+
+def _json(raw: bytes | None) -> Any:
+    return None if raw is None else orjson.loads(raw)
+
+
+def _decoders(app: Any, table: Any) -> tuple[Callable[[bytes | None], Any],
+                                             Callable[[bytes | None], Any]]:
+    """Key and value decoders of a table's changelog records, as Faust's conductor decodes
+    them: direct for UTF-8 keys and JSON values (:func:`tables.base.text_keyed_table`), else
+    through the app's serializer registry with the table's types and serializers."""
+    def registry_key(raw: bytes | None) -> Any:
+        return app.serializers.loads_key(table.key_type, raw, serializer=table.key_serializer)
+
+    def registry_value(raw: bytes | None) -> Any:
+        return app.serializers.loads_value(table.value_type, raw,
+                                           serializer=table.value_serializer)
+
+    plain_key = table.key_serializer == "utf8" and table.key_type in (str, None)
+    plain_value = table.value_serializer == "json" and table.value_type is None
+    return (_utf8 if plain_key else registry_key), (_json if plain_value else registry_value)
 
 
 async def read_last_offsets(
@@ -192,7 +235,74 @@ class ProbingRecovery(Recovery):  # type: ignore[misc]
                                          for tp, value in sorted(unusable.items())))
             for tp in unusable:
                 offsets[tp] = -1
+        if title == "active" and SETTINGS.recovery_bulk and tps:
+            await self._bulk_restore(positions, offsets)
+            positions, _ = seek_positions(offsets, tps)
         await consumer.seek_wait(positions)
+
+    async def _bulk_restore(self, positions: Mapping[TP, int], offsets: Any) -> None:
+        """Apply the active changelog partitions up to their highwaters in bulk
+        (:mod:`app.runtime.restore`) and advance ``offsets`` (Faust's last-read offsets) to
+        where that got, so Faust's per-event recovery only reads what is left (nothing,
+        unless the bulk read stopped early: a deadline, a rebalance, an open transaction).
+
+        Each partition's records are applied with the table's own ``apply_changelog_batch``
+        (the store decides: ``memory://`` keeps the decoded values and their partitions,
+        ``rocksdb://`` writes the raw bytes and its persisted offset), as Faust's recovery
+        does with its buffers; tables with an ``on_changelog_event`` callback are left to Faust.
+        """
+        highwaters = self.active_highwaters
+        spans: dict[TopicPartition, tuple[int, int]] = {}
+        owners: dict[TopicPartition, tuple[TP, Any]] = {}
+        for tp, first in positions.items():
+            table = self.tp_to_table.get(tp)
+            last = highwaters.get(tp)
+            if (table is None or last is None or last < first
+                    or getattr(table, "_on_changelog_event", None) is not None):
+                continue
+            key = TopicPartition(tp.topic, tp.partition)
+            spans[key] = (first, last)
+            owners[key] = (tp, table)
+        if not spans:
+            return
+        decoders = {id(table): _decoders(self.app, table) for _, table in owners.values()}
+        applied = [0]
+
+        received_at = self._active_events_received_at  # Faust's "no event received" watch
+
+        def apply(key: TopicPartition, records: Sequence[Any]) -> None:
+            tp, table = owners[key]
+            received_at[tp] = time.monotonic()
+            to_key, to_value = decoders[id(table)]
+            table.apply_changelog_batch([
+                ChangelogEvent(to_key(r.key), to_value(r.value),
+                               ChangelogMessage(tp, r.partition, r.offset, r.key, r.value))
+                for r in records])
+            applied[0] += len(records)
+
+        conf = self.app.conf
+        started = time.monotonic()
+        consumer = new_consumer(
+            [f"{url.host}:{url.port or 9092}" for url in conf.broker],
+            transactional=bool(self.app.in_transaction),
+            **credentials_to_aiokafka_auth(conf.broker_credentials, conf.ssl_context))
+        await consumer.start()
+        try:
+            reached = await read_span(
+                consumer, spans, apply,
+                deadline=started + BULK_BUDGET_SHARE * float(conf.broker_request_timeout),
+                interrupted=self.signal_recovery_start.is_set)
+        finally:
+            await consumer.stop()
+        for key, offset in reached.items():
+            tp = owners[key][0]
+            if offset > offsets[tp]:
+                offsets[tp] = offset
+        elapsed = time.monotonic() - started
+        left = sum(max(0, spans[key][1] - offset) for key, offset in reached.items())
+        log.info("bulk restore: %d records into %d partitions in %.2f s (%.0f records/s)%s",
+                 applied[0], len(spans), elapsed, applied[0] / max(elapsed, 1e-9),
+                 f"; {left} offsets left to Faust's recovery" if left else "")
 
     async def on_recovery_completed(self, generation_id: int = 0) -> None:
         """Resume the streams only once the tables *and* the replicas are loaded."""

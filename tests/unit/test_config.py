@@ -105,6 +105,12 @@ def test_recovery_probe_is_on_unless_turned_off() -> None:
     assert not load_settings({"STORESTREAM_CONFIG": ini, "RECOVERY_PROBE": "off"}).recovery_probe
 
 
+def test_recovery_bulk_is_on_unless_turned_off() -> None:
+    ini = str(ROOT / "faust.ini")
+    assert load_settings({"STORESTREAM_CONFIG": ini}).recovery_bulk
+    assert not load_settings({"STORESTREAM_CONFIG": ini, "RECOVERY_BULK": "off"}).recovery_bulk
+
+
 def test_redemptions_count_for_two_hours_after_an_offer_unless_told_otherwise() -> None:
     ini = str(ROOT / "faust.ini")
     assert load_settings({"STORESTREAM_CONFIG": ini}).redemption_window_s == 7200

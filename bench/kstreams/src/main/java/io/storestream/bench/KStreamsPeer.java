@@ -46,6 +46,7 @@ import org.apache.kafka.streams.state.QueryableStoreTypes;
 import org.apache.kafka.streams.state.ReadOnlyKeyValueStore;
 import org.apache.kafka.streams.state.StoreBuilder;
 import org.apache.kafka.streams.state.Stores;
+import org.apache.kafka.streams.processor.StateRestoreListener;
 
 /**
  * The Kafka Streams peer of storestream's benchmark (bench/kstreams_peer.py runs it).
@@ -66,6 +67,14 @@ import org.apache.kafka.streams.state.Stores;
  * the first and at the expect-th record processed), peak RSS, and a digest of the totals
  * (customers, sums, SHA-256 of the sorted "user,cents,coffee" lines; the full totals go to
  * {@code --totals-out} when given).
+ *
+ * <p>{@code --mode restore} times a restore instead: stores named by {@code --stores}
+ * (String keys, byte[] values, so their changelogs can hold exactly the bytes another
+ * system's changelogs hold) over an empty input topic; their changelog topics
+ * ({@code <application-id>-<store>-changelog}) are filled beforehand. A
+ * {@link StateRestoreListener} records the first restore start, the last restore end and the
+ * records restored; once the client is RUNNING it counts each store's keys (interactive
+ * queries) and prints one {@code BENCH_RESULT} line.
  *
  * <p>Options: {@code --name value} or the environment variable {@code KSTREAMS_NAME}
  * (upper case, dashes as underscores); see {@link #OPTIONS}.
@@ -91,6 +100,9 @@ public final class KStreamsPeer {
         OPTIONS.put("stamp-product", "coffee");
         OPTIONS.put("state-dir", "");
         OPTIONS.put("totals-out", "");
+        OPTIONS.put("mode", "process"); // process | restore
+        OPTIONS.put("stores", "spend,stamps,baskets"); // restore mode: the stores
+        OPTIONS.put("restore-timeout-seconds", "900");
     }
 
     private KStreamsPeer() {}
@@ -359,6 +371,122 @@ public final class KStreamsPeer {
         }
     }
 
+    /** First restore start, last restore end and records restored, over every store. */
+    static final class RestoreMeter implements StateRestoreListener {
+        final AtomicLong restored = new AtomicLong();
+        final AtomicLong partitions = new AtomicLong();
+        volatile double firstStart;
+        volatile double lastEnd;
+
+        @Override
+        public synchronized void onRestoreStart(TopicPartition tp, String store, long start,
+                                                long end) {
+            if (firstStart == 0.0) {
+                firstStart = now();
+            }
+        }
+
+        @Override
+        public void onBatchRestored(TopicPartition tp, String store, long batchEnd,
+                                    long records) {
+            restored.addAndGet(records);
+        }
+
+        @Override
+        public synchronized void onRestoreEnd(TopicPartition tp, String store, long total) {
+            lastEnd = now();
+            partitions.incrementAndGet();
+        }
+    }
+
+    /** A processor that does nothing: the restore mode's stores only need a task. */
+    static final class Idle implements Processor<String, byte[], Void, Void> {
+        @Override
+        public void process(Record<String, byte[]> record) {}
+    }
+
+    static void restore(Map<String, String> opt, Properties props, boolean caching)
+            throws Exception {
+        String[] names = opt.get("stores").split(",");
+        StreamsBuilder builder = new StreamsBuilder();
+        for (String name : names) {
+            KeyValueBytesStoreSupplier supplier = switch (opt.get("store")) {
+                case "memory" -> Stores.inMemoryKeyValueStore(name);
+                case "rocksdb" -> Stores.persistentKeyValueStore(name);
+                default -> throw new IllegalArgumentException("--store memory|rocksdb");
+            };
+            StoreBuilder<KeyValueStore<String, byte[]>> store =
+                    Stores.keyValueStoreBuilder(supplier, Serdes.String(), Serdes.ByteArray());
+            builder.addStateStore(caching ? store.withCachingEnabled()
+                                          : store.withCachingDisabled());
+        }
+        builder.stream(opt.get("input"), Consumed.with(Serdes.String(), Serdes.ByteArray()))
+               .process(Idle::new, names);
+        KafkaStreams streams = new KafkaStreams(builder.build(), props);
+        RestoreMeter meter = new RestoreMeter();
+        streams.setGlobalStateRestoreListener(meter);
+        double started = now();
+        double cpuStarted = cpuSeconds();
+        streams.start();
+        double deadline = started + Double.parseDouble(opt.get("restore-timeout-seconds"));
+        while (streams.state() != KafkaStreams.State.RUNNING) {
+            KafkaStreams.State state = streams.state();
+            if (state == KafkaStreams.State.ERROR || state == KafkaStreams.State.NOT_RUNNING
+                    || now() > deadline) {
+                streams.close(Duration.ofSeconds(20));
+                throw new IllegalStateException("Kafka Streams " + state + " before RUNNING");
+            }
+            Thread.sleep(20);
+        }
+        double running = now();
+        double cpuRunning = cpuSeconds();
+        Map<String, Object> result = new LinkedHashMap<>();
+        long keys = 0;
+        for (String name : names) {
+            long count = 0;
+            ReadOnlyKeyValueStore<String, byte[]> store = streams.store(
+                    StoreQueryParameters.fromNameAndType(
+                            name, QueryableStoreTypes.keyValueStore()));
+            try (KeyValueIterator<String, byte[]> it = store.all()) {
+                while (it.hasNext()) {
+                    it.next();
+                    count++;
+                }
+            }
+            result.put("keys_" + name, count);
+            keys += count;
+        }
+        streams.close(Duration.ofSeconds(60));
+        streams.cleanUp();
+        result.put("mode", "restore");
+        result.put("restored_records", meter.restored.get());
+        result.put("restored_partitions", meter.partitions.get());
+        result.put("restore_s", meter.lastEnd > 0 ? meter.lastEnd - meter.firstStart : 0.0);
+        result.put("start_to_running_s", running - started);
+        result.put("cpu_s_to_running", cpuRunning - cpuStarted);
+        result.put("keys", keys);
+        result.put("peak_rss_mb_self", peakRssMb());
+        result.put("kafka_streams", AppInfoParser.getVersion());
+        result.put("store", opt.get("store"));
+        result.put("caching", opt.get("caching"));
+        printResult(result);
+    }
+
+    static void printResult(Map<String, Object> result) {
+        StringBuilder line = new StringBuilder("{");
+        for (Map.Entry<String, Object> e : result.entrySet()) {
+            if (line.length() > 1) {
+                line.append(", ");
+            }
+            Object v = e.getValue();
+            line.append(quote(e.getKey())).append(": ")
+                .append(v instanceof String s ? quote(s) : String.valueOf(v));
+        }
+        PrintStream out = System.out;
+        out.println(RESULT_PREFIX + line.append('}'));
+        out.flush();
+    }
+
     public static void main(String[] args) throws Exception {
         Map<String, String> opt = parseOptions(args);
         long expect = Long.parseLong(opt.get("expect"));
@@ -379,6 +507,10 @@ public final class KStreamsPeer {
         props.put(StreamsConfig.PROCESSING_GUARANTEE_CONFIG, StreamsConfig.AT_LEAST_ONCE);
         if (!caching) {
             props.put(StreamsConfig.STATESTORE_CACHE_MAX_BYTES_CONFIG, 0L);
+        }
+        if ("restore".equals(opt.get("mode"))) {
+            restore(opt, props, caching);
+            System.exit(0);
         }
         StreamsConfig config = new StreamsConfig(props);
 
@@ -464,18 +596,7 @@ public final class KStreamsPeer {
         result.put("commit_interval_ms", config.getLong(StreamsConfig.COMMIT_INTERVAL_MS_CONFIG));
         result.put("processing_guarantee",
                    config.getString(StreamsConfig.PROCESSING_GUARANTEE_CONFIG));
-        StringBuilder line = new StringBuilder("{");
-        for (Map.Entry<String, Object> e : result.entrySet()) {
-            if (line.length() > 1) {
-                line.append(", ");
-            }
-            Object v = e.getValue();
-            line.append(quote(e.getKey())).append(": ")
-                .append(v instanceof String s ? quote(s) : String.valueOf(v));
-        }
-        PrintStream out = System.out;
-        out.println(RESULT_PREFIX + line.append('}'));
-        out.flush();
+        printResult(result);
         System.exit(0);
     }
 }
