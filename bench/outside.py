@@ -322,9 +322,9 @@ async def _measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float)
     reader: _Reader | None = None
     try:
         while not out.start:
-            cpu = sampler.sample()
+            cpu, asked = sampler.sample(), time.time()
             if await _stable(admin, target.group):
-                out.start, out.cpu_start = time.time(), cpu
+                out.start, out.cpu_start = asked, cpu  # Stable at or before the question
                 break
             if time.monotonic() > deadline or not proc.alive():
                 raise BenchError(f"{proc.name}: its group {target.group} never became Stable"
@@ -363,6 +363,10 @@ async def _measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float)
             if time.monotonic() - last_log > 10:
                 log(f"{proc.name}: {behind:,} input records not committed yet")
                 last_log = time.monotonic()
+                own = proc.result()
+                if own is not None and own.get("complete") is False:
+                    raise BenchError(f"{proc.name} reached its cap (--max-window) after "
+                                     f"{own.get('events', 0):,} records: no figure")
             await asyncio.sleep(POLL_S)
     except BaseException:
         if reader is not None:

@@ -23,13 +23,14 @@ import os
 import sys
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from app.dev.devstack import DevStack
 from bench import kstreams_peer, outside
-from bench.deploy import Proc, StoreDeployment, wait_until
+from bench.deploy import Proc, StoreDeployment, StoreWorker, wait_until
 from bench.outside import Outcome, Target, Totals
 from bench.procstat import Window
 from bench.workload import Workload, create_topics, log, peer_topics, produce
@@ -132,6 +133,9 @@ def _watch(name: str, proc: Proc, target: Target, stack: DevStack, workload: Wor
     try:
         outcome = outside.measure(stack.bootstrap, target, proc, STARTUP_S + max_s + CLOSE_S)
         own = proc.result()
+        if own is None and isinstance(proc, StoreWorker) and proc.alive():
+            first = proc.metric("storestream_fast_lane_first_batch_seconds")
+            own = {"first_ts": first} if first else None
     finally:
         proc.stop()
     result.fill_outside(outcome, workload.events, proc.started, own)
@@ -299,10 +303,13 @@ RUNNERS = {"storestream": run_storestream, "storestream-rocksdb": run_storestrea
 
 
 def run_all(stack: DevStack, workload: Workload, tmp: Path, max_s: float,
-            peers: tuple[str, ...] = PEERS, runs: int = 1) -> dict[str, dict[str, Any]]:
+            peers: tuple[str, ...] = PEERS, runs: int = 1,
+            progress: Callable[[dict[str, list[dict[str, Any]]]], None] | None = None,
+            ) -> dict[str, dict[str, Any]]:
     """``runs`` rounds, every peer once per round in turn (so a change in the host's load
     spreads over all of them); a failing run is recorded with its error, not raised. Each
-    peer's row is :func:`summarise` of its runs."""
+    peer's row is :func:`summarise` of its runs. ``progress`` gets every run so far after
+    each one (``bench.run`` saves them, so a long run interrupted keeps what it measured)."""
     done: dict[str, list[dict[str, Any]]] = {name: [] for name in peers}
     total = runs * len(peers)
     for round_ in range(runs):
@@ -323,6 +330,8 @@ def run_all(stack: DevStack, workload: Workload, tmp: Path, max_s: float,
                     log(f"throughput: {name}: {result.status}: "
                         f"{result.detail.get('error') or result.detail.get('reason')}")
             done[name].append(result.as_dict())
+            if progress is not None:
+                progress(done)
     return {name: summarise(name, results) for name, results in done.items()}
 
 
