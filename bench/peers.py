@@ -312,10 +312,13 @@ def run_all(stack: DevStack, workload: Workload, tmp: Path, max_s: float,
     each one (``bench.run`` saves them, so a long run interrupted keeps what it measured)."""
     done: dict[str, list[dict[str, Any]]] = {name: [] for name in peers}
     total = runs * len(peers)
+    began = time.monotonic()
     for round_ in range(runs):
         for name in peers:
             step = round_ * len(peers) + peers.index(name) + 1
-            log(f"throughput [{step}/{total}] run {round_ + 1}/{runs}: {LABELS[name]} ...")
+            left = (time.monotonic() - began) / max(1, step - 1) * (total - step + 1) / 60
+            eta = "" if step == 1 else f" (about {left:.0f} min to go)"
+            log(f"throughput [{step}/{total}] run {round_ + 1}/{runs}: {LABELS[name]} ...{eta}")
             try:
                 result = RUNNERS[name](stack, workload, tmp, max_s)
             except Exception as exc:
