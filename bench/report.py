@@ -105,8 +105,10 @@ def throughput_chart(section: dict[str, Any], path: Path) -> bool:
     colours = {"memory": "#4C72B0", "rocksdb": "#DD8452"}
     ys = range(len(rows))
     medians = [float(r["events_per_s"]) for _, _, r in rows]
-    low = [m - float(r["min_events_per_s"]) for m, (_, _, r) in zip(medians, rows, strict=True)]
-    high = [float(r["max_events_per_s"]) - m for m, (_, _, r) in zip(medians, rows, strict=True)]
+    low = [max(0.0, m - float(r["min_events_per_s"]))
+           for m, (_, _, r) in zip(medians, rows, strict=True)]
+    high = [max(0.0, float(r["max_events_per_s"]) - m)
+            for m, (_, _, r) in zip(medians, rows, strict=True)]
     ax.barh(list(ys), medians, xerr=[low, high], capsize=3,
             color=[colours.get(STORE_CLASS.get(n, ""), "#8C8C8C") for _, n, _ in rows])
     ax.set_yticks(list(ys), [label for label, _, _ in rows], fontsize=8)
