@@ -128,6 +128,8 @@ def write_throughput(report: dict[str, Any], charts: Path) -> str | None:
     if not section or "results" not in section:
         return None
     parts = ["### Throughput", "",
+             *([f"**Interrupted run**: {section['interrupted']}.", ""]
+               if section.get("interrupted") else []),
              "Window measured by the harness from outside, alike for every peer: from the poll "
              "that finds the peer's consumer group Stable (partitions assigned) to the poll that "
              "finds every input offset committed with every state change in the peer's "
@@ -243,11 +245,40 @@ def write(report: dict[str, Any], markdown: Path = RESULTS_MD,
     return sorted(charts.glob("*.png"))
 
 
+def from_partial(saved: dict[str, Any]) -> dict[str, Any]:
+    """A report from a run's ``*.partial.json`` (the runs finished before it was stopped):
+    rows of the runs there are, marked as such, and saved as ``latest.json`` would be."""
+    from bench.peers import summarise
+    from bench.run import TARGETS, _errors, pairings
+
+    runs: dict[str, list[dict[str, Any]]] = saved.pop("throughput_runs")
+    done = {name: r for name, r in runs.items() if r}
+    results = {name: summarise(name, r) for name, r in done.items()}
+    wanted = saved["workload"].get("runs", 1)
+    short = sorted(name for name, r in done.items() if len(r) < wanted)
+    report = {**saved, "throughput": {
+        "results": results, "pairings": pairings(results), "targets": TARGETS,
+        "interrupted": f"stopped after {sum(map(len, done.values()))} of "
+                       f"{wanted * len(runs)} runs; fewer than {wanted} runs: "
+                       f"{', '.join(short) or 'none'}; not run: "
+                       f"{', '.join(n for n, r in runs.items() if not r) or 'none'}"}}
+    report["machine"].setdefault("loadavg_end", None)
+    report.setdefault("runtime_s", 0.0)
+    report["errors"] = _errors(report)
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
-    """``python -m bench.report [results.json]``: regenerate from a saved report."""
+    """``python -m bench.report [results.json]``: regenerate from a saved report (a
+    ``*.partial.json`` is made a report first and saved next to it as ``latest.json``)."""
     args = sys.argv[1:] if argv is None else argv
     source = Path(args[0]) if args else CHARTS / "latest.json"
-    write(json.loads(source.read_text()))
+    data = json.loads(source.read_text())
+    if "throughput_runs" in data:
+        data = from_partial(data)
+        (source.parent / "latest.json").write_text(json.dumps(data, indent=2, default=str)
+                                                   + "\n")
+    write(data)
     print(f"regenerated the top of {RESULTS_MD} from {source}")
     return 0
 
