@@ -464,6 +464,8 @@ def main(argv: list[str] | None = None) -> int:
     if markdown is not None:
         try:
             written = results_md.write(report, markdown)
+            if args.markdown is None:
+                results_md.write_readme(report)
             log(f"wrote the generated section of {markdown} and {len(written)} charts")
         except Exception as exc:  # the figures are in the JSON: never lose them to a chart
             log(f"RESULTS.md not regenerated: {exc!r}")
