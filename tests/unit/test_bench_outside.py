@@ -129,11 +129,11 @@ def test_results_md_keeps_the_history_below_the_generated_section(tmp_path: Path
             "workload": {"events": 1000, "customers": 10, "partitions": 2, "runs": 3},
             "throughput": {"results": results, "pairings": pairings(results)}, "errors": []}
     md = tmp_path / "RESULTS.md"
-    md.write_text("# Bench lab notes\n\n## an old run\n\nnotes\n")
+    md.write_text("# Results\n\nintro\n\n# Lab notes\n\n## an old run\n\nnotes\n")
     charts = tmp_path / "charts"
     report.write(data, md, charts)
     first = md.read_text()
-    assert first.startswith("# Bench lab notes\n\n" + report.BEGIN)
+    assert first.startswith("# Results\n\nintro\n\n" + report.BEGIN)
     assert "## an old run\n\nnotes" in first.split(report.END, 1)[1]
     assert "**100**" in first and "error: wrong totals in the changelog" in first
     assert (charts / "throughput.png").stat().st_size > 0
