@@ -7,8 +7,9 @@ notes below them are kept) and draws PNG charts into ``bench/results/``.
 One writer per section of the report (:data:`WRITERS`, in order): each takes the report and
 the chart directory and returns markdown, or ``None`` when its section is absent. A section's
 owner adds or replaces its writer there. The latency writer draws the distribution of every
-peer at every rate from what the latency section holds per peer: ``samples_ms`` (the raw
-latencies) or ``percentiles_ms`` (``{"50": ms, "90": ms, ...}``), else the trials' p99s.
+peer at every rate (:func:`distribution`) from what the latency section holds per peer: the raw
+``samples_ms``, or its trials' histograms (``per_trial[*].histogram`` over
+``bench.latency.HISTOGRAM_MS``), else its p50/p95/p99; ``redis_``-prefixed keys likewise.
 """
 
 from __future__ import annotations
@@ -147,23 +148,51 @@ def write_throughput(report: dict[str, Any], charts: Path) -> str | None:
     return "\n".join(parts)
 
 
-def _distribution(peer: dict[str, Any]) -> tuple[list[float], list[float]] | None:
-    """``(percentiles, ms)`` of one peer's latency, from what its section holds."""
-    samples = peer.get("samples_ms")
+def _cdf_from_histogram(counts: list[int]) -> tuple[list[float], list[float]] | None:
+    """``(ms, % at or below)`` at the edges of :data:`bench.latency.HISTOGRAM_MS`."""
+    from bench import latency
+
+    edges: tuple[float, ...] | None = getattr(latency, "HISTOGRAM_MS", None)
+    total = sum(counts)
+    if not edges or not total or len(counts) != len(edges) + 1:
+        return None
+    done, ms, pct = 0, [], []
+    for edge, count in zip(edges, counts, strict=False):
+        done += count
+        ms.append(float(edge))
+        pct.append(100.0 * done / total)
+    return ms, pct
+
+
+def distribution(peer: dict[str, Any], prefix: str = "") -> tuple[list[float], list[float]] | None:
+    """``(ms, % of offers at or below)`` of one peer's latency, from what its section holds:
+    the raw ``samples_ms``, or its trials' histograms summed (``per_trial[*].histogram``,
+    buckets of ``bench.latency.HISTOGRAM_MS``), or its p50/p95/p99."""
+    samples = peer.get(f"{prefix}samples_ms")
     if samples:
         ordered = sorted(float(x) for x in samples)
-        qs = [q / 10 for q in range(0, 1000, 5)] + [99.5, 99.9, 100.0]
-        return qs, [ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))] for q in qs]
-    pct = peer.get("percentiles_ms")
-    if pct:
-        items = sorted((float(q), float(v)) for q, v in pct.items())
-        return [q for q, _ in items], [v for _, v in items]
-    found = [(q, peer[f"p{q}_ms"]) for q in (50, 95, 99) if f"p{q}_ms" in peer]
-    return ([float(q) for q, _ in found], [float(v) for _, v in found]) if found else None
+        n = len(ordered)
+        return ordered, [100.0 * (i + 1) / n for i in range(n)]
+    trials = [t for t in peer.get("per_trial", []) if isinstance(t, dict)
+              and t.get(f"{prefix}histogram")]
+    if trials:
+        counts = [sum(col) for col in zip(*(t[f"{prefix}histogram"] for t in trials),
+                                          strict=False)]
+        if (cdf := _cdf_from_histogram(counts)) is not None:
+            return cdf
+    found = [(float(peer[k]), float(q)) for q in (50, 95, 99)
+             for k in (f"median_{prefix}p{q}_ms", f"{prefix}p{q}_ms") if k in peer][:3]
+    return ([ms for ms, _ in found], [q for _, q in found]) if found else None
+
+
+def _ms(peer: dict[str, Any], q: int) -> str:
+    value = peer.get(f"median_p{q}_ms", peer.get(f"p{q}_ms"))
+    return "-" if value is None else f"{float(value):.1f}"
 
 
 def write_latency(report: dict[str, Any], charts: Path) -> str | None:
-    """The latency section: p50/p95/p99 per rate and peer, and the distributions' chart."""
+    """The latency section: p50/p95/p99 per rate and peer (medians over trials when the
+    section has them), and every peer's distribution at every rate in one chart."""
     section = report.get("latency")
     if not section or "error" in section:
         return None
@@ -174,22 +203,24 @@ def write_latency(report: dict[str, Any], charts: Path) -> str | None:
         if not isinstance(row, dict):
             continue
         for name, peer in row.items():
-            if not isinstance(peer, dict) or "p99_ms" not in peer:
+            if not isinstance(peer, dict) or not ({"p99_ms", "median_p99_ms"} & set(peer)):
                 continue
-            lines.append(f"| {rate} | {name} | {peer.get('p50_ms', '-')} | "
-                         f"{peer.get('p95_ms', '-')} | {peer['p99_ms']} |")
-            dist = _distribution(peer)
-            if dist is not None:
-                curves.append((f"{name} @ {rate}", *dist))
+            lines.append(f"| {rate} | {name} | {_ms(peer, 50)} | {_ms(peer, 95)} | "
+                         f"{_ms(peer, 99)} |")
+            for prefix, where in (("", "topic"), ("redis_", "Redis")):
+                dist = distribution(peer, prefix)
+                if dist is not None:
+                    curves.append((f"{name} @ {rate} ({where})", *dist))
     if curves:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(8, 4.5))
-        for label, qs, ms in curves:
-            ax.plot(qs, ms, marker="." if len(qs) < 10 else None, label=label)
-        ax.set_xlabel("percentile")
-        ax.set_ylabel("location -> offer, ms")
-        ax.set_yscale("log")
-        ax.legend(fontsize=8)
+        for label, ms, pct in curves:
+            ax.plot(ms, pct, marker="." if len(ms) < 30 else None, label=label)
+        ax.set_xscale("log")
+        ax.set_xlabel("location -> offer, ms")
+        ax.set_ylabel("% of offers at or below")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
         fig.tight_layout()
         fig.savefig(charts / "latency.png", dpi=110)
         plt.close(fig)

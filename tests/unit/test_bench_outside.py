@@ -142,3 +142,21 @@ def test_results_md_keeps_the_history_below_the_generated_section(tmp_path: Path
     second = md.read_text()
     assert second.count(report.BEGIN) == 1 and second.count("## an old run") == 1
     assert "**123**" in second
+
+
+def test_latency_distributions_from_samples_histograms_or_percentiles(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from bench import latency
+
+    assert report.distribution({"samples_ms": [3.0, 1.0, 2.0, 4.0]}) == (
+        [1.0, 2.0, 3.0, 4.0], [25.0, 50.0, 75.0, 100.0])
+    monkeypatch.setattr(latency, "HISTOGRAM_MS", (10, 20), raising=False)
+    peer = {"median_p99_ms": 30.0, "per_trial": [{"histogram": [1, 2, 1]},
+                                                 {"histogram": [3, 2, 1]}]}
+    assert report.distribution(peer) == ([10.0, 20.0], [40.0, 80.0])
+    assert report.distribution({"median_p50_ms": 5.0, "median_p99_ms": 9.0}) == (
+        [5.0, 9.0], [50.0, 99.0])
+    data = {"latency": {"500/s": {"storestream": peer, "aiokafka": {"p99_ms": 8.0}}}}
+    text = report.write_latency(data, tmp_path)
+    assert text is not None and "| 500/s | storestream | - | - | 30.0 |" in text
+    assert (tmp_path / "latency.png").stat().st_size > 0
