@@ -193,7 +193,8 @@ def run_variant(name: str, stack: DevStack, workload: Workload, tmp: Path,
     prefix = f"bench-ks-{tag}."
     asyncio.run(create_topics(stack.bootstrap, peer_topics(prefix, workload.partitions)))
     started = time.monotonic()
-    asyncio.run(produce(stack.bootstrap, f"{prefix}purchases", workload.purchases))
+    ends: dict[int, int] = {}
+    asyncio.run(produce(stack.bootstrap, f"{prefix}purchases", workload.purchases, ends=ends))
     result.produce_s = round(time.monotonic() - started, 2)
     log(f"{name}: {workload.events:,} purchases produced in {result.produce_s:.1f} s; "
         "starting the peer")
@@ -204,14 +205,15 @@ def run_variant(name: str, stack: DevStack, workload: Workload, tmp: Path,
                    state_dir=state_dir, totals_out=totals_out)
     from bench import outside
     from bench.peers import CLOSE_S as HARNESS_CLOSE_S
-    from bench.peers import expected
+    from bench.peers import expected, input_ends
 
     app_id = f"{prefix}kstreams"
     names = {f"{app_id}-spend-changelog", f"{app_id}-coffee-changelog"}
     target = outside.Target(app_id, [f"{prefix}purchases"],
                             lambda topics: sorted(t for t in topics if t in names),
                             outside.decode_two_tables(outside.long_be),
-                            expected(workload, as_of=False), changelog_count=2)
+                            expected(workload, as_of=False), changelog_count=2,
+                            input_ends=input_ends(f"{prefix}purchases", ends))
     proc = Proc(name, argv, dict(os.environ), tmp / f"{prefix}{name}.log")
     try:
         outcome = outside.measure(stack.bootstrap, target, proc,

@@ -146,6 +146,11 @@ class Target:
     decode: Decoder
     expected: Totals
     changelog_count: int = 1
+    #: Per input partition, the offset after its last record (known to whoever produced
+    #: them); read from the topics when empty.
+    input_ends: dict[TopicPartition, int] = field(default_factory=dict)
+    #: Members of the group from an earlier process (not this run's start).
+    stale_members: frozenset[str] = frozenset()
 
 
 @dataclass
@@ -229,35 +234,77 @@ async def _end_offsets(bootstrap: str, topics: Sequence[str]) -> dict[TopicParti
         await consumer.stop()
 
 
-async def _stable(admin: AIOKafkaAdminClient, group: str) -> bool:
+async def _input_ends(bootstrap: str, topics: Sequence[str]) -> dict[TopicPartition, int]:
+    """Per input partition, the offset after its last record, as a consumer's committed
+    position is once it has read everything (read from the records: Tansu's end offsets can
+    lie one past that)."""
+    ends = await _end_offsets(bootstrap, topics)
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False,
+                                auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        todo = [tp for tp, end in ends.items() if end > 0]
+        consumer.assign(todo)
+        for tp in todo:
+            consumer.seek(tp, max(0, ends[tp] - 20))
+        last: dict[TopicPartition, int] = {tp: 0 for tp in ends}
+        deadline = time.monotonic() + 30
+        while todo and time.monotonic() < deadline:
+            for tp, records in (await consumer.getmany(*todo, timeout_ms=500)).items():
+                last[tp] = max(last[tp], *(r.offset + 1 for r in records))
+            todo = [tp for tp in todo if await consumer.position(tp) < ends[tp]
+                    and last[tp] < ends[tp]]
+        return last
+    finally:
+        await consumer.stop()
+
+
+async def _committed(consumer: AIOKafkaConsumer,
+                     parts: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
+    """The group's committed offset of each partition (0 when none, or unanswered)."""
+    out: dict[TopicPartition, int] = {}
+    for tp in parts:
+        try:
+            out[tp] = await consumer.committed(tp) or 0
+        except KafkaError as exc:
+            log(f"committed offset of {tp}: {exc!r}")
+    return out
+
+
+async def _members(admin: AIOKafkaAdminClient, group: str) -> set[str] | None:
+    """The member ids of ``group`` when it is Stable with members, else ``None``."""
     try:
         responses = await admin.describe_consumer_groups([group])
     except KafkaError:  # e.g. no coordinator yet on a fresh broker
-        return False
+        return None
     for response in responses:
         for described in response.groups:
             if described[2] == "Stable" and described[5]:
-                return True
-    return False
+                return {str(member[0]) for member in described[5]}
+    return None
 
 
-async def _group_idle(bootstrap: str, group: str, timeout_s: float) -> None:
+async def _stable(admin: AIOKafkaAdminClient, group: str,
+                  stale: frozenset[str] = frozenset()) -> bool:
+    """``group`` is Stable with a member not in ``stale`` (an earlier process's members)."""
+    members = await _members(admin, group)
+    return members is not None and bool(members - stale)
+
+
+async def _current_members(bootstrap: str, group: str) -> set[str]:
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        deadline = time.monotonic() + timeout_s
-        while await _stable(admin, group):
-            if time.monotonic() > deadline:
-                raise BenchError(f"group {group} still Stable after {timeout_s:.0f} s")
-            await asyncio.sleep(POLL_S)
+        return await _members(admin, group) or set()
     finally:
         await admin.close()
 
 
-def wait_group_idle(bootstrap: str, group: str, timeout_s: float = 60.0) -> None:
-    """Wait until ``group`` is no longer Stable (its members left), so that a next run's
-    start is not taken from an earlier process's membership."""
-    asyncio.run(_group_idle(bootstrap, group, timeout_s))
+def members(bootstrap: str, group: str) -> frozenset[str]:
+    """The member ids of ``group`` now (empty unless it is Stable): an earlier process's,
+    which a next run's start must not be taken from (a broker may list a member that left
+    until its session expires: Tansu does)."""
+    return frozenset(asyncio.run(_current_members(bootstrap, group)))
 
 
 async def _count(bootstrap: str, topic: str) -> int:
@@ -307,23 +354,51 @@ class _Reader:
                         self.decode(tp.topic, record.key, record.value, self.state)
                         self.records += 1
 
+    async def read_idle(self, deadline: float) -> None:
+        """Read until a fetch brings nothing and every partition is at its high watermark
+        (for brokers whose ListOffsets answers cannot be used: Tansu)."""
+        parts = list(self.consumer.assignment())
+        while time.monotonic() < deadline:
+            batch = await self.consumer.getmany(timeout_ms=300, max_records=50_000)
+            for tp, records in batch.items():
+                for record in records:
+                    if record.key is not None:
+                        self.decode(tp.topic, record.key, record.value, self.state)
+                        self.records += 1
+            if not batch and await self._at_highwater(parts):
+                return
+        raise BenchError("reading the changelogs back took too long")
+
+    async def _at_highwater(self, parts: list[TopicPartition]) -> bool:
+        for tp in parts:
+            highwater = self.consumer.highwater(tp)
+            if highwater is None or await self.consumer.position(tp) < highwater:
+                return False
+        return True
+
     async def stop(self) -> None:
         await self.consumer.stop()
 
 
-async def _measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float) -> Outcome:
+async def _measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float,
+                   timed_changelog: bool) -> Outcome:
     out = Outcome()
     sampler = _Sampler(proc)
-    input_ends = await _end_offsets(bootstrap, target.inputs)
+    input_ends = target.input_ends or await _input_ends(bootstrap, target.inputs)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
+    # the group's committed offsets through a consumer of it that never joins (OffsetFetch as
+    # a member would send it: Tansu does not answer the admin client's request)
+    offsets = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=target.group,
+                               enable_auto_commit=False)
+    await offsets.start()
     deadline = time.monotonic() + timeout_s
     exited_at: float | None = None
     reader: _Reader | None = None
     try:
         while not out.start:
             cpu, asked = sampler.sample(), time.time()
-            if await _stable(admin, target.group):
+            if await _stable(admin, target.group, target.stale_members):
                 out.start, out.cpu_start = asked, cpu  # Stable at or before the question
                 break
             if time.monotonic() > deadline or not proc.alive():
@@ -338,17 +413,12 @@ async def _measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float)
                     reader = _Reader(bootstrap, names, target.decode)
                     await reader.start()
             cpu = sampler.sample()
-            try:
-                committed = await admin.list_consumer_group_offsets(target.group)
-            except KafkaError as exc:
-                log(f"{proc.name}: committed offsets: {exc!r}")
-                committed = {}
+            committed = await _committed(offsets, input_ends)
             stamp = time.time()
-            behind = sum(max(0, end - (committed[tp].offset if tp in committed else 0))
-                         for tp, end in input_ends.items())
+            behind = sum(max(0, end - committed.get(tp, 0)) for tp, end in input_ends.items())
             if not behind and reader is not None:
                 out.commits_done, out.cpu_end = stamp, cpu
-                ends = await reader.snapshot()
+                ends = await reader.snapshot() if timed_changelog else {}
                 snapped = time.time()
                 break
             if not proc.alive():
@@ -374,10 +444,14 @@ async def _measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float)
         raise
     finally:
         await admin.close()
+        await offsets.stop()
     try:
         grace = time.monotonic() + CHANGELOG_GRACE_S
         while True:
-            await reader.read_to(ends, grace + 60)
+            if timed_changelog:
+                await reader.read_to(ends, grace + 60)
+            else:
+                await reader.read_idle(grace + 60)
             wrong = compare(_totals(reader.state), target.expected)
             if wrong is None:
                 break
@@ -386,11 +460,11 @@ async def _measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float)
                 break
             await asyncio.sleep(POLL_S)
             sampler.sample()
-            ends = await reader.snapshot()
+            ends = await reader.snapshot() if timed_changelog else {}
             snapped = time.time()
         # every change was in the changelogs at the snapshot taken right after the commits
         # were seen complete (or at a later one, when they lagged the commits)
-        out.end = max(out.commits_done, snapped)
+        out.end = max(out.commits_done, snapped) if timed_changelog else out.commits_done
         out.changelog_lag_s = round(out.end - out.commits_done, 3)
         if out.changelog_lag_s > 0.5:
             out.cpu_end = sampler.cpu
@@ -402,6 +476,9 @@ async def _measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float)
     return out
 
 
-def measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float) -> Outcome:
-    """Watch ``proc`` work through ``target`` (see the module docstring)."""
-    return asyncio.run(_measure(bootstrap, target, proc, timeout_s))
+def measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float, *,
+            timed_changelog: bool = True) -> Outcome:
+    """Watch ``proc`` work through ``target`` (see the module docstring). Without
+    ``timed_changelog`` (Tansu, whose ListOffsets answers cannot be used) the window ends at
+    the commits and the changelogs are read back to their high watermarks and checked."""
+    return asyncio.run(_measure(bootstrap, target, proc, timeout_s, timed_changelog))

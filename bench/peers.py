@@ -28,7 +28,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from app.dev.devstack import DevStack
+from aiokafka import TopicPartition
+
+from app.dev.devstack import DevStack, free_port
 from bench import kstreams_peer, outside
 from bench.deploy import Proc, StoreDeployment, StoreWorker, wait_until
 from bench.outside import Outcome, Target, Totals
@@ -127,11 +129,17 @@ def expected(workload: Workload, as_of: bool) -> Totals:
     return _EXPECTED[key]
 
 
+def input_ends(topic: str, ends: dict[int, int]) -> dict[TopicPartition, int]:
+    """The producer's acknowledged ends of ``topic``, by :class:`TopicPartition`."""
+    return {TopicPartition(topic, p): end for p, end in ends.items()}
+
+
 def _watch(name: str, proc: Proc, target: Target, stack: DevStack, workload: Workload,
            max_s: float, result: PeerResult) -> PeerResult:
     """Measure one started peer from outside; stop it; fill ``result``."""
     try:
-        outcome = outside.measure(stack.bootstrap, target, proc, STARTUP_S + max_s + CLOSE_S)
+        outcome = outside.measure(stack.bootstrap, target, proc, STARTUP_S + max_s + CLOSE_S,
+                                  timed_changelog=stack.broker == "kafka")
         own = proc.result()
         if own is None and isinstance(proc, StoreWorker) and proc.alive():
             first = proc.metric("storestream_fast_lane_first_batch_seconds")
@@ -159,10 +167,11 @@ def run_storestream(stack: DevStack, workload: Workload, tmp: Path, max_s: float
                                             **(extra_env or {})})
     deployment.create_topics()
     app_id = deployment.env["APP_ID"]
-    load_catalogue(stack, deployment, workload)
+    stale = load_catalogue(stack, deployment, workload)
     started = time.monotonic()
+    ends: dict[int, int] = {}
     asyncio.run(produce(stack.bootstrap, deployment.topic("purchases"), workload.purchases,
-                        keyless=keyless))
+                        keyless=keyless, ends=ends))
     result.produce_s = round(time.monotonic() - started, 2)
     log(f"{name}: {workload.events:,} purchases produced in {result.produce_s:.1f} s; "
         "starting the worker")
@@ -175,7 +184,9 @@ def run_storestream(stack: DevStack, workload: Workload, tmp: Path, max_s: float
                       and t.endswith(("-spend-changelog", "-stamps-changelog")))
 
     target = Target(app_id, inputs, changelogs, outside.decode_storestream,
-                    expected(workload, as_of=True), changelog_count=2)
+                    expected(workload, as_of=True), changelog_count=2,
+                    input_ends={} if keyless else input_ends(inputs[0], ends),
+                    stale_members=stale)
     worker = deployment.start_worker("tp")
     result = _watch(name, worker, target, stack, workload, max_s, result)
     result.detail["settings"] = {k: v for k, v in deployment.env.items()
@@ -184,38 +195,44 @@ def run_storestream(stack: DevStack, workload: Workload, tmp: Path, max_s: float
     return result
 
 
-def load_catalogue(stack: DevStack, deployment: StoreDeployment, workload: Workload) -> None:
+def load_catalogue(stack: DevStack, deployment: StoreDeployment,
+                   workload: Workload) -> frozenset[str]:
     """Give the deployment its catalogue as a running shop has it: produce the products, run a
-    worker until its catalogue changelog holds every product event, stop it. (The peers have
+    worker until it has processed every product event, stop it (which flushes its catalogue
+    changelog). (The peers have
     their prices compiled in; a worker started on a backlog of purchases and products at once
-    settles early purchases before it knows their prices: unpriced, wrong totals.)"""
+    settles early purchases before it knows their prices: unpriced, wrong totals.) Returns
+    that worker's member ids in the group."""
     asyncio.run(produce(stack.bootstrap, deployment.topic("products"), workload.products))
     app_id = deployment.env["APP_ID"]
     worker = deployment.start_worker("catalogue")
     try:
-        topic = f"{app_id}-catalogue-changelog"
-        wait_until("the catalogue in its changelog", lambda: worker.healthy() and (
-            outside.topic_records(stack.bootstrap, topic) >= len(workload.products)),
+        wait_until("every product event processed", lambda: worker.healthy() and (
+            sum(worker.events("products").values()) >= len(workload.products)),
             STARTUP_S, 0.5)
+        stale = outside.members(stack.bootstrap, app_id)
     finally:
         worker.stop()
     deployment.workers.remove(worker)
-    outside.wait_group_idle(stack.bootstrap, app_id)
+    return stale
 
 
 def _started_peer(name: str, argv: list[str], env: dict[str, str], stack: DevStack,
                   workload: Workload, tmp: Path, prefix: str,
-                  extra_topics: list[Any] | None = None) -> tuple[PeerResult, Proc]:
-    """Produce a fresh copy of the purchases, start a peer process."""
+                  extra_topics: list[Any] | None = None,
+                  ) -> tuple[PeerResult, Proc, dict[TopicPartition, int]]:
+    """Produce a fresh copy of the purchases, start a peer process; the input's ends."""
     result = PeerResult(name)
     asyncio.run(create_topics(stack.bootstrap, [*peer_topics(prefix, workload.partitions),
                                                 *(extra_topics or [])]))
     started = time.monotonic()
-    asyncio.run(produce(stack.bootstrap, f"{prefix}purchases", workload.purchases))
+    ends: dict[int, int] = {}
+    asyncio.run(produce(stack.bootstrap, f"{prefix}purchases", workload.purchases, ends=ends))
     result.produce_s = round(time.monotonic() - started, 2)
     log(f"{name}: {workload.events:,} purchases produced in {result.produce_s:.1f} s; "
         "starting the peer")
-    return result, Proc(name, argv, env, tmp / f"{prefix}{name}.log")
+    return (result, Proc(name, argv, env, tmp / f"{prefix}{name}.log"),
+            input_ends(f"{prefix}purchases", ends))
 
 
 def run_aiokafka(stack: DevStack, workload: Workload, tmp: Path, max_s: float) -> PeerResult:
@@ -228,12 +245,12 @@ def run_aiokafka(stack: DevStack, workload: Workload, tmp: Path, max_s: float) -
     argv = [sys.executable, "-m", "bench.plain_peer", "throughput", "--bootstrap",
             stack.bootstrap, "--prefix", prefix, "--expect", str(workload.events),
             "--max-seconds", str(max_s)]
-    result, proc = _started_peer("aiokafka", argv, dict(os.environ), stack, workload, tmp,
+    result, proc, ends = _started_peer("aiokafka", argv, dict(os.environ), stack, workload, tmp,
                                  prefix, [TopicSpec(changelog, workload.partitions,
                                                     COMPACT_TOPIC_CONFIG)])
     target = Target(f"{prefix}plain", [f"{prefix}purchases"],
                     lambda topics: [t for t in topics if t == changelog],
-                    outside.decode_pair, expected(workload, as_of=False))
+                    outside.decode_pair, expected(workload, as_of=False), input_ends=ends)
     return _watch("aiokafka", proc, target, stack, workload, max_s, result)
 
 
@@ -248,10 +265,10 @@ def run_quix(stack: DevStack, workload: Workload, tmp: Path, max_s: float, *,
     argv = [sys.executable, "-m", "bench.quix_peer", "--bootstrap", stack.bootstrap,
             "--prefix", prefix, "--expect", str(workload.events), "--max-seconds", str(max_s),
             "--store", store]
-    result, proc = _started_peer(name, argv, dict(os.environ), stack, workload, tmp, prefix)
+    result, proc, ends = _started_peer(name, argv, dict(os.environ), stack, workload, tmp, prefix)
     target = Target(f"{prefix}quix", [f"{prefix}purchases"],
                     lambda topics: [t for t in topics if t.startswith(f"changelog__{prefix}quix")],
-                    outside.decode_quix, expected(workload, as_of=False))
+                    outside.decode_quix, expected(workload, as_of=False), input_ends=ends)
     return _watch(name, proc, target, stack, workload, max_s, result)
 
 
@@ -274,13 +291,13 @@ def run_faust(stack: DevStack, workload: Workload, tmp: Path, max_s: float) -> P
            "BENCH_DATADIR": str(datadir),
            "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "faust", "-A", "bench.stock_faust_app", "worker",
-            "-l", "info"]
-    result, proc = _started_peer("faust", argv, env, stack, workload, tmp, prefix)
+            "-l", "info", "--web-port", str(free_port())]  # it binds one even with web off
+    result, proc, ends = _started_peer("faust", argv, env, stack, workload, tmp, prefix)
     names = {f"{app_id}-spend-changelog", f"{app_id}-coffee-changelog"}
     target = Target(app_id, [f"{prefix}purchases"],
                     lambda topics: sorted(t for t in topics if t in names),
                     outside.decode_two_tables(outside.json_number),
-                    expected(workload, as_of=False), changelog_count=2)
+                    expected(workload, as_of=False), changelog_count=2, input_ends=ends)
     return _watch("faust", proc, target, stack, workload, max_s, result)
 
 
