@@ -214,13 +214,17 @@ def run_variant(name: str, stack: DevStack, workload: Workload, tmp: Path,
                             outside.decode_two_tables(outside.long_be),
                             expected(workload, as_of=False), changelog_count=2,
                             input_ends=input_ends(f"{prefix}purchases", ends))
-    proc = Proc(name, argv, dict(os.environ), tmp / f"{prefix}{name}.log")
+    launch = outside.Launch(lambda: Proc(name, argv, dict(os.environ),
+                                         tmp / f"{prefix}{name}.log"))
     try:
-        outcome = outside.measure(stack.bootstrap, target, proc,
+        outcome = outside.measure(stack.bootstrap, target, launch,
                                   STARTUP_S + max_s + HARNESS_CLOSE_S)
+        proc = launch.proc
+        assert proc is not None
         report = proc.wait_result(CLOSE_S)
     finally:
-        proc.stop()
+        if launch.proc is not None:
+            launch.proc.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
     got = read_totals(totals_out)
     totals_out.unlink(missing_ok=True)

@@ -380,10 +380,9 @@ class _Reader:
         await self.consumer.stop()
 
 
-async def _measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float,
+async def _measure(bootstrap: str, target: Target, launch: Launch, timeout_s: float,
                    timed_changelog: bool) -> Outcome:
     out = Outcome()
-    sampler = _Sampler(proc)
     input_ends = target.input_ends or await _input_ends(bootstrap, target.inputs)
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -392,6 +391,10 @@ async def _measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float,
     offsets = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=target.group,
                                enable_auto_commit=False)
     await offsets.start()
+    if await _stable(admin, target.group, target.stale_members):
+        raise BenchError(f"group {target.group} is Stable before its peer started")
+    proc = launch.start()  # only now: the watch is ready for its first poll
+    sampler = _Sampler(proc)
     deadline = time.monotonic() + timeout_s
     exited_at: float | None = None
     reader: _Reader | None = None
@@ -476,9 +479,22 @@ async def _measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float,
     return out
 
 
-def measure(bootstrap: str, target: Target, proc: Proc, timeout_s: float, *,
+class Launch:
+    """Starts the peer's process when the watch is ready (``proc`` once started)."""
+
+    def __init__(self, start: Callable[[], Proc]) -> None:
+        self._start = start
+        self.proc: Proc | None = None
+
+    def start(self) -> Proc:
+        self.proc = self._start()
+        return self.proc
+
+
+def measure(bootstrap: str, target: Target, launch: Launch, timeout_s: float, *,
             timed_changelog: bool = True) -> Outcome:
-    """Watch ``proc`` work through ``target`` (see the module docstring). Without
-    ``timed_changelog`` (Tansu, whose ListOffsets answers cannot be used) the window ends at
-    the commits and the changelogs are read back to their high watermarks and checked."""
-    return asyncio.run(_measure(bootstrap, target, proc, timeout_s, timed_changelog))
+    """Get ready to watch, start the peer (``launch``), and watch it work through ``target``
+    (see the module docstring); the caller stops ``launch.proc``. Without ``timed_changelog``
+    (Tansu, whose ListOffsets answers cannot be used) the window ends at the commits and the
+    changelogs are read back to their high watermarks and checked."""
+    return asyncio.run(_measure(bootstrap, target, launch, timeout_s, timed_changelog))

@@ -134,18 +134,24 @@ def input_ends(topic: str, ends: dict[int, int]) -> dict[TopicPartition, int]:
     return {TopicPartition(topic, p): end for p, end in ends.items()}
 
 
-def _watch(name: str, proc: Proc, target: Target, stack: DevStack, workload: Workload,
+def _watch(start: Callable[[], Proc], target: Target, stack: DevStack, workload: Workload,
            max_s: float, result: PeerResult) -> PeerResult:
-    """Measure one started peer from outside; stop it; fill ``result``."""
+    """Start one peer once the harness watches, measure it from outside, stop it, fill
+    ``result``."""
+    launch = outside.Launch(start)
     try:
-        outcome = outside.measure(stack.bootstrap, target, proc, STARTUP_S + max_s + CLOSE_S,
+        outcome = outside.measure(stack.bootstrap, target, launch,
+                                  STARTUP_S + max_s + CLOSE_S,
                                   timed_changelog=stack.broker == "kafka")
+        proc = launch.proc
+        assert proc is not None
         own = proc.result()
         if own is None and isinstance(proc, StoreWorker) and proc.alive():
             first = proc.metric("storestream_fast_lane_first_batch_seconds")
             own = {"first_ts": first} if first else None
     finally:
-        proc.stop()
+        if launch.proc is not None:
+            launch.proc.stop()
     result.fill_outside(outcome, workload.events, proc.started, own)
     return result
 
@@ -187,8 +193,8 @@ def run_storestream(stack: DevStack, workload: Workload, tmp: Path, max_s: float
                     expected(workload, as_of=True), changelog_count=2,
                     input_ends={} if keyless else input_ends(inputs[0], ends),
                     stale_members=stale)
-    worker = deployment.start_worker("tp")
-    result = _watch(name, worker, target, stack, workload, max_s, result)
+    result = _watch(lambda: deployment.start_worker("tp"), target, stack, workload, max_s,
+                    result)
     result.detail["settings"] = {k: v for k, v in deployment.env.items()
                                  if k in {*RECIPE_ENV, *LOYALTY_ON_ENV, "APP_STORE",
                                           "PROCESSING_GUARANTEE", *(extra_env or {})}}
@@ -217,11 +223,11 @@ def load_catalogue(stack: DevStack, deployment: StoreDeployment,
     return stale
 
 
-def _started_peer(name: str, argv: list[str], env: dict[str, str], stack: DevStack,
+def _prepared_peer(name: str, argv: list[str], env: dict[str, str], stack: DevStack,
                   workload: Workload, tmp: Path, prefix: str,
                   extra_topics: list[Any] | None = None,
-                  ) -> tuple[PeerResult, Proc, dict[TopicPartition, int]]:
-    """Produce a fresh copy of the purchases, start a peer process; the input's ends."""
+                  ) -> tuple[PeerResult, Callable[[], Proc], dict[TopicPartition, int]]:
+    """Produce a fresh copy of the purchases; how to start the peer, the input's ends."""
     result = PeerResult(name)
     asyncio.run(create_topics(stack.bootstrap, [*peer_topics(prefix, workload.partitions),
                                                 *(extra_topics or [])]))
@@ -231,7 +237,7 @@ def _started_peer(name: str, argv: list[str], env: dict[str, str], stack: DevSta
     result.produce_s = round(time.monotonic() - started, 2)
     log(f"{name}: {workload.events:,} purchases produced in {result.produce_s:.1f} s; "
         "starting the peer")
-    return (result, Proc(name, argv, env, tmp / f"{prefix}{name}.log"),
+    return (result, lambda: Proc(name, argv, env, tmp / f"{prefix}{name}.log"),
             input_ends(f"{prefix}purchases", ends))
 
 
@@ -245,13 +251,13 @@ def run_aiokafka(stack: DevStack, workload: Workload, tmp: Path, max_s: float) -
     argv = [sys.executable, "-m", "bench.plain_peer", "throughput", "--bootstrap",
             stack.bootstrap, "--prefix", prefix, "--expect", str(workload.events),
             "--max-seconds", str(max_s)]
-    result, proc, ends = _started_peer("aiokafka", argv, dict(os.environ), stack, workload, tmp,
+    result, start, ends = _prepared_peer("aiokafka", argv, dict(os.environ), stack, workload, tmp,
                                  prefix, [TopicSpec(changelog, workload.partitions,
                                                     COMPACT_TOPIC_CONFIG)])
     target = Target(f"{prefix}plain", [f"{prefix}purchases"],
                     lambda topics: [t for t in topics if t == changelog],
                     outside.decode_pair, expected(workload, as_of=False), input_ends=ends)
-    return _watch("aiokafka", proc, target, stack, workload, max_s, result)
+    return _watch(start, target, stack, workload, max_s, result)
 
 
 def run_quix(stack: DevStack, workload: Workload, tmp: Path, max_s: float, *,
@@ -265,11 +271,11 @@ def run_quix(stack: DevStack, workload: Workload, tmp: Path, max_s: float, *,
     argv = [sys.executable, "-m", "bench.quix_peer", "--bootstrap", stack.bootstrap,
             "--prefix", prefix, "--expect", str(workload.events), "--max-seconds", str(max_s),
             "--store", store]
-    result, proc, ends = _started_peer(name, argv, dict(os.environ), stack, workload, tmp, prefix)
+    result, start, ends = _prepared_peer(name, argv, dict(os.environ), stack, workload, tmp, prefix)
     target = Target(f"{prefix}quix", [f"{prefix}purchases"],
                     lambda topics: [t for t in topics if t.startswith(f"changelog__{prefix}quix")],
                     outside.decode_quix, expected(workload, as_of=False), input_ends=ends)
-    return _watch(name, proc, target, stack, workload, max_s, result)
+    return _watch(start, target, stack, workload, max_s, result)
 
 
 def run_quix_memory(stack: DevStack, workload: Workload, tmp: Path,
@@ -292,13 +298,13 @@ def run_faust(stack: DevStack, workload: Workload, tmp: Path, max_s: float) -> P
            "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "faust", "-A", "bench.stock_faust_app", "worker",
             "-l", "info", "--web-port", str(free_port())]  # it binds one even with web off
-    result, proc, ends = _started_peer("faust", argv, env, stack, workload, tmp, prefix)
+    result, start, ends = _prepared_peer("faust", argv, env, stack, workload, tmp, prefix)
     names = {f"{app_id}-spend-changelog", f"{app_id}-coffee-changelog"}
     target = Target(app_id, [f"{prefix}purchases"],
                     lambda topics: sorted(t for t in topics if t in names),
                     outside.decode_two_tables(outside.json_number),
                     expected(workload, as_of=False), changelog_count=2, input_ends=ends)
-    return _watch("faust", proc, target, stack, workload, max_s, result)
+    return _watch(start, target, stack, workload, max_s, result)
 
 
 def run_loyalty_on(stack: DevStack, workload: Workload, tmp: Path, max_s: float) -> PeerResult:
