@@ -35,6 +35,16 @@ README_END = "<!-- END bench table -->"
 Writer = Callable[[dict[str, Any], Path], str | None]
 
 
+def can_draw() -> bool:
+    """matplotlib is installed (the bench extra): without it the tables come alone."""
+    import importlib.util
+
+    return importlib.util.find_spec("matplotlib") is not None
+
+
+NO_CHARTS = "(charts need the bench extra: `pip install -e '.[bench]'`)"
+
+
 def _plt() -> Any:
     import matplotlib
 
@@ -143,7 +153,9 @@ def write_throughput(report: dict[str, Any], charts: Path) -> str | None:
              "changelog (read back from the beginning; per-customer spend and coffee count "
              "checked against an oracle computed from the input; a peer with wrong totals gets "
              "no figure).", "", throughput_table(section), "", pairings_table(section)]
-    if throughput_chart(section, charts / "throughput.png"):
+    if not can_draw():
+        parts += ["", NO_CHARTS]
+    elif throughput_chart(section, charts / "throughput.png"):
         parts += ["", "![throughput per peer](results/throughput.png)"]
     return "\n".join(parts)
 
@@ -211,7 +223,9 @@ def write_latency(report: dict[str, Any], charts: Path) -> str | None:
                 dist = distribution(peer, prefix)
                 if dist is not None:
                     curves.append((f"{name} @ {rate} ({where})", *dist))
-    if curves:
+    if curves and not can_draw():
+        lines += ["", NO_CHARTS]
+    elif curves:
         plt = _plt()
         fig, ax = plt.subplots(figsize=(8, 4.5))
         for label, ms, pct in curves:
