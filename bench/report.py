@@ -57,11 +57,14 @@ def _plt() -> Any:
 def machine_line(report: dict[str, Any]) -> str:
     """Where, when and how big."""
     m, w = report["machine"], report["workload"]
-    return (f"{m['date']} UTC, {report.get('broker', '?')} broker, {m['cpu_model']}, "
+    when = str(m["date"]).replace("T", " ").replace("+00:00", "")[:16]
+    broker = {"kafka": "Apache Kafka 4.4 (one node)", "tansu": "Tansu"}.get(
+        str(report.get("broker")), str(report.get("broker")))
+    return (f"{when} UTC, {broker}, {m['cpu_model']}, "
             f"{m['cores']} cores, Python {m['python']}, load average {m['loadavg_start']} -> "
             f"{m.get('loadavg_end')} (the host is shared with other work); "
             f"{w['events']:,} purchases, {w['customers']:,} customers, {w['partitions']} "
-            f"partitions, {w.get('runs', 1)} run(s) per peer; {report['runtime_s']:.0f} s in all")
+            f"partitions, {w.get('runs', 1)} runs per peer; {report['runtime_s']:.0f} s in all")
 
 
 def throughput_rows(section: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -316,8 +319,12 @@ def from_partial(saved: dict[str, Any]) -> dict[str, Any]:
                        f"{wanted * len(runs)} runs; fewer than {wanted} runs: "
                        f"{', '.join(short) or 'none'}; not run: "
                        f"{', '.join(n for n, r in runs.items() if not r) or 'none'}"}}
-    report["machine"].setdefault("loadavg_end", None)
-    report.setdefault("runtime_s", 0.0)
+    import datetime as dt
+    import os
+
+    report["machine"].setdefault("loadavg_end", [round(x, 2) for x in os.getloadavg()])
+    began = dt.datetime.fromisoformat(report["machine"]["date"])
+    report.setdefault("runtime_s", round((dt.datetime.now(dt.UTC) - began).total_seconds(), 1))
     report["errors"] = _errors(report)
     return report
 
