@@ -256,7 +256,9 @@ def format_throughput(section: dict[str, Any]) -> str:
             f"{ROW_LABELS[name]:50} {peer['events_per_s']:>9,.0f} "
             f"{peer['min_events_per_s']:>8,.0f}-{peer['max_events_per_s']:<8,.0f} "
             f"{peer['run_count']:>4} {peer['seconds']:>8.1f} {peer['cpu_percent']:>5.0f} "
-            f"{peer['cpu_us_per_event']:>6.0f} {peer['peak_rss_mb']:>7.0f}")
+            f"{peer['cpu_us_per_event']:>6.0f} {peer['peak_rss_mb']:>7.0f}"
+            + ("  a window < 10 s: use more --events" if min(
+                float(r["seconds"]) for r in peer.get("runs", [peer])) < 10 else ""))
     if section.get("pairings"):
         lines += ["", "Ratios, same store class (storestream events/s over the peer's; range: "
                   "worst and best run against each other)", format_pairings(section["pairings"])]
