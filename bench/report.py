@@ -273,6 +273,7 @@ def generated(report: dict[str, Any], charts: Path = CHARTS) -> str:
     charts.mkdir(parents=True, exist_ok=True)
     command = ("python -m bench.run" + (" --quick" if report.get("quick") else "")
                + ("" if report.get("broker") == "kafka" else f" --broker {report.get('broker')}"))
+    command = report.get("command") or command
     parts = [BEGIN, "", "## Latest run", "", f"`{command}` ({machine_line(report)}).", ""]
     for writer in WRITERS.values():
         text = writer(report, charts)
@@ -340,7 +341,8 @@ def readme_table(report: dict[str, Any]) -> str | None:
     ratio = {p["peer"]: p for p in section.get("pairings", []) if p["ours"] != p["peer"]
              and p["ours"] in ("storestream", "storestream-rocksdb")}
     loyalty = {p["ours"]: p for p in section.get("pairings", []) if p["peer"] == "storestream"}
-    lines = [f"`python -m bench.run`: {machine_line(report)}; median (min - max) of the runs, "
+    lines = [f"`{report.get('command') or 'python -m bench.run'}`: {machine_line(report)}; "
+             "median (min - max) of the runs, "
              "each peer's totals checked.", "",
              "| peer | purchases/s | CPU us/purchase | storestream / peer (same store) |",
              "|---|---|---|---|"]

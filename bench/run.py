@@ -401,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     tmp = Path(tempfile.mkdtemp(prefix="storestream-bench-"))
     report: dict[str, Any] = {"benchmark": "storestream", "quick": quick,
+                              "command": " ".join(["python -m bench.run",
+                                                   *(sys.argv[1:] if argv is None else argv)]),
                               "machine": machine_info()}
     log(f"{'quick' if quick else 'full'} run: {events:,} purchases, {customers:,} customers, "
         f"{args.partitions} partitions; logs in {tmp}")
