@@ -64,8 +64,10 @@ $(BENCH_STAMP): $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	@touch $@
 
-# Throughput against peers, latency, recovery, memory and geo figures -> bench/results/latest.json
-bench: $(BENCH_STAMP)
+# Throughput against peers (on Apache Kafka: its jars and the Kafka Streams peer's are built
+# first), latency, recovery, memory and geo -> bench/results/latest.json and bench/RESULTS.md;
+# BENCH_ARGS=--broker tansu: on the embedded broker, BENCH_ARGS=--quick: small.
+bench: $(BENCH_STAMP) kafka kstreams
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # Fault injection: 2 workers, SIGKILL/SIGTERM, poison pills, offers, web load (~6-10 min),

@@ -55,6 +55,17 @@ def bench_stack(broker: str, **kwargs: Any) -> DevStack:
     return DevStack(free_port(), free_port(), broker=broker, **kwargs)
 
 
+class AttachedStack(DevStack):
+    """A broker and redis already running (``bench.run --attach``, e.g. the test session's):
+    a :class:`DevStack` on their ports that neither starts nor stops them."""
+
+    def __enter__(self) -> AttachedStack:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        return None
+
+
 class BenchError(RuntimeError):
     """A benchmark step failed (the message says which and why)."""
 

@@ -45,7 +45,6 @@ from typing import TYPE_CHECKING
 
 from bench.catalogue import CATALOGUE, STAMP_PRODUCT
 from bench.deploy import BenchError, Proc
-from bench.procstat import Window
 from bench.workload import Workload, create_topics, expected_totals, log, peer_topics, produce
 
 if TYPE_CHECKING:
@@ -201,7 +200,8 @@ def run_variant(name: str, stack: DevStack, workload: Workload, tmp: Path,
     prefix = f"bench-ks-{tag}."
     asyncio.run(create_topics(stack.bootstrap, peer_topics(prefix, workload.partitions)))
     started = time.monotonic()
-    asyncio.run(produce(stack.bootstrap, f"{prefix}purchases", workload.purchases))
+    ends: dict[int, int] = {}
+    asyncio.run(produce(stack.bootstrap, f"{prefix}purchases", workload.purchases, ends=ends))
     result.produce_s = round(time.monotonic() - started, 2)
     log(f"{name}: {workload.events:,} purchases produced in {result.produce_s:.1f} s; "
         "starting the peer")
@@ -210,13 +210,29 @@ def run_variant(name: str, stack: DevStack, workload: Workload, tmp: Path,
     argv = command(stack.bootstrap, f"{prefix}purchases", f"{prefix}kstreams", store=store,
                    caching=caching, expect=workload.events, max_s=max_s,
                    state_dir=state_dir, totals_out=totals_out)
-    proc = Proc(name, argv, dict(os.environ), tmp / f"{prefix}{name}.log")
+    from bench import outside
+    from bench.peers import CLOSE_S as HARNESS_CLOSE_S
+    from bench.peers import expected, input_ends
+
+    app_id = f"{prefix}kstreams"
+    names = {f"{app_id}-spend-changelog", f"{app_id}-coffee-changelog"}
+    target = outside.Target(app_id, [f"{prefix}purchases"],
+                            lambda topics: sorted(t for t in topics if t in names),
+                            outside.decode_two_tables(outside.long_be),
+                            expected(workload, as_of=False), changelog_count=2,
+                            input_ends=input_ends(f"{prefix}purchases", ends))
+    launch = outside.Launch(lambda: Proc(name, argv, dict(os.environ),
+                                         tmp / f"{prefix}{name}.log"))
     try:
-        report = proc.wait_result(STARTUP_S + max_s + CLOSE_S)
+        outcome = outside.measure(stack.bootstrap, target, launch,
+                                  STARTUP_S + max_s + HARNESS_CLOSE_S)
+        proc = launch.proc
+        assert proc is not None
+        report = proc.wait_result(CLOSE_S)
     finally:
-        proc.stop()
+        if launch.proc is not None:
+            launch.proc.stop()
         shutil.rmtree(state_dir, ignore_errors=True)
-    complete = bool(report["complete"])
     got = read_totals(totals_out)
     totals_out.unlink(missing_ok=True)
     if digest(got) != report["totals_sha256"]:
@@ -225,17 +241,12 @@ def run_variant(name: str, stack: DevStack, workload: Workload, tmp: Path,
         "customers", "spend_cents_total", "coffee_total", "totals_sha256", "committed_offsets",
         "close_s", "kafka_streams", "store", "caching", "cache_max_bytes",
         "commit_interval_ms", "processing_guarantee")}
-    if complete:
-        wrong = compare(got, expected_cents(workload))
-        if wrong is not None:
-            return PeerResult(name, status="error", detail={
-                "error": f"wrong totals (no figure): {wrong}", **check})
-    window = Window(report["first_ts"], report["last_ts"], report["cpu_start"],
-                    report["cpu_end"], int(report["events"]))
-    result.fill(window, float(report["peak_rss_mb_self"]), proc.started)
-    result.complete = complete
-    result.detail = {"timing": "self-reported (first record -> expect-th record processed)",
-                     "totals_checked": complete, **check}
+    result.fill_outside(outcome, workload.events, proc.started, report)
+    wrong = compare(got, expected_cents(workload))
+    if wrong is not None and result.status == "ok":
+        result.status = "error"
+        result.detail["error"] = f"wrong totals in its stores (no figure): {wrong}"
+    result.detail.update(stores_checked=wrong is None, **check)
     return result
 
 

@@ -1,4 +1,4 @@
-"""Peer: Quix Streams doing the same aggregation, with its RocksDB state and changelog.
+"""Peer: Quix Streams doing the same aggregation, with its RocksDB (or memory) state and changelog.
 
 Runs as its own process: ``python -m bench.quix_peer --bootstrap H:P --prefix P --expect N``.
 The per-customer ``[spend, coffee]`` lives in Quix's RocksDB store, backed by the changelog
@@ -19,9 +19,11 @@ from bench.catalogue import STAMP_PRODUCT, price_of
 from bench.procstat import Window, emit_result, now, self_cpu_seconds
 
 
-def run(bootstrap: str, prefix: str, expect: int, max_s: float) -> None:
-    """Aggregate ``expect`` purchases (or for ``max_s`` seconds); print the window."""
+def run(bootstrap: str, prefix: str, expect: int, max_s: float, store: str = "rocksdb") -> None:
+    """Aggregate ``expect`` purchases (or for ``max_s`` seconds) in a ``store`` (``rocksdb``,
+    Quix's default, or ``memory``) store; print the window."""
     from quixstreams import Application
+    from quixstreams.state.memory.store import MemoryStore
 
     window = Window()
     with tempfile.TemporaryDirectory(prefix="bench-quix-") as state_dir:
@@ -51,7 +53,10 @@ def run(bootstrap: str, prefix: str, expect: int, max_s: float) -> None:
                 if window.events < expect:
                     app.stop()
 
-        app.dataframe(topic).update(tally, stateful=True)
+        sdf = app.dataframe(topic)
+        if store == "memory":
+            sdf.register_store(store_type=MemoryStore)  # before update() registers the default
+        sdf.update(tally, stateful=True)
         app.run(count=expect, collect=False)
     emit_result(window, complete=window.events >= expect)
 
@@ -63,8 +68,9 @@ def main() -> None:
     parser.add_argument("--prefix", required=True)
     parser.add_argument("--expect", type=int, required=True)
     parser.add_argument("--max-seconds", type=float, default=float("inf"))
+    parser.add_argument("--store", choices=("rocksdb", "memory"), default="rocksdb")
     args = parser.parse_args()
-    run(args.bootstrap, args.prefix, args.expect, args.max_seconds)
+    run(args.bootstrap, args.prefix, args.expect, args.max_seconds, args.store)
 
 
 if __name__ == "__main__":

@@ -45,6 +45,7 @@ from bench import kstreams_peer
 from bench.catalogue import T0
 from bench.deploy import StoreDeployment, StoreWorker
 from bench.workload import COMPACT_TOPIC_CONFIG, Record, create_topics, log, produce
+from core.day_buckets import DayBuckets
 from core.loyalty import Basket, Spend, Stamps
 from core.tiers import tier_for
 
@@ -84,7 +85,8 @@ def customer_records(customers: int, seed: int = 7,
                 left -= part
         spend = Spend(settled_cents=cents, watched_cents={"coffee": coffee_cents},
                       purchases=purchases, newest_ts=T0 + rng.random() * 86_400,
-                      tier=tier_for(cents), last_offset=rng.randrange(0, 25_000), days=days)
+                      tier=tier_for(cents), last_offset=rng.randrange(0, 25_000),
+                      days=DayBuckets.of(days))
         out["spend"].append((key, orjson.dumps(spend.to_json())))
         if rng.random() < 0.6:
             stamps = Stamps(total=rng.randrange(1, purchases + 1), last_offset=spend.last_offset)

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 from aiokafka import AIOKafkaProducer
@@ -130,9 +131,16 @@ def peer_topics(prefix: str, partitions: int) -> list[TopicSpec]:
 
 
 async def produce(bootstrap: str, topic: str, records: Iterable[Record],
-                  chunk: int = 5_000, *, keyless: bool = False) -> int:
+                  chunk: int = 5_000, *, keyless: bool = False,
+                  ends: dict[int, int] | None = None) -> int:
     """Produce keyed records (default partitioner) and wait for every acknowledgement
-    (``keyless``: without their keys, spread by the client as a keyless producer's are)."""
+    (``keyless``: without their keys, spread by the client as a keyless producer's are;
+    ``ends``: filled with each partition's offset after its last record, as acknowledged)."""
+    def note(acks: Iterable[Any]) -> None:
+        if ends is not None:
+            for meta in acks:
+                ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
+
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, acks=1,
                                 max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
     await producer.start()
@@ -142,10 +150,10 @@ async def produce(bootstrap: str, topic: str, records: Iterable[Record],
         for key, value in records:
             pending.append(await producer.send(topic, value, key=None if keyless else key))
             if len(pending) >= chunk:
-                await asyncio.gather(*pending)
+                note(await asyncio.gather(*pending))
                 sent += len(pending)
                 pending = []
-        await asyncio.gather(*pending)
+        note(await asyncio.gather(*pending))
         sent += len(pending)
     finally:
         await producer.stop()
