@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 
 from bench.catalogue import CATALOGUE, STAMP_PRODUCT
 from bench.deploy import BenchError, Proc
+from bench.outside import compare
 from bench.workload import Workload, create_topics, expected_totals, log, peer_topics, produce
 
 if TYPE_CHECKING:
@@ -170,18 +171,6 @@ def expected_cents(workload: Workload) -> Totals:
     """:func:`bench.workload.expected_totals` in cents (prices have two decimals)."""
     spend, coffee = expected_totals(workload)
     return {user: (round(total * 100), coffee.get(user, 0)) for user, total in spend.items()}
-
-
-def compare(got: Totals, expected: Totals) -> str | None:
-    """``None`` when equal, else what differs (counts and a few customers)."""
-    if got == expected:
-        return None
-    missing = sorted(set(expected) - set(got))
-    extra = sorted(set(got) - set(expected))
-    wrong = sorted(u for u in set(got) & set(expected) if got[u] != expected[u])
-    return (f"{len(missing)} customers missing {missing[:3]}, {len(extra)} unexpected "
-            f"{extra[:3]}, {len(wrong)} wrong "
-            + ", ".join(f"{u}: {got[u]} != {expected[u]} (cents, coffee)" for u in wrong[:3]))
 
 
 def run_variant(name: str, stack: DevStack, workload: Workload, tmp: Path,

@@ -58,7 +58,13 @@ from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 
 from app.runtime.replica import REPLICAS, not_ready, replica_connection, wait_all_ready
-from app.runtime.restore import ChangelogEvent, ChangelogMessage, new_consumer, read_span
+from app.runtime.restore import (
+    ChangelogEvent,
+    ChangelogMessage,
+    fetched_end,
+    new_consumer,
+    read_span,
+)
 from app.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -128,19 +134,10 @@ async def read_last_offsets(
             if records:
                 last[tp] = max(last.get(tp, -1), records[-1].offset)
         for tp in list(pending):
-            end = _fetched_end(consumer, tp)
+            end = fetched_end(consumer, tp)
             if end is not None and await consumer.position(tp) >= end:
                 pending.discard(tp)
     return last
-
-
-def _fetched_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
-    """End of ``tp`` per the last fetch response: last stable offset, else high watermark."""
-    stable = consumer.last_stable_offset(tp)
-    if stable is not None and stable >= 0:
-        return int(stable)
-    highwater = consumer.highwater(tp)
-    return None if highwater is None else int(highwater)
 
 
 def seek_positions(

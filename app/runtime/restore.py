@@ -115,14 +115,14 @@ async def read_span(
         for tp in list(pending):
             last = spans[tp][1]
             position = await consumer.position(tp)
-            end = _fetched_end(consumer, tp)
+            end = fetched_end(consumer, tp)
             done[tp] = max(done[tp], min(position - 1, last))
             if position > last or (end is not None and position >= end):
                 pending.discard(tp)
     return done
 
 
-def _fetched_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
+def fetched_end(consumer: AIOKafkaConsumer, tp: TopicPartition) -> int | None:
     """End of ``tp`` per the last fetch response: last stable offset, else high watermark."""
     stable = consumer.last_stable_offset(tp)
     if stable is not None and stable >= 0:
