@@ -2,39 +2,72 @@
 
 Every loyalty record remembers the last offset it applied from each log that changes it
 (``last_offset``: its input topic; ``last_rp``: that topic's repartition topic;
-``last_ret``/``last_ret_rp``: returns and their repartition topic). A worker cut off from the
-group can still have a changelog write in flight when its partitions move: it lands after
-the new owner's writes, and a plain restore (the last record of a key wins) would bring back
-the older state (seen in the three-node fault run: a worker cut off for 30 s, its write
-landed after its successor's, and the next restore lost purchases). A value whose offsets
-are all at or behind the value already restored, and one strictly behind, is such a late
-write: :func:`superseded` says so, and the restore keeps the newer value.
+``last_ret``/``last_ret_rp``: returns and their repartition topic); a shopper's offer
+cooldowns remember the last position applied per topic and partition (``applied``). A worker
+cut off from the group can still have a changelog write in flight when its partitions move:
+it lands after the new owner's writes, and a plain restore (the last record of a key wins)
+would bring back the older state (seen in the three-node fault run: a worker cut off for 30 s,
+its write landed after its successor's, and the next restore lost purchases). A value whose
+offsets are all at or behind the value already restored, and one strictly behind, is such a
+late write: :func:`superseded` says so, and the restore keeps the newer value.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
-#: The offset fields a record can carry, one per log that changes it (absent: -1).
+#: The offset fields a loyalty record can carry, one per log that changes it (absent: -1).
 OFFSET_FIELDS = ("last_offset", "last_rp", "last_ret", "last_ret_rp")
 
+#: A value's offsets per log, or ``None`` when it carries none that can be compared.
+Offsets = Callable[[Any], Mapping[Hashable, int] | None]
 
-def superseded(current: Any, incoming: Any) -> bool:
-    """Whether ``incoming`` is older than ``current``: no offset ahead, at least one behind.
+
+def record_offsets(value: Any) -> Mapping[Hashable, int] | None:
+    """A loyalty record's offsets (:data:`OFFSET_FIELDS`)."""
+    if not isinstance(value, Mapping):
+        return None
+    found: dict[Hashable, int] = {}
+    for name in OFFSET_FIELDS:
+        offset = value.get(name, -1)
+        if not isinstance(offset, int):
+            return None
+        found[name] = offset
+    return found
+
+
+def applied_offsets(value: Any) -> Mapping[Hashable, int] | None:
+    """The offsets of a state that lists ``applied`` as ``[[topic, partition, offset], ...]``
+    (a shopper's offer cooldowns, ``core.offers.CooldownState``)."""
+    if not isinstance(value, Mapping):
+        return None
+    found: dict[Hashable, int] = {}
+    for entry in value.get("applied") or ():
+        if not isinstance(entry, list | tuple) or len(entry) != 3:
+            return None
+        topic, partition, offset = entry
+        if not isinstance(offset, int):
+            return None
+        found[(str(topic), partition)] = offset
+    return found
+
+
+def superseded(current: Any, incoming: Any, offsets: Offsets = record_offsets) -> bool:
+    """Whether ``incoming`` is older than ``current``: no log ahead, at least one behind
+    (a log a value does not name counts as -1).
 
     Values without offsets (or not mappings, or tombstones) are never superseded, nor are
     two values each ahead in a different log: then the later write wins, as before.
     """
-    if not isinstance(current, Mapping) or not isinstance(incoming, Mapping):
+    now, then = offsets(current), offsets(incoming)
+    if now is None or then is None:
         return False
     behind = False
-    for name in OFFSET_FIELDS:
-        now, then = current.get(name, -1), incoming.get(name, -1)
-        if not isinstance(now, int) or not isinstance(then, int):
+    for log in {*now, *then}:
+        was, new = now.get(log, -1), then.get(log, -1)
+        if new > was:
             return False
-        if then > now:
-            return False
-        if then < now:
+        if new < was:
             behind = True
     return behind

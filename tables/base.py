@@ -13,29 +13,32 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-from core.changelog import superseded
+from core.changelog import Offsets, record_offsets, superseded
 
 log = logging.getLogger(__name__)
 
 
-def text_keyed_table(factory: Any, name: str, help: str, *, newest_by_offsets: bool = False,
-                     **options: Any) -> Any:
+def text_keyed_table(factory: Any, name: str, help: str, *,
+                     newest_by_offsets: Offsets | None = None, **options: Any) -> Any:
     """A table with UTF-8 text keys and JSON values on its changelog, and no default.
 
     Faust would JSON-encode ``str`` keys (``b'"kris"'``) and route by those bytes, while
     producers hash the plain UTF-8 key: with UTF-8 keys the owner Faust computes for a key is
     the partition the producer chose. No default, so a missing key is a 404, not a zero.
+    ``newest_by_offsets``: how to read the source offsets the records carry
+    (``core.changelog.record_offsets``, ...); a restore then keeps, per key, the value no
+    other is ahead of (:func:`restore_newest`).
     """
     table = factory(name, key_type=str, value_type=None, help=help, **options)
     table.key_serializer = "utf8"
     table.value_serializer = "json"
     table.changelog_topic = table._new_changelog_topic()
-    if newest_by_offsets:
-        restore_newest(table)
+    if newest_by_offsets is not None:
+        restore_newest(table, newest_by_offsets)
     return table
 
 
-def restore_newest(table: Any) -> None:
+def restore_newest(table: Any, offsets: Offsets = record_offsets) -> None:
     """Make ``table``'s restore skip a changelog record superseded by the value already
     restored for its key (:func:`core.changelog.superseded`: a cut-off worker's write that
     landed after its successor's), counting each in
@@ -51,7 +54,7 @@ def restore_newest(table: Any) -> None:
             key, value = event.key, event.value
             if value is not None:
                 current = latest[key] if key in latest else store.get(key)
-                if superseded(current, value):
+                if superseded(current, value, offsets):
                     skipped += 1
                     continue
             latest[key] = value

@@ -7,6 +7,7 @@ import orjson
 from app.faust_app import app
 from app.runtime.replica import TopicReplica
 from app.settings import SETTINGS
+from core.changelog import record_offsets
 from core.pricing import PriceHistory, history_from_json
 from core.rfm import RfmBoundaries
 from tables.base import text_keyed_table
@@ -16,7 +17,7 @@ from tables.base import text_keyed_table
 # reads it through CATALOGUE, a replica of the whole changelog (see app.runtime.replica for why
 # not a GlobalTable).
 catalogue = text_keyed_table(app.Table, "catalogue", "Catalogue price history per product",
-                             newest_by_offsets=True)
+                             newest_by_offsets=record_offsets)
 CATALOGUE: TopicReplica[PriceHistory] = TopicReplica(
     catalogue.changelog_topic.get_topic_name(),
     lambda raw: history_from_json(orjson.loads(raw).get("history")),
@@ -24,23 +25,23 @@ CATALOGUE: TopicReplica[PriceHistory] = TopicReplica(
 
 #: user_id -> core.loyalty.Spend as JSON (the recipe's sales_totals).
 spend = text_keyed_table(app.Table, "spend", "Spend, pending purchases, announced tier",
-                         newest_by_offsets=True)
+                         newest_by_offsets=record_offsets)
 
 #: user_id -> core.loyalty.Stamps as JSON (the recipe's caffeine_index).
 stamps = text_keyed_table(app.Table, "stamps", "Coffee stamps per customer",
-                          newest_by_offsets=True)
+                          newest_by_offsets=record_offsets)
 
 #: user_id -> core.loyalty.Basket as JSON (the recipe's promotion_* tables).
 baskets = text_keyed_table(app.Table, "baskets", "Watched products bought, campaigns announced",
-                           newest_by_offsets=True)
+                           newest_by_offsets=record_offsets)
 
 #: user_id -> core.returns.Ledger as JSON: returnable purchases, held returns (issue 22).
 ledgers = text_keyed_table(app.Table, "ledgers", "Returnable purchases and held returns",
-                           newest_by_offsets=True)
+                           newest_by_offsets=record_offsets)
 
 #: user_id -> {"name", "opt_out", "last_offset"}.
 profiles = text_keyed_table(app.Table, "profiles", "Customer profile and consent",
-                            newest_by_offsets=True)
+                            newest_by_offsets=record_offsets)
 
 
 def price_history(product_id: str) -> PriceHistory:

@@ -13,6 +13,7 @@ import orjson
 
 from app.faust_app import app
 from app.runtime.replica import TopicReplica
+from core.changelog import applied_offsets
 from core.geo import Display, DisplayIndex, parse_display
 from core.lift import Figures
 from core.offers import Promotion, PromotionIndex, parse_promotion
@@ -25,7 +26,8 @@ promotions = text_keyed_table(app.Table, "promotions", "Promotions by pid")
 #: uid -> {"last_offered": {"pid\x1fsku": ts}, "opened_by": {"pid\x1fsku": [topic, partition,
 #: offset]}}: each cooldown window and the record that opened it
 #: (core.offers.windows_to_json); no positions.
-shoppers = text_keyed_table(app.Table, "shoppers", "Offer cooldowns per shopper")
+shoppers = text_keyed_table(app.Table, "shoppers", "Offer cooldowns per shopper",
+                            newest_by_offsets=applied_offsets)
 #: uid -> core.attribution.AttributionState as JSON: recent offers, purchases waiting to be
 #: attributed, and the offsets applied (written by the locations and the purchases lanes,
 #: each in one synchronous step: both topics are keyed by customer, so one partition).

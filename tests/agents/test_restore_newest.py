@@ -12,6 +12,7 @@ from faust.types import TP
 
 from app.faust_app import METRICS
 from tables.loyalty import spend
+from tables.offers import shoppers
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -32,8 +33,8 @@ class Event:
     message: Message
 
 
-def record(offset: int, key: str, value: dict[str, Any] | None) -> Event:
-    tp = TP(spend.changelog_topic.get_topic_name(), 0)
+def record(offset: int, key: str, value: dict[str, Any] | None, table: Any = spend) -> Event:
+    tp = TP(table.changelog_topic.get_topic_name(), 0)
     raw = None if value is None else b"{}"  # only tombstones' raw values are read
     return Event(key, value, Message(tp, 0, offset, key.encode(), raw))
 
@@ -60,3 +61,13 @@ def test_newer_records_and_tombstones_apply_as_written() -> None:
     assert spend.data.get("ann-newer") == returned
     spend.apply_changelog_batch([record(2, "ann-newer", None)])
     assert spend.data.get("ann-newer") is None
+
+
+def test_a_late_write_of_older_offer_cooldowns_is_skipped_on_restore() -> None:
+    """Else the shopper's cooldown window would be gone and the offer made again."""
+    newer = {"last_offered": {"p1\x1fsku": 50.0},
+             "applied": [["customers.locations", 0, 120]]}
+    late = {"last_offered": {}, "applied": [["customers.locations", 0, 97]]}
+    shoppers.apply_changelog_batch([record(0, "uid-late", newer, shoppers),
+                                    record(1, "uid-late", late, shoppers)])
+    assert shoppers.data.get("uid-late") == newer

@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.changelog import superseded
+from core.changelog import applied_offsets, superseded
 
 offsets = st.fixed_dictionaries({}, optional={
     "last_offset": st.integers(-1, 50), "last_rp": st.integers(-1, 50),
@@ -48,3 +48,22 @@ def test_superseded_means_no_log_ahead_and_one_behind(a: dict[str, Any],
     ahead = [b.get(n, -1) > a.get(n, -1) for n in names]
     assert superseded(a, b) == (any(behind) and not any(ahead))
     assert not (superseded(a, b) and superseded(b, a))
+
+
+def test_an_older_cooldown_state_landing_late_is_superseded() -> None:
+    newer = {"last_offered": {"p1\x1fsku": 50.0}, "applied": [["customers.locations", 3, 120]]}
+    late = {"last_offered": {}, "applied": [["customers.locations", 3, 97]]}
+    assert superseded(newer, late, applied_offsets)
+    assert not superseded(late, newer, applied_offsets)
+
+
+def test_cooldowns_ahead_on_different_partitions_keep_the_later_write() -> None:
+    one = {"applied": [["customers.locations", 1, 9], ["customers.locations", 2, 4]]}
+    other = {"applied": [["customers.locations", 1, 8], ["customers.locations", 2, 5]]}
+    assert not superseded(one, other, applied_offsets)
+    assert not superseded(other, one, applied_offsets)
+
+
+def test_a_cooldown_state_that_lists_nothing_applied_is_behind_one_that_does() -> None:
+    assert superseded({"applied": [["t", 0, 0]]}, {"applied": []}, applied_offsets)
+    assert not superseded({"applied": [["t", 0, 0]]}, {"applied": "bad"}, applied_offsets)
