@@ -8,6 +8,7 @@ offers from the store layout of tests/integration/store.py; nothing from the cod
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import signal
 import threading
@@ -190,12 +191,21 @@ def test_exactly_once_sigkill_mid_stream_keyless_purchases_counted_once(
                           lambda: deployment.committed("purchases"), 60, interval=0.2)
         wait_for("the next commit", lambda: deployment.committed("purchases") > before, 30,
                  interval=0.1)
-        wait_for("forwards not committed yet",
-                 lambda: forwarded() > deployment.committed("purchases") + 30, 30,
-                 interval=0.05)
-        killed_at = forwarded()
+        # Freeze the worker, then decide: a commit can land between reading the forwards and
+        # the kill (CI saw committed == forwarded); a frozen worker cannot commit any more, so
+        # kill only when its forwards are ahead of what the broker has committed.
+        for _ in range(20):
+            wait_for("forwards not committed yet",
+                     lambda: forwarded() > deployment.committed("purchases") + 30, 30,
+                     interval=0.05)
+            killed_at = forwarded()
+            os.killpg(first.process.pid, signal.SIGSTOP)
+            time.sleep(0.5)  # an EndTxn already sent completes
+            committed = deployment.committed("purchases")
+            if committed < killed_at:
+                break
+            os.killpg(first.process.pid, signal.SIGCONT)
         first.stop(signal.SIGKILL)
-        committed = deployment.committed("purchases")
         producer.join(60)
         assert not producer.is_alive() and not failure, failure
         assert committed < killed_at < len(events), (committed, killed_at)
