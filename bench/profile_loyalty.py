@@ -47,6 +47,9 @@ STAGES: tuple[tuple[str, tuple[str, ...], str | None], ...] = (
     ("    records from JSON (Spend/Stamps/Basket.from_json)", (".from_json (core/loyalty.py",),
      None),
     ("    records to JSON (to_json)", (".to_json (core/loyalty.py",), None),
+    ("    returns ledger: remember purchases (core.returns.remember_purchases)",
+     ("remember_purchases (core/returns.py",), None),
+    ("    returns ledger to JSON (Ledger.to_json)", ("Ledger.to_json (core/returns.py",), None),
     ("    table writes + changelog queue (TableWrites.commit)",
      ("TableWrites.commit (tables/batch.py",), None),
     ("    metrics (core.metrics)", ("(core/metrics.py",), None),
@@ -231,7 +234,9 @@ def profile(args: argparse.Namespace, wall_file: Path, cpu_file: Path) -> dict[s
     tmp = Path(tempfile.mkdtemp(prefix="storestream-profile-"))
     workload = build(args.events, args.customers, args.partitions)
     with DevStack(free_port(), free_port(), startup_timeout=30.0) as stack:
-        deployment = StoreDeployment(stack, tmp, "prof", partitions=args.partitions)
+        extra = dict(item.split("=", 1) for item in args.env)
+        deployment = StoreDeployment(stack, tmp, "prof", partitions=args.partitions,
+                                     extra_env=extra)
         deployment.create_topics()
         asyncio.run(produce_workload(stack.bootstrap, deployment.prefix, workload))
         worker = deployment.start_worker("prof")
@@ -265,7 +270,8 @@ def profile(args: argparse.Namespace, wall_file: Path, cpu_file: Path) -> dict[s
         f"{m['date']}; {m['cpu_model']}, {m['cores']} cores, Python {m['python']}, "
         f"load {m['loadavg_start']}",
         f"workload: {args.events:,} purchases, {args.customers:,} customers, "
-        f"{args.partitions} partitions, pre-produced; one worker, memory://, -l info",
+        f"{args.partitions} partitions, pre-produced; one worker, memory://, -l info"
+        + (f", {' '.join(args.env)}" if args.env else ""),
         f"py-spy {args.rate} Hz, {args.seconds} s per recording; files: {wall_file.name}, "
         f"{cpu_file.name}",
         f"rates: unprofiled {runs['unprofiled_5s']['events_per_s']} ev/s at "
@@ -287,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=8)
     parser.add_argument("--seconds", type=int, default=30, help="length of each recording")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="worker setting, e.g. TIER_WINDOW_DAYS=365 (repeatable)")
     parser.add_argument("--rate", type=int, default=100, help="py-spy samples per second")
     parser.add_argument("--out-dir", type=Path, default=RESULTS)
     parser.add_argument("--summarise-only", action="store_true",

@@ -23,12 +23,42 @@ class DayBuckets(Mapping[int, int]):
     """Cents per day, immutable, packed (see the module's docstring).
 
     A read-only mapping; each read unpacks the string, so callers that need several reads
-    take :meth:`pairs` or :meth:`to_dict` once (``dict(buckets)`` would unpack per key)."""
+    take :meth:`pairs` or :meth:`to_dict` once (``dict(buckets)`` would unpack per key).
 
-    __slots__ = ("packed",)
+    :meth:`merged` is lazy: up to :data:`LAZY_ADDS` additions are kept beside the packed
+    string and folded into it when the buckets are read as a whole (``packed``, equality,
+    iteration) or when the window's start passes a day held, so a customer's purchases in
+    a batch cost a small tuple each, and the string is rewritten once when the record is
+    written. :meth:`since` counts the additions without folding them."""
+
+    __slots__ = ("_adds", "_adds_low", "_adds_total", "_base", "_base_low", "_base_total")
 
     def __init__(self, packed: str = "") -> None:
-        self.packed = packed
+        self._base = packed
+        self._adds: tuple[tuple[int, int], ...] = ()
+        self._adds_low = 0
+        self._adds_total = 0
+        self._base_low = -1  # -1: not known yet (see _base_stats)
+        self._base_total = 0
+
+    @property
+    def packed(self) -> str:
+        """The buckets' one packing (additions folded in)."""
+        if self._adds:
+            folded: dict[int, int] = {}
+            for day, cents in self._adds:
+                folded[day] = folded.get(day, 0) + cents
+            merged = DayBuckets(self._base)._merge_now(folded, _NO_START)
+            self._base, self._adds, self._base_low = merged._base, (), -1
+        return self._base
+
+    def _base_stats(self) -> tuple[int, int]:
+        """The packed part's first day (a day no window starts after, when empty) and total."""
+        if self._base_low < 0:
+            days, _, total = _unpacked(self._base)
+            self._base_low = days[0] if days else _NO_DAYS
+            self._base_total = total
+        return self._base_low, self._base_total
 
     @classmethod
     def of(cls, buckets: Mapping[int, int] | Iterable[tuple[int, int]]) -> DayBuckets:
@@ -42,39 +72,80 @@ class DayBuckets(Mapping[int, int]):
 
     def pairs(self) -> list[tuple[int, int]]:
         """``(day, cents)`` in day order."""
-        days, cents = _unpacked(self.packed)
+        days, cents, _ = _unpacked(self.packed)
         return list(zip(days, cents, strict=True))
 
     def to_dict(self) -> dict[int, int]:
         """A mutable ``{day: cents}`` copy."""
-        days, cents = _unpacked(self.packed)
+        days, cents, _ = _unpacked(self.packed)
         return dict(zip(days, cents, strict=True))
 
     def since(self, first: int) -> int:
         """Cents of the days from ``first`` on."""
-        days, cents = _unpacked(self.packed)
-        if not days or days[0] >= first:
-            return sum(cents)
-        return sum(cents[bisect.bisect_left(days, first):])
+        low = self._base_low
+        if low < 0:
+            low = self._base_stats()[0]
+        if low >= first:
+            total = self._base_total
+        else:
+            days, cents, _ = _unpacked(self._base)
+            total = sum(cents[bisect.bisect_left(days, first):])
+        if self._adds:
+            if self._adds_low >= first:
+                total += self._adds_total
+            else:
+                total += sum(cents for day, cents in self._adds if day >= first)
+        return total
 
     def merged(self, adds: Mapping[int, int], first: int) -> DayBuckets:
         """These buckets with ``adds`` added (cents per day), days before ``first`` and
-        empty days dropped.
+        empty days dropped (lazily: see the class)."""
+        low = self._base_low
+        if low < 0:
+            low = self._base_stats()[0]
+        pending = self._adds
+        if pending and self._adds_low < low:
+            low = self._adds_low
+        if low < first:  # days leave the window: fold and drop now
+            return DayBuckets(self.packed)._merge_now(adds, first)
+        if not adds:
+            return self
+        total = self._adds_total
+        adds_low = self._adds_low if pending else _NO_DAYS
+        for day, cents in adds.items():
+            if day >= first and cents:
+                pending += ((day, cents),)
+                total += cents
+                if day < adds_low:
+                    adds_low = day
+        if pending is self._adds:
+            return self
+        if len(pending) > LAZY_ADDS:
+            return DayBuckets(self.packed)._merge_now(adds, first)
+        out = DayBuckets(self._base)
+        out._adds, out._adds_low, out._adds_total = pending, adds_low, total
+        out._base_low, out._base_total = self._base_low, self._base_total
+        return out
+
+    def _merge_now(self, adds: Mapping[int, int], first: int) -> DayBuckets:
+        """:meth:`merged` into the packed string at once (for buckets without additions).
 
         Only the text that changes is rewritten: a purchase adds to the newest days and
         settles purchases of the day before, and a new day drops the oldest ones, so the
         work per purchase does not grow with the number of days held."""
         packed = self.packed
-        days, cents = _unpacked(packed)
+        if not adds and (not packed or _unpacked(packed)[0][0] >= first):
+            return self  # nothing settled, nothing out of the window
+        days, cents, held = _unpacked(packed)
         if len(adds) == 1 and days and days[0] >= first:
             ((day, plus),) = adds.items()  # the usual case: one day, on or after the newest
             if day > days[-1] and plus:
                 return _remember(f"{packed},{day - days[-1]},{plus}", (*days, day),
-                                 (*cents, plus))
+                                 (*cents, plus), held + plus)
             if day == days[-1] and cents[-1] + plus:
-                total = cents[-1] + plus
-                return _remember(f"{packed[:packed.rfind(',') + 1]}{total}", days,
-                                 (*cents[:-1], total))
+                last = cents[-1] + plus
+                return _remember(f"{packed[:packed.rfind(',') + 1]}{last}", days,
+                                 (*cents[:-1], last), held + plus)
         if days and days[0] < first:  # drop the head: days before the window
             cut = bisect.bisect_left(days, first)
             if cut == len(days):
@@ -108,7 +179,7 @@ class DayBuckets(Mapping[int, int]):
             packed = ",".join(pieces)
         if not packed:
             return EMPTY_DAYS
-        return self if packed is self.packed else _remember(packed, days, cents)
+        return self if packed is self._base else _remember(packed, days, cents)
 
     def __getitem__(self, day: int) -> int:
         for at, cents in self.pairs():
@@ -170,23 +241,31 @@ class _Values(ValuesView[int]):
 #: No buckets (a lifetime-tier customer, or nothing in the window).
 EMPTY_DAYS = DayBuckets()
 
-Unpacked = tuple[tuple[int, ...], tuple[int, ...]]
+#: Days, their cents, and the sum of the cents.
+Unpacked = tuple[tuple[int, ...], tuple[int, ...], int]
 
-#: Strings lately unpacked or packed, with their days and cents: a customer's buckets are
+#: Strings lately unpacked or packed, with their days, cents and total: a customer's buckets are
 #: read and rewritten by each of their purchases in a batch, so those reads cost a lookup
 #: (values immutable; bounded: past ``_UNPACKED_KEPT`` strings it starts over).
 _UNPACKED: dict[str, Unpacked] = {}
 _UNPACKED_KEPT = 4_096
+_NOTHING: Unpacked = ((), (), 0)
+#: How many lazy additions a :class:`DayBuckets` holds before folding them in.
+LAZY_ADDS = 32
+#: A start before every day (folding drops nothing); the first day of empty buckets.
+_NO_START = -(2 ** 62)
+_NO_DAYS = 2 ** 62
 
 
 def _unpacked(packed: str) -> Unpacked:
-    """Days and cents of a packed string (see the module's docstring)."""
+    """Days, cents and total of a packed string (see the module's docstring)."""
     if not packed:
-        return ((), ())
+        return _NOTHING
     out = _UNPACKED.get(packed)
     if out is None:
         values = list(map(int, packed.split(",")))
-        out = (tuple(accumulate(values[0::2])), tuple(values[1::2]))
+        cents = tuple(values[1::2])
+        out = (tuple(accumulate(values[0::2])), cents, sum(cents))
         _keep(packed, out)
     return out
 
@@ -207,7 +286,9 @@ def _packed(days: tuple[int, ...], cents: tuple[int, ...]) -> DayBuckets:
     return _remember(",".join(map(str, flat)), days, cents)
 
 
-def _remember(packed: str, days: tuple[int, ...], cents: tuple[int, ...]) -> DayBuckets:
-    """The buckets packed as ``packed``, whose days and cents are known already."""
-    _keep(packed, (days, cents))
+def _remember(packed: str, days: tuple[int, ...], cents: tuple[int, ...],
+              total: int | None = None) -> DayBuckets:
+    """The buckets packed as ``packed``, whose days and cents (and their ``total``) are known
+    already."""
+    _keep(packed, (days, cents, sum(cents) if total is None else total))
     return DayBuckets(packed)

@@ -282,10 +282,10 @@ def is_free(purchase: Purchase, offset: int, stamps: Stamps, rules: LoyaltyRules
 
 def _price_pending(
     pending: Sequence[Pending], catalogue: Catalogue, watched: frozenset[str],
-    by_product: dict[str, int] | None,
+    by_product: dict[str, int] | None, by_day: dict[int, int] | None = None,
 ) -> tuple[int, int]:
     """Cents and unpriced count of ``pending`` priced now; watched products' cents are added
-    to ``by_product`` when it is given."""
+    to ``by_product`` and each item's cents to its day in ``by_day``, when they are given."""
     cents_total = 0
     unpriced = 0
     for item in pending:
@@ -296,6 +296,9 @@ def _price_pending(
         cents_total += cents
         if by_product is not None and item.product_id in watched:
             by_product[item.product_id] = by_product.get(item.product_id, 0) + cents
+        if by_day is not None:
+            day = int(item.ts // DAY_S)
+            by_day[day] = by_day.get(day, 0) + cents
     return cents_total, unpriced
 
 
@@ -381,23 +384,22 @@ def _next_spend(
     newest = max(spend.newest_ts, purchase.ts)
     cut = _settled_count(pending, newest - rules.lateness_s, rules.max_pending)
     days = spend.days
+    added: dict[int, int] | None = None
     if rules.tier_window_days > 0:
-        added: dict[int, int] = {}
+        added = {}
         if purchase.price_cents is not None:
-            day = day_of(purchase.ts)
-            added[day] = added.get(day, 0) + purchase.price_cents
-        for item in pending[:cut]:
-            day = day_of(item.ts)
-            added[day] = added.get(day, 0) + (price_at(catalogue(item.product_id), item.ts)
-                                              or 0)
-        days = days.merged(added, day_of(newest) - rules.tier_window_days + 1)
+            added[int(purchase.ts // DAY_S)] = purchase.price_cents
     if cut:
         settling = dict(watched_cents)
-        cents, unpriced = _price_pending(pending[:cut], catalogue, watched, settling)
+        cents, unpriced = _price_pending(pending[:cut], catalogue, watched, settling, added)
         watched_cents = settling
         settled += cents
         settled_unpriced += unpriced
         pending = pending[cut:]
+    first = 0
+    if added is not None:
+        first = int(newest // DAY_S) - rules.tier_window_days + 1
+        days = days.merged(added, first)
     if by_product is not None:
         by_product.update(watched_cents)
     cents, _ = _price_pending(pending, catalogue, watched, by_product)
@@ -408,8 +410,7 @@ def _next_spend(
         return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1,
                      newest, tier_for(total, rules.tiers), last_offset, last_rp,
                      spend.last_ret, days, spend.below_since, spend.last_ret_rp), total
-    first = day_of(newest) - rules.tier_window_days + 1
-    in_window = (days.since(first) + cents if not pending or day_of(pending[0].ts) >= first
+    in_window = (days.since(first) + cents if not pending or pending[0].ts // DAY_S >= first
                  else window_cents(days, pending, newest, catalogue, rules))  # all pending in
     computed = tier_for(in_window, rules.tiers)
     tier, below_since = with_grace(spend.tier, spend.below_since, computed, newest,

@@ -83,7 +83,7 @@ def with_grace(held: str, below_since: float, computed: str, now: float,
 
     An upgrade takes effect at once; a downgrade only once the spend has stayed below the
     held tier for ``grace_s`` of event time (then straight to the tier the spend gives)."""
-    if tier_rank(computed) >= tier_rank(held):
+    if computed == held or tier_rank(computed) >= tier_rank(held):
         return computed, -1.0
     since = below_since if below_since >= 0 else now
     if now - since >= grace_s:
