@@ -38,6 +38,15 @@ from app.topics import (
     users_topic,
 )
 from core.events import BadEvent, parse_product, parse_purchase, parse_return, parse_user
+from core.ledger_days import (
+    assemble,
+    changed_rows,
+    day_json,
+    day_key,
+    day_rows,
+    head_json,
+    stored_days,
+)
 from core.loyalty import (
     Basket,
     LoyaltyEvent,
@@ -119,6 +128,7 @@ def loyalty_event_value(event: LoyaltyEvent) -> bytes:
 SPEND = DecodedCache(Spend.from_json)
 STAMPS = DecodedCache(Stamps.from_json)
 BASKETS = DecodedCache(Basket.from_json)
+#: A ledger's head record -> the whole ledger (head and day records: core/ledger_days.py).
 LEDGERS = DecodedCache(Ledger.from_json)
 
 
@@ -132,6 +142,11 @@ class _Customer:
     changed: set[str]
     #: Read only when a purchase carries a ``purchase_id`` or a return arrives.
     ledger: Ledger | None = None
+    #: The ledger as stored when the batch began (what its day records hold).
+    stored_ledger: Ledger | None = None
+    #: Whether a return or a held return changed the ledger (its rows are then compared
+    #: whole when written, not only the purchases remembered).
+    ledger_reworked: bool = False
     #: Returnable purchases of this batch, remembered in the ledger in one step at the end
     #: (while it holds no return: ``core.returns.remember_purchases``).
     returnable: list[tuple[int, Purchase, bool]] | None = None
@@ -151,8 +166,41 @@ def _customer(customers: dict[str, _Customer], user: str, writes: TableWrites) -
 
 def _ledger(customer: _Customer, user: str, writes: TableWrites) -> Ledger:
     if customer.ledger is None:
-        customer.ledger = LEDGERS.get(user, writes.get(ledgers, user))
+        head = writes.get(ledgers, user)
+        ledger = LEDGERS.peek(user, head)
+        if ledger is None:
+            ledger = assemble(head, (writes.get(ledgers, day_key(user, day))
+                                     for day in sorted(stored_days(head))))
+            # a head still holding its purchases (written before day records): all to write
+            customer.stored_ledger = Ledger() if head and "bought" in head else ledger
+        else:
+            customer.stored_ledger = ledger
+        customer.ledger = ledger
     return customer.ledger
+
+
+def _write_ledger(user: str, customer: _Customer, writes: TableWrites) -> None:
+    """The day records whose purchases changed, then the head (core/ledger_days.py)."""
+    ledger = customer.ledger
+    assert ledger is not None
+    stored = customer.stored_ledger or Ledger()
+    touched = None if customer.ledger_reworked or customer.returnable is None else (
+        purchase.purchase_id for _, purchase, _ in customer.returnable
+        if purchase.purchase_id is not None)
+    head = writes.get(ledgers, user)
+    days = stored_days(head)
+    for day, changes in changed_rows(stored.bought, ledger.bought, touched).items():
+        key = day_key(user, day)
+        rows = day_rows(writes.get(ledgers, key), changes)
+        if rows:
+            writes.put(ledgers, key, day_json(rows, ledger))
+            days.add(day)
+        else:
+            writes.delete(ledgers, key)
+            days.discard(day)
+    raw = head_json(ledger, days)
+    LEDGERS.remember(user, raw, ledger)
+    writes.put(ledgers, user, raw)
 
 
 def _take(customer: _Customer, out: Any) -> bool:
@@ -174,6 +222,7 @@ def _take(customer: _Customer, out: Any) -> bool:
     if ledger is not None:
         customer.ledger = ledger
         customer.changed.add("ledger")
+        customer.ledger_reworked = True
         changed = True
     return changed
 
@@ -198,9 +247,7 @@ def _write(customers: dict[str, _Customer], writes: TableWrites,
             BASKETS.remember(user, raw, customer.basket)
             writes.put(baskets, user, raw)
         if "ledger" in customer.changed and customer.ledger is not None:
-            raw = customer.ledger.to_json()
-            LEDGERS.remember(user, raw, customer.ledger)
-            writes.put(ledgers, user, raw)
+            _write_ledger(user, customer, writes)
     writes.commit()
 
 

@@ -130,6 +130,15 @@ def price_cents(event: Mapping[str, Any], name: str = "price") -> int:
         raise BadEvent(str(exc)) from exc
 
 
+def customer_id(event: Mapping[str, Any]) -> str:
+    """The ``user_id`` of a purchase or return: a required string without the unit separator
+    (U+001F), which keys a ledger's day records (core/ledger_days.py)."""
+    user_id = required_str(event, "user_id")
+    if "\x1f" in user_id:
+        raise BadEvent("field 'user_id' must not contain the control character U+001F")
+    return user_id
+
+
 def check_key(key: str | None, value: str, field_name: str) -> None:
     """Events must be keyed by their owner's id, or state would land on the wrong partition."""
     if key is not None and key != value:
@@ -164,7 +173,7 @@ def parse_user(raw: bytes | None, key: str | None) -> UserProfile:
 def parse_purchase(raw: bytes | None, key: str | None, record_ts: float) -> Purchase:
     """A ``purchases`` event."""
     event = decode_object(raw)
-    user_id = required_str(event, "user_id")
+    user_id = customer_id(event)
     check_key(key, user_id, "user_id")
     purchase_id = event.get("purchase_id")
     if purchase_id is not None and (
@@ -183,7 +192,7 @@ def parse_purchase(raw: bytes | None, key: str | None, record_ts: float) -> Purc
 def parse_return(raw: bytes | None, key: str | None, record_ts: float) -> Return:
     """A ``returns`` event: the purchase returned and, for a partial return, the amount."""
     event = decode_object(raw)
-    user_id = required_str(event, "user_id")
+    user_id = customer_id(event)
     check_key(key, user_id, "user_id")
     purchase_id = event.get("purchase_id")
     if purchase_id is None:

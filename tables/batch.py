@@ -36,6 +36,9 @@ from app.runtime.bulk import BulkWriter
 
 T = TypeVar("T")
 
+#: A pending value meaning "delete the key" (a tombstone on the changelog).
+_DELETED: Any = object()
+
 
 class TableWrites:
     """Pending table writes of one batch of one source partition."""
@@ -49,7 +52,8 @@ class TableWrites:
         """The value of ``key``: this batch's pending one, else the table's (``None``)."""
         pending = self._pending.get(table)
         if pending is not None and key in pending:
-            return pending[key]
+            value = pending[key]
+            return None if value is _DELETED else value
         store = table.data
         if type(store) is MemoryStore:
             return store.data.get(key)
@@ -61,6 +65,10 @@ class TableWrites:
         if pending is None:
             pending = self._pending[table] = {}
         pending[key] = value
+
+    def delete(self, table: Any, key: str) -> None:
+        """Delete ``key`` at :meth:`commit` (a tombstone on the changelog)."""
+        self.put(table, key, _DELETED)
 
     def __len__(self) -> int:
         return sum(len(values) for values in self._pending.values())
@@ -81,7 +89,10 @@ class TableWrites:
         for table, values in self._pending.items():
             if bulk is None:
                 for key, value in values.items():
-                    table[key] = value
+                    if value is not _DELETED:
+                        table[key] = value
+                    elif key in table:
+                        del table[key]
                 written += len(values)
                 continue
             store = table.data
@@ -92,6 +103,11 @@ class TableWrites:
             enqueue = bulk.enqueue
             dumps = orjson.dumps
             for key, value in values.items():
+                if value is _DELETED:
+                    if key in data:
+                        del data[key]
+                    enqueue(topic, partition, key.encode("utf-8"), None)
+                    continue
                 data[key] = value
                 enqueue(topic, partition, key.encode("utf-8"), dumps(value))
             written += len(values)
@@ -126,6 +142,13 @@ class DecodedCache(Generic[T]):
         if entry is not None and raw is not None and entry[0] is raw:
             return entry[1]
         return self._decode(raw)
+
+    def peek(self, key: str, raw: Any) -> T | None:
+        """The decoded form of ``raw`` when it is cached, else ``None``."""
+        entry = self._entries.get(key)
+        if entry is not None and raw is not None and entry[0] is raw:
+            return entry[1]
+        return None
 
     def remember(self, key: str, raw: Any, value: T) -> None:
         """``raw`` (about to be written for ``key``) is the encoded form of ``value``."""

@@ -1,0 +1,131 @@
+"""How a customer's returns ledger is stored: a head record and one record per day of purchases.
+
+A ledger holds every returnable purchase of the return window (a hundred for a customer who
+buys three times a day over 30 days). Written as one changelog record it was rewritten whole,
+~5 KB, for every batch holding one of the customer's purchases: on the loyalty benchmark
+1.5 GB of changelog for a million purchases, and most of the cost of returns. It is
+stored instead under two kinds of keys of the same table:
+
+- the customer's id: the head (held returns, offsets, rejections, what was given up) and
+  ``days``, the event-time days that have a record;
+- ``"{customer}\\x1f{day}"``: the purchases bought that day (``bought``), with the ledger's
+  offsets when it was written (so a restore keeps the newest of two, see core/changelog.py).
+
+A batch writes the days whose purchases changed (usually today's, a few rows), then the
+head. Day records and head share the changelog partition, which keeps their order: when a
+head is on the changelog, the day records written before it are too (a crash between them
+replays the batch from its committed offset). A day left without purchases is deleted
+(a tombstone).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from core.returns import BoughtRow, Ledger
+
+DAY_S = 86_400.0
+#: Between the customer's id and the day in a day record's key (never in an id we accept).
+DAY_KEY_SEPARATOR = "\x1f"
+
+#: Rows of one day that changed: purchase id -> the row now (``None``: gone).
+DayChanges = dict[str, BoughtRow | None]
+
+
+def row_day(row: BoughtRow | list[Any]) -> int:
+    """The event-time day (UTC, days since the epoch) a ledger row's purchase was on."""
+    return int(row[0] // DAY_S)
+
+
+def day_key(user: str, day: int) -> str:
+    """The key of a customer's purchases of ``day``."""
+    return f"{user}{DAY_KEY_SEPARATOR}{day}"
+
+
+def changed_rows(before: Mapping[str, BoughtRow], after: Mapping[str, BoughtRow],
+                 touched: Iterable[str] | None = None) -> dict[int, DayChanges]:
+    """The rows that differ between two ledgers' purchases, by day.
+
+    ``touched``: the purchase ids that can have been added or changed (the purchases
+    remembered in a batch), so the work is theirs, not the ledger's; when the count shows a
+    row was also dropped (the window moved), or with ``None``, every row is compared."""
+    if after is before:
+        return {}
+    changes: dict[int, DayChanges] = {}
+    if touched is not None:
+        added = 0
+        seen: set[str] = set()
+        for pid in touched:
+            if pid in seen:
+                continue
+            seen.add(pid)
+            row = after.get(pid)
+            was = before.get(pid)
+            if row is not None and was is not row:
+                _change(changes, pid, was, row)
+                added += was is None
+        if len(after) == len(before) + added:
+            return changes
+        changes = {}
+    for pid, row in after.items():
+        was = before.get(pid)
+        if was is not row:
+            _change(changes, pid, was, row)
+    for pid, was in before.items():
+        if pid not in after:
+            changes.setdefault(row_day(was), {})[pid] = None
+    return changes
+
+
+def _change(changes: dict[int, DayChanges], pid: str, was: BoughtRow | None,
+            row: BoughtRow) -> None:
+    day = row_day(row)
+    changes.setdefault(day, {})[pid] = row
+    if was is not None and row_day(was) != day:  # a purchase id used again on another day
+        changes.setdefault(row_day(was), {})[pid] = None
+
+
+def day_rows(stored: Mapping[str, Any] | None, changes: DayChanges) -> dict[str, Any]:
+    """A day's stored purchases with ``changes`` applied (empty: the day has none left)."""
+    rows: dict[str, Any] = dict(stored["bought"]) if stored else {}
+    for pid, row in changes.items():
+        if row is None:
+            rows.pop(pid, None)
+        else:
+            rows[pid] = row
+    return rows
+
+
+def day_json(rows: Mapping[str, Any], ledger: Ledger) -> dict[str, Any]:
+    """A day record: its purchases and the ledger's offsets as written."""
+    return {"bought": rows, "last_offset": ledger.last_offset, "last_rp": ledger.last_rp,
+            "last_ret": ledger.last_ret, "last_ret_rp": ledger.last_ret_rp}
+
+
+def head_json(ledger: Ledger, days: Iterable[int]) -> dict[str, Any]:
+    """The head record: the ledger without its purchases, and the days that have a record."""
+    head = ledger.to_json()
+    del head["bought"]
+    head["days"] = sorted(days)
+    return head
+
+
+def stored_days(head: Mapping[str, Any] | None) -> set[int]:
+    """The days a head says have a record (none for a head that holds its purchases
+    itself, as ledgers were written before day records)."""
+    return {int(day) for day in head.get("days", ())} if head else set()
+
+
+def assemble(head: Mapping[str, Any] | None,
+             day_records: Iterable[Mapping[str, Any] | None]) -> Ledger:
+    """The ledger a head and its day records hold (a head that still holds its purchases
+    itself is read as it is)."""
+    if not head:
+        return Ledger()
+    bought: dict[str, Any] = dict(head.get("bought") or {})
+    for record in day_records:
+        if record:
+            bought.update(record["bought"])
+    ordered = dict(sorted(bought.items(), key=lambda item: item[1][0]))
+    return Ledger.from_json({**head, "bought": ordered})
