@@ -452,7 +452,8 @@ def remember_purchases(
     be dropped at other moments."""
     assert not ledger.held, "held returns: remember_purchase, one at a time"
     seen = ledger.last_rp if repartitioned else ledger.last_offset
-    remembered = dict(ledger.bought)
+    bought = ledger.bought
+    fresh: dict[str, BoughtRow] = {}  # joined to the rows in one step: no copy per insert
     newest_ts, last = ledger.newest_ts, seen
     window = rules.return_window_s
     for offset, purchase, free in purchases:
@@ -460,14 +461,18 @@ def remember_purchases(
             continue
         pid = purchase.purchase_id
         assert pid is not None
-        row = remembered.get(pid)
+        row = fresh.get(pid)
+        if row is None:
+            row = bought.get(pid)
         if row is None or row[0] < newest_ts - window:
-            remembered[pid] = (purchase.ts, sys.intern(purchase.product_id),
-                               0 if free else purchase.price_cents, ())
+            fresh[pid] = (purchase.ts, sys.intern(purchase.product_id),
+                          0 if free else purchase.price_cents, ())
         newest_ts = max(newest_ts, purchase.ts)
         last = offset
     if last == seen:
         return ledger
+    remembered = (bought | fresh if type(bought) is dict else {**bought, **fresh}
+                  ) if fresh else bought
     updated, expired = _expire(Ledger(
         remembered, (), newest_ts, ledger.rejected,
         ledger.last_offset if repartitioned else last,
