@@ -36,3 +36,18 @@ def test_a_batch_writes_each_key_once_with_its_last_value_on_its_source_partitio
     queued = bulk._queued[(spend.changelog_topic.get_topic_name(), 3)]
     assert [(key, value) for key, value, _, _ in queued] == [
         (b"kris", b'{"v":2}'), (b"alex", b'{"v":5}')]
+
+
+def test_a_deleted_key_leaves_the_table_and_its_changelog_gets_a_tombstone(sent: Sent) -> None:
+    bulk = BulkWriter()
+    spend.data["kris\x1f20454"] = {"bought": {}}
+    writes = TableWrites(2, bulk)
+    writes.delete(spend, "kris\x1f20454")
+    assert writes.get(spend, "kris\x1f20454") is None  # pending deletes read as absent
+    writes.delete(spend, "never-there")
+    assert writes.commit() == 2
+    assert "kris\x1f20454" not in spend.data
+    queued = bulk._queued[(spend.changelog_topic.get_topic_name(), 2)]
+    assert [(key, value) for key, value, _, _ in queued] == [
+        (b"kris\x1f20454", None), (b"never-there", None)]
+

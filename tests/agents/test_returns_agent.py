@@ -197,3 +197,24 @@ async def test_a_held_return_given_up_is_dead_lettered_exactly_once_across_crash
     await redeliver_t1()
     assert letters == [raw]
     assert [dict(t.data) for t in state] == after
+
+
+async def test_the_ledger_is_kept_per_day_and_a_day_past_the_window_is_deleted(
+        sent: Sent) -> None:
+    day = 86_400.0
+    async with process_purchases.test_context() as agent:
+        await agent.put(purchase("old", "coffee", 3.00, 0.5 * day), key=b"kris")
+        await agent.put(purchase("tv1", "tv", 250.00, 1.5 * day), key=b"kris")
+        assert sorted(tables.ledgers.data) == ["kris", "kris\x1f0", "kris\x1f1"]
+        assert tables.ledgers.data["kris"]["days"] == [0, 1]
+        assert list(tables.ledgers.data["kris\x1f1"]["bought"]) == ["tv1"]
+        # 40 days on: days 0 and 1 are past the 30-day window (and its day of slack)
+        await agent.put(purchase("new", "tea", 2.00, 41.5 * day), key=b"kris")
+    assert sorted(tables.ledgers.data) == ["kris", "kris\x1f41"]
+    assert tables.ledgers.data["kris"]["days"] == [41]
+    async with process_returns.test_context() as agent:
+        await agent.put(give_back("tv1", 2.0 * day), key=b"kris")  # forgotten with its day
+        await agent.put(give_back("new", 41.7 * day), key=b"kris")
+    letters = [orjson.loads(v)["error"] for _, v in sent.by_topic("dead-letters")]
+    assert letters == ["unknown purchase 'tv1'"]
+    assert tables.ledgers.data["kris\x1f41"]["bought"]["new"][3]  # its refund is recorded
