@@ -282,7 +282,7 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
                                       repartitioned=repartitioned)
         remembered = False
         if purchase.purchase_id is not None and RULES.return_window_s > 0:
-            ledger = _ledger(customer, user, writes)
+            ledger = customer.ledger or _ledger(customer, user, writes)
             if not ledger.held and not ledger.given_up:
                 # the usual case: remembered at the end of the batch (no return waits for a
                 # purchase, none given up that a redelivered purchase would report again)

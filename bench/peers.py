@@ -10,8 +10,8 @@ What a peer reports about itself (its first and last event) is kept in ``detail.
 
 Rows (:data:`PEERS`): storestream on ``memory://`` and ``rocksdb://`` with the recipe's path
 (:data:`RECIPE_ENV`: returns and attribution off, lifetime tiers) and with returns and a
-365-day tier window on (:data:`LOYALTY_ON_ENV`); a plain aiokafka loop; Quix Streams with its memory and
-RocksDB stores; a stock Faust agent with two tables; Kafka Streams 4.4 in four variants.
+365-day tier window on (:data:`LOYALTY_ON_ENV`); a plain aiokafka loop; Quix Streams with its
+memory and RocksDB stores; a stock Faust agent with two tables; Kafka Streams 4.4 in four variants.
 Each run is capped (``max_s``): a peer not done by then gets no figure.
 """
 

@@ -153,9 +153,9 @@ class Ledger(NamedTuple):
                if self.given_up else {}),
             # never mutated once in a ledger: the value written shares the rows and the map
             "bought": bought if type(bought) is dict else dict(bought),
-            "held": [list(h) for h in self.held],
+            "held": [list(h) for h in self.held] if self.held else [],
             "newest_ts": self.newest_ts,
-            "rejected": [list(r) for r in self.rejected],
+            "rejected": [list(r) for r in self.rejected] if self.rejected else [],
             "last_offset": self.last_offset,
             "last_rp": self.last_rp,
             "last_ret": self.last_ret,
