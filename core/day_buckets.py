@@ -50,6 +50,7 @@ class DayBuckets(Mapping[int, int]):
                 folded[day] = folded.get(day, 0) + cents
             merged = DayBuckets(self._base)._merge_now(folded, _NO_START)
             self._base, self._adds, self._base_low = merged._base, (), -1
+            self._adds_low = self._adds_total = 0
         return self._base
 
     def _base_stats(self) -> tuple[int, int]:
@@ -110,7 +111,7 @@ class DayBuckets(Mapping[int, int]):
             return DayBuckets(self.packed)._merge_now(adds, first)
         if not adds:
             return self
-        total = self._adds_total
+        total = self._adds_total if pending else 0
         adds_low = self._adds_low if pending else _NO_DAYS
         for day, cents in adds.items():
             if day >= first and cents:
@@ -137,15 +138,10 @@ class DayBuckets(Mapping[int, int]):
         if not adds and (not packed or _unpacked(packed)[0][0] >= first):
             return self  # nothing settled, nothing out of the window
         days, cents, held = _unpacked(packed)
-        if len(adds) == 1 and days and days[0] >= first:
-            ((day, plus),) = adds.items()  # the usual case: one day, on or after the newest
-            if day > days[-1] and plus:
-                return _remember(f"{packed},{day - days[-1]},{plus}", (*days, day),
-                                 (*cents, plus), held + plus)
-            if day == days[-1] and cents[-1] + plus:
-                last = cents[-1] + plus
-                return _remember(f"{packed[:packed.rfind(',') + 1]}{last}", days,
-                                 (*cents[:-1], last), held + plus)
+        if days and days[0] >= first and adds and min(adds) >= days[-1]:
+            appended = _on_the_tail(packed, days, cents, held, adds)  # the usual case
+            if appended is not None:
+                return appended
         if days and days[0] < first:  # drop the head: days before the window
             cut = bisect.bisect_left(days, first)
             if cut == len(days):
@@ -284,6 +280,40 @@ def _packed(days: tuple[int, ...], cents: tuple[int, ...]) -> DayBuckets:
     flat[0::2] = [days[0], *(b - a for a, b in pairwise(days))]
     flat[1::2] = cents
     return _remember(",".join(map(str, flat)), days, cents)
+
+
+def _on_the_tail(packed: str, days: tuple[int, ...], cents: tuple[int, ...], held: int,
+                 adds: Mapping[int, int]) -> DayBuckets | None:
+    """``adds``, all on the newest day or after it, written onto the end of the string
+    (``None`` when a bucket would become empty: the general path drops it)."""
+    text, last_day, last = packed, days[-1], cents[-1]
+    new_days: list[int] = []
+    new_cents: list[int] = []
+    changed_last = False
+    for day in sorted(adds):
+        plus = adds[day]
+        if not plus:
+            continue
+        held += plus
+        if day == last_day and not new_days:
+            last += plus
+            if not last:
+                return None
+            changed_last = True
+        else:
+            new_days.append(day)
+            new_cents.append(plus)
+    if changed_last:
+        text = f"{packed[:packed.rfind(',') + 1]}{last}"
+    if not new_days and not changed_last:
+        return None
+    previous = last_day
+    pieces = [text]
+    for day, plus in zip(new_days, new_cents, strict=True):
+        pieces.append(f"{day - previous},{plus}")
+        previous = day
+    return _remember(",".join(pieces), (*days, *new_days),
+                     (*cents[:-1], last, *new_cents), held)
 
 
 def _remember(packed: str, days: tuple[int, ...], cents: tuple[int, ...],

@@ -10,11 +10,13 @@ import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.harness import Deployment, wait_for
+from app.dev.devstack import DevStack
+from tests.integration.harness import Deployment, deployed, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -182,3 +184,81 @@ def test_sigkill_mid_stream_returns_and_purchases_count_exactly_once(
     assert not wrong, wrong[:5]
     letters = deployment.read_topic("dead-letters", expect=10 * refused, timeout=15)
     assert len({(letter["partition"], letter["offset"]) for letter in letters}) == refused
+
+
+def window_oracle(records: list[tuple[str, str, dict[str, Any]]],
+                  window_days: int) -> dict[str, tuple[float, str]]:
+    """Each customer's lifetime total and tier over the last ``window_days`` days of event
+    time, ending on the day of their newest purchase (no grace): every purchase at its own
+    price, less what was refunded, counted on its own day."""
+    day_s = 86_400
+    bought = {v["purchase_id"]: v for topic, _, v in records if topic == "purchases"}
+    refunded: dict[str, int] = {}
+    for topic, _, v in records:
+        if topic == "returns":
+            pid = v["purchase_id"]
+            left = cents(bought[pid]["price"]) - refunded.get(pid, 0)
+            refunded[pid] = refunded.get(pid, 0) + (
+                min(cents(v["amount"]), left) if "amount" in v else left)
+    newest: dict[str, float] = {}
+    for v in bought.values():
+        newest[v["user_id"]] = max(newest.get(v["user_id"], 0.0), v["ts"])
+    totals: dict[str, int] = {}
+    in_window: dict[str, int] = {}
+    for pid, v in bought.items():
+        user = v["user_id"]
+        net = cents(v["price"]) - refunded.get(pid, 0)
+        totals[user] = totals.get(user, 0) + net
+        if int(v["ts"] // day_s) >= int(newest[user] // day_s) - window_days + 1:
+            in_window[user] = in_window.get(user, 0) + net
+    out = {}
+    for user, total in totals.items():
+        spend = in_window.get(user, 0)
+        tier = ("GOLD" if spend > 40_000 else "SILVER" if spend > 30_000 else
+                "BRONZE" if spend > 20_000 else "CLIMBING")
+        out[user] = (total / 100, tier)
+    return out
+
+
+def test_a_30_day_tier_window_over_60_days_of_purchases_and_returns(
+        stack: DevStack, tmp_path: Path) -> None:
+    """The rolling tier (TIER_WINDOW_DAYS=30) after two months of purchases and returns,
+    customer by customer, against the computation above: spend leaves the window day by day
+    while returns take it back on the purchase's own day. The topics are consumed each at its
+    own pace (purchases can run weeks of event time ahead of the returns), so returns are kept
+    for 90 days here: with the default 30 a return read after its customer's purchases ran 30
+    days past it finds its purchase forgotten, as it should."""
+    records, _ = workload(seed=30, count=24_000, customers=300)
+    spread = 60 * 86_400 / 24_000  # two months of event time instead of three hours
+    for topic, _, value in records:
+        if topic == "purchases":
+            value["ts"] = BASE_TS + int(value["purchase_id"][1:]) * spread
+    for topic, _, value in records:
+        if topic == "returns":
+            pid = int(value["purchase_id"][1:])
+            value["ts"] = BASE_TS + pid * spread + 60
+    with deployed(stack, tmp_path, extra_env={"TIER_WINDOW_DAYS": "30",
+                                                     "RETURN_WINDOW_DAYS": "90"}) as deployment:
+        worker = deployment.start_worker("w1")
+        worker.wait_ready()
+        deployment.produce(records)
+        for topic, count in sorted(Counter(t for t, _, _ in records).items()):
+            deployment.wait_committed(topic, count, timeout=180)
+        expected = window_oracle(records, 30)
+        tiers = Counter(tier for _, tier in expected.values())
+        assert len(tiers) >= 3, tiers  # the window moves customers between tiers
+        wrong = []
+        for user, (total, tier) in sorted(expected.items()):
+            status, document = worker.get(f"/customers/{user}/")
+            if status != 200 or (document["total"], document["reward_level"]) != (total, tier):
+                wrong.append((user, (total, tier), status, document))
+        assert not wrong, (len(wrong), wrong[:3])
+        # The tier each record holds as it goes (announced by tier_changed) ends where the
+        # window puts it: the last announcement per customer is the tier computed here.
+        events = deployment.read_topic("loyalty.events", expect=10**6, timeout=5)
+        announced = {e["user_id"]: e["details"]["to"] for e in events
+                     if e["type"] == "tier_changed"}
+        stale = [(user, announced.get(user, "CLIMBING"), tier)
+                 for user, (_, tier) in sorted(expected.items())
+                 if announced.get(user, "CLIMBING") != tier]
+        assert not stale, (len(stale), stale[:5])

@@ -94,3 +94,27 @@ def test_the_packing_is_short_text() -> None:
     assert packed.packed == "20454,250,1,1999,5,45000"
     assert Spend(days=packed).to_json()["day_cents"] == packed.packed
     assert DayBuckets.of({20_454: 0}) is EMPTY_DAYS and not EMPTY_DAYS and len(EMPTY_DAYS) == 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.dictionaries(st.integers(-2, 3), st.integers(-900, 900),
+                                          max_size=3),
+                          st.integers(0, 2), st.booleans()), max_size=60),
+       st.integers(400, 20_000))
+def test_a_batch_of_additions_read_before_and_after_folding_matches_a_day_dict(
+        steps: list[tuple[dict[int, int], int, bool]], today: int) -> None:
+    """Purchases of a batch add around the newest day (settling the day before, starting
+    the next) and are read (the window's total) long before the record is written: the
+    lazy additions and the folding into the string agree with a plain dict throughout."""
+    packed, naive, window = EMPTY_DAYS, {}, 30
+    for near, advance, write in steps:
+        today += advance
+        first = today - window + 1
+        adds = {today + offset: cents for offset, cents in near.items()}
+        packed = packed.merged(adds, first)
+        naive = naive_merge(naive, adds, first)
+        assert packed.since(first) == sum(naive.values())  # before any folding
+        assert packed.since(first + 2) == sum(c for d, c in naive.items() if d >= first + 2)
+        if write:  # the record is written: the additions are folded into the string
+            assert_same(packed, naive, first)
+    assert_same(packed, naive, today - window + 1)
