@@ -31,33 +31,72 @@ class DayBuckets(Mapping[int, int]):
     a batch cost a small tuple each, and the string is rewritten once when the record is
     written. :meth:`since` counts the additions without folding them."""
 
-    __slots__ = ("_adds", "_adds_low", "_adds_total", "_base", "_base_low", "_base_total")
+    __slots__ = ("_adds", "_adds_low", "_adds_total", "_base", "_base_last", "_base_last_cents",
+                 "_base_low", "_base_total")
 
     def __init__(self, packed: str = "") -> None:
         self._base = packed
         self._adds: tuple[tuple[int, int], ...] = ()
         self._adds_low = 0
         self._adds_total = 0
-        self._base_low = -1  # -1: not known yet (see _base_stats)
+        # The packed part's first and last day, the last day's cents, the total: -1 while not
+        # known (see _base_stats), so that folding and the window's total need no unpacking.
+        self._base_low = -1
+        self._base_last = 0
+        self._base_last_cents = 0
         self._base_total = 0
 
     @property
     def packed(self) -> str:
         """The buckets' one packing (additions folded in)."""
         if self._adds:
-            folded: dict[int, int] = {}
-            for day, cents in self._adds:
-                folded[day] = folded.get(day, 0) + cents
-            merged = DayBuckets(self._base)._merge_now(folded, _NO_START)
-            self._base, self._adds, self._base_low = merged._base, (), -1
-            self._adds_low = self._adds_total = 0
+            self._fold()
         return self._base
+
+    def _fold(self) -> None:
+        """Write the additions into the string (onto its end when they are all on its last
+        day or after it, the usual case: no unpacking)."""
+        folded: dict[int, int] = {}
+        for day, cents in self._adds:
+            folded[day] = folded.get(day, 0) + cents
+        low, total = self._base_stats()
+        last, last_cents = self._base_last, self._base_last_cents
+        text: str | None = None
+        if self._base and min(folded) >= last:
+            pieces: list[str] = []
+            end, end_cents = last, last_cents
+            for day in sorted(folded):
+                plus = folded[day]
+                if not plus:
+                    continue
+                total += plus
+                if day == last:
+                    last_cents += plus
+                    end_cents = last_cents
+                else:
+                    pieces.append(f"{day - end},{plus}")
+                    end, end_cents = day, plus
+            if last_cents:  # else the last bucket empties: the general path drops it
+                head = (self._base if last_cents == self._base_last_cents
+                        else f"{self._base[:self._base.rfind(',') + 1]}{last_cents}")
+                text = ",".join([head, *pieces]) if pieces else head
+                last_day, last_day_cents = end, end_cents
+        if text is None:
+            merged = DayBuckets(self._base)._merge_now(folded, _NO_START)
+            merged._base_stats()
+            text, low, total = merged._base, merged._base_low, merged._base_total
+            last_day, last_day_cents = merged._base_last, merged._base_last_cents
+        self._base, self._adds, self._adds_low, self._adds_total = text, (), 0, 0
+        self._base_low, self._base_total = low, total
+        self._base_last, self._base_last_cents = last_day, last_day_cents
 
     def _base_stats(self) -> tuple[int, int]:
         """The packed part's first day (a day no window starts after, when empty) and total."""
         if self._base_low < 0:
-            days, _, total = _unpacked(self._base)
+            days, cents, total = _unpacked(self._base)
             self._base_low = days[0] if days else _NO_DAYS
+            self._base_last = days[-1] if days else _NO_DAYS
+            self._base_last_cents = cents[-1] if cents else 0
             self._base_total = total
         return self._base_low, self._base_total
 
@@ -126,6 +165,7 @@ class DayBuckets(Mapping[int, int]):
         out = DayBuckets(self._base)
         out._adds, out._adds_low, out._adds_total = pending, adds_low, total
         out._base_low, out._base_total = self._base_low, self._base_total
+        out._base_last, out._base_last_cents = self._base_last, self._base_last_cents
         return out
 
     def _merge_now(self, adds: Mapping[int, int], first: int) -> DayBuckets:
@@ -320,5 +360,10 @@ def _remember(packed: str, days: tuple[int, ...], cents: tuple[int, ...],
               total: int | None = None) -> DayBuckets:
     """The buckets packed as ``packed``, whose days and cents (and their ``total``) are known
     already."""
-    _keep(packed, (days, cents, sum(cents) if total is None else total))
-    return DayBuckets(packed)
+    total = sum(cents) if total is None else total
+    _keep(packed, (days, cents, total))
+    out = DayBuckets(packed)
+    if days:
+        out._base_low, out._base_last, out._base_last_cents = days[0], days[-1], cents[-1]
+        out._base_total = total
+    return out
