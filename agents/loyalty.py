@@ -188,16 +188,20 @@ def _write_ledger(user: str, customer: _Customer, writes: TableWrites) -> None:
         purchase.purchase_id for _, purchase, _ in customer.returnable
         if purchase.purchase_id is not None)
     head = writes.get(ledgers, user)
-    days = stored_days(head)
+    days: list[int] = head.get("days", []) if head else []
+    added: set[int] = set()
+    gone: set[int] = set()
     for day, changes in changed_rows(stored.bought, ledger.bought, touched).items():
         key = day_key(user, day)
         rows = day_rows(writes.get(ledgers, key), changes)
         if rows:
             writes.put(ledgers, key, day_json(rows, ledger))
-            days.add(day)
+            added.add(day)
         else:
             writes.delete(ledgers, key)
-            days.discard(day)
+            gone.add(day)
+    if gone or not added.issubset(days):  # usually today's record, already listed
+        days = sorted((stored_days(head) | added) - gone)
     raw = head_json(ledger, days)
     LEDGERS.remember(user, raw, ledger)
     writes.put(ledgers, user, raw)

@@ -103,11 +103,12 @@ def day_json(rows: Mapping[str, Any], ledger: Ledger) -> dict[str, Any]:
             "last_ret": ledger.last_ret, "last_ret_rp": ledger.last_ret_rp}
 
 
-def head_json(ledger: Ledger, days: Iterable[int]) -> dict[str, Any]:
-    """The head record: the ledger without its purchases, and the days that have a record."""
+def head_json(ledger: Ledger, days: list[int]) -> dict[str, Any]:
+    """The head record: the ledger without its purchases, and the days that have a record
+    (in order)."""
     head = ledger.to_json()
     del head["bought"]
-    head["days"] = sorted(days)
+    head["days"] = days
     return head
 
 
