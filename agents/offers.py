@@ -158,9 +158,11 @@ def customer_tier(uid: str) -> str:
     return customer_standing(uid, 0.0)[0]
 
 
-def customer_standing(uid: str, now: float) -> tuple[str, str | None]:
-    """The shopper's tier and, with RFM on, RFM segment at event time ``now``."""
-    raw = spend.get(uid)
+def customer_standing(uid: str, now: float, writes: TableWrites | None = None
+                      ) -> tuple[str, str | None]:
+    """The shopper's tier and, with RFM on, RFM segment at event time ``now`` (read through
+    ``writes`` when given: the store itself, without Faust's per-read table machinery)."""
+    raw = spend.get(uid) if writes is None else writes.get(spend, uid)
     if raw is None:
         return "CLIMBING", None
     record = Spend.from_json(raw)
@@ -193,7 +195,9 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
     def apply_one(source: Source) -> str:
         position = parse_position(source.value, decode_key(source.key), source.timestamp)
         uid = position.uid
-        profile = profiles.get(uid) or {}
+        # Read straight from the store (TableWrites.get): Faust's Table.get runs its sensors
+        # and, for a shopper without a profile (most), raises and catches a KeyError.
+        profile = writes.get(profiles, uid) or {}
         state = CooldownState.from_json(writes.get(shoppers, uid))
         here = PositionSource(source.topic, source.partition, source.offset)
         redelivered = state.redelivers(here)
@@ -207,7 +211,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             after_position(writes, uid, position.ts, [], here, held_out)
             return OK
         near = track_presence(writes, uid, position.lat, position.lon, position.ts, here)
-        tier, segment = customer_standing(uid, position.ts)
+        tier, segment = customer_standing(uid, position.ts, writes)
         # Only watched shoppers' visits are kept: one who reaches a watched tier mid-visit is
         # announced with their next position, as arriving then.
         if position.store_id is not None and tier in ASSOCIATE_TIERS:
