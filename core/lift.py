@@ -77,13 +77,18 @@ class Figures:
                        sent_revenue_cents=self.sent_revenue_cents + revenue_cents)
 
     def to_json(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(Figures)}
+        return {name: getattr(self, name) for name in FIGURE_NAMES}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> Figures:
         if not raw:
             return cls()
-        return cls(**{f.name: int(raw.get(f.name, 0)) for f in fields(Figures)})
+        return cls(**{name: int(raw.get(name, 0)) for name in FIGURE_NAMES})
+
+
+#: The fields of :class:`Figures`, in order (``dataclasses.fields`` builds its tuple anew on
+#: every call; figures are decoded and encoded for every offer).
+FIGURE_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Figures))
 
 
 def combine(parts: Iterable[Figures]) -> Figures:
