@@ -22,6 +22,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 from typing import Any
 
 #: Two-sided 95 % normal quantile.
@@ -30,6 +31,7 @@ Z95 = 1.959963984540054
 BUCKETS = 10_000
 
 
+@lru_cache(maxsize=65_536)  # asked for every position of every shopper
 def control_bucket(uid: str) -> int:
     """The shopper's bucket in ``[0, BUCKETS)``, from a stable hash of the uid."""
     digest = hashlib.sha256(b"storestream-control\x00" + uid.encode("utf-8")).digest()
