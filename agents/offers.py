@@ -44,6 +44,7 @@ from app.topics import (
 from core.associates import Visits
 from core.caps import QUIET_HOURS, UTC_STORE, Frequency, apply_caps
 from core.events import parse_display_event, parse_position, parse_promotion_event
+from core.geo import Display
 from core.lift import in_control_group
 from core.loyalty import Spend, view_spend
 from core.offers import CooldownState, Offer, PositionSource, decide_offers
@@ -87,13 +88,13 @@ async def apply_promotion(message: Any) -> str:
     return OK
 
 
-def track_presence(writes: TableWrites, uid: str, lat: float, lon: float, ts: float,
-                   here: PositionSource) -> Presence:
+def track_presence(writes: TableWrites, uid: str, nearby: Sequence[tuple[Display, float]],
+                   ts: float, here: PositionSource) -> Presence:
     """Enter and leave displays' radii (events on ``displays.presence``); the shopper's
-    presence after this position, for ``dwell_s``."""
+    presence after this position (``nearby``: the displays within the radius), for
+    ``dwell_s``."""
     raw = writes.get(presence, uid)
-    keys = [(display.store_id, display.sku)
-            for display, _ in DISPLAY_INDEX.near(lat, lon, SETTINGS.offer_radius_m)]
+    keys = [(display.store_id, display.sku) for display, _ in nearby]
     if raw is None and not keys:
         return EMPTY_PRESENCE  # far from every display, and was: nothing to record
     state = Presence.from_json(raw)
@@ -158,9 +159,11 @@ def customer_tier(uid: str) -> str:
     return customer_standing(uid, 0.0)[0]
 
 
-def customer_standing(uid: str, now: float) -> tuple[str, str | None]:
-    """The shopper's tier and, with RFM on, RFM segment at event time ``now``."""
-    raw = spend.get(uid)
+def customer_standing(uid: str, now: float, writes: TableWrites | None = None
+                      ) -> tuple[str, str | None]:
+    """The shopper's tier and, with RFM on, RFM segment at event time ``now`` (read through
+    ``writes`` when given: the store itself, without Faust's per-read table machinery)."""
+    raw = spend.get(uid) if writes is None else writes.get(spend, uid)
     if raw is None:
         return "CLIMBING", None
     record = Spend.from_json(raw)
@@ -193,7 +196,9 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
     def apply_one(source: Source) -> str:
         position = parse_position(source.value, decode_key(source.key), source.timestamp)
         uid = position.uid
-        profile = profiles.get(uid) or {}
+        # Read straight from the store (TableWrites.get): Faust's Table.get runs its sensors
+        # and, for a shopper without a profile (most), raises and catches a KeyError.
+        profile = writes.get(profiles, uid) or {}
         state = CooldownState.from_json(writes.get(shoppers, uid))
         here = PositionSource(source.topic, source.partition, source.offset)
         redelivered = state.redelivers(here)
@@ -206,8 +211,10 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
                 _seen(writes, uid, state, here, position.ts)
             after_position(writes, uid, position.ts, [], here, held_out)
             return OK
-        near = track_presence(writes, uid, position.lat, position.lon, position.ts, here)
-        tier, segment = customer_standing(uid, position.ts)
+        # One spatial lookup per position, for presence and offers alike.
+        nearby = DISPLAY_INDEX.near(position.lat, position.lon, SETTINGS.offer_radius_m)
+        near = track_presence(writes, uid, nearby, position.ts, here)
+        tier, segment = customer_standing(uid, position.ts, writes)
         # Only watched shoppers' visits are kept: one who reaches a watched tier mid-visit is
         # announced with their next position, as arriving then.
         if position.store_id is not None and tier in ASSOCIATE_TIERS:
@@ -228,6 +235,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             source=here,
             redelivered=redelivered,
             stayed=lambda display: near.stayed((display.store_id, display.sku), position.ts),
+            nearby=nearby,
         )
         withheld = False
         if not redelivered and (CAPS.active or STORES):  # a redelivered record is not capped

@@ -19,9 +19,11 @@ again (its offers were counted the first time).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import lru_cache
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
@@ -85,13 +87,23 @@ class StoreSettings:
         """Whether ``ts`` falls in the store's quiet hours, in its time zone."""
         if not self.quiet_hours:
             return False
-        when = self.local(ts)
-        minute = when.hour * 60 + when.minute
+        minute = _local_second(self.timezone, math.floor(ts))[0]
         return any(span.holds(minute) for span in self.quiet_hours)
 
     def day(self, ts: float) -> str:
         """The store's calendar day at ``ts`` (``YYYY-MM-DD``)."""
-        return self.local(ts).date().isoformat()
+        return _local_second(self.timezone, math.floor(ts))[1]
+
+
+@lru_cache(maxsize=4096)
+def _local_second(timezone: str, second: int) -> tuple[int, str]:
+    """(minute of the day, ``YYYY-MM-DD``) in ``timezone`` during the epoch ``second``.
+
+    Zone offsets are whole seconds, so both are the same for every instant of a second; a
+    store's positions come many per second, and each asked for a time-zone conversion twice
+    (quiet hours, then the day of the caps)."""
+    when = datetime.fromtimestamp(second, ZoneInfo(timezone))
+    return when.hour * 60 + when.minute, when.date().isoformat()
 
 
 UTC_STORE = StoreSettings("")

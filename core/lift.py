@@ -22,6 +22,7 @@ import hashlib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields, replace
+from functools import lru_cache
 from typing import Any
 
 #: Two-sided 95 % normal quantile.
@@ -30,6 +31,7 @@ Z95 = 1.959963984540054
 BUCKETS = 10_000
 
 
+@lru_cache(maxsize=65_536)  # asked for every position of every shopper
 def control_bucket(uid: str) -> int:
     """The shopper's bucket in ``[0, BUCKETS)``, from a stable hash of the uid."""
     digest = hashlib.sha256(b"storestream-control\x00" + uid.encode("utf-8")).digest()
@@ -77,13 +79,18 @@ class Figures:
                        sent_revenue_cents=self.sent_revenue_cents + revenue_cents)
 
     def to_json(self) -> dict[str, int]:
-        return {f.name: getattr(self, f.name) for f in fields(Figures)}
+        return {name: getattr(self, name) for name in FIGURE_NAMES}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> Figures:
         if not raw:
             return cls()
-        return cls(**{f.name: int(raw.get(f.name, 0)) for f in fields(Figures)})
+        return cls(**{name: int(raw.get(name, 0)) for name in FIGURE_NAMES})
+
+
+#: The fields of :class:`Figures`, in order (``dataclasses.fields`` builds its tuple anew on
+#: every call; figures are decoded and encoded for every offer).
+FIGURE_NAMES: tuple[str, ...] = tuple(f.name for f in fields(Figures))
 
 
 def combine(parts: Iterable[Figures]) -> Figures:

@@ -44,6 +44,8 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import Any, TypeAlias
 
+import orjson
+
 from core.geo import (
     DEFAULT_RADIUS_M,
     Display,
@@ -316,8 +318,11 @@ def offer_id(uid: str, pid: str, sku: str, window_start_ts: float,
     parts: list[object] = [uid, pid, sku, millis]
     if source is not None:
         parts += [source.topic, source.partition, source.offset]
-    payload = json.dumps(parts, separators=(",", ":"), ensure_ascii=False)
-    return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:32]
+    try:  # orjson writes what json.dumps writes here, in a fraction of the time
+        payload = orjson.dumps(parts)
+    except TypeError:  # an int beyond 64 bits (orjson's encode error is a TypeError)
+        payload = json.dumps(parts, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    return hashlib.sha256(payload).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -383,6 +388,7 @@ def decide_offers(
     redelivered: bool = False,
     stayed: Callable[[Display], float] | None = None,
     rfm_segment: str | None = None,
+    nearby: Sequence[tuple[Display, float]] | None = None,
 ) -> list[Offer]:
     """Offers to emit for one shopper position at event time ``ts``, read at ``source``.
 
@@ -396,12 +402,16 @@ def decide_offers(
     A promotion with ``dwell_s`` is offered only once ``stayed(display)`` (seconds the shopper
     has been within the display's radius, :meth:`core.presence.Presence.stayed`) reaches it;
     a redelivered record is offered what it opened, as the cooldown says.
+
+    ``nearby``: ``displays.near(lat, lon, radius_m)`` when the caller has it already.
     """
     customer_tier = parse_tier(tier)
     if opted_out or not valid_coordinates(lat, lon) or not math.isfinite(ts):
         return []
     offers: dict[CooldownKey, Offer] = {}
-    for display, distance in displays.near(lat, lon, radius_m):
+    if nearby is None:
+        nearby = displays.near(lat, lon, radius_m)
+    for display, distance in nearby:
         for promo in promotions.promotions_for(display):
             key = (promo.pid, display.sku)
             if key in offers or not _eligible(promo, display, customer_tier, rfm_segment):

@@ -22,8 +22,10 @@ Private internals mirrored (listed in app/runtime/internals.py; checked against 
 ``Fetcher._fetch_requests_routine`` waits on the resume futures it returns;
 ``Fetcher._records`` (partitions with fetched records); from
 ``aiokafka.consumer.subscription_state``: ``Assignment.tps``, ``Assignment.state_value``,
-``TopicPartitionState.paused``, ``TopicPartitionState.has_valid_position``,
-``TopicPartitionState.resume_fut``; ``aiokafka.protocol.fetch.FetchRequest.topics``.
+``Assignment._tp_state`` (partition -> state), ``TopicPartitionState.paused``,
+``TopicPartitionState.has_valid_position``, ``TopicPartitionState.resume_fut`` and the
+fields behind them (``TopicPartitionState._paused``, ``TopicPartitionState._position``,
+``TopicPartitionState._resume_fut``); ``aiokafka.protocol.fetch.FetchRequest.topics``.
 """
 
 from __future__ import annotations
@@ -89,11 +91,12 @@ def split_paused(assignment: Any, buffered: Any) -> tuple[list[Any], list[Any]]:
     """
     decide: list[Any] = []
     resume: list[Any] = []
-    state_value = assignment.state_value
-    for tp in assignment.tps:
-        state = state_value(tp)
-        if state.paused and state.has_valid_position and tp not in buffered:
-            resume.append(state.resume_fut)
+    # The states' own fields, not ``state_value(tp)`` and the properties: this runs on every
+    # wake of the fetch routine for every assigned partition (~130 in a worker), and the
+    # lookups and property calls made it ~8x slower (134 against 17 us per call, measured).
+    for tp, state in assignment._tp_state.items():
+        if state._paused and state._position is not None and tp not in buffered:
+            resume.append(state._resume_fut)
         else:
             decide.append(tp)
     return decide, resume

@@ -110,6 +110,10 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
             f"{_SUBSCRIPTION}.TopicPartitionState.paused",
             f"{_SUBSCRIPTION}.TopicPartitionState.has_valid_position",
             f"{_SUBSCRIPTION}.TopicPartitionState.resume_fut",
+            f"{_SUBSCRIPTION}.Assignment._tp_state",
+            f"{_SUBSCRIPTION}.TopicPartitionState._paused",
+            f"{_SUBSCRIPTION}.TopicPartitionState._position",
+            f"{_SUBSCRIPTION}.TopicPartitionState._resume_fut",
             "aiokafka.protocol.fetch.FetchRequest.topics",
         ),
     },
@@ -122,6 +126,9 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
         "aiokafka": (
             "aiokafka.producer.producer.AIOKafkaProducer._partition",
             "aiokafka.client.AIOKafkaClient._wait_on_metadata",
+            "aiokafka.producer.producer.AIOKafkaProducer._message_accumulator",
+            "aiokafka.producer.message_accumulator.MessageAccumulator._batches",
+            "aiokafka.producer.message_accumulator.MessageBatch.append",
         ),
     },
     "app/runtime/guarantees.py": {

@@ -56,6 +56,8 @@ from app.runtime import fastlane, fetch_actions, guarantees
 from app.runtime.bulk import BulkWriter
 from app.runtime.fetch_schedule import FetchSchedule
 from app.settings import SETTINGS
+from core.config import Settings, repartition_mode
+from core.repartition import OWNER_FIELDS, repartition_topic
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +89,7 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
         if SETTINGS.reference_fetch_interval_ms > 0:
             self._schedule(FetchSchedule.for_fetch_wait(
                 topics.reference, SETTINGS.reference_fetch_interval_ms,
-                SETTINGS.fetch_wait_ms, idle_topics=(topics.purchases, topics.returns)))
+                SETTINGS.fetch_wait_ms, idle_topics=idle_inputs(SETTINGS)))
         if SETTINGS.direct_push:
             # Offers are pushed by the worker that emits them; their topic is the backstop.
             # Read soon when the pusher left offers to it, else after a quiet interval.
@@ -126,6 +128,24 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
         0.14's fetcher buffer)."""
         fetcher = getattr(self._consumer, "_fetcher", None)
         return getattr(fetcher, "_records", None) or {}
+
+
+def idle_inputs(settings: Settings) -> tuple[str, ...]:
+    """Input topics whose idle partitions are fetched once per ``REFERENCE_FETCH_INTERVAL_MS``
+    (:class:`app.runtime.fetch_schedule.FetchSchedule`): purchases, returns, the store
+    associates' alerts and every repartition topic but the positions'.
+
+    A partition in every fetch costs each fetch's request and reply (encoded and decoded
+    in Python by aiokafka) and the broker's work, whether it holds records or not. With the
+    repartition topics (keyless records only, 8 partitions each) and the alerts in every
+    fetch, the positions' fetches named 73 partitions where 9 carry positions (measured at
+    500 positions/s on Apache Kafka). The positions' own repartition topic stays in every
+    fetch: keyless positions are waited for like keyed ones.
+    """
+    topics = settings.topics
+    forwarded = [repartition_topic(topics.name(base)) for base in OWNER_FIELDS
+                 if base != "customers.locations" and repartition_mode(settings, base) != "off"]
+    return (topics.purchases, topics.returns, topics.associates, *forwarded)
 
 
 class InlineConsumerThread(FetchWaitConsumerThread):

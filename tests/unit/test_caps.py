@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import given
@@ -92,3 +93,14 @@ def test_no_visit_and_no_day_ever_gets_more_than_its_cap(
         total += len(kept)
     assert max(visits) <= per_visit and total <= per_day
     assert Frequency.from_json(state.to_json()) == state
+
+
+@given(ts=st.floats(min_value=0, max_value=4_102_444_800, allow_nan=False),
+       zone=st.sampled_from(["UTC", "Europe/London", "America/New_York", "Asia/Kolkata",
+                             "Australia/Adelaide", "America/St_Johns"]))
+def test_quiet_hours_and_day_are_the_local_clock_at_any_instant(ts: float, zone: str) -> None:
+    # The conversions are cached per second: any instant of a second reads the same.
+    store = StoreSettings("s", zone, parse_quiet_hours("00:00-12:00"))
+    local = datetime.fromtimestamp(ts, ZoneInfo(zone))
+    assert store.day(ts) == local.date().isoformat()
+    assert store.quiet(ts) == (local.hour < 12)
