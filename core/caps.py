@@ -87,12 +87,18 @@ class StoreSettings:
         """Whether ``ts`` falls in the store's quiet hours, in its time zone."""
         if not self.quiet_hours:
             return False
-        minute = _local_second(self.timezone, math.floor(ts))[0]
+        minute = _local_second(self.timezone, _second(ts))[0]
         return any(span.holds(minute) for span in self.quiet_hours)
 
     def day(self, ts: float) -> str:
         """The store's calendar day at ``ts`` (``YYYY-MM-DD``)."""
-        return _local_second(self.timezone, math.floor(ts))[1]
+        return _local_second(self.timezone, _second(ts))[1]
+
+
+def _second(ts: float) -> int:
+    """The epoch second ``ts`` falls in, as ``datetime.fromtimestamp`` sees it (it rounds to
+    the microsecond first: 0.9999997 is the next second)."""
+    return math.floor(round(ts, 6))
 
 
 @lru_cache(maxsize=4096)
