@@ -27,8 +27,9 @@ Replays
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Any, TypeAlias
 
 from core.offers import Promotion
@@ -78,9 +79,18 @@ class OfferMark:
             return True
         return self.segment is not None and self.segment in segments
 
-    def to_json(self) -> list[Any]:
-        return [self.offer_id, self.pid, self.sku, self.ts, self.promo_sku, self.segment,
-                int(self.held_out), int(self.redeemed)]
+    def to_json(self) -> tuple[Any, ...]:
+        """The stored form (built once per offer: a shopper's state is written with every
+        position and can hold :data:`MAX_OFFERS` offers)."""
+        entry = _OFFER_JSON.get(id(self))
+        if entry is not None and entry[0] is self:
+            return entry[1]
+        cached = (self.offer_id, self.pid, self.sku, self.ts, self.promo_sku, self.segment,
+                  int(self.held_out), int(self.redeemed))
+        if len(_OFFER_JSON) >= _OFFER_JSON_KEPT:
+            _OFFER_JSON.clear()
+        _OFFER_JSON[id(self)] = (self, cached)
+        return cached
 
     @classmethod
     def from_json(cls, raw: Sequence[Any]) -> OfferMark:
@@ -89,6 +99,13 @@ class OfferMark:
                    None if raw[5] is None else str(raw[5]),
                    bool(raw[6]) if len(raw) > 6 else False,
                    bool(raw[7]) if len(raw) > 7 else False)
+
+
+#: Stored forms of offers lately written, by identity (a frozen offer's form never changes;
+#: the entry holds the offer, so its id is not reused meanwhile; bounded, past the limit it
+#: starts over).
+_OFFER_JSON: dict[int, tuple[OfferMark, tuple[Any, ...]]] = {}
+_OFFER_JSON_KEPT = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,13 +207,17 @@ class AttributionState:
         offer still redeemable, returns this very state."""
         if self.redelivers(where):
             return self, []
-        known = {offer.offer_id for offer in self.offers}
-        fresh = tuple(offer for offer in offers if offer.offer_id not in known)
-        settled = tuple(p for p in self.pending if p.ts < ts)
+        fresh: tuple[OfferMark, ...] = ()
+        if offers:
+            known = {offer.offer_id for offer in self.offers}
+            fresh = tuple(offer for offer in offers if offer.offer_id not in known)
+        settled = tuple(p for p in self.pending if p.ts < ts) if self.pending else ()
         every = self.offers + fresh
         # The clock moves while an offer can still be redeemed: a purchase consumed after
-        # the position is then attributed at once instead of waiting for the next position.
-        advances = ts > self.positions_ts and any(o.ts + window_s >= ts for o in every)
+        # the position is then attributed at once instead of waiting for the next position
+        # (the newest offers, last, usually tell).
+        advances = ts > self.positions_ts and any(o.ts + window_s >= ts
+                                                  for o in reversed(every))
         if not fresh and not settled and not advances:
             return self, []
         every, emitted = _settle(uid, every, settled, window_s)
@@ -290,12 +311,9 @@ def _applied(applied: Mapping[Log, int], where: Where) -> dict[Log, int]:
     return updated
 
 
-def _purchase_order(purchase: PurchaseMark) -> tuple[float, str]:
-    return (purchase.ts, purchase.ref)
-
-
-def _offer_order(offer: OfferMark) -> tuple[float, str]:
-    return (offer.ts, offer.offer_id)
+#: Purchases and offers in event-time order (ties: reference, offer id).
+_purchase_order: Callable[[PurchaseMark], tuple[float, str]] = attrgetter("ts", "ref")
+_offer_order: Callable[[OfferMark], tuple[float, str]] = attrgetter("ts", "offer_id")
 
 
 def mark(offer_id: str, pid: str, sku: str, ts: float, promotion: Promotion | None,
