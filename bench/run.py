@@ -335,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
                              "bench/RESULTS.md; quick runs: none)")
     parser.add_argument("--skip", default="", help=f"comma list of sections: {SECTIONS}")
     parser.add_argument("--out", type=Path,
-                        help="the report (results/latest.json; quick: results/quick.json)")
+                        help="the report (results/latest.json, which also regenerates "
+                             "RESULTS.md and the README table; quick: results/quick.json)")
     parser.add_argument("--keep-logs", action="store_true", help="keep the process logs")
     add_broker_argument(parser, default="kafka")
     parser.add_argument("--attach", metavar="BROKER_URL,REDIS_URL",
@@ -423,11 +424,16 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(format_report(report), flush=True)
     log(f"wrote {out} in {report['runtime_s']:.0f} s")
-    markdown = args.markdown or (None if quick else results_md.RESULTS_MD)
+    # The published results (bench/RESULTS.md, its charts, the README table) follow the
+    # default report only: a run written elsewhere (--out) regenerates only --markdown, with
+    # its charts beside it.
+    published = args.out is None and not quick
+    markdown = args.markdown or (results_md.RESULTS_MD if published else None)
     if markdown is not None:
         try:
-            written = results_md.write(report, markdown)
-            if args.markdown is None:
+            charts = results_md.CHARTS if args.markdown is None else markdown.parent / "charts"
+            written = results_md.write(report, markdown, charts)
+            if published and args.markdown is None:
                 results_md.write_readme(report)
             log(f"wrote the generated section of {markdown} and {len(written)} charts")
         except Exception as exc:  # the figures are in the JSON: never lose them to a chart
