@@ -40,7 +40,7 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, cast
 
 from aiokafka import TopicPartition
@@ -350,8 +350,10 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         event = Event(self.app, first.key, first.value, first.headers,
                       self._to_message(tp, first))
         async with guarantees.GATE.event():  # exactly_once: processed and acked between commits
+            fastlane.take_held()
             with fastlane.current_event(event):
                 await handler([fastlane.from_record(record) for record in batch])
+            held = fastlane.take_held()
             if tp.topic in fastlane.URGENT:
                 # Someone waits for this batch's output: hand it to aiokafka now rather than
                 # when the bulk writer's task is next scheduled (measured at 500 positions/s:
@@ -361,9 +363,29 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                 if expected is not None and record.offset > expected:
                     await self._add_gap(tp, expected, record.offset - 1)
                 expected = record.offset + 1
-            self._ack_offsets(tp, [record.offset for record in batch])
+            self._ack_offsets(tp, [record.offset for record in batch
+                                   if record.offset not in held])
             self._read_offset[tp] = batch[-1].offset
             self._lane_done[tp] = (generation, batch[-1].offset)
+
+    async def settle_held(self, tp: TP, generation: int, offsets: list[int],
+                          dead: tuple[fastlane.Source, Callable[[], Awaitable[None]]]
+                          | None = None) -> bool:
+        """Acknowledge offsets a lane held back (:func:`app.runtime.fastlane.hold`), after
+        ``dead``'s work (dead-lettering some of them, as the event of its record), as one
+        event between commits; False, doing nothing, when a rebalance came between (the
+        partition is read again from its committed offset, at or below them)."""
+        if generation != self.app.consumer_generation_id or tp not in self.assignment():
+            return False
+        async with guarantees.GATE.event():
+            if generation != self.app.consumer_generation_id:
+                return False
+            if dead is not None:
+                source, work = dead
+                with fastlane.current_event(fastlane.event_of(self.app, source)):
+                    await work()
+            self._ack_offsets(tp, offsets)
+        return True
 
     def _ack_offsets(self, tp: TP, offsets: list[int]) -> None:
         """Faust's ``ack`` for records that never became ``Message`` objects."""
