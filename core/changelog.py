@@ -53,6 +53,14 @@ def applied_offsets(value: Any) -> Mapping[Hashable, int] | None:
     return found
 
 
+def mark_offsets(value: Any) -> Mapping[Hashable, int] | None:
+    """A dead-letter mark's offset: the value itself, the highest source offset dead-lettered
+    on its partition (``tables.deadletters.dead_letter_marks``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return {"mark": value}
+
+
 def superseded(current: Any, incoming: Any, offsets: Offsets = record_offsets) -> bool:
     """Whether ``incoming`` is older than ``current``: no log ahead, at least one behind
     (a log a value does not name counts as -1).

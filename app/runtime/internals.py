@@ -64,6 +64,7 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
             f"{_FAUST_CONSUMER}.Consumer._read_offset",
             f"{_FAUST_CONSUMER}.Consumer._add_gap",
             f"{_FAUST_CONSUMER}.Consumer.ack",
+            f"{_FAUST_CONSUMER}.Consumer.commit_and_end_transactions",
             f"{_FAUST_CONSUMER}.Consumer._committed_offset",
             f"{_FAUST_CONSUMER}.Consumer._acked_index",
             f"{_FAUST_CONSUMER}.Consumer._acked",

@@ -19,7 +19,8 @@ faust-streaming 0.15.3, mode-streaming 0.7.1 and aiokafka 0.14.0, re-check on up
   copied, with the fast lane), ``Consumer.ack`` (body copied in ``_ack_offsets``),
   ``Consumer._wait_next_records``, ``Consumer._buffered_partitions``,
   ``Consumer._read_offset``, ``Consumer._add_gap``, ``Consumer._committed_offset``,
-  ``Consumer._acked_index``, ``Consumer._acked``, ``Consumer._n_acked``;
+  ``Consumer._acked_index``, ``Consumer._acked``, ``Consumer._n_acked``,
+  ``Consumer.commit_and_end_transactions`` (overridden);
   ``faust.types.tuples.ack_lock``; ``faust.transport.producer.ProducerBuffer._send_pending``.
 - mode (:class:`InlineConsumerThread`): ``mode.threads.ServiceThread.start`` and
   ``ServiceThread.stop`` (replaced, same order of steps), ``ServiceThread._thread_started``,
@@ -254,6 +255,20 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             return cast(bool, await super().force_commit(
                 topics, start_new_transaction=start_new_transaction))
 
+    async def commit_and_end_transactions(self) -> None:
+        """Faust's last commit before a rebalance (and on stop), made even when a commit was
+        in flight: Faust's ``commit`` only waits for that one and returns, so under
+        exactly_once the transactions it had begun stayed open through the rebalance with the
+        output of every event processed since. A partition kept by the worker keeps its open
+        transaction (Faust begins none while one is open: ``Invalid state transition
+        IN_TRANSACTION -> IN_TRANSACTION``) and is read again from its committed offset, so
+        that output went in twice (the cluster run under exactly_once: dead letters twice,
+        each pair one worker's, 3-5 s apart, around a commit overlapping a broker fault)."""
+        for _ in range(COMMIT_WAITS):
+            if not await self.maybe_wait_for_commit_to_finish():
+                break
+        await self.commit(start_new_transaction=False)
+
     def _new_consumer_thread(self) -> FetchWaitConsumerThread:
         if SETTINGS.consumer_thread:
             return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -401,6 +416,10 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                     acked.append(offset)
                     self._n_acked += 1
 
+
+#: Commits in flight :meth:`Consumer.commit_and_end_transactions` waits out at most (a commit
+#: timer starting right after the last would make its own commit wait for that one only).
+COMMIT_WAITS = 3
 
 #: Records of one partition handed to its lane at a time. A fetch can bring millions of bytes
 #: per partition (CONSUMER_MAX_FETCH_SIZE, 4 MiB: ~30,000 purchases); processed in one go, a

@@ -15,6 +15,7 @@ from core.associates import Visits
 from core.attribution import AttributionState
 from core.caps import Frequency
 from core.presence import Presence
+from tables.deadletters import dead_letter_marks
 from tables.loyalty import spend
 from tables.offers import attribution, frequency, presence, shoppers, visits
 
@@ -100,3 +101,15 @@ def test_a_late_write_of_an_offers_table_is_skipped_on_restore(
     later = {**newer, "applied": [[LOG, 1, 81]]}  # a newer write applies as written
     table.apply_changelog_batch([record(2, key, later, table)])
     assert table.data.get(key) == later
+
+
+def test_a_dead_letter_mark_never_goes_back_on_restore() -> None:
+    """Else records of a partition kept through a rebalance under exactly_once, read again
+    from its committed offset, were dead-lettered a second time into the transaction that
+    held their first dead letters (both committed)."""
+    key = "products:2"
+    dead_letter_marks.apply_changelog_batch([record(0, key, 10, dead_letter_marks),
+                                             record(1, key, 7, dead_letter_marks)])
+    assert dead_letter_marks.data.get(key) == 10
+    dead_letter_marks.apply_changelog_batch([record(2, key, 12, dead_letter_marks)])
+    assert dead_letter_marks.data.get(key) == 12
