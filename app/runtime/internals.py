@@ -76,6 +76,7 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
             f"{_FAUST_AIOKAFKA}.Producer._ensure_producer",
             f"{_FAUST_AIOKAFKA}.Producer._settings_extra",
             f"{_FAUST_AIOKAFKA}.Transport._really_create_topic",
+            f"{_FAUST_AIOKAFKA}.Transport._get_controller_node",
         ),
         "mode-streaming": (
             "mode.threads.ServiceThread.start",

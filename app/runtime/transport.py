@@ -13,7 +13,7 @@ faust-streaming 0.15.3, mode-streaming 0.7.1 and aiokafka 0.14.0, re-check on up
 - faust ``faust.transport.drivers.aiokafka``: ``AIOKafkaConsumerThread._create_worker_consumer``
   (overridden), ``AIOKafkaConsumerThread._consumer``, ``Consumer._to_message``,
   ``Producer._producer``, ``Producer._ensure_producer``, ``Producer._settings_extra``
-  (overridden), ``Transport._really_create_topic``
+  (overridden), ``Transport._really_create_topic`` and ``Transport._get_controller_node``
   (overridden); ``faust.transport.consumer``: ``ThreadDelegateConsumer._thread``,
   ``ThreadDelegateConsumer._new_consumer_thread`` (overridden), ``Consumer.getmany`` (body
   copied, with the fast lane), ``Consumer.ack`` (body copied in ``_ack_offsets``),
@@ -45,6 +45,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, cast
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
 from faust.events import Event
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -574,9 +576,46 @@ async def _until_in_metadata(client: Any, topic: str, timeout_s: float) -> None:
         await asyncio.sleep(0.1)
 
 
+#: How long topic creation keeps trying through broker errors that pass (s).
+TOPIC_CREATE_PATIENCE_S = 90.0
+
+
+def _passing(exc: BaseException) -> bool:
+    """Whether a topic creation failed for a reason that passes: a broker down or moving
+    (unreachable, not ready, timed out, not the controller any more)."""
+    if isinstance(exc, KafkaError):
+        return bool(exc.retriable) or isinstance(exc, KafkaConnectionError)
+    return isinstance(exc, OSError | TimeoutError) or "Invalid controller" in str(exc)
+
+
+async def _create_patiently(create: Callable[[], Awaitable[None]],
+                            refresh: Callable[[], Awaitable[object]], topic: str,
+                            patience_s: float = TOPIC_CREATE_PATIENCE_S) -> None:
+    """``create()``, tried again while it fails for a reason that passes (metadata refreshed
+    in between, 0.5 s doubling to 5 s), for up to ``patience_s``."""
+    deadline = time.monotonic() + patience_s
+    wait = 0.5
+    while True:
+        try:
+            await create()
+            return
+        except Exception as exc:
+            if not _passing(exc) or time.monotonic() + wait > deadline:
+                raise
+            log.warning("creating topic %s failed (%r), trying again in %.1f s", topic, exc,
+                        wait)
+        await asyncio.sleep(wait)
+        wait = min(5.0, wait * 2)
+        try:
+            await refresh()
+        except Exception as exc:  # the next try says what is wrong
+            log.debug("metadata refresh before creating %s: %r", topic, exc)
+
+
 class Transport(faust_aiokafka.Transport):  # type: ignore[misc]
     """``kafka://`` transport: configurable fetch wait, a producer flush that drains, topic
-    creation that returns once the new topic is in the broker's metadata."""
+    creation that keeps trying while a broker is down and returns once the new topic is in
+    the broker's metadata."""
 
     Consumer = Consumer
     Producer = Producer
@@ -584,9 +623,33 @@ class Transport(faust_aiokafka.Transport):  # type: ignore[misc]
 
     async def _really_create_topic(self, owner: Any, client: Any, topic: str,
                                    partitions: int, replication: int, **kwargs: Any) -> None:
-        await super()._really_create_topic(owner, client, topic, partitions, replication,
-                                           **kwargs)
+        """Faust's, tried again through broker errors that pass: a worker (re)started while
+        the broker Faust asked was down exited at once (``NodeNotReadyError`` declaring its
+        leader topic, in the cluster run: a worker restarted during a leader kill)."""
+        await _create_patiently(
+            lambda: super(Transport, self)._really_create_topic(
+                owner, client, topic, partitions, replication, **kwargs),
+            client.force_metadata_update, topic)
         await _until_in_metadata(client, topic, TOPIC_METADATA_WAIT_S)
+
+    async def _get_controller_node(self, owner: Any, client: Any,
+                                   timeout: int = 30000) -> int | None:
+        """Faust's, asking the brokers in turn until one answers (Faust asks the first only,
+        down or not): the node a CreateTopics request goes to."""
+        failure: BaseException | None = None
+        for broker in list(client.cluster.brokers()):
+            try:
+                answer = await owner.wait(client.send(broker.nodeId, MetadataRequest([])),
+                                          timeout=timeout)
+            except Exception as exc:
+                if not _passing(exc):
+                    raise
+                failure = exc
+                continue
+            if answer.stopped:
+                return None
+            return cast(int, answer.result.controller_id)
+        raise failure if failure is not None else KafkaConnectionError("no broker known")
 
 
 def install() -> None:
