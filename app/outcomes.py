@@ -10,13 +10,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.deadletters import send_dead_letter
-from app.faust_app import METRICS
+from app.faust_app import METRICS, app
 from app.runtime.fastlane import Source
+from app.runtime.membership import MEMBERSHIP
 from tables.deadletters import already_dead_lettered, dead_letter_marks, mark_key
 
 OK = "ok"
 DUPLICATE = "duplicate"
 DEAD_LETTER = "dead_letter"
+#: A bad record a worker cut off from its group did not dead-letter (its new owner does).
+FENCED = "fenced"
 
 _LANE_STARTED: set[str] = set()
 
@@ -72,6 +75,10 @@ async def dead_letter_once(message: Any, reason: str) -> str:
     """
     if already_dead_lettered(message.topic, message.partition, message.offset):
         return DUPLICATE
+    if not await MEMBERSHIP.confirmed(app.conf.broker_session_timeout,
+                                      lambda: int(app.consumer_generation_id)):
+        METRICS.inc("storestream_dead_letters_fenced_total", topic=message.topic)
+        return FENCED  # a worker cut off: the record's new owner dead-letters it
     await send_dead_letter(message, reason)
     dead_letter_marks[mark_key(message.topic, message.partition)] = message.offset
     return DEAD_LETTER

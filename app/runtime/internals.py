@@ -115,6 +115,12 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
             "aiokafka.protocol.fetch.FetchRequest.topics",
         ),
     },
+    "app/runtime/membership.py": {
+        "aiokafka": (
+            f"{_CONSUMER}._coordinator",
+            "aiokafka.consumer.group_coordinator.GroupCoordinator._do_heartbeat",
+        ),
+    },
     "app/runtime/fastlane.py": {
         "faust-streaming": (
             "faust.streams._current_event",

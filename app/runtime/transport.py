@@ -55,7 +55,7 @@ from faust.types import TP
 from faust.types.tuples import ack_lock
 
 from app.delivery import pusher
-from app.runtime import fastlane, fetch_actions, guarantees
+from app.runtime import fastlane, fetch_actions, guarantees, membership
 from app.runtime.bulk import BulkWriter
 from app.runtime.fetch_schedule import FetchSchedule
 from app.settings import SETTINGS
@@ -86,6 +86,8 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
                                       self._fetch_log)
         if self.app.client_only:
             return
+        if self._consumer is not None:  # a cut-off worker sends no dead letter
+            membership.watch(self._consumer)
         topics = SETTINGS.topics
         if SETTINGS.reference_fetch_interval_ms > 0:
             self._schedule(FetchSchedule.for_fetch_wait(
@@ -371,6 +373,12 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             with fastlane.current_event(event):
                 await handler([fastlane.from_record(record) for record in batch])
             held = fastlane.take_held()
+            if self.app.consumer_generation_id != generation:
+                # Rebalanced meanwhile: Faust forgot this generation's acknowledgements and
+                # reads the partition again from its committed offset; one acknowledged now
+                # could let a commit of the new generation pass a record never finished
+                # (e.g. a dead letter held back: app.runtime.membership).
+                return
             if tp.topic in fastlane.URGENT:
                 # Someone waits for this batch's output: hand it to aiokafka now rather than
                 # when the bulk writer's task is next scheduled (measured at 500 positions/s:
