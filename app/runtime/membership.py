@@ -10,8 +10,9 @@ a full cluster run, each one by the cut-off worker and one by its successor, 0.7
 :class:`Membership` records when a heartbeat last succeeded (aiokafka's coordinator keeps it
 to itself: :func:`watch` wraps its ``_do_heartbeat``). :meth:`Membership.confirmed`, asked
 before a dead letter goes out, answers at once while one succeeded within the session
-timeout; otherwise it waits until one does (still a member: go on) or the consumer group
-generation changes (the record is its new owner's: leave it). No Faust import.
+timeout; otherwise it waits until one does (still a member: go on) or a rebalance begins
+(the record may be its new owner's: leave it, unacknowledged in the fast lane, so that
+whoever owns the partition next reads it again). No Faust import.
 
 Private internals mirrored (listed in app/runtime/internals.py; checked against aiokafka
 0.14.0, re-check on upgrade): ``AIOKafkaConsumer._coordinator``,
@@ -55,19 +56,19 @@ class Membership:
         """Whether a heartbeat succeeded within the session timeout."""
         return self._clock() - self.last_ok <= session_timeout_s
 
-    async def confirmed(self, session_timeout_s: float, generation: Callable[[], int],
+    async def confirmed(self, session_timeout_s: float, moved_on: Callable[[], bool],
                         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep) -> bool:
         """True while (or once) a heartbeat succeeded within the session timeout; False once
-        the generation moved on before one did (the partitions were someone else's)."""
+        ``moved_on()`` (a rebalance began) before one did: the partitions may be someone
+        else's, and the rebalance waits for this event (waiting on would deadlock it)."""
         if not self.watching or self.fresh(session_timeout_s):
             return True
-        started = generation()
         log.warning("no heartbeat answered for %.1f s (session timeout %.1f s): holding a "
                     "dead letter until the group says this worker is still a member",
                     self._clock() - self.last_ok, session_timeout_s)
         while True:
             await sleep(POLL_S)
-            if generation() != started:
+            if moved_on():
                 return False
             if self.fresh(session_timeout_s):
                 return True

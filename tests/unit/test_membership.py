@@ -19,7 +19,7 @@ def test_a_recent_heartbeat_confirms_at_once() -> None:
     clock = Clock()
     membership = Membership(clock)
     clock.now += 5.9
-    assert asyncio.run(membership.confirmed(6.0, lambda: 1, sleep=_never))
+    assert asyncio.run(membership.confirmed(6.0, lambda: False, sleep=_never))
 
 
 async def _never(seconds: float) -> None:
@@ -38,20 +38,21 @@ def test_a_worker_cut_off_waits_for_a_heartbeat_then_goes_on() -> None:
         if len(waits) == 3:
             membership.heartbeat_ok()  # the cut healed and the group still knows it
 
-    assert asyncio.run(membership.confirmed(6.0, lambda: 1, sleep=sleep))
+    assert asyncio.run(membership.confirmed(6.0, lambda: False, sleep=sleep))
     assert len(waits) == 3
 
 
 def test_a_worker_the_group_dropped_leaves_the_record_to_its_new_owner() -> None:
+    """Once a rebalance begins it stops waiting: the rebalance waits for this very event."""
     clock = Clock()
     membership = Membership(clock)
     clock.now += 30.0
-    generations = iter([4, 4, 4, 5])
+    rebalancing = iter([False, False, True])
 
     async def sleep(seconds: float) -> None:
         clock.now += seconds
 
-    assert not asyncio.run(membership.confirmed(6.0, lambda: next(generations), sleep=sleep))
+    assert not asyncio.run(membership.confirmed(6.0, lambda: next(rebalancing), sleep=sleep))
 
 
 def test_nothing_is_held_where_no_heartbeat_is_watched() -> None:
@@ -59,4 +60,4 @@ def test_nothing_is_held_where_no_heartbeat_is_watched() -> None:
     clock = Clock()
     membership = Membership(clock, watching=False)
     clock.now += 1000.0
-    assert asyncio.run(membership.confirmed(6.0, lambda: 1, sleep=_never))
+    assert asyncio.run(membership.confirmed(6.0, lambda: False, sleep=_never))
