@@ -112,7 +112,7 @@ ASSOCIATE_TIERS = SETTINGS.associate_tiers
 
 
 def announce_arrival(writes: TableWrites, uid: str, store_id: str, ts: float,
-                     tier: str) -> None:
+                     tier: str, here: PositionSource) -> None:
     """Tell the store's associates (``associates.alerts``, keyed by store) when a shopper of
     a watched tier starts a visit; no position."""
     raw = writes.get(visits, uid)
@@ -120,7 +120,8 @@ def announce_arrival(writes: TableWrites, uid: str, store_id: str, ts: float,
     updated, arrival = state.seen(uid, store_id, ts, tier, ASSOCIATE_TIERS,
                                   CAPS.visit_gap_s)
     if updated is not state:
-        writes.put(visits, uid, updated.to_json())
+        written = updated.written_at(here.topic, here.partition, here.offset)
+        writes.put(visits, uid, written.to_json())
     if arrival is not None:
         writes.emit(associates_topic, store_id.encode(), orjson.dumps(arrival.to_record()))
         METRICS.inc("storestream_associate_alerts_total", store=store_id)
@@ -129,7 +130,7 @@ STORES = {store.store_id: store for store in SETTINGS.stores}
 
 
 def limit_offers(writes: TableWrites, uid: str, ts: float, store_id: str | None,
-                 offers: list[Offer]) -> list[Offer]:
+                 offers: list[Offer], here: PositionSource) -> list[Offer]:
     """The offers a shopper may receive now (quiet hours of each offer's store, then the
     caps, nearest first); the others are counted by reason, never kept for later."""
     allowed: list[Offer] = []
@@ -150,7 +151,8 @@ def limit_offers(writes: TableWrites, uid: str, ts: float, store_id: str | None,
     if (updated.visit_offers, updated.day_offers, updated.day) != (
             state.visit_offers, state.day_offers, state.day) or (
             updated.last_seen - state.last_seen >= CAPS.visit_gap_s / 10):
-        writes.put(frequency, uid, updated.to_json())
+        counted = updated.written_at(here.topic, here.partition, here.offset)
+        writes.put(frequency, uid, counted.to_json())
     return kept
 
 
@@ -218,7 +220,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
         # Only watched shoppers' visits are kept: one who reaches a watched tier mid-visit is
         # announced with their next position, as arriving then.
         if position.store_id is not None and tier in ASSOCIATE_TIERS:
-            announce_arrival(writes, uid, position.store_id, position.ts, tier)
+            announce_arrival(writes, uid, position.store_id, position.ts, tier, here)
         # Replays are told by the record's place in the log, never by its timestamp: a record
         # redelivered (after a crash before the commit) yields the very same offers and ids,
         # which delivery de-duplicates; any other position within a cooldown yields none.
@@ -240,7 +242,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
         withheld = False
         if not redelivered and (CAPS.active or STORES):  # a redelivered record is not capped
             proposed = len(offers)
-            offers = limit_offers(writes, uid, position.ts, position.store_id, offers)
+            offers = limit_offers(writes, uid, position.ts, position.store_id, offers, here)
             withheld = len(offers) < proposed
         after_position(writes, uid, position.ts, offers, here, held_out)
         if not offers:

@@ -10,13 +10,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from app.deadletters import send_dead_letter
-from app.faust_app import METRICS
-from app.runtime.fastlane import Source
+from app.faust_app import METRICS, app
+from app.runtime.fastlane import Source, hold
+from app.runtime.membership import MEMBERSHIP
 from tables.deadletters import already_dead_lettered, dead_letter_marks, mark_key
 
 OK = "ok"
 DUPLICATE = "duplicate"
 DEAD_LETTER = "dead_letter"
+#: A bad record a worker cut off from its group did not dead-letter (its new owner does).
+FENCED = "fenced"
 
 _LANE_STARTED: set[str] = set()
 
@@ -72,6 +75,16 @@ async def dead_letter_once(message: Any, reason: str) -> str:
     """
     if already_dead_lettered(message.topic, message.partition, message.offset):
         return DUPLICATE
+    generation = app.consumer_generation_id
+    if not await MEMBERSHIP.confirmed(
+            app.conf.broker_session_timeout,
+            lambda: bool(app.rebalancing) or app.consumer_generation_id != generation):
+        # A worker cut off: the record's owner after the rebalance dead-letters it. In the
+        # fast lane its offset is not acknowledged, so no commit passes it.
+        METRICS.inc("storestream_dead_letters_fenced_total", topic=message.topic)
+        if isinstance(message, Source):
+            hold(message)
+        return FENCED
     await send_dead_letter(message, reason)
     dead_letter_marks[mark_key(message.topic, message.partition)] = message.offset
     return DEAD_LETTER

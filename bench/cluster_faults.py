@@ -362,17 +362,11 @@ def cluster_failures(figures: dict[str, Any]) -> list[str]:
     """The single-broker run's failures plus the cluster's must-be figures.
 
     Dead letters of offers and associate alerts (their source is ``customers.promotions`` or
-    ``associates.alerts``) are left out of the dead-letter checks: a worker cut off from
-    redis gives up delivering what it reads after its retries, by design, and says so in
-    ``dead-letters``; what counts is that every offer reaches redis exactly once
-    (``not_pushed`` and ``pushed_more_than_once``).
+    ``associates.alerts``) count like any other: a worker cut off from redis parks what it
+    cannot deliver and retries until redis is back (``app.delivery.parking``), so none is
+    given up; every offer must reach redis exactly once (``not_pushed`` and
+    ``pushed_more_than_once``).
     """
-    letters = figures.get("dead_letters")
-    if letters is not None:
-        offers_dead = letters.get("delivery_letters", 0)
-        figures = {**figures, "dead_letters": {
-            **letters, "records": letters["records"] - offers_dead,
-            "for_valid_events": letters["for_valid_events"] - offers_dead}}
     faults = figures.get("faults", {})
     if faults.get("fenced_exits"):  # a fenced zombie stopping is exactly_once working
         figures = {**figures, "faults": {**faults, "unexpected_exits": faults[
@@ -416,8 +410,8 @@ def cluster_table(figures: dict[str, Any]) -> str:
     lines.append(f"workers that exited fenced (ProducerFenced: a zombie stopping, then "
                  f"restarted; not counted above): {len(fenced)} {' '.join(fenced)}")
     offers_dead = figures.get("dead_letters", {}).get("delivery_letters")
-    lines.append(f"dead letters of offers/alerts a worker cut off from redis gave up on: "
-                 f"{offers_dead} (not counted above; every offer must still reach redis once)")
+    lines.append(f"dead letters of offers/alerts (a worker cut off from redis parks them "
+                 f"until it is back): {offers_dead} (counted above: must be 0)")
     lines.append("fault kind        count  to every worker processing again s: p50 / max"
                  "  (longest outage s)")
     for kind, got in kinds.items():

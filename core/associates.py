@@ -14,8 +14,10 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
+
+from core.changelog import Log, advanced, applied_from_json, applied_to_json
 
 
 def alert_id(uid: str, store_id: str, visit_start: float) -> str:
@@ -44,6 +46,9 @@ class Visits:
     """Per store: the current visit's first and latest seen event time."""
 
     stores: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    #: Per log, the last position written with these visits (a restore keeps the newest:
+    #: :func:`core.changelog.superseded`).
+    applied: Mapping[Log, int] = field(default_factory=dict)
 
     def seen(self, uid: str, store_id: str, ts: float, tier: str, tiers: Iterable[str],
              visit_gap_s: float) -> tuple[Visits, Arrival | None]:
@@ -63,15 +68,21 @@ class Visits:
         stores = {store: visit for store, visit in self.stores.items()
                   if ts - visit[1] <= visit_gap_s and store != store_id}
         stores[store_id] = (start, last)
-        return Visits(stores), arrival
+        return Visits(stores, self.applied), arrival
+
+    def written_at(self, topic: str, partition: int, offset: int) -> Visits:
+        """These visits as written by the position at (topic, partition, offset)."""
+        return replace(self, applied=advanced(self.applied, topic, partition, offset))
 
     def to_json(self) -> dict[str, Any]:
         return {"stores": {store: [start, last] for store, (start, last) in
-                           sorted(self.stores.items())}}
+                           sorted(self.stores.items())},
+                "applied": applied_to_json(self.applied)}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> Visits:
         if not raw:
             return cls()
         return cls({str(store): (float(v[0]), float(v[1]))
-                    for store, v in (raw.get("stores") or {}).items()})
+                    for store, v in (raw.get("stores") or {}).items()},
+                   applied_from_json(raw.get("applied")))

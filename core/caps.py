@@ -21,11 +21,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import lru_cache
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
+
+from core.changelog import Log, advanced, applied_from_json, applied_to_json
 
 VISIT_CAP = "visit_cap"
 DAY_CAP = "day_cap"
@@ -136,18 +138,25 @@ class Frequency:
     visit_offers: int = 0
     day: str = ""
     day_offers: int = 0
+    #: Per log, the last position written with these counts (a restore keeps the newest:
+    #: :func:`core.changelog.superseded`).
+    applied: Mapping[Log, int] = field(default_factory=dict)
 
     def at(self, ts: float, day: str, caps: Caps) -> Frequency:
         """The counts as of a position at ``ts`` on ``day``: a new visit after the gap, a new
         day at midnight (the counts start over)."""
         visit = 0 if ts - self.last_seen > caps.visit_gap_s else self.visit_offers
         today = self.day_offers if day == self.day else 0
-        return Frequency(max(self.last_seen, ts), visit, day, today)
+        return Frequency(max(self.last_seen, ts), visit, day, today, self.applied)
+
+    def written_at(self, topic: str, partition: int, offset: int) -> Frequency:
+        """These counts as written by the position at (topic, partition, offset)."""
+        return replace(self, applied=advanced(self.applied, topic, partition, offset))
 
     def to_json(self) -> dict[str, Any]:
         return {"last_seen": None if self.last_seen == float("-inf") else self.last_seen,
                 "visit_offers": self.visit_offers, "day": self.day,
-                "day_offers": self.day_offers}
+                "day_offers": self.day_offers, "applied": applied_to_json(self.applied)}
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> Frequency:
@@ -155,7 +164,7 @@ class Frequency:
             return cls()
         seen = raw.get("last_seen")
         return cls(float("-inf") if seen is None else float(seen), int(raw["visit_offers"]),
-                   str(raw["day"]), int(raw["day_offers"]))
+                   str(raw["day"]), int(raw["day_offers"]), applied_from_json(raw.get("applied")))
 
 
 def apply_caps(offers: Sequence[T], frequency: Frequency, ts: float, day: str, caps: Caps,

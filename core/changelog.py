@@ -53,6 +53,14 @@ def applied_offsets(value: Any) -> Mapping[Hashable, int] | None:
     return found
 
 
+def mark_offsets(value: Any) -> Mapping[Hashable, int] | None:
+    """A dead-letter mark's offset: the value itself, the highest source offset dead-lettered
+    on its partition (``tables.deadletters.dead_letter_marks``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    return {"mark": value}
+
+
 def superseded(current: Any, incoming: Any, offsets: Offsets = record_offsets) -> bool:
     """Whether ``incoming`` is older than ``current``: no log ahead, at least one behind
     (a log a value does not name counts as -1).
@@ -71,3 +79,25 @@ def superseded(current: Any, incoming: Any, offsets: Offsets = record_offsets) -
         if new < was:
             behind = True
     return behind
+
+
+#: A log: (topic, partition).
+Log = tuple[str, int]
+
+
+def applied_to_json(applied: Mapping[Log, int]) -> list[list[Any]]:
+    """``applied`` as :func:`applied_offsets` reads it: ``[[topic, partition, offset], ...]``."""
+    return [[topic, partition, offset] for (topic, partition), offset in sorted(applied.items())]
+
+
+def applied_from_json(raw: Any) -> dict[Log, int]:
+    """The inverse of :func:`applied_to_json` (nothing for a value without it)."""
+    return {(str(topic), int(partition)): int(offset) for topic, partition, offset in raw or ()}
+
+
+def advanced(applied: Mapping[Log, int], topic: str, partition: int,
+             offset: int) -> dict[Log, int]:
+    """``applied`` with the log's last offset moved on to ``offset`` (never back)."""
+    out = dict(applied)
+    out[(topic, partition)] = max(offset, out.get((topic, partition), -1))
+    return out

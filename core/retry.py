@@ -16,7 +16,7 @@ import math
 import random
 from dataclasses import dataclass
 
-__all__ = ["RetryPolicy", "delays", "max_total_delay"]
+__all__ = ["RetryPolicy", "delay", "delays", "max_total_delay"]
 
 _RNG = random.Random()
 
@@ -61,6 +61,18 @@ def _backoff(policy: RetryPolicy, index: int) -> float:
     return float(min(raw, policy.max_delay_s))
 
 
+def delay(policy: RetryPolicy, index: int, rnd: random.Random | None = None) -> float:
+    """The wait (seconds) before retry ``index + 1`` of a caller that retries for as long as
+    it takes (``policy.attempts`` is not a limit here): geometric, capped, jittered, always in
+    ``[0, policy.max_delay_s]``."""
+    if index < 0:
+        raise ValueError(f"index must be >= 0, not {index}")
+    wait = _backoff(policy, index)
+    if policy.jitter:
+        wait *= 1.0 + (rnd if rnd is not None else _RNG).uniform(-policy.jitter, policy.jitter)
+    return min(max(wait, 0.0), float(policy.max_delay_s))
+
+
 def delays(policy: RetryPolicy, rnd: random.Random | None = None) -> list[float]:
     """The ``policy.attempts - 1`` waits (seconds) between consecutive attempts.
 
@@ -68,14 +80,7 @@ def delays(policy: RetryPolicy, rnd: random.Random | None = None) -> list[float]
     they are exactly ``min(base_s * factor**i, max_delay_s)``. Pass ``rnd`` for a
     reproducible sequence.
     """
-    uniform = (rnd if rnd is not None else _RNG).uniform
-    out: list[float] = []
-    for index in range(policy.attempts - 1):
-        delay = _backoff(policy, index)
-        if policy.jitter:
-            delay *= 1.0 + uniform(-policy.jitter, policy.jitter)
-        out.append(min(max(delay, 0.0), float(policy.max_delay_s)))
-    return out
+    return [delay(policy, index, rnd) for index in range(policy.attempts - 1)]
 
 
 def max_total_delay(policy: RetryPolicy) -> float:

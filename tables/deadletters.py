@@ -9,13 +9,22 @@ import orjson
 from app.faust_app import app
 from app.runtime.replica import TopicReplica
 from app.settings import SETTINGS
+from core.changelog import mark_offsets
 from core.repartition import repartition_topic
 from tables.base import text_keyed_table
 
 #: "topic:partition" -> highest offset already sent to dead-letters. Written from the source
 #: event, so its changelog partition is the source partition and the mark moves with it.
+#: Restored highest-first: under exactly_once a partition kept through a rebalance keeps its
+#: open transaction (Faust begins none while one is open) and is read again from its committed
+#: offset, and the recovery in between applied the mark's older committed records over the
+#: newer one still in that transaction; the records read again were then dead-lettered a
+#: second time, into the same transaction, and both copies committed (the cluster run under
+#: exactly_once: 4-18 dead letters twice, each pair by one worker 3-5 s apart, right after a
+#: rebalance with ``Invalid state transition IN_TRANSACTION -> IN_TRANSACTION``).
 dead_letter_marks = text_keyed_table(
-    app.Table, "dead_letter_marks", "Highest dead-lettered offset per source partition"
+    app.Table, "dead_letter_marks", "Highest dead-lettered offset per source partition",
+    newest_by_offsets=mark_offsets,
 )
 
 

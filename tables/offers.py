@@ -32,15 +32,19 @@ shoppers = text_keyed_table(app.Table, "shoppers", "Offer cooldowns per shopper"
 #: attributed, and the offsets applied (written by the locations and the purchases lanes,
 #: each in one synchronous step: both topics are keyed by customer, so one partition).
 attribution = text_keyed_table(app.Table, "attribution",
-                               "Recent offers and purchases awaiting attribution")
+                               "Recent offers and purchases awaiting attribution",
+                               newest_by_offsets=applied_offsets)
 
 #: uid -> core.presence.Presence as JSON: the displays the shopper is within the radius of,
 #: since when (enter/exit events, dwell_s), and the offsets applied; no positions.
-presence = text_keyed_table(app.Table, "presence", "Displays each shopper is near, since when")
+presence = text_keyed_table(app.Table, "presence", "Displays each shopper is near, since when",
+                            newest_by_offsets=applied_offsets)
 #: uid -> core.caps.Frequency as JSON: offers in the current visit and day (frequency caps).
-frequency = text_keyed_table(app.Table, "frequency", "Offers per visit and per day")
+frequency = text_keyed_table(app.Table, "frequency", "Offers per visit and per day",
+                             newest_by_offsets=applied_offsets)
 #: uid -> core.associates.Visits as JSON: each store's current visit (first, latest seen).
-visits = text_keyed_table(app.Table, "visits", "Each shopper's current visit per store")
+visits = text_keyed_table(app.Table, "visits", "Each shopper's current visit per store",
+                          newest_by_offsets=applied_offsets)
 #: "pid/partition" -> core.lift.Figures as JSON: a promotion's offers sent and held out,
 #: redemptions and revenue on one partition; every worker follows them all (FIGURES).
 promotion_figures = text_keyed_table(app.Table, "promotion_figures",

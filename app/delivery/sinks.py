@@ -733,7 +733,7 @@ class OfferDelivery:
         return DeliveryOutcome(offer["offer_id"], redis_state, ably_state)
 
     async def deliver_many(
-        self, offers: Sequence[Mapping[str, Any]]
+        self, offers: Sequence[Mapping[str, Any]], *, halt_on_transient: bool = False
     ) -> list[DeliveryOutcome | DeliveryError]:
         """:meth:`deliver` for a batch: one pipelined Redis round trip when all goes well.
 
@@ -741,6 +741,11 @@ class OfferDelivery:
         the batch goes through :meth:`deliver` with its retries; that is safe because
         delivery is idempotent per offer_id. Each result is the offer's outcome or the
         :class:`DeliveryError` it ended with.
+
+        ``halt_on_transient``: the first transient failure (of the pipelined attempt, or of an
+        offer after its retries) is the result of every offer not yet delivered, which are
+        not tried: a caller that keeps them for later (:mod:`app.delivery.parking`) does not
+        wait out one timeout per offer while Redis or Ably is down.
         """
         results: list[DeliveryOutcome | DeliveryError] = []
         many = getattr(self.redis_sink, "deliver_many", None)
@@ -749,9 +754,16 @@ class OfferDelivery:
             try:
                 fresh = await many(offers)
             except Exception as exc:
+                error = _as_delivery_error(exc, "redis")
+                if halt_on_transient and not error.permanent:
+                    return [error] * len(offers)
                 log.warning("pipelined delivery of %d offers failed, delivering one by one: "
                             "%s", len(offers), _describe(exc))
+        halted: DeliveryError | None = None
         for index, offer in enumerate(offers):
+            if halted is not None:
+                results.append(halted)
+                continue
             try:
                 if fresh is None:
                     results.append(await self.deliver(offer))
@@ -759,6 +771,8 @@ class OfferDelivery:
                     results.append(await self._then_ably(offer, fresh[index]))
             except DeliveryError as exc:
                 results.append(exc)
+                if halt_on_transient and not exc.permanent:
+                    halted = exc
         return results
 
     async def close(self) -> None:

@@ -29,7 +29,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from faust.events import Event
 from faust.streams import _current_event
+from faust.types import TP
+from faust.types.tuples import Message
 
 from app.settings import SETTINGS
 
@@ -63,6 +66,25 @@ LANES: dict[str, BatchHandler] = {}
 #: sent as soon as the batch is done (waiting for a reply, like a shopper's position waiting
 #: for its offer).
 URGENT: set[str] = set()
+
+
+#: Offsets of the batch being processed that its handler keeps from being acknowledged
+#: (:func:`hold`); the consumer acknowledges them later, when the handler's owner says so
+#: (:meth:`app.runtime.transport.Consumer.settle_held`).
+_HELD: set[int] = set()
+
+
+def hold(source: Source) -> None:
+    """Keep ``source`` (of the batch being processed) from being acknowledged with its batch:
+    the partition's committed offset stays at or below it until it is settled."""
+    _HELD.add(source.offset)
+
+
+def take_held() -> set[int]:
+    """The offsets held during the batch just processed (and forget them)."""
+    held = set(_HELD)
+    _HELD.clear()
+    return held
 
 
 def lane(topic: str, *, urgent: bool = False) -> Callable[[BatchHandler], BatchHandler]:
@@ -105,3 +127,13 @@ def current_event(event: Any) -> Iterator[None]:
         yield
     finally:
         _current_event.reset(token)
+
+
+def event_of(app: Any, source: Source) -> Event:
+    """A Faust event for a record known only as a :class:`Source` (to write tables as its
+    partition's event, e.g. dead-letter marks, outside the batch that read it)."""
+    message = Message(source.topic, source.partition, source.offset, source.timestamp, 0,
+                      source.headers, source.key, source.value, None,
+                      tp=TP(source.topic, source.partition),
+                      generation_id=app.consumer_generation_id)
+    return Event(app, source.key, source.value, source.headers, message)

@@ -64,6 +64,7 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
             f"{_FAUST_CONSUMER}.Consumer._read_offset",
             f"{_FAUST_CONSUMER}.Consumer._add_gap",
             f"{_FAUST_CONSUMER}.Consumer.ack",
+            f"{_FAUST_CONSUMER}.Consumer.commit_and_end_transactions",
             f"{_FAUST_CONSUMER}.Consumer._committed_offset",
             f"{_FAUST_CONSUMER}.Consumer._acked_index",
             f"{_FAUST_CONSUMER}.Consumer._acked",
@@ -75,6 +76,7 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
             f"{_FAUST_AIOKAFKA}.Producer._ensure_producer",
             f"{_FAUST_AIOKAFKA}.Producer._settings_extra",
             f"{_FAUST_AIOKAFKA}.Transport._really_create_topic",
+            f"{_FAUST_AIOKAFKA}.Transport._get_controller_node",
         ),
         "mode-streaming": (
             "mode.threads.ServiceThread.start",
@@ -115,6 +117,12 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
             f"{_SUBSCRIPTION}.TopicPartitionState._position",
             f"{_SUBSCRIPTION}.TopicPartitionState._resume_fut",
             "aiokafka.protocol.fetch.FetchRequest.topics",
+        ),
+    },
+    "app/runtime/membership.py": {
+        "aiokafka": (
+            f"{_CONSUMER}._coordinator",
+            "aiokafka.consumer.group_coordinator.GroupCoordinator._do_heartbeat",
         ),
     },
     "app/runtime/fastlane.py": {

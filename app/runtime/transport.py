@@ -13,13 +13,14 @@ faust-streaming 0.15.3, mode-streaming 0.7.1 and aiokafka 0.14.0, re-check on up
 - faust ``faust.transport.drivers.aiokafka``: ``AIOKafkaConsumerThread._create_worker_consumer``
   (overridden), ``AIOKafkaConsumerThread._consumer``, ``Consumer._to_message``,
   ``Producer._producer``, ``Producer._ensure_producer``, ``Producer._settings_extra``
-  (overridden), ``Transport._really_create_topic``
+  (overridden), ``Transport._really_create_topic`` and ``Transport._get_controller_node``
   (overridden); ``faust.transport.consumer``: ``ThreadDelegateConsumer._thread``,
   ``ThreadDelegateConsumer._new_consumer_thread`` (overridden), ``Consumer.getmany`` (body
   copied, with the fast lane), ``Consumer.ack`` (body copied in ``_ack_offsets``),
   ``Consumer._wait_next_records``, ``Consumer._buffered_partitions``,
   ``Consumer._read_offset``, ``Consumer._add_gap``, ``Consumer._committed_offset``,
-  ``Consumer._acked_index``, ``Consumer._acked``, ``Consumer._n_acked``;
+  ``Consumer._acked_index``, ``Consumer._acked``, ``Consumer._n_acked``,
+  ``Consumer.commit_and_end_transactions`` (overridden);
   ``faust.types.tuples.ack_lock``; ``faust.transport.producer.ProducerBuffer._send_pending``.
 - mode (:class:`InlineConsumerThread`): ``mode.threads.ServiceThread.start`` and
   ``ServiceThread.stop`` (replaced, same order of steps), ``ServiceThread._thread_started``,
@@ -40,10 +41,12 @@ import asyncio
 import inspect
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any, cast
 
 from aiokafka import TopicPartition
+from aiokafka.errors import KafkaConnectionError, KafkaError
+from aiokafka.protocol.metadata import MetadataRequest
 from faust.events import Event
 from faust.transport import drivers
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -52,7 +55,7 @@ from faust.types import TP
 from faust.types.tuples import ack_lock
 
 from app.delivery import pusher
-from app.runtime import fastlane, fetch_actions, guarantees
+from app.runtime import fastlane, fetch_actions, guarantees, membership
 from app.runtime.bulk import BulkWriter
 from app.runtime.fetch_schedule import FetchSchedule
 from app.settings import SETTINGS
@@ -85,6 +88,8 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
                                       self._fetch_log)
         if self.app.client_only:
             return
+        if self._consumer is not None:  # a cut-off worker sends no dead letter
+            membership.watch(self._consumer)
         topics = SETTINGS.topics
         if SETTINGS.reference_fetch_interval_ms > 0:
             self._schedule(FetchSchedule.for_fetch_wait(
@@ -274,6 +279,20 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             return cast(bool, await super().force_commit(
                 topics, start_new_transaction=start_new_transaction))
 
+    async def commit_and_end_transactions(self) -> None:
+        """Faust's last commit before a rebalance (and on stop), made even when a commit was
+        in flight: Faust's ``commit`` only waits for that one and returns, so under
+        exactly_once the transactions it had begun stayed open through the rebalance with the
+        output of every event processed since. A partition kept by the worker keeps its open
+        transaction (Faust begins none while one is open: ``Invalid state transition
+        IN_TRANSACTION -> IN_TRANSACTION``) and is read again from its committed offset, so
+        that output went in twice (the cluster run under exactly_once: dead letters twice,
+        each pair one worker's, 3-5 s apart, around a commit overlapping a broker fault)."""
+        for _ in range(COMMIT_WAITS):
+            if not await self.maybe_wait_for_commit_to_finish():
+                break
+        await self.commit(start_new_transaction=False)
+
     def _new_consumer_thread(self) -> FetchWaitConsumerThread:
         if SETTINGS.consumer_thread:
             return FetchWaitConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -370,8 +389,16 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         event = Event(self.app, first.key, first.value, first.headers,
                       self._to_message(tp, first))
         async with guarantees.GATE.event():  # exactly_once: processed and acked between commits
+            fastlane.take_held()
             with fastlane.current_event(event):
                 await handler([fastlane.from_record(record) for record in batch])
+            held = fastlane.take_held()
+            if self.app.consumer_generation_id != generation:
+                # Rebalanced meanwhile: Faust forgot this generation's acknowledgements and
+                # reads the partition again from its committed offset; one acknowledged now
+                # could let a commit of the new generation pass a record never finished
+                # (e.g. a dead letter held back: app.runtime.membership).
+                return
             if tp.topic in fastlane.URGENT:
                 # Someone waits for this batch's output: hand it to aiokafka now rather than
                 # when the bulk writer's task is next scheduled (measured at 500 positions/s:
@@ -381,9 +408,29 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                 if expected is not None and record.offset > expected:
                     await self._add_gap(tp, expected, record.offset - 1)
                 expected = record.offset + 1
-            self._ack_offsets(tp, [record.offset for record in batch])
+            self._ack_offsets(tp, [record.offset for record in batch
+                                   if record.offset not in held])
             self._read_offset[tp] = batch[-1].offset
             self._lane_done[tp] = (generation, batch[-1].offset)
+
+    async def settle_held(self, tp: TP, generation: int, offsets: list[int],
+                          dead: tuple[fastlane.Source, Callable[[], Awaitable[None]]]
+                          | None = None) -> bool:
+        """Acknowledge offsets a lane held back (:func:`app.runtime.fastlane.hold`), after
+        ``dead``'s work (dead-lettering some of them, as the event of its record), as one
+        event between commits; False, doing nothing, when a rebalance came between (the
+        partition is read again from its committed offset, at or below them)."""
+        if generation != self.app.consumer_generation_id or tp not in self.assignment():
+            return False
+        async with guarantees.GATE.event():
+            if generation != self.app.consumer_generation_id:
+                return False
+            if dead is not None:
+                source, work = dead
+                with fastlane.current_event(fastlane.event_of(self.app, source)):
+                    await work()
+            self._ack_offsets(tp, offsets)
+        return True
 
     def _ack_offsets(self, tp: TP, offsets: list[int]) -> None:
         """Faust's ``ack`` for records that never became ``Message`` objects."""
@@ -399,6 +446,10 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                     acked.append(offset)
                     self._n_acked += 1
 
+
+#: Commits in flight :meth:`Consumer.commit_and_end_transactions` waits out at most (a commit
+#: timer starting right after the last would make its own commit wait for that one only).
+COMMIT_WAITS = 3
 
 #: Records of one partition handed to its lane at a time. A fetch can bring millions of bytes
 #: per partition (CONSUMER_MAX_FETCH_SIZE, 4 MiB: ~30,000 purchases); processed in one go, a
@@ -553,9 +604,46 @@ async def _until_in_metadata(client: Any, topic: str, timeout_s: float) -> None:
         await asyncio.sleep(0.1)
 
 
+#: How long topic creation keeps trying through broker errors that pass (s).
+TOPIC_CREATE_PATIENCE_S = 90.0
+
+
+def _passing(exc: BaseException) -> bool:
+    """Whether a topic creation failed for a reason that passes: a broker down or moving
+    (unreachable, not ready, timed out, not the controller any more)."""
+    if isinstance(exc, KafkaError):
+        return bool(exc.retriable) or isinstance(exc, KafkaConnectionError)
+    return isinstance(exc, OSError | TimeoutError) or "Invalid controller" in str(exc)
+
+
+async def _create_patiently(create: Callable[[], Awaitable[None]],
+                            refresh: Callable[[], Awaitable[object]], topic: str,
+                            patience_s: float = TOPIC_CREATE_PATIENCE_S) -> None:
+    """``create()``, tried again while it fails for a reason that passes (metadata refreshed
+    in between, 0.5 s doubling to 5 s), for up to ``patience_s``."""
+    deadline = time.monotonic() + patience_s
+    wait = 0.5
+    while True:
+        try:
+            await create()
+            return
+        except Exception as exc:
+            if not _passing(exc) or time.monotonic() + wait > deadline:
+                raise
+            log.warning("creating topic %s failed (%r), trying again in %.1f s", topic, exc,
+                        wait)
+        await asyncio.sleep(wait)
+        wait = min(5.0, wait * 2)
+        try:
+            await refresh()
+        except Exception as exc:  # the next try says what is wrong
+            log.debug("metadata refresh before creating %s: %r", topic, exc)
+
+
 class Transport(faust_aiokafka.Transport):  # type: ignore[misc]
     """``kafka://`` transport: configurable fetch wait, a producer flush that drains, topic
-    creation that returns once the new topic is in the broker's metadata."""
+    creation that keeps trying while a broker is down and returns once the new topic is in
+    the broker's metadata."""
 
     Consumer = Consumer
     Producer = Producer
@@ -563,9 +651,33 @@ class Transport(faust_aiokafka.Transport):  # type: ignore[misc]
 
     async def _really_create_topic(self, owner: Any, client: Any, topic: str,
                                    partitions: int, replication: int, **kwargs: Any) -> None:
-        await super()._really_create_topic(owner, client, topic, partitions, replication,
-                                           **kwargs)
+        """Faust's, tried again through broker errors that pass: a worker (re)started while
+        the broker Faust asked was down exited at once (``NodeNotReadyError`` declaring its
+        leader topic, in the cluster run: a worker restarted during a leader kill)."""
+        await _create_patiently(
+            lambda: super(Transport, self)._really_create_topic(
+                owner, client, topic, partitions, replication, **kwargs),
+            client.force_metadata_update, topic)
         await _until_in_metadata(client, topic, TOPIC_METADATA_WAIT_S)
+
+    async def _get_controller_node(self, owner: Any, client: Any,
+                                   timeout: int = 30000) -> int | None:
+        """Faust's, asking the brokers in turn until one answers (Faust asks the first only,
+        down or not): the node a CreateTopics request goes to."""
+        failure: BaseException | None = None
+        for broker in list(client.cluster.brokers()):
+            try:
+                answer = await owner.wait(client.send(broker.nodeId, MetadataRequest([])),
+                                          timeout=timeout)
+            except Exception as exc:
+                if not _passing(exc):
+                    raise
+                failure = exc
+                continue
+            if answer.stopped:
+                return None
+            return cast(int, answer.result.controller_id)
+        raise failure if failure is not None else KafkaConnectionError("no broker known")
 
 
 def install() -> None:

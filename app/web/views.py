@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any, cast
 
+from app.delivery import parking
 from app.faust_app import METRICS, app
 from app.routing.misplaced import PLACEMENT
 from app.runtime.replica import not_ready
@@ -90,9 +91,13 @@ async def health(web: Any, request: Any) -> Any:
     """200 once recovered and processing; 503 before, with what the worker waits for
     (phases, table and topic names: no customer data, app/web/readiness.py). Input records
     placed otherwise than ``KEY_PARTITIONER`` puts their keys show as ``misplaced``
-    (per topic: count, and the partitioners that fit them); they do not change the status."""
+    (per topic: count, and the partitioners that fit them); they do not change the status;
+    nor do deliveries waiting for Redis or Ably (``delivery_stalled``: how many, how long)."""
     misplaced = PLACEMENT.report()
     extra: dict[str, Any] = {"misplaced": misplaced} if misplaced else {}
+    stalled = parking.stalled_report()
+    if stalled:  # waiting for Redis or Ably: not a reason to restart the worker
+        extra["delivery_stalled"] = stalled
     if is_ready():
         return web.json({"status": "ok", "ready": True, **extra})
     return web.json({"status": "starting", "ready": False,

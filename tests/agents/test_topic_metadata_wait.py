@@ -9,8 +9,9 @@ import logging
 from typing import Any
 
 import pytest
+from aiokafka.errors import KafkaConnectionError, NodeNotReadyError, TopicAuthorizationFailedError
 
-from app.runtime.transport import _until_in_metadata
+from app.runtime.transport import _create_patiently, _until_in_metadata
 
 
 class Cluster:
@@ -47,3 +48,43 @@ def test_gives_up_with_a_warning(caplog: pytest.LogCaptureFixture) -> None:
         asyncio.run(_until_in_metadata(client, "app-spend-changelog", timeout_s=0.3))
     assert 2 <= client.calls <= 6
     assert "app-spend-changelog not in the broker's metadata" in caplog.text
+
+
+class Creation:
+    """Fails with ``errors`` in turn, then succeeds; counts the metadata refreshes."""
+
+    def __init__(self, *errors: BaseException) -> None:
+        self.errors = list(errors)
+        self.tries = 0
+        self.refreshes = 0
+
+    async def create(self) -> None:
+        self.tries += 1
+        if self.errors:
+            raise self.errors.pop(0)
+
+    async def refresh(self) -> None:
+        self.refreshes += 1
+
+
+def test_topic_creation_waits_out_a_broker_that_is_down() -> None:
+    """A worker restarted while the broker it asked was down exited at once (the cluster
+    run's leader kills); it now tries again until the broker is back or another answers."""
+    creation = Creation(NodeNotReadyError("node 2 not ready"), KafkaConnectionError("refused"))
+    asyncio.run(_create_patiently(creation.create, creation.refresh, "leader", patience_s=10))
+    assert (creation.tries, creation.refreshes) == (3, 2)
+
+
+def test_topic_creation_does_not_retry_what_will_not_pass() -> None:
+    creation = Creation(TopicAuthorizationFailedError("denied"))
+    with pytest.raises(TopicAuthorizationFailedError):
+        asyncio.run(_create_patiently(creation.create, creation.refresh, "leader"))
+    assert creation.tries == 1
+
+
+def test_topic_creation_gives_up_after_its_patience() -> None:
+    creation = Creation(*[NodeNotReadyError("down")] * 100)
+    with pytest.raises(NodeNotReadyError):
+        asyncio.run(_create_patiently(creation.create, creation.refresh, "leader",
+                                      patience_s=1.0))
+    assert creation.tries == 2  # at 0 s and 0.5 s; the next wait (1 s) would pass 1 s

@@ -230,7 +230,8 @@ class RecordingDelivery:
     def __init__(self) -> None:
         self.delivered: list[str] = []
 
-    async def deliver_many(self, offers: Sequence[dict[str, Any]]) -> list[DeliveryOutcome]:
+    async def deliver_many(self, offers: Sequence[dict[str, Any]], *,
+                           halt_on_transient: bool = False) -> list[DeliveryOutcome]:
         self.delivered.extend(str(offer["offer_id"]) for offer in offers)
         return [DeliveryOutcome(str(offer["offer_id"]), "delivered", "skipped")
                 for offer in offers]

@@ -71,3 +71,11 @@ def test_an_alert_publishes_only_its_own_fields_and_never_a_position() -> None:
         assert exc.permanent and "alert_id" in str(exc)
     else:
         raise AssertionError("an alert without alert_id was accepted")
+
+
+def test_visits_remember_the_last_position_written_and_keep_it_through_json() -> None:
+    visits = Visits().written_at("loc", 0, 7)
+    after, _ = visits.seen("rick", "s2", 1000.0, "GOLD", GOLD, GAP)
+    assert after.applied == {("loc", 0): 7}
+    assert Visits.from_json(after.written_at("loc", 0, 8).to_json()).applied == {("loc", 0): 8}
+    assert Visits.from_json({"stores": {}}).applied == {}

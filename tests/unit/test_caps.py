@@ -104,3 +104,12 @@ def test_quiet_hours_and_day_are_the_local_clock_at_any_instant(ts: float, zone:
     local = datetime.fromtimestamp(ts, ZoneInfo(zone))
     assert store.day(ts) == local.date().isoformat()
     assert store.quiet(ts) == (local.hour < 12)
+
+
+def test_counts_remember_the_last_position_written_and_keep_it_through_json() -> None:
+    state = Frequency(10.0, 1, "d1", 1).written_at("loc", 2, 40).written_at("loc", 2, 39)
+    assert state.applied == {("loc", 2): 40}  # never back
+    again = Frequency.from_json(state.to_json())
+    assert again == state and again.at(20.0, "d1", Caps(per_visit=2)).applied == state.applied
+    assert Frequency.from_json({"last_seen": None, "visit_offers": 0, "day": "",
+                                "day_offers": 0}).applied == {}  # written before it existed

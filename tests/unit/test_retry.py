@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.retry import RetryPolicy, delays, max_total_delay
+from core.retry import RetryPolicy, delay, delays, max_total_delay
 
 policies = st.builds(
     RetryPolicy,
@@ -84,3 +84,25 @@ def test_huge_exponent_does_not_overflow() -> None:
 def test_invalid_policies_are_rejected(kwargs: dict[str, float]) -> None:
     with pytest.raises((ValueError, TypeError)):
         RetryPolicy(**kwargs)  # type: ignore[arg-type]
+
+
+@given(policies, st.integers(min_value=0, max_value=10_000), st.integers())
+def test_open_ended_delay_is_capped_and_within_jitter(policy: RetryPolicy, index: int,
+                                                      seed: int) -> None:
+    """A caller that retries for as long as it takes waits at most max_delay_s per retry,
+    however many retries came before (attempts is no limit)."""
+    wait = delay(policy, index, random.Random(seed))
+    assert 0 <= wait <= policy.max_delay_s and math.isfinite(wait)
+    try:
+        plain = min(policy.base_s * policy.factor**index, policy.max_delay_s)
+    except OverflowError:
+        plain = policy.max_delay_s
+    assert plain * (1 - policy.jitter) - 1e-9 <= wait <= plain * (1 + policy.jitter) + 1e-9
+
+
+def test_open_ended_delay_grows_then_stays_at_the_cap() -> None:
+    policy = RetryPolicy(base_s=0.2, factor=2, max_delay_s=5, jitter=0)
+    assert [delay(policy, i) for i in range(7)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0]
+    assert delay(policy, 10**6) == 5.0
+    with pytest.raises(ValueError):
+        delay(policy, -1)
