@@ -60,35 +60,14 @@ class DayBuckets(Mapping[int, int]):
         for day, cents in self._adds:
             folded[day] = folded.get(day, 0) + cents
         low, total = self._base_stats()
-        last, last_cents = self._base_last, self._base_last_cents
-        text: str | None = None
-        if self._base and min(folded) >= last:
-            pieces: list[str] = []
-            end, end_cents = last, last_cents
-            for day in sorted(folded):
-                plus = folded[day]
-                if not plus:
-                    continue
-                total += plus
-                if day == last:
-                    last_cents += plus
-                    end_cents = last_cents
-                else:
-                    pieces.append(f"{day - end},{plus}")
-                    end, end_cents = day, plus
-            if last_cents:  # else the last bucket empties: the general path drops it
-                head = (self._base if last_cents == self._base_last_cents
-                        else f"{self._base[:self._base.rfind(',') + 1]}{last_cents}")
-                text = ",".join([head, *pieces]) if pieces else head
-                last_day, last_day_cents = end, end_cents
-        if text is None:
-            merged = DayBuckets(self._base)._merge_now(folded, _NO_START)
-            merged._base_stats()
-            text, low, total = merged._base, merged._base_low, merged._base_total
-            last_day, last_day_cents = merged._base_last, merged._base_last_cents
-        self._base, self._adds, self._adds_low, self._adds_total = text, (), 0, 0
-        self._base_low, self._base_total = low, total
-        self._base_last, self._base_last_cents = last_day, last_day_cents
+        out = (_appended(self._base, low, self._base_last, self._base_last_cents, total,
+                         folded) if self._base and min(folded) >= self._base_last else None)
+        if out is None:
+            out = DayBuckets(self._base)._merge_now(folded, _NO_START)
+            out._base_stats()
+        self._base, self._adds, self._adds_low, self._adds_total = out._base, (), 0, 0
+        self._base_low, self._base_total = out._base_low, out._base_total
+        self._base_last, self._base_last_cents = out._base_last, out._base_last_cents
 
     def _base_stats(self) -> tuple[int, int]:
         """The packed part's first day (a day no window starts after, when empty) and total."""
@@ -179,7 +158,7 @@ class DayBuckets(Mapping[int, int]):
             return self  # nothing settled, nothing out of the window
         days, cents, held = _unpacked(packed)
         if days and days[0] >= first and adds and min(adds) >= days[-1]:
-            appended = _on_the_tail(packed, days, cents, held, adds)  # the usual case
+            appended = _appended(packed, days[0], days[-1], cents[-1], held, adds)  # usual
             if appended is not None:
                 return appended
         if days and days[0] < first:  # drop the head: days before the window
@@ -322,38 +301,31 @@ def _packed(days: tuple[int, ...], cents: tuple[int, ...]) -> DayBuckets:
     return _remember(",".join(map(str, flat)), days, cents)
 
 
-def _on_the_tail(packed: str, days: tuple[int, ...], cents: tuple[int, ...], held: int,
-                 adds: Mapping[int, int]) -> DayBuckets | None:
-    """``adds``, all on the newest day or after it, written onto the end of the string
-    (``None`` when a bucket would become empty: the general path drops it)."""
-    text, last_day, last = packed, days[-1], cents[-1]
-    new_days: list[int] = []
-    new_cents: list[int] = []
-    changed_last = False
+def _appended(packed: str, first: int, last: int, last_cents: int, total: int,
+              adds: Mapping[int, int]) -> DayBuckets | None:
+    """``adds``, all on the last day (``last``, holding ``last_cents``) or after it, written
+    onto the end of ``packed`` (first day ``first``, ``total`` cents): no unpacking. ``None``
+    when the last bucket would become empty (the general path drops it)."""
+    pieces: list[str] = []
+    end, end_cents, kept = last, last_cents, last_cents
     for day in sorted(adds):
         plus = adds[day]
         if not plus:
             continue
-        held += plus
-        if day == last_day and not new_days:
-            last += plus
-            if not last:
-                return None
-            changed_last = True
+        total += plus
+        if day == last:
+            kept += plus
+            end_cents = kept
         else:
-            new_days.append(day)
-            new_cents.append(plus)
-    if changed_last:
-        text = f"{packed[:packed.rfind(',') + 1]}{last}"
-    if not new_days and not changed_last:
+            pieces.append(f"{day - end},{plus}")
+            end, end_cents = day, plus
+    if not kept:
         return None
-    previous = last_day
-    pieces = [text]
-    for day, plus in zip(new_days, new_cents, strict=True):
-        pieces.append(f"{day - previous},{plus}")
-        previous = day
-    return _remember(",".join(pieces), (*days, *new_days),
-                     (*cents[:-1], last, *new_cents), held)
+    head = packed if kept == last_cents else f"{packed[:packed.rfind(',') + 1]}{kept}"
+    out = DayBuckets(",".join([head, *pieces]) if pieces else head)
+    out._base_low, out._base_total = first, total
+    out._base_last, out._base_last_cents = end, end_cents
+    return out
 
 
 def _remember(packed: str, days: tuple[int, ...], cents: tuple[int, ...],

@@ -24,8 +24,8 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from core.returns import BoughtRow, Ledger
+from core.tiers import day_of
 
-DAY_S = 86_400.0
 #: Between the customer's id and the day in a day record's key (never in an id we accept).
 DAY_KEY_SEPARATOR = "\x1f"
 
@@ -35,7 +35,7 @@ DayChanges = dict[str, BoughtRow | None]
 
 def row_day(row: BoughtRow | list[Any]) -> int:
     """The event-time day (UTC, days since the epoch) a ledger row's purchase was on."""
-    return int(row[0] // DAY_S)
+    return day_of(row[0])
 
 
 def day_key(user: str, day: int) -> str:

@@ -138,10 +138,8 @@ class DecodedCache(Generic[T]):
 
     def get(self, key: str, raw: Any) -> T:
         """The decoded form of ``raw``, the value the table holds for ``key``."""
-        entry = self._entries.get(key)
-        if entry is not None and raw is not None and entry[0] is raw:
-            return entry[1]
-        return self._decode(raw)
+        cached = self.peek(key, raw)
+        return self._decode(raw) if cached is None else cached
 
     def peek(self, key: str, raw: Any) -> T | None:
         """The decoded form of ``raw`` when it is cached, else ``None``."""
