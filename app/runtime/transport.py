@@ -341,8 +341,10 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                 start += size
                 self._lane_chunk = lane_chunk(size, time.monotonic() - began)
                 # Let the loop run between chunks: heartbeats, commits, the web server and
-                # the producer's sends wait for it (see LANE_CHUNK).
+                # the producer's sends wait for it (see LANE_CHUNK); and the producer catch
+                # up when the chunks' records outrun it (BulkWriter.wait_for_room).
                 await asyncio.sleep(0)
+                await self._lane_room()
         to_message = self._to_message
         for tp, record in self.scheduler.iterate(rest):
             if not self.flow_active or self.app.consumer_generation_id != generation_id:
@@ -353,6 +355,15 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             elif tp not in not_taken:
                 not_taken[tp] = record.offset
         await self._rewind(not_taken)
+
+    async def _lane_room(self) -> None:
+        """Wait while the bulk writer holds more than LANE_PENDING_RECORDS unsent records."""
+        bulk = getattr(self.app.producer, "bulk", None)
+        if bulk is None or self.app.in_transaction:
+            return
+        if not await bulk.wait_for_room(LANE_PENDING_RECORDS, LANE_ROOM_WAIT_S):
+            self.log.warning("changelog sends behind: %d records pending after %.0f s",
+                             bulk.pending, LANE_ROOM_WAIT_S)
 
     async def _rewind(self, offsets: dict[TP, int]) -> None:
         """Seek partitions back to records that were fetched but not taken.
@@ -464,6 +475,12 @@ LANE_CHUNK = 32768
 LANE_STEP_S = 0.5
 #: The smallest chunk (smaller ones lose the per-batch writes of each key's state).
 LANE_CHUNK_MIN = 1024
+#: Records the fast lane may leave queued or in flight on the bulk writer before its next
+#: chunk waits for them to be sent (to half this); ~10-20 MB of changelog values.
+LANE_PENDING_RECORDS = 65536
+#: The longest such a wait lasts (a broker that does not answer: the lane goes on, and
+#: the records queue as they did before, until a commit's flush fails).
+LANE_ROOM_WAIT_S = 5.0
 
 
 def lane_chunk(size: int, elapsed_s: float) -> int:

@@ -67,3 +67,34 @@ def test_records_join_the_partitions_unsent_batch_and_land_once_in_order(
     assert values == [f"{n}-{part}".encode() for n in range(ROUNDS) for part in "ab"]
     assert counted == 2 * ROUNDS
     assert delivered == sorted(set(delivered)) and delivered[-1] == 2 * ROUNDS - 1
+
+
+async def _backpressure(bootstrap: str, topic: str) -> tuple[list[int], int, list[bytes]]:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1)
+    await producer.start()
+    writer = BulkWriter()
+    sender = asyncio.ensure_future(writer.run(producer))
+    pending_after_wait: list[int] = []
+    try:
+        await asyncio.sleep(0)  # the sender's task waits for work
+        for chunk in range(10):
+            for n in range(1_000):  # a chunk of a backlog: queued without a loop turn
+                writer.enqueue(topic, 0, None, f"{chunk}-{n}".encode())
+            assert await writer.wait_for_room(limit=1_500, timeout=20.0)
+            pending_after_wait.append(writer.pending)
+        await writer.flush(producer)
+        return pending_after_wait, writer.delivered, await _written(bootstrap, topic, 10_000)
+    finally:
+        sender.cancel()
+        await producer.stop()
+
+
+@pytest.mark.timeout(120)
+def test_a_producer_of_records_waits_until_the_broker_has_taken_them(stack: DevStack) -> None:
+    topic = f"bulk-room-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(stack.bootstrap, [TopicSpec(topic, 1, {})]))
+    pending, delivered, values = asyncio.run(_backpressure(stack.bootstrap, topic))
+    # over the limit after a chunk: it waits until half the limit or less is unsent
+    assert all(count <= 1_500 for count in pending), pending
+    assert delivered == 10_000
+    assert values == [f"{c}-{n}".encode() for c in range(10) for n in range(1_000)]
