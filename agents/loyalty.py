@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,12 +39,14 @@ from app.topics import (
 )
 from core.events import BadEvent, parse_product, parse_purchase, parse_return, parse_user
 from core.ledger_days import (
+    added_rows,
     assemble,
     changed_rows,
     day_json,
     day_key,
     day_rows,
     head_json,
+    listed_days,
     stored_days,
 )
 from core.loyalty import (
@@ -58,7 +60,7 @@ from core.loyalty import (
 )
 from core.pricing import history_from_json, history_to_json, with_price
 from core.repartition import repartition_topic
-from core.returns import Held, Ledger, apply_return, remember_purchase, remember_purchases
+from core.returns import BoughtRow, Held, Ledger, apply_return, remember_batch, remember_purchase
 from core.rfm import learn_boundaries
 from tables.batch import DecodedCache, TableWrites
 from tables.deadletters import return_letter_sent
@@ -150,6 +152,8 @@ class _Customer:
     #: Returnable purchases of this batch, remembered in the ledger in one step at the end
     #: (while it holds no return: ``core.returns.remember_purchases``).
     returnable: list[tuple[int, Purchase, bool]] | None = None
+    #: The rows that remembering ``returnable`` wrote (core.returns.remember_batch).
+    fresh: Mapping[str, BoughtRow] | None = None
 
 
 def _customer(customers: dict[str, _Customer], user: str, writes: TableWrites) -> _Customer:
@@ -184,25 +188,29 @@ def _write_ledger(user: str, customer: _Customer, writes: TableWrites) -> None:
     ledger = customer.ledger
     assert ledger is not None
     stored = customer.stored_ledger or Ledger()
-    touched = None if customer.ledger_reworked or customer.returnable is None else (
-        purchase.purchase_id for _, purchase, _ in customer.returnable
-        if purchase.purchase_id is not None)
+    fresh = customer.fresh
+    if (fresh is not None and not customer.ledger_reworked
+            and len(ledger.bought) == len(stored.bought) + len(fresh)):
+        changes = added_rows(fresh)  # the usual batch: new purchases only, none dropped
+    else:
+        touched = None if customer.ledger_reworked or customer.returnable is None else (
+            purchase.purchase_id for _, purchase, _ in customer.returnable
+            if purchase.purchase_id is not None)
+        changes = changed_rows(stored.bought, ledger.bought, touched)
     head = writes.get(ledgers, user)
-    days: list[int] = head.get("days", []) if head else []
-    added: set[int] = set()
-    gone: set[int] = set()
-    for day, changes in changed_rows(stored.bought, ledger.bought, touched).items():
+    added: list[int] = []
+    gone: list[int] = []
+    for day, rows_changed in changes.items():
         key = day_key(user, day)
-        rows = day_rows(writes.get(ledgers, key), changes)
+        rows = day_rows(writes.get(ledgers, key), rows_changed)
         if rows:
             writes.put(ledgers, key, day_json(rows, ledger))
-            added.add(day)
+            added.append(day)
         else:
             writes.delete(ledgers, key)
-            gone.add(day)
-    if gone or not added.issubset(days):  # usually today's record, already listed
-        days = sorted((stored_days(head) | added) - gone)
-    raw = head_json(ledger, days)
+            gone.append(day)
+    listed = [int(day) for day in head.get("days", ())] if head else []
+    raw = head_json(ledger, listed_days(listed, added, gone))
     LEDGERS.remember(user, raw, ledger)
     writes.put(ledgers, user, raw)
 
@@ -235,8 +243,8 @@ def _write(customers: dict[str, _Customer], writes: TableWrites,
            repartitioned: bool = False) -> None:
     for user, customer in customers.items():
         if customer.returnable and customer.ledger is not None:
-            customer.ledger = remember_purchases(customer.ledger, customer.returnable, RULES,
-                                                 repartitioned=repartitioned)
+            customer.ledger, customer.fresh = remember_batch(
+                customer.ledger, customer.returnable, RULES, repartitioned=repartitioned)
             customer.changed.add("ledger")
         if "spend" in customer.changed:
             raw = customer.spend.to_json()

@@ -78,6 +78,30 @@ def changed_rows(before: Mapping[str, BoughtRow], after: Mapping[str, BoughtRow]
     return changes
 
 
+def added_rows(fresh: Mapping[str, BoughtRow]) -> dict[int, DayChanges]:
+    """Rows new to a ledger (none of their ids in it before, none dropped), by day: what
+    :func:`changed_rows` finds for them, without comparing."""
+    changes: dict[int, DayChanges] = {}
+    for pid, row in fresh.items():
+        day = day_of(row[0])
+        rows = changes.get(day)
+        if rows is None:
+            changes[day] = {pid: row}
+        else:
+            rows[pid] = row
+    return changes
+
+
+def listed_days(days: list[int], added: Iterable[int], gone: Iterable[int]) -> list[int]:
+    """A head's ``days`` (sorted) after days ``added`` got a record and ``gone`` lost
+    theirs; ``days`` itself when neither changes it (usually today's day, listed already)."""
+    new = [day for day in added if day not in days]
+    gone = [day for day in gone if day in days]
+    if not new and not gone:
+        return days
+    return sorted(set(days).union(new).difference(gone))
+
+
 def _change(changes: dict[int, DayChanges], pid: str, was: BoughtRow | None,
             row: BoughtRow) -> None:
     day = row_day(row)
@@ -106,8 +130,7 @@ def day_json(rows: Mapping[str, Any], ledger: Ledger) -> dict[str, Any]:
 def head_json(ledger: Ledger, days: list[int]) -> dict[str, Any]:
     """The head record: the ledger without its purchases, and the days that have a record
     (in order)."""
-    head = ledger.to_json()
-    del head["bought"]
+    head = ledger.head_json()
     head["days"] = days
     return head
 

@@ -146,13 +146,16 @@ class Ledger(NamedTuple):
 
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
+        fields = self.head_json()
         bought = self.bought
-        return {
-            **({"last_ret_rp": self.last_ret_rp} if self.last_ret_rp >= 0 else {}),
-            **({"given_up": [[m, list(h), r] for m, h, r in self.given_up]}
-               if self.given_up else {}),
-            # never mutated once in a ledger: the value written shares the rows and the map
-            "bought": bought if type(bought) is dict else dict(bought),
+        # never mutated once in a ledger: the value written shares the rows and the map
+        fields["bought"] = bought if type(bought) is dict else dict(bought)
+        return fields
+
+    def head_json(self) -> dict[str, Any]:
+        """:meth:`to_json` without the purchases (what a ledger stored by day keeps in its
+        head record, core/ledger_days.py)."""
+        fields: dict[str, Any] = {
             "held": [list(h) for h in self.held] if self.held else [],
             "newest_ts": self.newest_ts,
             "rejected": [list(r) for r in self.rejected] if self.rejected else [],
@@ -160,6 +163,11 @@ class Ledger(NamedTuple):
             "last_rp": self.last_rp,
             "last_ret": self.last_ret,
         }
+        if self.last_ret_rp >= 0:
+            fields["last_ret_rp"] = self.last_ret_rp
+        if self.given_up:
+            fields["given_up"] = [[m, list(h), r] for m, h, r in self.given_up]
+        return fields
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> Ledger:
@@ -450,6 +458,15 @@ def remember_purchases(
     (``ledger.held`` empty: only a return adds one). What a return can see is what
     :func:`remember_purchase` one at a time leaves; only rows already past the window may
     be dropped at other moments."""
+    return remember_batch(ledger, purchases, rules, repartitioned=repartitioned)[0]
+
+
+def remember_batch(
+    ledger: Ledger, purchases: Sequence[tuple[int, Purchase, bool]],
+    rules: LoyaltyRules = LoyaltyRules(), *, repartitioned: bool = False,
+) -> tuple[Ledger, Mapping[str, BoughtRow]]:
+    """:func:`remember_purchases`, and the rows it wrote (by purchase id): what a writer
+    storing the ledger by day has to add, unless rows were also dropped."""
     assert not ledger.held, "held returns: remember_purchase, one at a time"
     seen = ledger.last_rp if repartitioned else ledger.last_offset
     bought = ledger.bought
@@ -470,7 +487,7 @@ def remember_purchases(
         newest_ts = max(newest_ts, purchase.ts)
         last = offset
     if last == seen:
-        return ledger
+        return ledger, fresh
     remembered = (bought | fresh if type(bought) is dict else {**bought, **fresh}
                   ) if fresh else bought
     updated, expired = _expire(Ledger(
@@ -479,7 +496,7 @@ def remember_purchases(
         last if repartitioned else ledger.last_rp, ledger.last_ret, ledger.last_ret_rp,
         ledger.given_up), rules)
     assert not expired
-    return updated
+    return updated, fresh
 
 
 def remember_purchase(
