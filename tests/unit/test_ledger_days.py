@@ -13,12 +13,14 @@ from hypothesis import strategies as st
 
 from core.events import BadEvent, parse_purchase, parse_return
 from core.ledger_days import (
+    added_rows,
     assemble,
     changed_rows,
     day_json,
     day_key,
     day_rows,
     head_json,
+    listed_days,
     stored_days,
 )
 from core.returns import Ledger, Refund
@@ -128,3 +130,21 @@ def test_day_keys_cannot_collide_with_a_customer_id() -> None:
         with pytest.raises(BadEvent, match="U\\+001F"):
             parse(b'{"user_id": "kris\\u001f20454", "product_id": "tea", "purchase_id": "p1"}',
                   None, T0)
+
+
+@given(rows, rows)
+def test_rows_new_to_a_ledger_are_written_to_their_days_as_a_full_comparison_finds(
+        before: dict[str, Any], fresh: dict[str, Any]) -> None:
+    fresh = {f"n{pid}": r for pid, r in fresh.items()}  # ids the ledger does not hold
+    assert stored_after(before, added_rows(fresh)) == by_day({**before, **fresh})
+
+
+@given(st.sets(st.integers(0, 60)), st.sets(st.integers(0, 60)), st.sets(st.integers(0, 60)))
+def test_the_head_lists_each_day_that_has_a_record_once_in_order(
+        listed: set[int], added: set[int], gone: set[int]) -> None:
+    gone -= added
+    days = sorted(listed)
+    out = listed_days(days, sorted(added), sorted(gone))
+    assert out == sorted((listed | added) - gone)
+    if added <= listed and not gone & listed:
+        assert out is days  # nothing to rewrite
