@@ -227,7 +227,12 @@ def install(path: str) -> None:
 
     async def run_lane(self: Any, tp: Any, batch: list[Any], handler: Any) -> None:
         if tp.topic not in fastlane.URGENT or not batch:
+            started = time.perf_counter()
             await original_lane(self, tp, batch, handler)
+            ms = (time.perf_counter() - started) * 1000
+            if ms >= 5:
+                emit("other_lane", topic=tp.topic.split(".", 1)[-1], p=tp.partition,
+                     n=len(batch), ms=round(ms, 2))
             return
         t0, started = time.time(), time.perf_counter()
         oldest = min(r.timestamp for r in batch) / 1000
