@@ -122,6 +122,18 @@ app.on_worker_init.connect(_check_internals)
 app.on_worker_init.connect(_tune_gc)
 
 
+def _stall_probe(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    """``STALL_PROBE=<file>``: the event loop's timeline, for latency stalls (debug only)."""
+    path = os.environ.get("STALL_PROBE")
+    if path:
+        from app.runtime import stall_probe
+
+        stall_probe.install(path)
+
+
+app.on_worker_init.connect(_stall_probe)
+
+
 #: Process-wide metrics served at ``/metrics``.
 METRICS = Metrics()
 for _name, _kind, _help in (

@@ -60,7 +60,12 @@ RULES_ON = {"CONTROL_GROUP_PCT": "10", "MAX_ACCURACY_M": "5",
 #: Upper edges (ms) of the latency histogram's buckets (the last one is open).
 HISTOGRAM_MS = (1, 2, 5, 10, 15, 20, 30, 50, 75, 100, 150, 200, 300, 500, 1000, 2000, 5000)
 SHOPPERS = 1_000
+#: Offers at least this slow (ms) are listed in a trial's ``slow_offers`` (up to SLOW_KEPT).
+SLOW_MS = 50.0
+SLOW_KEPT = 300
 WARMUP_S = 1.0
+#: Length (s) of each peer's discarded trial before the first round (:func:`warm_up`).
+WARMUP_TRIAL_S = 5.0
 FETCH_WAIT_MS = 10
 #: Host CPU steal (% of all CPU time, over a trial) above which the trial counts as disturbed:
 #: on this kind of shared machine steal went from 0 to 43% within minutes and moved a 15-s
@@ -157,6 +162,7 @@ async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: 
     await producer.start()
     run = uuid.uuid4().hex[:4]
     latencies: list[float] = []
+    stamps: list[float] = []  # each measured offer's position ts, beside its latency
     last_hop: list[float] = []  # output record's own timestamp -> received
     seen = {"warm": 0, "measured": 0}
     last_received = [0.0]
@@ -179,6 +185,7 @@ async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: 
                         last_received[0] = received
                         if not counted_only and float(value["ts"]) >= measure_from:
                             latencies.append(received - float(value["ts"]))
+                            stamps.append(float(value["ts"]))
                             if record.timestamp is not None and record.timestamp > 0:
                                 last_hop.append(received - record.timestamp / 1000)
 
@@ -232,6 +239,9 @@ async def measure(bootstrap: str, source: str, sink: str, rate: float, seconds: 
         # The last hop alone (output produced -> received), the same broker work for both.
         "last_hop_p50_ms": round(percentile([x * 1000 for x in last_hop], 50), 1),
         "last_hop_p99_ms": round(percentile([x * 1000 for x in last_hop], 99), 1),
+        # The slow offers themselves (position ts, ms), to set beside a worker's timeline.
+        "slow_offers": [[round(ts, 4), round(x, 1)] for ts, x in zip(stamps, ms, strict=True)
+                        if x >= SLOW_MS][:SLOW_KEPT],
     }
 
 
@@ -451,6 +461,8 @@ def run(stack: DevStack, tmp: Path, quick: bool, trials: int | None = None,
     drain_s = 10.0 if quick else 30.0
     names = ["storestream", "aiokafka"] if quick else list(PEERS)  # quick: the pair alone
     out: dict[str, Any] = {}
+    if not quick:
+        out["warmup"] = warm_up(stack, tmp, names, plan[0], drain_s)
     for rate in plan:
         runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
         for trial in range(rounds):
@@ -474,6 +486,24 @@ def run(stack: DevStack, tmp: Path, quick: bool, trials: int | None = None,
         log(f"latency: {rate:,.0f}/s ratios {row['ratios']}")
         out[f"{rate:.0f}/s"] = row
     return out
+
+
+def warm_up(stack: DevStack, tmp: Path, names: Sequence[str], rate: float,
+            drain_s: float) -> dict[str, Any]:
+    """One untimed trial of every peer (:data:`WARMUP_TRIAL_S`), discarded, before the first
+    round: the broker is started for the run, and its first seconds of traffic run on a
+    cold JVM (interpreted, then compiled as it goes). Measured at 2,000 positions/s: the first
+    trial after the broker started had p99 151-1,343 ms in each of 8 runs against 29-181 ms
+    for the same peer's later trials, and that first trial was always the same peer's (the
+    first of round 1). Returns each peer's p50/p99 (or error), for the record."""
+    done: dict[str, Any] = {}
+    for name in names:
+        log(f"latency: warm-up, {name} at {rate:,.0f} positions/s for {WARMUP_TRIAL_S:.0f} s "
+            "(not counted) ...")
+        r = _trial(name, PEERS[name], stack, tmp, rate, WARMUP_TRIAL_S, drain_s)
+        done[name] = ({"error": r["error"][:200]} if "error" in r
+                      else {"p50_ms": r["p50_ms"], "p99_ms": r["p99_ms"]})
+    return done
 
 
 def _trial(name: str, peer: Callable[[DevStack, Path, float], AbstractContextManager[Window]],
@@ -501,6 +531,10 @@ def format_table(section: dict[str, Any]) -> str:
     lines = [f"{'rate':>8} {'peer':12} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms (min-max)':>22} "
              f"{'Redis p99 ms (min-max)':>24} {'trials':>6} {'CPU%':>5}"]
     for rate, row in section.items():
+        if rate == "warmup":
+            lines.append(f"{'warm-up':>8} (not counted) " + ", ".join(
+                f"{name} p99 {r.get('p99_ms', 'error')}" for name, r in row.items()))
+            continue
         if not isinstance(row, dict) or "ratios" not in row:
             lines.append(f"{rate:>8} {row}")
             continue

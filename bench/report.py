@@ -217,7 +217,7 @@ def write_latency(report: dict[str, Any], charts: Path) -> str | None:
              "|---|---|---|---|---|"]
     curves: list[tuple[str, list[float], list[float]]] = []
     for rate, row in section.items():
-        if not isinstance(row, dict):
+        if not isinstance(row, dict) or rate == "warmup":  # warm-up trials are not figures
             continue
         for name, peer in row.items():
             if not isinstance(peer, dict) or not ({"p99_ms", "median_p99_ms"} & set(peer)):

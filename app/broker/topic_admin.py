@@ -181,11 +181,35 @@ async def _reconcile(admin: AIOKafkaAdminClient, desired: Sequence[DesiredTopic]
         return TopicReport(before, partitions=counts)
     created, existing, failures = await create(admin, before.create, timeout_s)
     if existing:  # created meanwhile by someone else: compare them like any existing topic
-        found = await describe(admin, desired)
-        before = plan(desired, found)
-        counts = {name: topic.partitions for name, topic in found.items()}
+        before, counts = await _described(admin, desired, set(existing),
+                                           min(EXISTING_WAIT_S, timeout_s / 2))
     counts.update((t.name, t.partitions) for t in desired if t.name in created)
     return TopicReport(before, tuple(created), failures, counts)
+
+
+#: Longest wait (s) for topics the broker says exist to show in its metadata.
+EXISTING_WAIT_S = 10.0
+
+
+async def _described(admin: AIOKafkaAdminClient, desired: Sequence[DesiredTopic],
+                     existing: set[str], wait_s: float) -> tuple[TopicPlan, dict[str, int]]:
+    """(plan, partition counts) once the topics the broker called existing are described,
+    asking again every 0.2 s for up to ``wait_s``.
+
+    A topic created a moment earlier (by a harness or another worker) can be refused as
+    existing by the controller while the broker answering the describe does not show it
+    yet: the worker then exited with "could not create topic(s)" and no reason (measured
+    in the latency bench on Kafka 4.4, which creates every topic before starting a worker:
+    2 of 8 worker starts in one run).
+    """
+    deadline = asyncio.get_running_loop().time() + wait_s
+    while True:
+        found = await describe(admin, desired)
+        before = plan(desired, found)
+        if (not existing & {t.name for t in before.create}
+                or asyncio.get_running_loop().time() >= deadline):
+            return before, {name: topic.partitions for name, topic in found.items()}
+        await asyncio.sleep(0.2)
 
 
 def run_blocking(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:

@@ -144,10 +144,17 @@ class BulkWriter:
                         await self._send(producer, topic, partition, records)
 
     async def flush(self, producer: Any) -> None:
-        """Return once every record queued before the call is acknowledged; raise a failure."""
+        """Return once every record queued before the call is acknowledged; raise a failure.
+
+        Waits for the sends in flight once those records are handed over, not for later ones:
+        waiting until nothing was in flight never ended while the lanes kept writing (measured
+        at 2,000 positions/s: Faust's commit flushes took 0.4-5.5 s, so offsets were committed
+        every ~6 s instead of every ``broker_commit_interval``).
+        """
         await self.drain(producer)
-        while self._inflight:
-            await asyncio.wait(list(self._inflight))
+        pending = list(self._inflight)
+        if pending:
+            await asyncio.wait(pending)
         if self.error is not None:
             raise self.error
 

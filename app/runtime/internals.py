@@ -107,6 +107,8 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
             f"{_FETCHER}._fetch_requests_routine",
             f"{_FETCHER}._get_actions_per_node",
             f"{_FETCHER}._records",
+            f"{_FETCHER}._select_read_replica",
+            "aiokafka.consumer.fetcher.FetchResult._created",
             f"{_SUBSCRIPTION}.Assignment.tps",
             f"{_SUBSCRIPTION}.Assignment.state_value",
             f"{_SUBSCRIPTION}.TopicPartitionState.paused",

@@ -85,7 +85,7 @@ class FetchWaitConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):  # type: i
         self._fetch_log = fetch_actions.FetchLog()
         if self._consumer is not None:  # paused partitions cost nothing per fetch wake
             fetch_actions.skip_paused(self._consumer._fetcher, self.thread_loop,
-                                      self._fetch_log)
+                                      self._fetch_log, urgent=fastlane.URGENT)
         if self.app.client_only:
             return
         if self._consumer is not None:  # a cut-off worker sends no dead letter

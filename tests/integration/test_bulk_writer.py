@@ -89,6 +89,34 @@ async def _backpressure(bootstrap: str, topic: str) -> tuple[list[int], int, lis
         await producer.stop()
 
 
+async def _flush_while_writing(bootstrap: str, topic: str) -> tuple[int, int]:
+    """(records queued before a flush, records acknowledged when it returned), with another
+    task queueing and draining records the whole time."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks=1)
+    await producer.start()
+    writer = BulkWriter()
+    stop = asyncio.Event()
+
+    async def keep_writing() -> None:
+        while not stop.is_set():
+            writer.enqueue(topic, 0, None, b"more")
+            await writer.drain(producer)
+            await asyncio.sleep(0)
+
+    writing = asyncio.create_task(keep_writing())
+    try:
+        await asyncio.sleep(0.3)
+        writer.enqueue(topic, 0, None, b"before the flush")
+        queued = writer.enqueued
+        await asyncio.wait_for(writer.flush(producer), 10)
+        return queued, writer.delivered
+    finally:
+        stop.set()
+        await writing
+        await writer.flush(producer)
+        await producer.stop()
+
+
 @pytest.mark.timeout(120)
 def test_a_producer_of_records_waits_until_the_broker_has_taken_them(stack: DevStack) -> None:
     topic = f"bulk-room-{uuid.uuid4().hex[:8]}"
@@ -98,3 +126,11 @@ def test_a_producer_of_records_waits_until_the_broker_has_taken_them(stack: DevS
     assert all(count <= 1_500 for count in pending), pending
     assert delivered == 10_000
     assert values == [f"{c}-{n}".encode() for c in range(10) for n in range(1_000)]
+
+
+@pytest.mark.timeout(120)
+def test_flush_returns_while_other_records_keep_coming(stack: DevStack) -> None:
+    topic = f"bulk-writer-{uuid.uuid4().hex[:8]}"
+    asyncio.run(ensure_topics(stack.bootstrap, [TopicSpec(topic, 1, {})]))
+    queued, acknowledged = asyncio.run(_flush_while_writing(stack.bootstrap, topic))
+    assert acknowledged >= queued  # every record queued before the call is acknowledged

@@ -4,12 +4,20 @@ aiokafka's real subscription state and a stand-in for the fetcher's own decision
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Any, NamedTuple
 
 from aiokafka import TopicPartition
 from aiokafka.consumer.subscription_state import SubscriptionState
 
-from app.runtime.fetch_actions import FetchLog, ResumeSignal, skip_paused, split_paused
+from app.runtime.fetch_actions import (
+    URGENT_HOLD_S,
+    FetchLog,
+    ResumeSignal,
+    hold_for_urgent,
+    skip_paused,
+    split_paused,
+)
 
 CHANGELOG = [TopicPartition("spend-changelog", p) for p in range(4)]
 POSITIONS = [TopicPartition("customers.locations", p) for p in range(2)]
@@ -135,3 +143,61 @@ async def test_window_is_bounded_when_no_fetch_names_the_partitions() -> None:
     started = loop.time()
     await log.answered([TopicPartition("products", 0)], 0.05)
     assert 0.04 <= loop.time() - started < 1.0
+
+
+class Fetched:
+    """An aiokafka fetch result as :func:`hold_for_urgent` reads it: when it was fetched."""
+
+    def __init__(self, created: float) -> None:
+        self._created = created
+
+
+def node_of(tp: TopicPartition) -> int:
+    """Partition 0 of every topic on broker 0, the others on broker 1."""
+    return 0 if tp.partition == 0 else 1
+
+
+def actions_for(*nodes: int) -> tuple[Any, ...]:
+    return ([(node, Request([("products", [(0, 0, 1024)])])) for node in nodes], {}, 0.2,
+            False, [])
+
+
+def test_fetch_to_a_broker_holding_untaken_positions_waits_for_them() -> None:
+    buffered = {POSITIONS[0]: Fetched(created=10.0)}  # broker 0: taken soon, then fetched
+    fetches, resets, timeout, invalid, futures = hold_for_urgent(
+        actions_for(0, 1), buffered, node_of, {"customers.locations"}, now=10.15)
+    assert [node for node, _ in fetches] == [1]  # the other broker is fetched as before
+    assert (resets, invalid, futures) == ({}, False, [])
+    assert timeout == 0.2  # the routine is woken when the records are taken
+
+
+def test_hold_ends_after_its_bound_and_shortens_the_routine_timeout() -> None:
+    buffered = {POSITIONS[0]: Fetched(created=10.0)}
+    *_, timeout, _, _ = hold_for_urgent(actions_for(0), buffered, node_of,
+                                        {"customers.locations"}, now=10.0 + 0.95)
+    assert abs(timeout - 0.05) < 1e-9
+    late = hold_for_urgent(actions_for(0), buffered, node_of, {"customers.locations"},
+                           now=10.0 + URGENT_HOLD_S + 0.01)
+    assert [node for node, _ in late[0]] == [0]  # never taken: aiokafka's own rule again
+
+
+def test_untaken_records_of_other_topics_hold_nothing() -> None:
+    buffered = {CHANGELOG[0]: Fetched(created=10.0)}
+    result = actions_for(0, 1)
+    assert hold_for_urgent(result, buffered, node_of, {"customers.locations"},
+                           now=10.01) is result
+    assert hold_for_urgent(result, buffered, node_of, set(), now=10.01) is result
+
+
+async def test_fetcher_holds_its_fetch_while_positions_wait_to_be_taken() -> None:
+    state = subscribed({**dict.fromkeys(CHANGELOG[:1], 10), **dict.fromkeys(POSITIONS, 3)})
+    fetcher = StandInFetcher()
+    fetcher._select_read_replica = lambda tp: 0  # type: ignore[attr-defined]
+    log = FetchLog()
+    skip_paused(fetcher, asyncio.get_running_loop(), log, urgent={"customers.locations"})
+    fetcher._records[POSITIONS[1]] = Fetched(created=time.monotonic())
+    fetches, *_ = fetcher._get_actions_per_node(state.subscription.assignment)
+    assert fetches == [] and log.requests == {}
+    del fetcher._records[POSITIONS[1]]  # taken: the next request names the positions
+    fetches, *_ = fetcher._get_actions_per_node(state.subscription.assignment)
+    assert fetches and log.requests["customers.locations"] == 1
