@@ -129,19 +129,22 @@ class BulkWriter:
             await self.drain(producer)
 
     async def drain(self, producer: Any) -> None:
-        """Hand everything queued so far to aiokafka, in batches (does not wait for acks)."""
+        """Hand everything queued so far to aiokafka, in batches (does not wait for acks).
+
+        One pass over what is queued when the pass begins: records queued meanwhile wait
+        for the next pass (the sender task's next wake), so a producer of records that never
+        pauses cannot keep the lock, and a :meth:`flush` waiting for it, forever."""
         if self._draining is None:
             self._draining = asyncio.Lock()
         async with self._draining:
-            while self._queued:
-                queued, self._queued = self._queued, {}
-                for (topic, partition), records in queued.items():
-                    if partition == KEYED:
-                        for chosen, share in (await _by_partition(producer, topic,
-                                                                  records)).items():
-                            await self._send(producer, topic, chosen, share)
-                    else:
-                        await self._send(producer, topic, partition, records)
+            queued, self._queued = self._queued, {}
+            for (topic, partition), records in queued.items():
+                if partition == KEYED:
+                    for chosen, share in (await _by_partition(producer, topic,
+                                                              records)).items():
+                        await self._send(producer, topic, chosen, share)
+                else:
+                    await self._send(producer, topic, partition, records)
 
     async def flush(self, producer: Any) -> None:
         """Return once every record queued before the call is acknowledged; raise a failure.
@@ -149,7 +152,8 @@ class BulkWriter:
         Waits for the sends in flight once those records are handed over, not for later ones:
         waiting until nothing was in flight never ended while the lanes kept writing (measured
         at 2,000 positions/s: Faust's commit flushes took 0.4-5.5 s, so offsets were committed
-        every ~6 s instead of every ``broker_commit_interval``).
+        every ~6 s instead of every ``broker_commit_interval``; under a backlog of a million
+        purchases nothing was committed before the backlog was done).
         """
         await self.drain(producer)
         pending = list(self._inflight)
