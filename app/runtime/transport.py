@@ -214,6 +214,9 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         self._lane_done: dict[TP, tuple[int, int]] = {}
         #: Records handed to a lane at a time, adapted to how long a chunk takes (lane_chunk).
         self._lane_chunk = LANE_CHUNK
+        #: Records the lanes processed since the last commit, and a caught-up commit running.
+        self._lane_since_commit = 0
+        self._caught_up_commit: asyncio.Future[Any] | None = None
 
     def pause_partitions(self, tps: Iterable[TP]) -> None:
         """Faust's pause; aiokafka stops fetching paused changelog partitions too."""
@@ -275,9 +278,25 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         """Faust's commit; under exactly_once with no event half-processed and every record
         of the processed ones with its transactional producer (:func:`app.runtime.guarantees.
         commit_barrier`)."""
+        self._lane_since_commit = 0
         async with guarantees.commit_barrier(self.app):
             return cast(bool, await super().force_commit(
                 topics, start_new_transaction=start_new_transaction))
+
+    def _commit_if_caught_up(self, tps: Iterable[TP], processed: int) -> None:
+        """Commit now, not at the next commit interval, once the lanes have processed at least
+        CAUGHT_UP_COMMIT_RECORDS records since the last commit and the partitions just read
+        hold nothing more to read: a backlog's end is committed at once (a crash right after
+        it reads back less), while a steady trickle keeps the interval's commits."""
+        self._lane_since_commit += processed
+        if (self._lane_since_commit < CAUGHT_UP_COMMIT_RECORDS or self.app.in_transaction
+                or (self._caught_up_commit is not None and not self._caught_up_commit.done())):
+            return
+        if not caught_up([(self._read_offset.get(tp), self.highwater(tp)) for tp in tps]):
+            return
+        self._lane_since_commit = 0
+        self._caught_up_commit = asyncio.ensure_future(self.commit())
+        self._caught_up_commit.add_done_callback(_log_commit_failure)
 
     async def commit_and_end_transactions(self) -> None:
         """Faust's last commit before a rebalance (and on stop), made even when a commit was
@@ -319,11 +338,15 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             return
         rest = {}
         not_taken: dict[TP, int] = {}
+        laned: list[TP] = []
+        processed = 0
         for tp, batch in sorted(records.items(), key=_urgent_first):
             handler = lanes.get(tp.topic)
             if handler is None:
                 rest[tp] = batch
                 continue
+            laned.append(tp)
+            processed += len(batch)
             if not self.flow_active or self.app.consumer_generation_id != generation_id:
                 return
             if active is not None and tp not in active and tp not in self._buffered_partitions:
@@ -345,6 +368,8 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
                 # up when the chunks' records outrun it (BulkWriter.wait_for_room).
                 await asyncio.sleep(0)
                 await self._lane_room()
+        if processed and not not_taken:
+            self._commit_if_caught_up(laned, processed)
         to_message = self._to_message
         for tp, record in self.scheduler.iterate(rest):
             if not self.flow_active or self.app.consumer_generation_id != generation_id:
@@ -481,6 +506,16 @@ LANE_PENDING_RECORDS = 65536
 #: The longest such a wait lasts (a broker that does not answer: the lane goes on, and
 #: the records queue as they did before, until a commit's flush fails).
 LANE_ROOM_WAIT_S = 5.0
+#: Records processed by the lanes since the last commit from which a worker that has caught
+#: up with its input commits at once (Consumer._commit_if_caught_up).
+CAUGHT_UP_COMMIT_RECORDS = 10_000
+
+
+def caught_up(positions: Iterable[tuple[int | None, int | None]]) -> bool:
+    """Whether partitions, each given as (last offset processed, highwater), hold nothing
+    more to read (unknown: not caught up)."""
+    return all(read is not None and highwater is not None and read + 1 >= highwater
+               for read, highwater in positions)
 
 
 def lane_chunk(size: int, elapsed_s: float) -> int:
@@ -512,6 +547,11 @@ async def _let_fetcher_send() -> None:
     """
     for _ in range(FETCH_AHEAD_YIELDS):
         await asyncio.sleep(0)
+
+
+def _log_commit_failure(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled() and future.exception() is not None:
+        log.warning("commit after catching up failed: %r", future.exception())
 
 
 def _urgent_first(item: tuple[TP, Any]) -> bool:

@@ -8,7 +8,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app.runtime.transport import LANE_CHUNK, LANE_CHUNK_MIN, LANE_STEP_S, lane_chunk
+from app.runtime.transport import (
+    LANE_CHUNK,
+    LANE_CHUNK_MIN,
+    LANE_STEP_S,
+    caught_up,
+    lane_chunk,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -35,3 +41,13 @@ def test_a_chunk_within_the_step_keeps_its_size() -> None:
 @given(st.integers(LANE_CHUNK_MIN, LANE_CHUNK), st.floats(0.0, 60.0))
 def test_the_chunk_stays_between_floor_and_ceiling(size: int, elapsed: float) -> None:
     assert LANE_CHUNK_MIN <= lane_chunk(size, elapsed) <= LANE_CHUNK
+
+
+def test_partitions_read_to_their_highwater_are_caught_up() -> None:
+    assert caught_up([(99, 100), (4, 5)])  # the last offset read is the highwater's previous
+
+
+def test_a_partition_with_records_left_or_unknown_is_not_caught_up() -> None:
+    assert not caught_up([(99, 100), (3, 5)])
+    assert not caught_up([(None, 100)])
+    assert not caught_up([(99, None)])
