@@ -295,8 +295,17 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         if not caught_up([(self._read_offset.get(tp), self.highwater(tp)) for tp in tps]):
             return
         self._lane_since_commit = 0
-        self._caught_up_commit = asyncio.ensure_future(self.commit())
+        self._caught_up_commit = asyncio.ensure_future(self._commit_after_any_in_flight())
         self._caught_up_commit.add_done_callback(_log_commit_failure)
+
+    async def _commit_after_any_in_flight(self) -> None:
+        """A commit of what is processed now: Faust's ``commit`` returns without committing
+        when one is in flight, and one begun before the last records were processed would
+        leave them to the next commit interval (measured: 2.7 s of a 17-s bench window)."""
+        for _ in range(COMMIT_WAITS):
+            if not await self.maybe_wait_for_commit_to_finish():
+                break
+        await self.commit()
 
     async def commit_and_end_transactions(self) -> None:
         """Faust's last commit before a rebalance (and on stop), made even when a commit was
