@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import hashlib
 import math
 import signal
@@ -41,6 +42,10 @@ FETCH_WAIT_MS = 10  # the same fetch wait storestream uses (FETCH_WAIT_MS)
 #: DEFAULT_STREAM_MAXLEN): at 2,000 positions/s a trial's 20,000 offers pass it, and the
 #: Redis latency is read from what each peer's stream still holds, the same share for both.
 STREAM_MAXLEN = 10_000
+
+
+#: How long a finished throughput run stays in its group when nobody stops it (s).
+LINGER_S = 60.0
 
 
 async def throughput(bootstrap: str, prefix: str, expect: int, max_s: float) -> None:
@@ -85,6 +90,13 @@ async def throughput(bootstrap: str, prefix: str, expect: int, max_s: float) -> 
             await consumer.commit()
         window.wall_end, window.cpu_end = now(), self_cpu_seconds()
         emit_result(window, customers=len(state), complete=window.events >= expect)
+        # Stay in the group until the harness stops the peer: it watches the group from
+        # outside (Stable, then offsets committed), and a small run could join, finish and
+        # leave between two of its polls (a quick bench once saw the group never Stable).
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), LINGER_S)
     finally:
         await producer.stop()
         await consumer.stop()
