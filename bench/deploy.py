@@ -97,8 +97,16 @@ class Proc:
         return self.process.pid
 
     def alive(self) -> bool:
-        """True while the process runs."""
-        return self.process.poll() is None
+        """True while the process runs. ``poll`` reports a child another waiter reaped as
+        exited with 0 (ECHILD); the kernel's process table is asked then too."""
+        if self.process.poll() is None:
+            return True
+        try:
+            with open(f"/proc/{self.process.pid}/stat", encoding="ascii") as stat:
+                state = stat.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state not in ("Z", "X")
 
     def cpu_seconds(self) -> float:
         """CPU seconds used so far (0 once it has exited)."""
@@ -151,7 +159,7 @@ class Proc:
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 20.0) -> float:
         """Signal our process group, wait (SIGKILL after ``timeout``); returns seconds taken."""
         started = time.monotonic()
-        if self.process.poll() is None:
+        if self.alive():
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, sig)
             try:
