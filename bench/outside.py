@@ -406,7 +406,9 @@ async def _measure(bootstrap: str, target: Target, launch: Launch, timeout_s: fl
                 break
             if time.monotonic() > deadline or not proc.alive():
                 raise BenchError(f"{proc.name}: its group {target.group} never became Stable"
-                                 + ("" if proc.alive() else f":\n{proc.log_tail()}"))
+                                 + ("" if proc.alive() else
+                                    f" (exited, code {proc.process.returncode}, after "
+                                    f"{time.time() - proc.started:.1f} s):\n{proc.log_tail()}"))
             await asyncio.sleep(POLL_S)
         last_log = time.monotonic()
         while True:
