@@ -32,6 +32,8 @@ from tables.offers import (
 
 #: Decoded attribution states of this worker (see tables.batch.DecodedCache).
 STATES = DecodedCache(AttributionState.from_json)
+#: Decoded promotion figures of this worker's partitions (one key per promotion and partition).
+FIGURES = DecodedCache(Figures.from_json)
 
 
 def window_s() -> float:
@@ -43,8 +45,8 @@ def count_offers(writes: TableWrites, offers: Sequence[Offer], held_out: bool) -
     """Count a position's offers (not a redelivered one's) in their promotions' figures."""
     for offer in offers:
         key = figures_key(offer.pid, writes.partition)
-        figures = Figures.from_json(writes.get(promotion_figures, key))
-        writes.put(promotion_figures, key, figures.offered(held_out).to_json())
+        counted = FIGURES.get(key, writes.get(promotion_figures, key)).offered(held_out)
+        FIGURES.write(writes, promotion_figures, key, counted, counted.to_json())
 
 
 def after_position(writes: TableWrites, uid: str, ts: float, offers: Sequence[Offer],
@@ -90,14 +92,12 @@ def after_purchase(writes: TableWrites, purchase: Purchase, topic: str, partitio
 def _write(writes: TableWrites, uid: str, state: AttributionState, updated: AttributionState,
            redeemed: Sequence[Redemption]) -> None:
     if updated is not state:
-        raw = updated.to_json()
-        STATES.remember(uid, raw, updated)
-        writes.put(attribution, uid, raw)
+        STATES.write(writes, attribution, uid, updated, updated.to_json())
     key = uid.encode()
     for redemption in redeemed:
         writes.emit(redemptions_topic, key, orjson.dumps(redemption.to_record()))
         METRICS.inc("storestream_redemptions_total", pid=redemption.pid)
         where = figures_key(redemption.pid, writes.partition)
-        figures = Figures.from_json(writes.get(promotion_figures, where))
-        writes.put(promotion_figures, where, figures.redeemed(
-            redemption.held_out, redemption.revenue_cents, redemption.first).to_json())
+        counted = FIGURES.get(where, writes.get(promotion_figures, where)).redeemed(
+            redemption.held_out, redemption.revenue_cents, redemption.first)
+        FIGURES.write(writes, promotion_figures, where, counted, counted.to_json())

@@ -247,17 +247,11 @@ def _write(customers: dict[str, _Customer], writes: TableWrites,
                 customer.ledger, customer.returnable, RULES, repartitioned=repartitioned)
             customer.changed.add("ledger")
         if "spend" in customer.changed:
-            raw = customer.spend.to_json()
-            SPEND.remember(user, raw, customer.spend)
-            writes.put(spend, user, raw)
+            SPEND.write(writes, spend, user, customer.spend, customer.spend.to_json())
         if "stamps" in customer.changed:
-            raw = customer.stamps.to_json()
-            STAMPS.remember(user, raw, customer.stamps)
-            writes.put(stamps, user, raw)
+            STAMPS.write(writes, stamps, user, customer.stamps, customer.stamps.to_json())
         if "basket" in customer.changed:
-            raw = customer.basket.to_json()
-            BASKETS.remember(user, raw, customer.basket)
-            writes.put(baskets, user, raw)
+            BASKETS.write(writes, baskets, user, customer.basket, customer.basket.to_json())
         if "ledger" in customer.changed and customer.ledger is not None:
             _write_ledger(user, customer, writes)
     writes.commit()

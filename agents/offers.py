@@ -25,6 +25,7 @@ from agents.common import (
     send_emitted,
 )
 from agents.delivery import PUSHER
+from agents.loyalty import SPEND
 from app.deadletters import decode_key
 from app.faust_app import METRICS, app
 from app.routing.repartition import divert
@@ -46,11 +47,11 @@ from core.caps import QUIET_HOURS, UTC_STORE, Frequency, apply_caps
 from core.events import parse_display_event, parse_position, parse_promotion_event
 from core.geo import Display
 from core.lift import in_control_group
-from core.loyalty import Spend, view_spend
+from core.loyalty import view_spend
 from core.offers import CooldownState, Offer, PositionSource, decide_offers
 from core.presence import Presence, accurate
 from core.rfm import rfm_of
-from tables.batch import TableWrites
+from tables.batch import DecodedCache, TableWrites
 from tables.loyalty import RFM_CUTS, price_history, profiles, spend
 from tables.offers import (
     DISPLAY_INDEX,
@@ -67,6 +68,12 @@ from tables.offers import (
 )
 
 RULES = SETTINGS.loyalty
+#: Decoded per-shopper records of this worker (see tables.batch.DecodedCache): a shopper's
+#: positions come a second or less apart, each reading and writing them.
+PRESENCE = DecodedCache(Presence.from_json)
+VISITS = DecodedCache(Visits.from_json)
+FREQUENCY = DecodedCache(Frequency.from_json)
+COOLDOWNS = DecodedCache(CooldownState.from_json)
 CONTROL_PCT = SETTINGS.control_group_pct
 MAX_ACCURACY_M = SETTINGS.max_accuracy_m
 
@@ -97,10 +104,10 @@ def track_presence(writes: TableWrites, uid: str, nearby: Sequence[tuple[Display
     keys = [(display.store_id, display.sku) for display, _ in nearby]
     if raw is None and not keys:
         return EMPTY_PRESENCE  # far from every display, and was: nothing to record
-    state = Presence.from_json(raw)
+    state = PRESENCE.get(uid, raw)
     updated, events = state.moved(uid, ts, keys, here.topic, here.partition, here.offset)
     if updated is not state:
-        writes.put(presence, uid, updated.to_json())
+        PRESENCE.write(writes, presence, uid, updated, updated.to_json())
     for event in events:
         writes.emit(presence_topic, uid.encode(), orjson.dumps(event.to_record()))
         METRICS.inc("storestream_presence_events_total", event=event.kind)
@@ -116,12 +123,12 @@ def announce_arrival(writes: TableWrites, uid: str, store_id: str, ts: float,
     """Tell the store's associates (``associates.alerts``, keyed by store) when a shopper of
     a watched tier starts a visit; no position."""
     raw = writes.get(visits, uid)
-    state = Visits.from_json(raw)
+    state = VISITS.get(uid, raw)
     updated, arrival = state.seen(uid, store_id, ts, tier, ASSOCIATE_TIERS,
                                   CAPS.visit_gap_s)
     if updated is not state:
         written = updated.written_at(here.topic, here.partition, here.offset)
-        writes.put(visits, uid, written.to_json())
+        VISITS.write(writes, visits, uid, written, written.to_json())
     if arrival is not None:
         writes.emit(associates_topic, store_id.encode(), orjson.dumps(arrival.to_record()))
         METRICS.inc("storestream_associate_alerts_total", store=store_id)
@@ -142,7 +149,7 @@ def limit_offers(writes: TableWrites, uid: str, ts: float, store_id: str | None,
     if not CAPS.active:
         return allowed
     raw = writes.get(frequency, uid)
-    state = Frequency.from_json(raw)
+    state = FREQUENCY.get(uid, raw)
     store = STORES.get(allowed[0].store_id if allowed else (store_id or ""), UTC_STORE)
     kept, withheld, updated = apply_caps(allowed, state, ts, store.day(ts), CAPS, quiet=False)
     for _, reason in withheld:
@@ -152,7 +159,7 @@ def limit_offers(writes: TableWrites, uid: str, ts: float, store_id: str | None,
             state.visit_offers, state.day_offers, state.day) or (
             updated.last_seen - state.last_seen >= CAPS.visit_gap_s / 10):
         counted = updated.written_at(here.topic, here.partition, here.offset)
-        writes.put(frequency, uid, counted.to_json())
+        FREQUENCY.write(writes, frequency, uid, counted, counted.to_json())
     return kept
 
 
@@ -168,7 +175,7 @@ def customer_standing(uid: str, now: float, writes: TableWrites | None = None
     raw = spend.get(uid) if writes is None else writes.get(spend, uid)
     if raw is None:
         return "CLIMBING", None
-    record = Spend.from_json(raw)
+    record = SPEND.get(uid, raw)
     view = view_spend(record, price_history, RULES)
     cuts = RFM_CUTS.current
     if cuts is None:
@@ -184,7 +191,7 @@ def _seen(writes: TableWrites, uid: str, state: CooldownState, here: PositionSou
     as such and counted no more (:meth:`core.offers.CooldownState.redelivers`)."""
     updated = state.after((), here, ts, SETTINGS.offer_cooldown_s)
     if updated is not state:
-        writes.put(shoppers, uid, updated.to_json())
+        COOLDOWNS.write(writes, shoppers, uid, updated, updated.to_json())
 
 
 async def apply_positions(batch: Sequence[Source], writes: TableWrites,
@@ -201,7 +208,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
         # Read straight from the store (TableWrites.get): Faust's Table.get runs its sensors
         # and, for a shopper without a profile (most), raises and catches a KeyError.
         profile = writes.get(profiles, uid) or {}
-        state = CooldownState.from_json(writes.get(shoppers, uid))
+        state = COOLDOWNS.get(uid, writes.get(shoppers, uid))
         here = PositionSource(source.topic, source.partition, source.offset)
         redelivered = state.redelivers(here)
         held_out = CONTROL_PCT > 0 and in_control_group(uid, CONTROL_PCT)
@@ -253,7 +260,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             count_offers(writes, offers, held_out)
         updated = state.after(offers, here, position.ts, SETTINGS.offer_cooldown_s)
         if updated is not state:  # a redelivered record's effects are in the state already
-            writes.put(shoppers, uid, updated.to_json())
+            COOLDOWNS.write(writes, shoppers, uid, updated, updated.to_json())
         for offer in offers:
             record = offer.to_record()
             if held_out:  # control group: recorded, never sent

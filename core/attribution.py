@@ -27,10 +27,12 @@ Replays
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any, TypeAlias
+from types import MappingProxyType
+from typing import Any, NamedTuple, TypeAlias
 
 from core.offers import Promotion
 
@@ -43,8 +45,7 @@ MAX_PENDING = 256
 Log: TypeAlias = tuple[str, int]
 
 
-@dataclass(frozen=True, slots=True)
-class Where:
+class Where(NamedTuple):
     """Where a record was read: its identity in the log (a redelivery has the same one)."""
 
     topic: str
@@ -56,9 +57,12 @@ class Where:
         return (self.topic, self.partition)
 
 
-@dataclass(frozen=True, slots=True)
-class OfferMark:
-    """An offer as attribution needs it."""
+class OfferMark(NamedTuple):
+    """An offer as attribution needs it.
+
+    A named tuple, not a dataclass: a shopper's state holds up to :data:`MAX_OFFERS` of them
+    and is rebuilt and stored with each position that brings an offer; its stored form is
+    the plain tuple of its fields (:meth:`to_json`)."""
 
     offer_id: str
     pid: str
@@ -80,32 +84,17 @@ class OfferMark:
         return self.segment is not None and self.segment in segments
 
     def to_json(self) -> tuple[Any, ...]:
-        """The stored form (built once per offer: a shopper's state is written with every
-        position and can hold :data:`MAX_OFFERS` offers)."""
-        entry = _OFFER_JSON.get(id(self))
-        if entry is not None and entry[0] is self:
-            return entry[1]
-        cached = (self.offer_id, self.pid, self.sku, self.ts, self.promo_sku, self.segment,
-                  int(self.held_out), int(self.redeemed))
-        if len(_OFFER_JSON) >= _OFFER_JSON_KEPT:
-            _OFFER_JSON.clear()
-        _OFFER_JSON[id(self)] = (self, cached)
-        return cached
+        """The stored form: the fields in order."""
+        return tuple(self)
 
     @classmethod
     def from_json(cls, raw: Sequence[Any]) -> OfferMark:
+        """Inverse of :meth:`to_json` (flags stored as 0/1 before are read too)."""
         return cls(str(raw[0]), str(raw[1]), str(raw[2]), float(raw[3]),
                    None if raw[4] is None else str(raw[4]),
                    None if raw[5] is None else str(raw[5]),
                    bool(raw[6]) if len(raw) > 6 else False,
                    bool(raw[7]) if len(raw) > 7 else False)
-
-
-#: Stored forms of offers lately written, by identity (a frozen offer's form never changes;
-#: the entry holds the offer, so its id is not reused meanwhile; bounded, past the limit it
-#: starts over).
-_OFFER_JSON: dict[int, tuple[OfferMark, tuple[Any, ...]]] = {}
-_OFFER_JSON_KEPT = 65_536
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,10 +171,16 @@ def redemption(uid: str, offer: OfferMark, purchase: PurchaseMark,
 NEVER = float("-inf")
 
 
-@dataclass(frozen=True, slots=True)
-class AttributionState:
+#: No log applied yet (shared: an applied map is never changed, :func:`_applied` copies it).
+NO_LOGS: Mapping[Log, int] = MappingProxyType({})
+
+
+class AttributionState(NamedTuple):
     """A shopper's recent offers, purchases waiting to be attributed, how far the shopper's
-    positions and purchases have gone in event time, and per log the last offset applied."""
+    positions and purchases have gone in event time, and per log the last offset applied.
+
+    ``offers`` are kept in (``ts``, ``offer_id``) order, so a position adds its offer at the
+    end and pruning cuts a prefix: a position's cost does not grow with the offers held."""
 
     offers: tuple[OfferMark, ...] = ()
     pending: tuple[PurchaseMark, ...] = ()
@@ -193,7 +188,7 @@ class AttributionState:
     positions_ts: float = NEVER
     #: The latest purchase ``ts`` seen.
     purchases_ts: float = NEVER
-    applied: Mapping[Log, int] = field(default_factory=dict)
+    applied: Mapping[Log, int] = NO_LOGS
 
     def redelivers(self, where: Where) -> bool:
         """True when the record at ``where`` was applied to this state already."""
@@ -207,22 +202,21 @@ class AttributionState:
         offer still redeemable, returns this very state."""
         if self.redelivers(where):
             return self, []
-        fresh: tuple[OfferMark, ...] = ()
-        if offers:
-            known = {offer.offer_id for offer in self.offers}
-            fresh = tuple(offer for offer in offers if offer.offer_id not in known)
-        settled = tuple(p for p in self.pending if p.ts < ts) if self.pending else ()
-        every = self.offers + fresh
-        # The clock moves while an offer can still be redeemed: a purchase consumed after
-        # the position is then attributed at once instead of waiting for the next position
-        # (the newest offers, last, usually tell).
-        advances = ts > self.positions_ts and any(o.ts + window_s >= ts
-                                                  for o in reversed(every))
-        if not fresh and not settled and not advances:
+        every = self.offers
+        for offer in offers:
+            if offer.offer_id not in map(_offer_id, every):
+                every = _inserted(every, offer)
+        pending = self.pending
+        settled = tuple(p for p in pending if p.ts < ts) if pending else ()
+        # The clock moves while an offer can still be redeemed (the newest is last): a
+        # purchase consumed after the position is then attributed at once instead of
+        # waiting for the next position.
+        advances = ts > self.positions_ts and bool(every) and every[-1].ts + window_s >= ts
+        if every is self.offers and not settled and not advances:
             return self, []
         every, emitted = _settle(uid, every, settled, window_s)
         state = AttributionState(
-            every, tuple(p for p in self.pending if p.ts >= ts),
+            every, tuple(p for p in pending if p.ts >= ts) if settled else pending,
             max(self.positions_ts, ts), self.purchases_ts, _applied(self.applied, where))
         return state._pruned(window_s), emitted
 
@@ -250,20 +244,21 @@ class AttributionState:
     def _pruned(self, window_s: float) -> AttributionState:
         """Offers no purchase can redeem any more are dropped: older than two windows behind
         the newest event (a purchase consumed a window later than its shopper's positions
-        is outside the window), or beyond :data:`MAX_OFFERS`."""
-        horizon = max(self.positions_ts, self.purchases_ts) - 2 * window_s
-        kept = tuple(o for o in self.offers if o.ts >= horizon)
-        if len(kept) > MAX_OFFERS:
-            kept = tuple(sorted(kept, key=_offer_order)[-MAX_OFFERS:])
-        if len(kept) == len(self.offers):
+        is outside the window), or beyond :data:`MAX_OFFERS` (the oldest)."""
+        offers = self.offers
+        if not offers:
             return self
-        return AttributionState(kept, self.pending, self.positions_ts, self.purchases_ts,
-                                self.applied)
+        horizon = max(self.positions_ts, self.purchases_ts) - 2 * window_s
+        cut = bisect.bisect_left(offers, horizon, key=_offer_ts) if offers[0].ts < horizon else 0
+        cut = max(cut, len(offers) - MAX_OFFERS)
+        if not cut:
+            return self
+        return self._replace(offers=offers[cut:])
 
     def to_json(self) -> dict[str, Any]:
         """The stored form."""
         return {
-            "offers": [offer.to_json() for offer in self.offers],
+            "offers": list(map(tuple, self.offers)),
             "pending": [purchase.to_json() for purchase in self.pending],
             "positions_ts": None if self.positions_ts == NEVER else self.positions_ts,
             "purchases_ts": None if self.purchases_ts == NEVER else self.purchases_ts,
@@ -273,18 +268,29 @@ class AttributionState:
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any] | None) -> AttributionState:
-        """Inverse of :meth:`to_json`; ``None`` is a shopper with no state yet."""
+        """Inverse of :meth:`to_json`; ``None`` is a shopper with no state yet (offers stored
+        in another order before are put in order)."""
         if not raw:
             return cls()
         positions_ts = raw.get("positions_ts")
         purchases_ts = raw.get("purchases_ts")
         return cls(
-            tuple(OfferMark.from_json(o) for o in raw.get("offers") or ()),
+            tuple(sorted((OfferMark.from_json(o) for o in raw.get("offers") or ()),
+                         key=_offer_order)),
             tuple(PurchaseMark.from_json(p) for p in raw.get("pending") or ()),
             NEVER if positions_ts is None else float(positions_ts),
             NEVER if purchases_ts is None else float(purchases_ts),
             {(str(t), int(p)): int(o) for t, p, o in raw.get("applied") or ()},
         )
+
+
+def _inserted(offers: tuple[OfferMark, ...], offer: OfferMark) -> tuple[OfferMark, ...]:
+    """``offers`` with ``offer`` in its place (usually the end: positions come in order)."""
+    if not offers or _offer_order(offers[-1]) <= _offer_order(offer):
+        return (*offers, offer)
+    ordered = list(offers)
+    bisect.insort(ordered, offer, key=_offer_order)
+    return tuple(ordered)
 
 
 def _settle(uid: str, offers: tuple[OfferMark, ...], purchases: Iterable[PurchaseMark],
@@ -301,7 +307,7 @@ def _settle(uid: str, offers: tuple[OfferMark, ...], purchases: Iterable[Purchas
             emitted.append(redemption(uid, offer, purchase, first))
     if not redeemed:
         return offers, emitted
-    return tuple(replace(o, redeemed=True) if o.offer_id in redeemed else o
+    return tuple(o._replace(redeemed=True) if o.offer_id in redeemed else o
                  for o in offers), emitted
 
 
@@ -314,6 +320,8 @@ def _applied(applied: Mapping[Log, int], where: Where) -> dict[Log, int]:
 #: Purchases and offers in event-time order (ties: reference, offer id).
 _purchase_order: Callable[[PurchaseMark], tuple[float, str]] = attrgetter("ts", "ref")
 _offer_order: Callable[[OfferMark], tuple[float, str]] = attrgetter("ts", "offer_id")
+_offer_ts: Callable[[OfferMark], float] = attrgetter("ts")
+_offer_id: Callable[[OfferMark], str] = attrgetter("offer_id")
 
 
 def mark(offer_id: str, pid: str, sku: str, ts: float, promotion: Promotion | None,

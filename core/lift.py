@@ -64,9 +64,14 @@ class Figures:
 
     def offered(self, held_out: bool) -> Figures:
         """One more offer sent, or held out."""
+        # positional (not dataclasses.replace): counted once per offer, on the offer path
         if held_out:
-            return replace(self, held_out=self.held_out + 1)
-        return replace(self, sent=self.sent + 1)
+            return Figures(self.sent, self.held_out + 1, *self._redemptions())
+        return Figures(self.sent + 1, self.held_out, *self._redemptions())
+
+    def _redemptions(self) -> tuple[int, int, int, int, int, int]:
+        return (self.sent_redeemed, self.held_out_redeemed, self.sent_redemptions,
+                self.held_out_redemptions, self.sent_revenue_cents, self.held_out_revenue_cents)
 
     def redeemed(self, held_out: bool, revenue_cents: int, first: bool) -> Figures:
         """One more redemption (``first``: its offer's first) of ``revenue_cents``."""

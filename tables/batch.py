@@ -154,5 +154,10 @@ class DecodedCache(Generic[T]):
             self._entries.clear()
         self._entries[key] = (raw, value)
 
+    def write(self, writes: TableWrites, table: Any, key: str, value: T, raw: Any) -> None:
+        """Queue ``raw``, the encoded ``value``, for ``key`` of ``table``, remembering it."""
+        self.remember(key, raw, value)
+        writes.put(table, key, raw)
+
     def __len__(self) -> int:
         return len(self._entries)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.attribution import AttributionState, OfferMark, PurchaseMark, Where
+from core.attribution import MAX_OFFERS, AttributionState, OfferMark, PurchaseMark, Where
 
 WINDOW = 7200.0
 POS = "customers.locations"
@@ -212,3 +212,24 @@ def test_only_an_offers_first_redemption_converts_it() -> None:
     assert firsts == [True, False, False]
     state, more = state.with_purchase("kris", buy("r9", 450.0), Where(BUY, 0, 9), WINDOW)
     assert [r.first for r in more] == [False]
+
+
+def test_a_shopper_keeps_the_newest_offers_in_time_order() -> None:
+    state = AttributionState()
+    times = [float(t) for t in range(1000, 1000 + MAX_OFFERS + 10)]
+    times[5], times[6] = times[6], times[5]  # one position's offer read late
+    for offset, ts in enumerate(times):
+        state, _ = state.with_position("kris", ts, [offer(f"o{ts:.0f}", ts)],
+                                       Where(POS, 0, offset), WINDOW)
+    kept = [o.ts for o in state.offers]
+    assert kept == sorted(times)[-MAX_OFFERS:]
+
+
+def test_offers_stored_in_another_order_or_with_numeric_flags_are_read() -> None:
+    raw = {"offers": [["o2", "p1", "101", 200.0, "101", None, 0, 1],
+                      ["o1", "p1", "101", 100.0, "101", None, 1, 0]],
+           "pending": [], "positions_ts": 200.0, "purchases_ts": None, "applied": []}
+    state = AttributionState.from_json(raw)
+    assert [(o.offer_id, o.held_out, o.redeemed) for o in state.offers] == [
+        ("o1", True, False), ("o2", False, True)]
+    assert AttributionState.from_json(state.to_json()) == state
