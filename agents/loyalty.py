@@ -174,7 +174,7 @@ def _ledger(customer: _Customer, user: str, writes: TableWrites) -> Ledger:
         ledger = LEDGERS.peek(user, head)
         if ledger is None:
             ledger = assemble(head, (writes.get(ledgers, day_key(user, day))
-                                     for day in sorted(stored_days(head))))
+                                     for day in stored_days(head)))
             # a head still holding its purchases (written before day records): all to write
             customer.stored_ledger = Ledger() if head and "bought" in head else ledger
         else:
@@ -209,8 +209,7 @@ def _write_ledger(user: str, customer: _Customer, writes: TableWrites) -> None:
         else:
             writes.delete(ledgers, key)
             gone.append(day)
-    listed = [int(day) for day in head.get("days", ())] if head else []
-    raw = head_json(ledger, listed_days(listed, added, gone))
+    raw = head_json(ledger, listed_days(stored_days(head), added, gone))
     LEDGERS.remember(user, raw, ledger)
     writes.put(ledgers, user, raw)
 

@@ -96,10 +96,10 @@ def listed_days(days: list[int], added: Iterable[int], gone: Iterable[int]) -> l
     """A head's ``days`` (sorted) after days ``added`` got a record and ``gone`` lost
     theirs; ``days`` itself when neither changes it (usually today's day, listed already)."""
     new = [day for day in added if day not in days]
-    gone = [day for day in gone if day in days]
-    if not new and not gone:
+    dropped = [day for day in gone if day in days]
+    if not new and not dropped:
         return days
-    return sorted(set(days).union(new).difference(gone))
+    return sorted(set(days).union(new).difference(dropped))
 
 
 def _change(changes: dict[int, DayChanges], pid: str, was: BoughtRow | None,
@@ -135,10 +135,10 @@ def head_json(ledger: Ledger, days: list[int]) -> dict[str, Any]:
     return head
 
 
-def stored_days(head: Mapping[str, Any] | None) -> set[int]:
-    """The days a head says have a record (none for a head that holds its purchases
-    itself, as ledgers were written before day records)."""
-    return {int(day) for day in head.get("days", ())} if head else set()
+def stored_days(head: Mapping[str, Any] | None) -> list[int]:
+    """The days a head says have a record, in order (none for a head that holds its
+    purchases itself, as ledgers were written before day records)."""
+    return sorted({int(day) for day in head.get("days", ())}) if head else []
 
 
 def assemble(head: Mapping[str, Any] | None,
