@@ -18,6 +18,7 @@ from app.outcomes import (
     lane_clock,
 )
 from app.routing.repartition import divert
+from app.runtime import fastlane
 from app.runtime.bulk import BulkWriter
 from app.runtime.fastlane import Source
 from app.runtime.guarantees import GATE, LANE_WRITERS
@@ -105,6 +106,27 @@ async def process_batch(agent: str, batch: Sequence[Source],
     finish()
     count_batch(agent, batch, outcomes)
     await dead_letter_all(failed)
+
+
+#: Applies a batch of one partition's records with the writes given (the lanes' handlers).
+BatchApply = Callable[[Sequence[Source], TableWrites], Awaitable[None]]
+
+
+async def apply_each(stream: Any, apply: BatchApply) -> None:
+    """The agent path of a lane's topic (``FAST_LANE=off``, exactly_once): each event a
+    batch of one, inside :data:`GATE`; an event for another worker's partition is diverted
+    to the repartition topic and counted as :func:`handle` counts it."""
+    async for event in stream.events():
+        message = event.message
+        async with GATE.event():
+            diverted = await divert(message)
+            if diverted is not None:
+                METRICS.inc("storestream_events_total", topic=message.topic, outcome=diverted)
+                continue
+            source = fastlane.from_message(message)
+            writes = agent_writes(source.partition)
+            await apply([source], writes)
+            await send_emitted(writes)
 
 
 #: Handles one message and says how it went (``OK`` or ``DUPLICATE``).

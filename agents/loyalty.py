@@ -14,20 +14,18 @@ from agents.attribution import after_purchase
 from agents.common import (
     DUPLICATE,
     OK,
-    agent_writes,
+    apply_each,
     count_lane,
     handle,
     lane_clock,
     lane_writes,
     process_batch,
-    send_emitted,
 )
 from app.deadletters import dead_letter_value, decode_key
 from app.faust_app import METRICS, app
-from app.routing.repartition import divert, is_repartitioned
+from app.routing.repartition import is_repartitioned
 from app.runtime import fastlane
 from app.runtime.fastlane import Source
-from app.runtime.guarantees import GATE
 from app.settings import SETTINGS
 from app.topics import (
     dead_letters_topic,
@@ -374,33 +372,13 @@ async def process_users(stream: StreamT[bytes]) -> None:
 @app.agent(purchases_topic, name="purchases")
 async def process_purchases(stream: StreamT[bytes]) -> None:
     """Spend and tier, coffee stamps, basket campaigns (when the fast lane is off)."""
-    async for event in stream.events():
-        source = fastlane.from_message(event.message)
-        async with GATE.event():
-            diverted = await divert(event.message)
-            if diverted is not None:  # counted as agents.common.handle counts it
-                METRICS.inc("storestream_events_total", topic=event.message.topic,
-                            outcome=diverted)
-                continue
-            writes = agent_writes(source.partition)
-            await apply_purchases([source], writes)
-            await send_emitted(writes)
+    await apply_each(stream, apply_purchases)
 
 
 @app.agent(returns_topic, name="returns")
 async def process_returns(stream: StreamT[bytes]) -> None:
     """Returns (when the fast lane is off)."""
-    async for event in stream.events():
-        source = fastlane.from_message(event.message)
-        async with GATE.event():
-            diverted = await divert(event.message)
-            if diverted is not None:  # forwarded to the repartition topic (keyless)
-                METRICS.inc("storestream_events_total", topic=event.message.topic,
-                            outcome=diverted)
-                continue
-            writes = agent_writes(source.partition)
-            await apply_returns([source], writes)
-            await send_emitted(writes)
+    await apply_each(stream, apply_returns)
 
 
 def learn_rfm(now: float) -> None:

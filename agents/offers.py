@@ -16,22 +16,19 @@ from faust.types import StreamT
 from agents.attribution import after_position, count_offers
 from agents.common import (
     OK,
-    agent_writes,
+    apply_each,
     count_lane,
     handle,
     lane_clock,
     lane_writes,
     process_batch,
-    send_emitted,
 )
 from agents.delivery import PUSHER
 from agents.loyalty import SPEND
 from app.deadletters import decode_key
 from app.faust_app import METRICS, app
-from app.routing.repartition import divert
 from app.runtime import fastlane
 from app.runtime.fastlane import Source
-from app.runtime.guarantees import GATE
 from app.settings import SETTINGS
 from app.topics import (
     associates_topic,
@@ -309,11 +306,4 @@ async def process_promotions(stream: StreamT[bytes]) -> None:
 @app.agent(locations_topic, name="locations")
 async def process_locations(stream: StreamT[bytes]) -> None:
     """The distance join: positions -> offers (when the fast lane is off)."""
-    async for event in stream.events():
-        source = fastlane.from_message(event.message)
-        async with GATE.event():
-            if await divert(event.message) is not None:
-                continue
-            writes = agent_writes(source.partition)
-            await apply_positions([source], writes)
-            await send_emitted(writes)
+    await apply_each(stream, apply_positions)
