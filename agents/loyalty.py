@@ -66,6 +66,7 @@ from tables.loyalty import (
     RFM_CUTS,
     baskets,
     catalogue,
+    catalogue_version,
     ledgers,
     price_history,
     profiles,
@@ -130,6 +131,9 @@ STAMPS = DecodedCache(Stamps.from_json)
 BASKETS = DecodedCache(Basket.from_json)
 #: A ledger's head record -> the whole ledger (head and day records: core/ledger_days.py).
 LEDGERS = DecodedCache(Ledger.from_json)
+#: A decoded spend record -> (the catalogue's version, what its pending purchases came to
+#: then): carried from a customer's batch to the next while no price changes.
+PRICED: DecodedCache[tuple[int, int]] = DecodedCache(lambda _: (-1, 0))
 
 
 @dataclass(slots=True)
@@ -152,17 +156,24 @@ class _Customer:
     returnable: list[tuple[int, Purchase, bool]] | None = None
     #: The rows that remembering ``returnable`` wrote (core.returns.remember_batch).
     fresh: Mapping[str, BoughtRow] | None = None
+    #: What ``spend.pending`` comes to at the catalogue's current version (``None``: not
+    #: known, priced again by the next purchase).
+    pending_cents: int | None = None
 
 
 def _customer(customers: dict[str, _Customer], user: str, writes: TableWrites) -> _Customer:
     customer = customers.get(user)
     if customer is None:
+        record = SPEND.get(user, writes.get(spend, user))
         customer = customers[user] = _Customer(
-            SPEND.get(user, writes.get(spend, user)),
+            record,
             STAMPS.get(user, writes.get(stamps, user)),
             BASKETS.get(user, writes.get(baskets, user)),
             set(),
         )
+        priced = PRICED.peek(user, record)
+        if priced is not None and priced[0] == catalogue_version():
+            customer.pending_cents = priced[1]
     return customer
 
 
@@ -217,6 +228,7 @@ def _take(customer: _Customer, out: Any) -> bool:
     changed = False
     if out.spend is not None:
         customer.spend = out.spend
+        customer.pending_cents = getattr(out, "pending_cents", None)
         customer.changed.add("spend")
         changed = True
     if out.stamps is not None:
@@ -245,6 +257,9 @@ def _write(customers: dict[str, _Customer], writes: TableWrites,
             customer.changed.add("ledger")
         if "spend" in customer.changed:
             SPEND.write(writes, spend, user, customer.spend, customer.spend.to_json())
+            if customer.pending_cents is not None:
+                PRICED.remember(user, customer.spend, (catalogue_version(),
+                                                       customer.pending_cents))
         if "stamps" in customer.changed:
             STAMPS.write(writes, stamps, user, customer.stamps, customer.stamps.to_json())
         if "basket" in customer.changed:
@@ -282,7 +297,8 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
         customer = _customer(customers, user, writes)
         outcome: Any = apply_purchase(purchase, source.offset, customer.spend,
                                       customer.stamps, customer.basket, price_history, RULES,
-                                      repartitioned=repartitioned)
+                                      repartitioned=repartitioned,
+                                      pending_cents=customer.pending_cents)
         remembered = False
         if purchase.purchase_id is not None and RULES.return_window_s > 0:
             ledger = customer.ledger or _ledger(customer, user, writes)

@@ -264,6 +264,10 @@ class Outcome(NamedTuple):
     events: tuple[LoyaltyEvent, ...]
     #: The purchase was a free coffee (counted at 0 cents).
     free: bool = False
+    #: What the new spend record's pending purchases come to, priced now (``None``: spend
+    #: unchanged), for the caller to pass with the customer's next purchase while the
+    #: catalogue has not changed (``pending_cents`` of :func:`apply_purchase`).
+    pending_cents: int | None = None
 
 
 def is_free(purchase: Purchase, offset: int, stamps: Stamps, rules: LoyaltyRules,
@@ -360,12 +364,17 @@ def _next_spend(
     spend: Spend, purchase: Purchase, offset: int, catalogue: Catalogue, rules: LoyaltyRules,
     by_product: dict[str, int] | None,
     repartitioned: bool = False,
-) -> tuple[Spend, int]:
+    pending_cents: int | None = None,
+) -> tuple[Spend, int, int]:
     """``spend`` after ``purchase`` with purchases out of the lateness window (or over the cap)
-    settled, and the new total spend with pending purchases priced now.
+    settled, the new total spend with pending purchases priced now, and what the pending
+    purchases come to.
 
     Each pending purchase is priced once. When ``by_product`` is given it receives the spend on
-    watched products (settled and pending), as :func:`view_spend` reports it.
+    watched products (settled and pending), as :func:`view_spend` reports it. With
+    ``pending_cents`` (what ``spend.pending`` comes to, priced now) only the purchase and
+    those it settles are priced: a customer's purchases within the lateness window are no
+    longer all priced again for each new one.
     """
     watched = rules.watched
     settled = spend.settled_cents
@@ -374,6 +383,8 @@ def _next_spend(
     pending = spend.pending
     if purchase.price_cents is None:
         pending = _with_pending(pending, Pending(purchase.ts, purchase.product_id))
+        if pending_cents is not None:
+            pending_cents += price_at(catalogue(purchase.product_id), purchase.ts) or 0
     else:
         settled += purchase.price_cents
         if purchase.product_id in watched:
@@ -393,6 +404,8 @@ def _next_spend(
         settling = dict(watched_cents)
         cents, unpriced = _price_pending(pending[:cut], catalogue, watched, settling, added)
         watched_cents = settling
+        if pending_cents is not None:
+            pending_cents -= cents
         settled += cents
         settled_unpriced += unpriced
         pending = pending[cut:]
@@ -402,14 +415,17 @@ def _next_spend(
         days = days.merged(added, first)
     if by_product is not None:
         by_product.update(watched_cents)
-    cents, _ = _price_pending(pending, catalogue, watched, by_product)
+    if by_product is not None or pending_cents is None:
+        cents, _ = _price_pending(pending, catalogue, watched, by_product)
+    else:
+        cents = pending_cents
     total = settled + cents
     last_offset, last_rp = (spend.last_offset, offset) if repartitioned else (offset,
                                                                              spend.last_rp)
     if rules.tier_window_days <= 0:
         return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1,
                      newest, tier_for(total, rules.tiers), last_offset, last_rp,
-                     spend.last_ret, days, spend.below_since, spend.last_ret_rp), total
+                     spend.last_ret, days, spend.below_since, spend.last_ret_rp), total, cents
     in_window = (days.since(first) + cents if not pending or pending[0].ts // DAY_S >= first
                  else window_cents(days, pending, newest, catalogue, rules))  # all pending in
     computed = tier_for(in_window, rules.tiers)
@@ -417,7 +433,7 @@ def _next_spend(
                                    rules.tier_grace_days * DAY_S)
     return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1, newest,
                  tier, last_offset, last_rp, spend.last_ret, days, below_since,
-                 spend.last_ret_rp), total
+                 spend.last_ret_rp), total, cents
 
 
 def apply_purchase(
@@ -430,6 +446,7 @@ def apply_purchase(
     rules: LoyaltyRules = LoyaltyRules(),
     *,
     repartitioned: bool = False,
+    pending_cents: int | None = None,
 ) -> Outcome:
     """Apply one purchase at source ``offset`` to a customer's records.
 
@@ -437,9 +454,13 @@ def apply_purchase(
     left alone, so replays after a crash never count twice. A purchase read from the
     repartition topic (``repartitioned``) has an offset of that topic: it is compared with
     and stored as ``last_rp`` instead, the two topics' offsets being unrelated.
+
+    ``pending_cents``: what ``spend.pending`` comes to with ``catalogue`` as it is now (the
+    ``pending_cents`` of the outcome of the customer's previous purchase, while no price
+    changed since), so those purchases are not priced again; ``None``: they are.
     """
     return _apply_purchase(purchase, offset, spend, stamps, basket, catalogue, rules,
-                           repartitioned)
+                           repartitioned, pending_cents)
 
 
 def _apply_purchase(
@@ -451,6 +472,7 @@ def _apply_purchase(
     catalogue: Catalogue,
     rules: LoyaltyRules,
     repartitioned: bool,
+    pending_cents: int | None = None,
 ) -> Outcome:
     # Which offset stream this record belongs to: the input topic's (last_offset) or the
     # repartition topic's (last_rp); the other one is carried over unchanged.
@@ -472,8 +494,8 @@ def _apply_purchase(
 
     if offset > seen_spend:
         by_product = {} if is_watched else None
-        new_spend, total = _next_spend(spend, purchase, offset, catalogue, rules, by_product,
-                                       repartitioned)
+        new_spend, total, pending_cents = _next_spend(
+            spend, purchase, offset, catalogue, rules, by_product, repartitioned, pending_cents)
         if new_spend.tier != spend.tier:
             events.append(LoyaltyEvent(purchase.user_id, TIER_CHANGED, {
                 "from": spend.tier, "to": new_spend.tier, "total_cents": total,
@@ -520,7 +542,8 @@ def _apply_purchase(
                       else Basket(products, announced, offset, basket.last_rp, basket.last_ret,
                                   extra, basket.last_ret_rp))
 
-    return Outcome(new_spend, new_stamps, new_basket, tuple(events), free)
+    return Outcome(new_spend, new_stamps, new_basket, tuple(events), free,
+                   pending_cents if new_spend is not None else None)
 
 
 def coffee_status(stamps: Stamps, rules: LoyaltyRules) -> StampStatus:

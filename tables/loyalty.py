@@ -49,6 +49,12 @@ def price_history(product_id: str) -> PriceHistory:
     return CATALOGUE.get(product_id) or ()
 
 
+def catalogue_version() -> int:
+    """Changes whenever the catalogue replica applies a record: what a customer's pending
+    purchases came to stays valid while it does not (agents.loyalty.PRICED)."""
+    return CATALOGUE.applied
+
+
 
 class RfmCuts:
     """The RFM boundaries in use on this worker: the configured ones, replaced periodically
