@@ -7,7 +7,9 @@ buys three times a day over 30 days). Written as one changelog record it was rew
 stored instead under two kinds of keys of the same table:
 
 - the customer's id: the head (held returns, offsets, rejections, what was given up) and
-  ``days``, the event-time days that have a record;
+  ``days``, the event-time days that have a record, as runs of consecutive days
+  (``"20454-20483,20490"``: a few bytes where a list of 30 days took 180, in a record
+  written for every batch; a list, as heads were written before, is read too);
 - ``"{customer}\\x1f{day}"``: the purchases bought that day (``bought``), with the ledger's
   offsets when it was written (so a restore keeps the newest of two, see core/changelog.py).
 
@@ -122,23 +124,58 @@ def day_rows(stored: Mapping[str, Any] | None, changes: DayChanges) -> dict[str,
 
 
 def day_json(rows: Mapping[str, Any], ledger: Ledger) -> dict[str, Any]:
-    """A day record: its purchases and the ledger's offsets as written."""
-    return {"bought": rows, "last_offset": ledger.last_offset, "last_rp": ledger.last_rp,
-            "last_ret": ledger.last_ret, "last_ret_rp": ledger.last_ret_rp}
+    """A day record: its purchases and the ledger's offsets as written (an offset still -1,
+    nothing applied from its log, is left out, as :func:`core.changelog.record_offsets`
+    reads it)."""
+    record: dict[str, Any] = {"bought": rows, "last_offset": ledger.last_offset}
+    if ledger.last_rp >= 0:
+        record["last_rp"] = ledger.last_rp
+    if ledger.last_ret >= 0:
+        record["last_ret"] = ledger.last_ret
+    if ledger.last_ret_rp >= 0:
+        record["last_ret_rp"] = ledger.last_ret_rp
+    return record
 
 
 def head_json(ledger: Ledger, days: list[int]) -> dict[str, Any]:
     """The head record: the ledger without its purchases, and the days that have a record
-    (in order)."""
+    (in order, as :func:`days_text`)."""
     head = ledger.head_json()
-    head["days"] = days
+    head["days"] = days_text(days)
     return head
+
+
+def days_text(days: list[int]) -> str:
+    """Sorted days as runs of consecutive days: ``[1, 2, 3, 7]`` is ``"1-3,7"``."""
+    runs: list[str] = []
+    at = 0
+    while at < len(days):
+        end = at
+        while end + 1 < len(days) and days[end + 1] == days[end] + 1:
+            end += 1
+        runs.append(str(days[at]) if end == at else f"{days[at]}-{days[end]}")
+        at = end + 1
+    return ",".join(runs)
+
+
+def days_of_text(text: str) -> list[int]:
+    """The days :func:`days_text` wrote, in order."""
+    days: list[int] = []
+    for run in text.split(",") if text else ():
+        first, _, last = run.partition("-")
+        days.extend(range(int(first), int(last or first) + 1))
+    return days
 
 
 def stored_days(head: Mapping[str, Any] | None) -> list[int]:
     """The days a head says have a record, in order (none for a head that holds its
     purchases itself, as ledgers were written before day records)."""
-    return sorted({int(day) for day in head.get("days", ())}) if head else []
+    if not head:
+        return []
+    days = head.get("days", ())
+    if isinstance(days, str):
+        return days_of_text(days)
+    return sorted({int(day) for day in days})  # a list, as heads were written before
 
 
 def assemble(head: Mapping[str, Any] | None,

@@ -155,14 +155,17 @@ class Ledger(NamedTuple):
     def head_json(self) -> dict[str, Any]:
         """:meth:`to_json` without the purchases (what a ledger stored by day keeps in its
         head record, core/ledger_days.py)."""
-        fields: dict[str, Any] = {
-            "held": [list(h) for h in self.held] if self.held else [],
-            "newest_ts": self.newest_ts,
-            "rejected": [list(r) for r in self.rejected] if self.rejected else [],
-            "last_offset": self.last_offset,
-            "last_rp": self.last_rp,
-            "last_ret": self.last_ret,
-        }
+        fields: dict[str, Any] = {"newest_ts": self.newest_ts, "last_offset": self.last_offset}
+        # what is empty or -1 (nothing applied) is left out: most heads hold neither held
+        # returns nor rejections, and the changelog gets a head per customer and batch
+        if self.held:
+            fields["held"] = [list(h) for h in self.held]
+        if self.rejected:
+            fields["rejected"] = [list(r) for r in self.rejected]
+        if self.last_rp >= 0:
+            fields["last_rp"] = self.last_rp
+        if self.last_ret >= 0:
+            fields["last_ret"] = self.last_ret
         if self.last_ret_rp >= 0:
             fields["last_ret_rp"] = self.last_ret_rp
         if self.given_up:
@@ -181,12 +184,12 @@ class Ledger(NamedTuple):
                                      for o, c, f, h in refunds))
                     for pid, (ts, product, cents, refunds) in raw["bought"].items()},
             held=tuple(Held(str(p), float(t), None if a is None else int(a), int(o), int(pa),
-                            str(r)) for p, t, a, o, pa, r in raw["held"]),
+                            str(r)) for p, t, a, o, pa, r in raw.get("held", ())),
             newest_ts=float(raw["newest_ts"]),
-            rejected=tuple((int(o), str(r)) for o, r in raw["rejected"]),
+            rejected=tuple((int(o), str(r)) for o, r in raw.get("rejected", ())),
             last_offset=int(raw["last_offset"]),
-            last_rp=int(raw["last_rp"]),
-            last_ret=int(raw["last_ret"]),
+            last_rp=int(raw.get("last_rp", -1)),
+            last_ret=int(raw.get("last_ret", -1)),
             last_ret_rp=int(raw.get("last_ret_rp", -1)),
             given_up=tuple((int(m), Held(str(h[0]), float(h[1]),
                                          None if h[2] is None else int(h[2]), int(h[3]),

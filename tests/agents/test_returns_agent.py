@@ -206,12 +206,12 @@ async def test_the_ledger_is_kept_per_day_and_a_day_past_the_window_is_deleted(
         await agent.put(purchase("old", "coffee", 3.00, 0.5 * day), key=b"kris")
         await agent.put(purchase("tv1", "tv", 250.00, 1.5 * day), key=b"kris")
         assert sorted(tables.ledgers.data) == ["kris", "kris\x1f0", "kris\x1f1"]
-        assert tables.ledgers.data["kris"]["days"] == [0, 1]
+        assert tables.ledgers.data["kris"]["days"] == "0-1"
         assert list(tables.ledgers.data["kris\x1f1"]["bought"]) == ["tv1"]
         # 40 days on: days 0 and 1 are past the 30-day window (and its day of slack)
         await agent.put(purchase("new", "tea", 2.00, 41.5 * day), key=b"kris")
     assert sorted(tables.ledgers.data) == ["kris", "kris\x1f41"]
-    assert tables.ledgers.data["kris"]["days"] == [41]
+    assert tables.ledgers.data["kris"]["days"] == "41"
     async with process_returns.test_context() as agent:
         await agent.put(give_back("tv1", 2.0 * day), key=b"kris")  # forgotten with its day
         await agent.put(give_back("new", 41.7 * day), key=b"kris")

@@ -19,6 +19,8 @@ from core.ledger_days import (
     day_json,
     day_key,
     day_rows,
+    days_of_text,
+    days_text,
     head_json,
     listed_days,
     stored_days,
@@ -111,6 +113,28 @@ def test_a_head_and_its_day_records_give_back_the_ledger(bought: dict[str, Any])
     records = [day_json(days[day], ledger) for day in sorted(days)]
     assert assemble(head, records) == ledger
     assert all(record["last_offset"] == 41 and record["last_ret"] == 3 for record in records)
+
+
+@given(st.sets(st.integers(0, 30_000), max_size=40))
+def test_the_days_listed_read_back_as_written(days: set[int]) -> None:
+    text = days_text(sorted(days))
+    assert days_of_text(text) == sorted(days)
+    assert text.count(",") < max(len(days), 1)  # runs: fewer pieces than days, or one each
+
+
+def test_a_head_holds_what_is_not_empty_and_its_days_as_runs() -> None:
+    ledger = Ledger({}, (), T0, (), 41, -1, -1, -1, ())
+    head = head_json(ledger, [20454, 20455, 20456, 20460])
+    assert head == {"newest_ts": T0, "last_offset": 41, "days": "20454-20456,20460"}
+    assert assemble(head, []) == ledger
+    assert day_json({}, ledger) == {"bought": {}, "last_offset": 41}
+
+
+def test_a_head_listing_its_days_as_a_list_is_read_as_it_was() -> None:
+    head = {"held": [], "newest_ts": T0, "rejected": [[3, "no"]], "last_offset": 41,
+            "last_rp": -1, "last_ret": 3, "days": [20455, 20454]}
+    assert stored_days(head) == [20454, 20455]
+    assert assemble(head, []) == Ledger({}, (), T0, ((3, "no"),), 41, -1, 3, -1, ())
 
 
 def test_a_head_written_before_day_records_is_read_as_it_was() -> None:
