@@ -46,7 +46,7 @@ def count_offers(writes: TableWrites, offers: Sequence[Offer], held_out: bool) -
     for offer in offers:
         key = figures_key(offer.pid, writes.partition)
         counted = FIGURES.get(key, writes.get(promotion_figures, key)).offered(held_out)
-        FIGURES.write(writes, promotion_figures, key, counted, counted.to_json())
+        FIGURES.write(writes, promotion_figures, key, counted)
 
 
 def after_position(writes: TableWrites, uid: str, ts: float, offers: Sequence[Offer],
@@ -92,7 +92,7 @@ def after_purchase(writes: TableWrites, purchase: Purchase, topic: str, partitio
 def _write(writes: TableWrites, uid: str, state: AttributionState, updated: AttributionState,
            redeemed: Sequence[Redemption]) -> None:
     if updated is not state:
-        STATES.write(writes, attribution, uid, updated, updated.to_json())
+        STATES.write(writes, attribution, uid, updated)
     key = uid.encode()
     for redemption in redeemed:
         writes.emit(redemptions_topic, key, orjson.dumps(redemption.to_record()))
@@ -100,4 +100,4 @@ def _write(writes: TableWrites, uid: str, state: AttributionState, updated: Attr
         where = figures_key(redemption.pid, writes.partition)
         counted = FIGURES.get(where, writes.get(promotion_figures, where)).redeemed(
             redemption.held_out, redemption.revenue_cents, redemption.first)
-        FIGURES.write(writes, promotion_figures, where, counted, counted.to_json())
+        FIGURES.write(writes, promotion_figures, where, counted)

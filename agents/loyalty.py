@@ -50,6 +50,7 @@ from core.ledger_days import (
 from core.loyalty import (
     Basket,
     LoyaltyEvent,
+    Outcome,
     Purchase,
     Spend,
     Stamps,
@@ -58,9 +59,17 @@ from core.loyalty import (
 )
 from core.pricing import history_from_json, history_to_json, with_price
 from core.repartition import repartition_topic
-from core.returns import BoughtRow, Held, Ledger, apply_return, remember_batch, remember_purchase
+from core.returns import (
+    BoughtRow,
+    Held,
+    Ledger,
+    ReturnOutcome,
+    apply_return,
+    remember_batch,
+    remember_purchase,
+)
 from core.rfm import learn_boundaries
-from tables.batch import DecodedCache, TableWrites
+from tables.batch import DecodedCache, IdentityMemo, TableWrites
 from tables.deadletters import return_letter_sent
 from tables.loyalty import (
     RFM_CUTS,
@@ -133,7 +142,7 @@ BASKETS = DecodedCache(Basket.from_json)
 LEDGERS = DecodedCache(Ledger.from_json)
 #: A decoded spend record -> (the catalogue's version, what its pending purchases came to
 #: then): carried from a customer's batch to the next while no price changes.
-PRICED: DecodedCache[tuple[int, int]] = DecodedCache(lambda _: (-1, 0))
+PRICED: IdentityMemo[tuple[int, int]] = IdentityMemo()
 
 
 @dataclass(slots=True)
@@ -223,12 +232,12 @@ def _write_ledger(user: str, customer: _Customer, writes: TableWrites) -> None:
     writes.put(ledgers, user, raw)
 
 
-def _take(customer: _Customer, out: Any) -> bool:
+def _take(customer: _Customer, out: Outcome | ReturnOutcome) -> bool:
     """Keep the records an outcome changed; whether any did."""
     changed = False
     if out.spend is not None:
         customer.spend = out.spend
-        customer.pending_cents = getattr(out, "pending_cents", None)
+        customer.pending_cents = out.pending_cents
         customer.changed.add("spend")
         changed = True
     if out.stamps is not None:
@@ -239,9 +248,8 @@ def _take(customer: _Customer, out: Any) -> bool:
         customer.basket = out.basket
         customer.changed.add("basket")
         changed = True
-    ledger = getattr(out, "ledger", None)
-    if ledger is not None:
-        customer.ledger = ledger
+    if isinstance(out, ReturnOutcome) and out.ledger is not None:
+        customer.ledger = out.ledger
         customer.changed.add("ledger")
         customer.ledger_reworked = True
         changed = True
@@ -256,14 +264,14 @@ def _write(customers: dict[str, _Customer], writes: TableWrites,
                 customer.ledger, customer.returnable, RULES, repartitioned=repartitioned)
             customer.changed.add("ledger")
         if "spend" in customer.changed:
-            SPEND.write(writes, spend, user, customer.spend, customer.spend.to_json())
+            SPEND.write(writes, spend, user, customer.spend)
             if customer.pending_cents is not None:
                 PRICED.remember(user, customer.spend, (catalogue_version(),
                                                        customer.pending_cents))
         if "stamps" in customer.changed:
-            STAMPS.write(writes, stamps, user, customer.stamps, customer.stamps.to_json())
+            STAMPS.write(writes, stamps, user, customer.stamps)
         if "basket" in customer.changed:
-            BASKETS.write(writes, baskets, user, customer.basket, customer.basket.to_json())
+            BASKETS.write(writes, baskets, user, customer.basket)
         if "ledger" in customer.changed and customer.ledger is not None:
             _write_ledger(user, customer, writes)
     writes.commit()

@@ -104,7 +104,7 @@ def track_presence(writes: TableWrites, uid: str, nearby: Sequence[tuple[Display
     state = PRESENCE.get(uid, raw)
     updated, events = state.moved(uid, ts, keys, here.topic, here.partition, here.offset)
     if updated is not state:
-        PRESENCE.write(writes, presence, uid, updated, updated.to_json())
+        PRESENCE.write(writes, presence, uid, updated)
     for event in events:
         writes.emit(presence_topic, uid.encode(), orjson.dumps(event.to_record()))
         METRICS.inc("storestream_presence_events_total", event=event.kind)
@@ -125,7 +125,7 @@ def announce_arrival(writes: TableWrites, uid: str, store_id: str, ts: float,
                                   CAPS.visit_gap_s)
     if updated is not state:
         written = updated.written_at(here.topic, here.partition, here.offset)
-        VISITS.write(writes, visits, uid, written, written.to_json())
+        VISITS.write(writes, visits, uid, written)
     if arrival is not None:
         writes.emit(associates_topic, store_id.encode(), orjson.dumps(arrival.to_record()))
         METRICS.inc("storestream_associate_alerts_total", store=store_id)
@@ -156,7 +156,7 @@ def limit_offers(writes: TableWrites, uid: str, ts: float, store_id: str | None,
             state.visit_offers, state.day_offers, state.day) or (
             updated.last_seen - state.last_seen >= CAPS.visit_gap_s / 10):
         counted = updated.written_at(here.topic, here.partition, here.offset)
-        FREQUENCY.write(writes, frequency, uid, counted, counted.to_json())
+        FREQUENCY.write(writes, frequency, uid, counted)
     return kept
 
 
@@ -188,7 +188,7 @@ def _seen(writes: TableWrites, uid: str, state: CooldownState, here: PositionSou
     as such and counted no more (:meth:`core.offers.CooldownState.redelivers`)."""
     updated = state.after((), here, ts, SETTINGS.offer_cooldown_s)
     if updated is not state:
-        COOLDOWNS.write(writes, shoppers, uid, updated, updated.to_json())
+        COOLDOWNS.write(writes, shoppers, uid, updated)
 
 
 async def apply_positions(batch: Sequence[Source], writes: TableWrites,
@@ -257,7 +257,7 @@ async def apply_positions(batch: Sequence[Source], writes: TableWrites,
             count_offers(writes, offers, held_out)
         updated = state.after(offers, here, position.ts, SETTINGS.offer_cooldown_s)
         if updated is not state:  # a redelivered record's effects are in the state already
-            COOLDOWNS.write(writes, shoppers, uid, updated, updated.to_json())
+            COOLDOWNS.write(writes, shoppers, uid, updated)
         for offer in offers:
             record = offer.to_record()
             if held_out:  # control group: recorded, never sent

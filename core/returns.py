@@ -209,7 +209,8 @@ class Ledger(NamedTuple):
 class ReturnOutcome(NamedTuple):
     """Records after a return or a purchase (``None``: unchanged), events, and what failed:
     ``rejected`` (this return's reason) and ``expired`` (held returns given up, each with the
-    reason: to dead-letter)."""
+    reason: to dead-letter). ``pending_cents`` is :attr:`core.loyalty.Outcome.pending_cents`'s
+    counterpart: never known here (the pending purchases are priced again next time)."""
 
     spend: Spend | None
     stamps: Stamps | None
@@ -218,6 +219,7 @@ class ReturnOutcome(NamedTuple):
     events: tuple[LoyaltyEvent, ...]
     rejected: str | None = None
     expired: tuple[tuple[Held, str], ...] = ()
+    pending_cents: int | None = None
 
 
 def counted_cents(bought: Bought, catalogue: Catalogue) -> int | None:

@@ -26,7 +26,7 @@ most ``attribution`` reads are such misses).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
 from faust.stores.memory import Store as MemoryStore
@@ -121,43 +121,65 @@ def _persisted(store: Any, tp: TP) -> Any:
     return remember
 
 
-class DecodedCache(Generic[T]):
-    """Decoded table values, reused while the table still holds the very same value object.
+class IdentityMemo(Generic[T]):
+    """Values remembered for a table value *object*: valid while the table still holds that
+    very object (the memory store keeps the object written, so an identity check proves the
+    value was computed from what the table holds; after a recovery, or with ``rocksdb://``,
+    values are new objects and nothing is found). Bounded: past ``limit`` keys it starts
+    over."""
 
-    Decoding a customer's JSON records into rule objects (and back) once per batch was the
-    largest cost left in the loyalty lane. The memory store keeps the value object written,
-    so an identity check proves the cached object is the decoded form of what the table holds
-    (after a recovery or with ``rocksdb://`` values are new objects: decoded again). Bounded:
-    past ``limit`` keys the cache starts over.
-    """
-
-    def __init__(self, decode: Callable[[Any], T], limit: int = 200_000) -> None:
-        self._decode = decode
+    def __init__(self, limit: int = 200_000) -> None:
         self._limit = limit
         self._entries: dict[str, tuple[Any, T]] = {}
 
-    def get(self, key: str, raw: Any) -> T:
-        """The decoded form of ``raw``, the value the table holds for ``key``."""
-        cached = self.peek(key, raw)
-        return self._decode(raw) if cached is None else cached
-
     def peek(self, key: str, raw: Any) -> T | None:
-        """The decoded form of ``raw`` when it is cached, else ``None``."""
+        """What was remembered for ``raw``, the value the table holds for ``key``, else
+        ``None``."""
         entry = self._entries.get(key)
         if entry is not None and raw is not None and entry[0] is raw:
             return entry[1]
         return None
 
     def remember(self, key: str, raw: Any, value: T) -> None:
-        """``raw`` (about to be written for ``key``) is the encoded form of ``value``."""
+        """Remember ``value`` for ``raw`` (the table's value for ``key``, or about to be)."""
         if len(self._entries) >= self._limit and key not in self._entries:
             self._entries.clear()
         self._entries[key] = (raw, value)
 
-    def write(self, writes: TableWrites, table: Any, key: str, value: T, raw: Any) -> None:
-        """Queue ``raw``, the encoded ``value``, for ``key`` of ``table``, remembering it."""
-        self.remember(key, raw, value)
-        writes.put(table, key, raw)
-
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class Encodable(Protocol):
+    """A decoded record that gives back its table value."""
+
+    def to_json(self) -> Any: ...
+
+
+E = TypeVar("E", bound=Encodable)
+
+
+class DecodedCache(IdentityMemo[T]):
+    """Decoded table values, reused while the table still holds the very same value object.
+
+    Decoding a customer's JSON records into rule objects (and back) once per batch was the
+    largest cost left in the loyalty lane; an identity check (:class:`IdentityMemo`) proves
+    the cached object is the decoded form of what the table holds.
+    """
+
+    def __init__(self, decode: Callable[[Any], T], limit: int = 200_000) -> None:
+        super().__init__(limit)
+        self._decode = decode
+
+    def get(self, key: str, raw: Any) -> T:
+        """The decoded form of ``raw``, the value the table holds for ``key``."""
+        cached = self.peek(key, raw)
+        return self._decode(raw) if cached is None else cached
+
+    def write(self: DecodedCache[E], writes: TableWrites, table: Any, key: str,
+              value: E) -> None:
+        """Queue ``value``'s table value (``to_json``) for ``key`` of ``table``,
+        remembering that it decodes to ``value``."""
+        raw = value.to_json()
+        self.remember(key, raw, value)
+        writes.put(table, key, raw)
