@@ -28,6 +28,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from core.campaigns import qualifying
+from core.ledger_rows import plus_rows
 from core.loyalty import (
     TIER_CHANGED,
     Basket,
@@ -493,8 +494,7 @@ def remember_batch(
         last = offset
     if last == seen:
         return ledger, fresh
-    remembered = (bought | fresh if type(bought) is dict else {**bought, **fresh}
-                  ) if fresh else bought
+    remembered = plus_rows(bought, fresh)  # shares the rows it can: no copy per batch
     updated, expired = _expire(Ledger(
         remembered, (), newest_ts, ledger.rejected,
         ledger.last_offset if repartitioned else last,
