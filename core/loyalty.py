@@ -122,7 +122,9 @@ class Spend(NamedTuple):
             "settled_cents": self.settled_cents,
             "settled_unpriced": self.settled_unpriced,
             "watched_cents": dict(self.watched_cents),
-            "pending": [[p.ts, p.product_id] for p in self.pending],
+            # tuples, not lists: the collector stops tracking a tuple of numbers and strings
+            # at its first pass, a list never (this value stays in the table for a while)
+            "pending": tuple(map(tuple, self.pending)),
             "purchases": self.purchases,
             "newest_ts": self.newest_ts,
             "tier": self.tier,
@@ -212,8 +214,8 @@ class Basket(NamedTuple):
     def to_json(self) -> dict[str, Any]:
         """JSON-friendly form for the changelog."""
         return {
-            "products": sorted(self.products),
-            "announced": sorted(self.announced),
+            "products": tuple(sorted(self.products)),  # tuples: see Spend.to_json
+            "announced": tuple(sorted(self.announced)),
             "last_offset": self.last_offset,
             **({"last_rp": self.last_rp} if self.last_rp >= 0 else {}),
             **({"last_ret": self.last_ret} if self.last_ret >= 0 else {}),
