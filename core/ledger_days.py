@@ -124,16 +124,9 @@ def day_rows(stored: Mapping[str, Any] | None, changes: DayChanges) -> dict[str,
 
 
 def day_json(rows: Mapping[str, Any], ledger: Ledger) -> dict[str, Any]:
-    """A day record: its purchases and the ledger's offsets as written (an offset still -1,
-    nothing applied from its log, is left out, as :func:`core.changelog.record_offsets`
-    reads it)."""
-    record: dict[str, Any] = {"bought": rows, "last_offset": ledger.last_offset}
-    if ledger.last_rp >= 0:
-        record["last_rp"] = ledger.last_rp
-    if ledger.last_ret >= 0:
-        record["last_ret"] = ledger.last_ret
-    if ledger.last_ret_rp >= 0:
-        record["last_ret_rp"] = ledger.last_ret_rp
+    """A day record: its purchases and the ledger's offsets as written."""
+    record = ledger.offsets_json()
+    record["bought"] = rows
     return record
 
 

@@ -156,21 +156,28 @@ class Ledger(NamedTuple):
     def head_json(self) -> dict[str, Any]:
         """:meth:`to_json` without the purchases (what a ledger stored by day keeps in its
         head record, core/ledger_days.py)."""
-        fields: dict[str, Any] = {"newest_ts": self.newest_ts, "last_offset": self.last_offset}
-        # what is empty or -1 (nothing applied) is left out: most heads hold neither held
-        # returns nor rejections, and the changelog gets a head per customer and batch
+        fields = self.offsets_json()
+        fields["newest_ts"] = self.newest_ts
+        # what is empty is left out: most heads hold neither held returns nor rejections,
+        # and the changelog gets a head per customer and batch
         if self.held:
             fields["held"] = [list(h) for h in self.held]
         if self.rejected:
             fields["rejected"] = [list(r) for r in self.rejected]
+        if self.given_up:
+            fields["given_up"] = [[m, list(h), r] for m, h, r in self.given_up]
+        return fields
+
+    def offsets_json(self) -> dict[str, Any]:
+        """The last offset applied from each log, leaving out those still -1 (nothing
+        applied), as :func:`core.changelog.record_offsets` reads them."""
+        fields: dict[str, Any] = {"last_offset": self.last_offset}
         if self.last_rp >= 0:
             fields["last_rp"] = self.last_rp
         if self.last_ret >= 0:
             fields["last_ret"] = self.last_ret
         if self.last_ret_rp >= 0:
             fields["last_ret_rp"] = self.last_ret_rp
-        if self.given_up:
-            fields["given_up"] = [[m, list(h), r] for m, h, r in self.given_up]
         return fields
 
     @classmethod
