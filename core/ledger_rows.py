@@ -61,10 +61,6 @@ class LayeredRows(Mapping[str, V]):
             if key not in base:
                 yield key
 
-    def to_dict(self) -> dict[str, V]:
-        """A plain dict of the rows, in the same order."""
-        return {**self._base, **self._recent}
-
 
 def plus_rows(rows: Mapping[str, V], fresh: Mapping[str, V]) -> Mapping[str, V]:
     """``rows`` with ``fresh`` added (a fresh row replaces the row of its id, in place),

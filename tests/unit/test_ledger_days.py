@@ -119,7 +119,9 @@ def test_a_head_and_its_day_records_give_back_the_ledger(bought: dict[str, Any])
 def test_the_days_listed_read_back_as_written(days: set[int]) -> None:
     text = days_text(sorted(days))
     assert days_of_text(text) == sorted(days)
-    assert text.count(",") < max(len(days), 1)  # runs: fewer pieces than days, or one each
+    runs = [tuple(map(int, run.split("-"))) for run in text.split(",")] if text else []
+    assert len(runs) == sum(1 for day in days if day - 1 not in days)  # one per run, maximal
+    assert all(len(run) == 1 or run[0] < run[1] for run in runs)
 
 
 def test_a_head_holds_what_is_not_empty_and_its_days_as_runs() -> None:

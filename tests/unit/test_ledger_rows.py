@@ -37,8 +37,7 @@ def test_rows_added_batch_by_batch_read_as_one_plain_dict(
         oracle.update(fresh)
         versions.append((rows, dict(oracle)))
         reads_as(rows, oracle)
-        if isinstance(rows, LayeredRows):
-            assert list(rows.to_dict().items()) == list(oracle.items())
+        assert dict(rows) == oracle and list(dict(rows)) == list(oracle)  # as Ledger.to_json
     for version, then in versions:  # a version is never changed by the ones after it
         reads_as(version, then)
 
