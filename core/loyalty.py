@@ -15,7 +15,7 @@ outside that window. The result does not depend on the order in which the ``prod
 from __future__ import annotations
 
 import bisect
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
@@ -344,6 +344,41 @@ def view_spend(spend: Spend, catalogue: Catalogue, rules: LoyaltyRules) -> Spend
     return SpendView(total, spend.settled_unpriced + unpriced, by_product, tier)
 
 
+class SpendByProduct(Mapping[str, int]):
+    """Spend per watched product, settled and pending (priced now), as :func:`view_spend`
+    reports it, worked out when first read: most campaign checks never read it (no spend
+    threshold, or a required or excluded product decides), and pricing every pending purchase
+    for each purchase of a watched product was most of what such a purchase cost."""
+
+    __slots__ = ("_catalogue", "_cents", "_spend", "_watched")
+
+    def __init__(self, spend: Spend, catalogue: Catalogue, watched: frozenset[str]) -> None:
+        self._spend = spend
+        self._catalogue = catalogue
+        self._watched = watched
+        self._cents: dict[str, int] | None = None
+
+    def _priced(self) -> dict[str, int]:
+        if self._cents is None:
+            cents = dict(self._spend.watched_cents)
+            for item in self._spend.pending:
+                if item.product_id in self._watched:
+                    price = price_at(self._catalogue(item.product_id), item.ts)
+                    if price is not None:
+                        cents[item.product_id] = cents.get(item.product_id, 0) + price
+            self._cents = cents
+        return self._cents
+
+    def __getitem__(self, product_id: str) -> int:
+        return self._priced()[product_id]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._priced())
+
+    def __len__(self) -> int:
+        return len(self._priced())
+
+
 def _settled_count(pending: Sequence[Pending], horizon: float, max_pending: int) -> int:
     """How many of the oldest pending purchases are settled: those before ``horizon`` and
     those over the cap (``pending`` is sorted by time, so both are a prefix)."""
@@ -364,7 +399,6 @@ def _with_pending(pending: tuple[Pending, ...], item: Pending) -> tuple[Pending,
 
 def _next_spend(
     spend: Spend, purchase: Purchase, offset: int, catalogue: Catalogue, rules: LoyaltyRules,
-    by_product: dict[str, int] | None,
     repartitioned: bool = False,
     pending_cents: int | None = None,
 ) -> tuple[Spend, int, int]:
@@ -372,11 +406,9 @@ def _next_spend(
     settled, the new total spend with pending purchases priced now, and what the pending
     purchases come to.
 
-    Each pending purchase is priced once. When ``by_product`` is given it receives the spend on
-    watched products (settled and pending), as :func:`view_spend` reports it. With
-    ``pending_cents`` (what ``spend.pending`` comes to, priced now) only the purchase and
-    those it settles are priced: a customer's purchases within the lateness window are no
-    longer all priced again for each new one.
+    Each pending purchase is priced once. With ``pending_cents`` (what ``spend.pending`` comes
+    to, priced now) only the purchase and those it settles are priced: a customer's purchases
+    within the lateness window are no longer all priced again for each new one.
     """
     watched = rules.watched
     settled = spend.settled_cents
@@ -415,10 +447,8 @@ def _next_spend(
     if added is not None:
         first = int(newest // DAY_S) - rules.tier_window_days + 1
         days = days.merged(added, first)
-    if by_product is not None:
-        by_product.update(watched_cents)
-    if by_product is not None or pending_cents is None:
-        cents, _ = _price_pending(pending, catalogue, watched, by_product)
+    if pending_cents is None:
+        cents, _ = _price_pending(pending, catalogue, watched, None)
     else:
         cents = pending_cents
     total = settled + cents
@@ -492,12 +522,10 @@ def _apply_purchase(
     if free:
         purchase = purchase._replace(price_cents=0)
     is_watched = product_id in rules.watched and offset > seen_basket
-    by_product: dict[str, int] | None = None
 
     if offset > seen_spend:
-        by_product = {} if is_watched else None
         new_spend, total, pending_cents = _next_spend(
-            spend, purchase, offset, catalogue, rules, by_product, repartitioned, pending_cents)
+            spend, purchase, offset, catalogue, rules, repartitioned, pending_cents)
         if new_spend.tier != spend.tier:
             events.append(LoyaltyEvent(purchase.user_id, TIER_CHANGED, {
                 "from": spend.tier, "to": new_spend.tier, "total_cents": total,
@@ -529,10 +557,8 @@ def _apply_purchase(
             products = products | {product_id}
         else:
             extra = {**extra, product_id: extra.get(product_id, 0) + 1}
-        spent: Mapping[str, int] = (
-            view_spend(spend, catalogue, rules).by_product_cents if by_product is None
-            else by_product
-        )
+        spent = SpendByProduct(spend if new_spend is None else new_spend, catalogue,
+                               rules.watched)
         met = qualifying(rules.campaigns, products, spent)
         announced = frozenset(met)
         for name in sorted(announced - basket.announced):
