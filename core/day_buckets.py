@@ -60,8 +60,11 @@ class DayBuckets(Mapping[int, int]):
         for day, cents in self._adds:
             folded[day] = folded.get(day, 0) + cents
         low, total = self._base_stats()
-        out = (_appended(self._base, low, self._base_last, self._base_last_cents, total,
-                         folded) if self._base and min(folded) >= self._base_last else None)
+        out = None
+        if self._base:
+            out = (_appended(self._base, low, self._base_last, self._base_last_cents, total,
+                             folded) if min(folded) >= self._base_last
+                   else _tail_merged(self._base, low, self._base_last, total, folded))
         if out is None:
             out = DayBuckets(self._base)._merge_now(folded, _NO_START)
             out._base_stats()
@@ -324,6 +327,49 @@ def _appended(packed: str, first: int, last: int, last_cents: int, total: int,
     head = packed if kept == last_cents else f"{packed[:packed.rfind(',') + 1]}{kept}"
     out = DayBuckets(",".join([head, *pieces]) if pieces else head)
     out._base_low, out._base_total = first, total
+    out._base_last, out._base_last_cents = end, end_cents
+    return out
+
+
+#: How many of the last buckets :func:`_tail_merged` reads at most.
+_TAIL_BUCKETS = (2, 4, 8)
+
+
+def _tail_merged(packed: str, first: int, last: int, total: int,
+                 adds: Mapping[int, int]) -> DayBuckets | None:
+    """``adds`` merged into the last few buckets of ``packed`` (first day ``first``, last
+    day ``last``, ``total`` cents), reading and rewriting only those: a purchase settles
+    the purchases of the day before the newest one, which :func:`_appended` cannot take and
+    which would otherwise unpack a whole window of days. ``None`` when the additions reach
+    further back than :data:`_TAIL_BUCKETS` (the general path takes them)."""
+    low = min(adds)
+    for count in _TAIL_BUCKETS:
+        parts = packed.rsplit(",", 2 * count)
+        if len(parts) != 2 * count + 1:
+            return None  # not that many buckets after the first one
+        fields = list(map(int, parts[1:]))
+        days = [0] * count
+        day = last
+        for i in range(count - 1, -1, -1):
+            days[i] = day
+            day -= fields[2 * i]
+        if day < low:  # ``day``: the head's last bucket, which no addition touches
+            break
+    else:
+        return None
+    tail = dict(zip(days, fields[1::2], strict=True))
+    for at, plus in adds.items():
+        tail[at] = tail.get(at, 0) + plus
+    pieces = [parts[0]]
+    end, end_cents = day, 0
+    for at in sorted(tail):
+        if tail[at]:
+            pieces.append(f"{at - end},{tail[at]}")
+            end, end_cents = at, tail[at]
+    if not end_cents:  # every tail bucket emptied: the head's last one is the last
+        end_cents = int(parts[0].rsplit(",", 1)[1])
+    out = DayBuckets(",".join(pieces))
+    out._base_low, out._base_total = first, total + sum(adds.values())
     out._base_last, out._base_last_cents = end, end_cents
     return out
 
