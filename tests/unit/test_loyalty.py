@@ -18,6 +18,7 @@ from core.loyalty import (
     TIER_CHANGED,
     Basket,
     LoyaltyRules,
+    Pending,
     Purchase,
     Spend,
     Stamps,
@@ -461,3 +462,28 @@ def test_tiers_and_stamps_agree_with_the_plain_oracle(
 def test_campaigns_agree_with_the_plain_oracle(bought: set[str], spent: dict[str, int]) -> None:
     assert qualifying(DEFAULT_CAMPAIGNS, bought, spent) == loyalty_oracle.qualifying(
         loyalty_oracle.RECIPE_CAMPAIGNS, bought, spent)
+
+
+def test_campaign_spend_is_priced_only_when_a_campaign_reads_it() -> None:
+    """A purchase of a watched product prices its customer's pending purchases for the
+    campaigns only when a campaign with a spend threshold gets as far as reading the spend."""
+    priced: list[str] = []
+
+    def catalogue(product_id: str) -> tuple[tuple[float, int], ...]:
+        priced.append(product_id)
+        return ((0.0, 300),)
+
+    def apply(campaign: Campaign) -> tuple[str, ...]:
+        rules = LoyaltyRules(campaigns=(campaign,))
+        spend = Spend(pending=(Pending(10.0, "tea"), Pending(20.0, "coffee")))
+        priced.clear()
+        out = apply_purchase(Purchase("kris", "tea", 30.0), 1, spend, Stamps(), Basket(),
+                             catalogue, rules, pending_cents=600)
+        return tuple(event.type for event in out.events)
+
+    threshold = Campaign("tea_lovers", frozenset({"tea"}), min_spend_cents=500)
+    assert apply(threshold) == (CAMPAIGN_QUALIFIED,)
+    assert sorted(priced) == ["tea", "tea", "tea"]  # the purchase, then the pending teas
+    needs_scones = Campaign("tea_and_scones", frozenset({"tea", "scone"}), frozenset({"scone"}),
+                            min_spend_cents=500)
+    assert apply(needs_scones) == () and priced == ["tea"]  # the purchase alone
