@@ -361,11 +361,7 @@ class SpendByProduct(Mapping[str, int]):
     def _priced(self) -> dict[str, int]:
         if self._cents is None:
             cents = dict(self._spend.watched_cents)
-            for item in self._spend.pending:
-                if item.product_id in self._watched:
-                    price = price_at(self._catalogue(item.product_id), item.ts)
-                    if price is not None:
-                        cents[item.product_id] = cents.get(item.product_id, 0) + price
+            _price_pending(self._spend.pending, self._catalogue, self._watched, cents)
             self._cents = cents
         return self._cents
 

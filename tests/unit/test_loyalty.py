@@ -483,7 +483,7 @@ def test_campaign_spend_is_priced_only_when_a_campaign_reads_it() -> None:
 
     threshold = Campaign("tea_lovers", frozenset({"tea"}), min_spend_cents=500)
     assert apply(threshold) == (CAMPAIGN_QUALIFIED,)
-    assert sorted(priced) == ["tea", "tea", "tea"]  # the purchase, then the pending teas
+    assert sorted(priced) == ["coffee", "tea", "tea", "tea"]  # the purchase, then pending
     needs_scones = Campaign("tea_and_scones", frozenset({"tea", "scone"}), frozenset({"scone"}),
                             min_spend_cents=500)
     assert apply(needs_scones) == () and priced == ["tea"]  # the purchase alone
