@@ -51,7 +51,6 @@ from core.loyalty import (
     Basket,
     LoyaltyEvent,
     Outcome,
-    Purchase,
     Spend,
     Stamps,
     apply_purchase,
@@ -63,9 +62,9 @@ from core.returns import (
     BoughtRow,
     Held,
     Ledger,
+    LedgerBatch,
     ReturnOutcome,
     apply_return,
-    remember_batch,
     remember_purchase,
 )
 from core.rfm import learn_boundaries
@@ -160,10 +159,10 @@ class _Customer:
     #: Whether a return or a held return changed the ledger (its rows are then compared
     #: whole when written, not only the purchases remembered).
     ledger_reworked: bool = False
-    #: Returnable purchases of this batch, remembered in the ledger in one step at the end
-    #: (while it holds no return: ``core.returns.remember_purchases``).
-    returnable: list[tuple[int, Purchase, bool]] | None = None
-    #: The rows that remembering ``returnable`` wrote (core.returns.remember_batch).
+    #: Returnable purchases of this batch, remembered as they are applied and joined to the
+    #: ledger in one step at the end (while it holds no return: ``core.returns.LedgerBatch``).
+    returnable: LedgerBatch | None = None
+    #: The rows that remembering ``returnable`` wrote.
     fresh: Mapping[str, BoughtRow] | None = None
     #: What ``spend.pending`` comes to at the catalogue's current version (``None``: not
     #: known, priced again by the next purchase).
@@ -211,9 +210,7 @@ def _write_ledger(user: str, customer: _Customer, writes: TableWrites) -> None:
             and len(ledger.bought) == len(stored.bought) + len(fresh)):
         changes = added_rows(fresh)  # the usual batch: new purchases only, none dropped
     else:
-        touched = None if customer.ledger_reworked or customer.returnable is None else (
-            purchase.purchase_id for _, purchase, _ in customer.returnable
-            if purchase.purchase_id is not None)
+        touched = None if customer.ledger_reworked or fresh is None else fresh
         changes = changed_rows(stored.bought, ledger.bought, touched)
     head = writes.get(ledgers, user)
     added: list[int] = []
@@ -259,9 +256,8 @@ def _take(customer: _Customer, out: Outcome | ReturnOutcome) -> bool:
 def _write(customers: dict[str, _Customer], writes: TableWrites,
            repartitioned: bool = False) -> None:
     for user, customer in customers.items():
-        if customer.returnable and customer.ledger is not None:
-            customer.ledger, customer.fresh = remember_batch(
-                customer.ledger, customer.returnable, RULES, repartitioned=repartitioned)
+        if customer.returnable is not None and customer.ledger is not None:
+            customer.ledger, customer.fresh = customer.returnable.finish()
             customer.changed.add("ledger")
         if "spend" in customer.changed:
             SPEND.write(writes, spend, user, customer.spend)
@@ -314,10 +310,9 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
                 # the usual case: remembered at the end of the batch (no return waits for a
                 # purchase, none given up that a redelivered purchase would report again)
                 if customer.returnable is None:
-                    customer.returnable = []
-                customer.returnable.append((source.offset, purchase, outcome.free))
-                remembered = source.offset > (ledger.last_rp if repartitioned
-                                              else ledger.last_offset)
+                    customer.returnable = LedgerBatch(ledger, RULES,
+                                                      repartitioned=repartitioned)
+                remembered = customer.returnable.add(source.offset, purchase, outcome.free)
             else:  # returns held for a purchase: applied with it, one purchase at a time
                 outcome = remember_purchase(purchase, source.offset, outcome,
                                             customer.spend, ledger, price_history, RULES,

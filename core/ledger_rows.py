@@ -62,6 +62,24 @@ class LayeredRows(Mapping[str, V]):
                 yield key
 
 
+def first_row(rows: Mapping[str, V]) -> V | None:
+    """The first row in iteration order (``None`` when there is none), without starting an
+    iteration over the layers: the ledger's expiry check reads it once per batch."""
+    if type(rows) is LayeredRows:
+        base: Mapping[str, V] = rows._base
+        if not base:
+            base = rows._recent
+        elif rows._recent:
+            first = next(iter(base))
+            newer = rows._recent.get(first)
+            return base[first] if newer is None else newer
+    else:
+        base = rows
+    for row in base.values():
+        return row
+    return None
+
+
 def plus_rows(rows: Mapping[str, V], fresh: Mapping[str, V]) -> Mapping[str, V]:
     """``rows`` with ``fresh`` added (a fresh row replaces the row of its id, in place),
     sharing what it can of ``rows``."""

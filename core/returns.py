@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from core.campaigns import qualifying
-from core.ledger_rows import plus_rows
+from core.ledger_rows import first_row, plus_rows
 from core.loyalty import (
     TIER_CHANGED,
     Basket,
@@ -329,7 +329,8 @@ def _expire(ledger: Ledger, rules: LoyaltyRules) -> tuple[Ledger, tuple[tuple[He
     # may be due (one arriving late and old is dropped with the next due one: still bounded).
     # Rows past the window are already absent to returns (Ledger.entry); they are dropped
     # once the first is a slack past it, so at most once a day of event time per customer.
-    if bought and next(iter(bought.values()))[0] < keep_from - EXPIRY_SLACK_S:
+    oldest = first_row(bought)
+    if oldest is not None and oldest[0] < keep_from - EXPIRY_SLACK_S:
         bought = {pid: b for pid, b in bought.items() if b[0] >= keep_from}
     if expired:
         ledger = ledger._replace(held=tuple(h for h in ledger.held if h.ts >= horizon))
@@ -474,41 +475,72 @@ def remember_purchases(
     return remember_batch(ledger, purchases, rules, repartitioned=repartitioned)[0]
 
 
+class LedgerBatch:
+    """A batch's purchases being remembered in a ledger holding no return, one at a time as
+    they are applied: :func:`remember_batch` in steps, keeping only the rows it writes (not
+    the purchases, which would otherwise live, and be traversed by the garbage collector,
+    until the batch ends)."""
+
+    __slots__ = ("_bought", "_fresh", "_last", "_ledger", "_newest_ts", "_repartitioned",
+                 "_rules", "_seen", "_window")
+
+    def __init__(self, ledger: Ledger, rules: LoyaltyRules, *,
+                 repartitioned: bool = False) -> None:
+        assert not ledger.held, "held returns: remember_purchase, one at a time"
+        self._ledger = ledger
+        self._bought = ledger.bought
+        self._repartitioned = repartitioned
+        self._seen = self._last = ledger.last_rp if repartitioned else ledger.last_offset
+        self._newest_ts = ledger.newest_ts
+        self._rules = rules
+        self._window = rules.return_window_s
+        #: joined to the rows in one step at the end: no copy per insert
+        self._fresh: dict[str, BoughtRow] = {}
+
+    def add(self, offset: int, purchase: Purchase, free: bool) -> bool:
+        """Remember ``purchase`` (at ``offset``, with a ``purchase_id``; ``free``: a free
+        coffee, counted at 0); whether the ledger had not seen it yet."""
+        if offset <= self._seen:
+            return False
+        pid = purchase.purchase_id
+        assert pid is not None
+        row = self._fresh.get(pid)
+        if row is None:
+            row = self._bought.get(pid)
+        if row is None or row[0] < self._newest_ts - self._window:
+            self._fresh[pid] = (purchase.ts, sys.intern(purchase.product_id),
+                                0 if free else purchase.price_cents, ())
+        if purchase.ts > self._newest_ts:
+            self._newest_ts = purchase.ts
+        self._last = offset
+        return True
+
+    def finish(self) -> tuple[Ledger, Mapping[str, BoughtRow]]:
+        """The ledger after the purchases added, and the rows they wrote (by purchase id)."""
+        ledger, last, fresh = self._ledger, self._last, self._fresh
+        if last == self._seen:
+            return ledger, fresh
+        repartitioned = self._repartitioned
+        updated, expired = _expire(Ledger(
+            plus_rows(self._bought, fresh),  # shares the rows it can: no copy per batch
+            (), self._newest_ts, ledger.rejected,
+            ledger.last_offset if repartitioned else last,
+            last if repartitioned else ledger.last_rp, ledger.last_ret, ledger.last_ret_rp,
+            ledger.given_up), self._rules)
+        assert not expired
+        return updated, fresh
+
+
 def remember_batch(
     ledger: Ledger, purchases: Sequence[tuple[int, Purchase, bool]],
     rules: LoyaltyRules = LoyaltyRules(), *, repartitioned: bool = False,
 ) -> tuple[Ledger, Mapping[str, BoughtRow]]:
     """:func:`remember_purchases`, and the rows it wrote (by purchase id): what a writer
     storing the ledger by day has to add, unless rows were also dropped."""
-    assert not ledger.held, "held returns: remember_purchase, one at a time"
-    seen = ledger.last_rp if repartitioned else ledger.last_offset
-    bought = ledger.bought
-    fresh: dict[str, BoughtRow] = {}  # joined to the rows in one step: no copy per insert
-    newest_ts, last = ledger.newest_ts, seen
-    window = rules.return_window_s
+    batch = LedgerBatch(ledger, rules, repartitioned=repartitioned)
     for offset, purchase, free in purchases:
-        if offset <= seen:
-            continue
-        pid = purchase.purchase_id
-        assert pid is not None
-        row = fresh.get(pid)
-        if row is None:
-            row = bought.get(pid)
-        if row is None or row[0] < newest_ts - window:
-            fresh[pid] = (purchase.ts, sys.intern(purchase.product_id),
-                          0 if free else purchase.price_cents, ())
-        newest_ts = max(newest_ts, purchase.ts)
-        last = offset
-    if last == seen:
-        return ledger, fresh
-    remembered = plus_rows(bought, fresh)  # shares the rows it can: no copy per batch
-    updated, expired = _expire(Ledger(
-        remembered, (), newest_ts, ledger.rejected,
-        ledger.last_offset if repartitioned else last,
-        last if repartitioned else ledger.last_rp, ledger.last_ret, ledger.last_ret_rp,
-        ledger.given_up), rules)
-    assert not expired
-    return updated, fresh
+        batch.add(offset, purchase, free)
+    return batch.finish()
 
 
 def remember_purchase(

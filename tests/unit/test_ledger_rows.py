@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.ledger_rows import FOLD_MIN, LayeredRows, plus_rows
+from core.ledger_rows import FOLD_MIN, LayeredRows, first_row, plus_rows
 
 ids = st.text("pq0123456789", min_size=1, max_size=3)
 batches = st.lists(st.dictionaries(ids, st.integers(0, 99), max_size=12), max_size=40)
@@ -24,6 +24,7 @@ def reads_as(rows: Any, oracle: dict[str, int]) -> None:
     for key, value in oracle.items():
         assert key in rows and rows[key] == value and rows.get(key) == value
     assert rows.get("absent") is None and "absent" not in rows
+    assert first_row(rows) == next(iter(oracle.values()), None)
 
 
 @given(st.dictionaries(ids, st.integers(0, 99)), batches)
@@ -57,3 +58,14 @@ def test_a_fresh_row_replaces_the_row_of_its_id_in_place() -> None:
     rows = plus_rows({"p1": 1, "p2": 2}, {"p1": 10})
     assert list(rows.items()) == [("p1", 10), ("p2", 2)] and len(rows) == 2
     assert plus_rows(rows, {}) is rows
+
+
+def test_first_row_is_the_first_in_iteration_order() -> None:
+    assert first_row({}) is None
+    assert first_row(LayeredRows({}, {}, 0)) is None
+    rows = plus_rows({"a": (1,), "b": (2,)}, {"c": (3,)})
+    assert first_row(rows) == next(iter(rows.values())) == (1,)
+    replaced = plus_rows(rows, {"a": (9,)})
+    assert first_row(replaced) == next(iter(replaced.values())) == (9,)
+    only_recent = LayeredRows({}, {"z": (5,)}, 1)
+    assert first_row(only_recent) == (5,)
