@@ -15,6 +15,7 @@ outside that window. The result does not depend on the order in which the ``prod
 from __future__ import annotations
 
 import bisect
+import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -82,11 +83,12 @@ class Purchase(NamedTuple):
     purchase_id: str | None = None
 
 
-class Pending(NamedTuple):
-    """A catalogue-priced purchase whose price may still be revised by a late price change."""
-
-    ts: float
-    product_id: str
+#: A catalogue-priced purchase whose price may still be revised by a late price change:
+#: ``(ts, product_id)``. A plain tuple, not a named one: the decoded record and the table's
+#: JSON value share the same tuples, and the garbage collector stops tracking a plain tuple
+#: of a float and a string at its first pass (a named tuple it traverses for as long as the
+#: purchase is pending, in every collection of its generation).
+Pending = tuple[float, str]
 
 
 class Spend(NamedTuple):
@@ -122,9 +124,8 @@ class Spend(NamedTuple):
             "settled_cents": self.settled_cents,
             "settled_unpriced": self.settled_unpriced,
             "watched_cents": dict(self.watched_cents),
-            # tuples, not lists: the collector stops tracking a tuple of numbers and strings
-            # at its first pass, a list never (this value stays in the table for a while)
-            "pending": tuple(map(tuple, self.pending)),
+            # the decoded record's own tuples (see Pending), written as JSON arrays
+            "pending": self.pending,
             "purchases": self.purchases,
             "newest_ts": self.newest_ts,
             "tier": self.tier,
@@ -141,7 +142,7 @@ class Spend(NamedTuple):
             settled_cents=int(raw["settled_cents"]),
             settled_unpriced=int(raw["settled_unpriced"]),
             watched_cents={str(k): int(v) for k, v in raw["watched_cents"].items()},
-            pending=tuple(Pending(float(ts), str(pid)) for ts, pid in raw["pending"]),
+            pending=tuple((float(ts), sys.intern(str(pid))) for ts, pid in raw["pending"]),
             purchases=int(raw["purchases"]),
             newest_ts=float(raw["newest_ts"]),
             tier=str(raw["tier"]),
@@ -294,16 +295,16 @@ def _price_pending(
     to ``by_product`` and each item's cents to its day in ``by_day``, when they are given."""
     cents_total = 0
     unpriced = 0
-    for item in pending:
-        cents = price_at(catalogue(item.product_id), item.ts)
+    for ts, product_id in pending:
+        cents = price_at(catalogue(product_id), ts)
         if cents is None:
             unpriced += 1
             continue
         cents_total += cents
-        if by_product is not None and item.product_id in watched:
-            by_product[item.product_id] = by_product.get(item.product_id, 0) + cents
+        if by_product is not None and product_id in watched:
+            by_product[product_id] = by_product.get(product_id, 0) + cents
         if by_day is not None:
-            day = int(item.ts // DAY_S)
+            day = int(ts // DAY_S)
             by_day[day] = by_day.get(day, 0) + cents
     return cents_total, unpriced
 
@@ -314,9 +315,9 @@ def window_cents(days: DayBuckets, pending: Sequence[Pending], newest_ts: float,
     settled spend and the pending purchases priced now."""
     first = day_of(newest_ts) - rules.tier_window_days + 1
     cents = days.since(first)
-    for item in pending:
-        if day_of(item.ts) >= first:
-            cents += price_at(catalogue(item.product_id), item.ts) or 0
+    for ts, product_id in pending:
+        if day_of(ts) >= first:
+            cents += price_at(catalogue(product_id), ts) or 0
     return cents
 
 
@@ -379,7 +380,7 @@ def _settled_count(pending: Sequence[Pending], horizon: float, max_pending: int)
     """How many of the oldest pending purchases are settled: those before ``horizon`` and
     those over the cap (``pending`` is sorted by time, so both are a prefix)."""
     cut = max(len(pending) - max_pending, 0)
-    while cut < len(pending) and pending[cut].ts < horizon:
+    while cut < len(pending) and pending[cut][0] < horizon:
         cut += 1
     return cut
 
@@ -412,7 +413,7 @@ def _next_spend(
     watched_cents = spend.watched_cents
     pending = spend.pending
     if purchase.price_cents is None:
-        pending = _with_pending(pending, Pending(purchase.ts, purchase.product_id))
+        pending = _with_pending(pending, (purchase.ts, purchase.product_id))
         if pending_cents is not None:
             pending_cents += price_at(catalogue(purchase.product_id), purchase.ts) or 0
     else:
@@ -454,7 +455,7 @@ def _next_spend(
         return Spend(settled, settled_unpriced, watched_cents, pending, spend.purchases + 1,
                      newest, tier_for(total, rules.tiers), last_offset, last_rp,
                      spend.last_ret, days, spend.below_since, spend.last_ret_rp), total, cents
-    in_window = (days.since(first) + cents if not pending or pending[0].ts // DAY_S >= first
+    in_window = (days.since(first) + cents if not pending or pending[0][0] // DAY_S >= first
                  else window_cents(days, pending, newest, catalogue, rules))  # all pending in
     computed = tier_for(in_window, rules.tiers)
     tier, below_since = with_grace(spend.tier, spend.below_since, computed, newest,

@@ -249,7 +249,7 @@ def _reverse_spend(spend: Spend, bought: Bought, refund: Refund, refunded_before
     delta = -refund.cents  # change of settled cents (and of the watched product's cents)
     if refund.full:
         purchases -= 1
-        item = Pending(bought.ts, product)
+        item: Pending = (bought.ts, product)
         if bought.price_cents is None and item in pending:
             at = pending.index(item)
             pending = pending[:at] + pending[at + 1:]

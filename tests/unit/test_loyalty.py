@@ -18,7 +18,6 @@ from core.loyalty import (
     TIER_CHANGED,
     Basket,
     LoyaltyRules,
-    Pending,
     Purchase,
     Spend,
     Stamps,
@@ -475,7 +474,7 @@ def test_campaign_spend_is_priced_only_when_a_campaign_reads_it() -> None:
 
     def apply(campaign: Campaign) -> tuple[str, ...]:
         rules = LoyaltyRules(campaigns=(campaign,))
-        spend = Spend(pending=(Pending(10.0, "tea"), Pending(20.0, "coffee")))
+        spend = Spend(pending=((10.0, "tea"), (20.0, "coffee")))
         priced.clear()
         out = apply_purchase(Purchase("kris", "tea", 30.0), 1, spend, Stamps(), Basket(),
                              catalogue, rules, pending_cents=600)
