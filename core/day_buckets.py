@@ -36,7 +36,9 @@ class DayBuckets(Mapping[int, int]):
 
     def __init__(self, packed: str = "") -> None:
         self._base = packed
-        self._adds: tuple[tuple[int, int], ...] = ()
+        #: Lazy additions, flat: ``(day, cents, day, cents, ...)`` (one tuple of ints per
+        #: addition, not one more pair: the collector stops tracking a tuple of ints).
+        self._adds: tuple[int, ...] = ()
         self._adds_low = 0
         self._adds_total = 0
         # The packed part's first and last day, the last day's cents, the total: -1 while not
@@ -57,8 +59,10 @@ class DayBuckets(Mapping[int, int]):
         """Write the additions into the string (onto its end when they are all on its last
         day or after it, the usual case: no unpacking)."""
         folded: dict[int, int] = {}
-        for day, cents in self._adds:
-            folded[day] = folded.get(day, 0) + cents
+        adds = self._adds
+        for at in range(0, len(adds), 2):
+            day = adds[at]
+            folded[day] = folded.get(day, 0) + adds[at + 1]
         low, total = self._base_stats()
         out = None
         if self._base:
@@ -116,7 +120,8 @@ class DayBuckets(Mapping[int, int]):
             if self._adds_low >= first:
                 total += self._adds_total
             else:
-                total += sum(cents for day, cents in self._adds if day >= first)
+                adds = self._adds
+                total += sum(adds[at + 1] for at in range(0, len(adds), 2) if adds[at] >= first)
         return total
 
     def merged(self, adds: Mapping[int, int], first: int) -> DayBuckets:
@@ -136,13 +141,13 @@ class DayBuckets(Mapping[int, int]):
         adds_low = self._adds_low if pending else _NO_DAYS
         for day, cents in adds.items():
             if day >= first and cents:
-                pending += ((day, cents),)
+                pending += (day, cents)
                 total += cents
                 if day < adds_low:
                     adds_low = day
         if pending is self._adds:
             return self
-        if len(pending) > LAZY_ADDS:
+        if len(pending) > 2 * LAZY_ADDS:
             return DayBuckets(self.packed)._merge_now(adds, first)
         out = DayBuckets(self._base)
         out._adds, out._adds_low, out._adds_total = pending, adds_low, total
