@@ -44,7 +44,7 @@ from core.ledger_days import (
     day_key,
     day_rows,
     head_json,
-    listed_days,
+    listed_text,
     stored_days,
 )
 from core.loyalty import (
@@ -224,7 +224,7 @@ def _write_ledger(user: str, customer: _Customer, writes: TableWrites) -> None:
         else:
             writes.delete(ledgers, key)
             gone.append(day)
-    raw = head_json(ledger, listed_days(stored_days(head), added, gone))
+    raw = head_json(ledger, listed_text(head, added, gone))
     LEDGERS.remember(user, raw, ledger)
     writes.put(ledgers, user, raw)
 

@@ -130,12 +130,37 @@ def day_json(rows: Mapping[str, Any], ledger: Ledger) -> dict[str, Any]:
     return record
 
 
-def head_json(ledger: Ledger, days: list[int]) -> dict[str, Any]:
+def head_json(ledger: Ledger, days: list[int] | str) -> dict[str, Any]:
     """The head record: the ledger without its purchases, and the days that have a record
-    (in order, as :func:`days_text`)."""
+    (in order, as :func:`days_text`, or that text itself)."""
     head = ledger.head_json()
-    head["days"] = days_text(days)
+    head["days"] = days if isinstance(days, str) else days_text(days)
     return head
+
+
+def listed_text(head: Mapping[str, Any] | None, added: Iterable[int],
+                gone: Iterable[int]) -> str:
+    """A head's ``days`` text after days ``added`` got a record and ``gone`` lost theirs
+    (:func:`listed_days`). In the usual batch (today already listed, nothing gone) that is
+    the stored text itself, found so without unpacking its days: a set of the days of each
+    text lately read is kept, and customers buying on the same days share one text."""
+    text = head.get("days") if head else None
+    gone = list(gone)
+    if isinstance(text, str) and not gone:
+        listed = _LISTED.get(text)
+        if listed is None:
+            if len(_LISTED) >= _LISTED_KEPT:
+                _LISTED.clear()
+            listed = _LISTED[text] = frozenset(days_of_text(text))
+        added = list(added)
+        if all(day in listed for day in added):
+            return text
+    return days_text(listed_days(stored_days(head), added, gone))
+
+
+#: Days of the ``days`` texts lately read (bounded: past ``_LISTED_KEPT`` it starts over).
+_LISTED: dict[str, frozenset[int]] = {}
+_LISTED_KEPT = 4_096
 
 
 def days_text(days: list[int]) -> str:

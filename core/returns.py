@@ -28,7 +28,7 @@ from types import MappingProxyType
 from typing import Any, NamedTuple
 
 from core.campaigns import qualifying
-from core.ledger_rows import first_row, plus_rows
+from core.ledger_rows import first_row, layers, plus_rows
 from core.loyalty import (
     TIER_CHANGED,
     Basket,
@@ -481,14 +481,15 @@ class LedgerBatch:
     the purchases, which would otherwise live, and be traversed by the garbage collector,
     until the batch ends)."""
 
-    __slots__ = ("_bought", "_fresh", "_last", "_ledger", "_newest_ts", "_repartitioned",
-                 "_rules", "_seen", "_window")
+    __slots__ = ("_bought", "_fresh", "_last", "_ledger", "_newer", "_newest_ts", "_older",
+                 "_repartitioned", "_rules", "_seen", "_window")
 
     def __init__(self, ledger: Ledger, rules: LoyaltyRules, *,
                  repartitioned: bool = False) -> None:
         assert not ledger.held, "held returns: remember_purchase, one at a time"
         self._ledger = ledger
         self._bought = ledger.bought
+        self._newer, self._older = layers(ledger.bought)
         self._repartitioned = repartitioned
         self._seen = self._last = ledger.last_rp if repartitioned else ledger.last_offset
         self._newest_ts = ledger.newest_ts
@@ -506,7 +507,9 @@ class LedgerBatch:
         assert pid is not None
         row = self._fresh.get(pid)
         if row is None:
-            row = self._bought.get(pid)
+            row = self._newer.get(pid)
+            if row is None:
+                row = self._older.get(pid)
         if row is None or row[0] < self._newest_ts - self._window:
             self._fresh[pid] = (purchase.ts, sys.intern(purchase.product_id),
                                 0 if free else purchase.price_cents, ())

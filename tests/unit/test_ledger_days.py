@@ -23,6 +23,7 @@ from core.ledger_days import (
     days_text,
     head_json,
     listed_days,
+    listed_text,
     stored_days,
 )
 from core.returns import Ledger, Refund
@@ -174,3 +175,17 @@ def test_the_head_lists_each_day_that_has_a_record_once_in_order(
     assert out == sorted((listed | added) - gone)
     if added <= listed and not gone & listed:
         assert out is days  # nothing to rewrite
+
+
+@given(st.sets(st.integers(0, 60)), st.sets(st.integers(0, 60)), st.sets(st.integers(0, 60)),
+       st.booleans())
+def test_a_heads_days_text_is_kept_as_it_is_when_the_batch_lists_no_new_day(
+        listed: set[int], added: set[int], gone: set[int], as_list: bool) -> None:
+    gone -= added
+    text = days_text(sorted(listed))
+    head = {"days": sorted(listed) if as_list else text}  # a list, as heads were written before
+    out = listed_text(head, sorted(added), sorted(gone))
+    assert days_of_text(out) == sorted((listed | added) - gone)
+    if added <= listed and not gone and not as_list:
+        assert out is text  # nothing unpacked or rewritten
+    assert listed_text(None, sorted(added), []) == days_text(sorted(added))

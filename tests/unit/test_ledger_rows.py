@@ -10,7 +10,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from core.ledger_rows import FOLD_MIN, LayeredRows, first_row, plus_rows
+from core.ledger_rows import FOLD_MIN, LayeredRows, first_row, layers, plus_rows
 
 ids = st.text("pq0123456789", min_size=1, max_size=3)
 batches = st.lists(st.dictionaries(ids, st.integers(0, 99), max_size=12), max_size=40)
@@ -69,3 +69,12 @@ def test_first_row_is_the_first_in_iteration_order() -> None:
     assert first_row(replaced) == next(iter(replaced.values())) == (9,)
     only_recent = LayeredRows({}, {"z": (5,)}, 1)
     assert first_row(only_recent) == (5,)
+
+
+def test_layers_look_a_key_up_as_the_rows_do() -> None:
+    rows = plus_rows(plus_rows({f"p{n}": (n,) for n in range(40)}, {"p1": (100,)}), {"q": (7,)})
+    newer, older = layers(rows)
+    for key in ("p0", "p1", "q", "absent"):
+        row = newer.get(key)
+        assert (older.get(key) if row is None else row) == rows.get(key)
+    assert layers({"a": (1,)}) == ({}, {"a": (1,)})
