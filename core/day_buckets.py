@@ -193,13 +193,9 @@ class DayBuckets(Mapping[int, int]):
             if keep == 0:
                 return _packed(tail_days, tail_cents)
             head = packed.rsplit(",", 2 * (len(days) - keep))[0] if keep < len(days) else packed
+            pieces = _pieces(days[keep - 1], zip(tail_days, tail_cents, strict=True))[0]
             days, cents = days[:keep] + tail_days, cents[:keep] + tail_cents
-            previous = days[keep - 1]
-            pieces = [head]
-            for day, total in zip(tail_days, tail_cents, strict=True):
-                pieces.append(f"{day - previous},{total}")
-                previous = day
-            packed = ",".join(pieces)
+            packed = ",".join([head, *pieces])
         if not packed:
             return EMPTY_DAYS
         return self if packed is self._base else _remember(packed, days, cents)
@@ -314,26 +310,31 @@ def _appended(packed: str, first: int, last: int, last_cents: int, total: int,
     """``adds``, all on the last day (``last``, holding ``last_cents``) or after it, written
     onto the end of ``packed`` (first day ``first``, ``total`` cents): no unpacking. ``None``
     when the last bucket would become empty (the general path drops it)."""
-    pieces: list[str] = []
-    end, end_cents, kept = last, last_cents, last_cents
-    for day in sorted(adds):
-        plus = adds[day]
-        if not plus:
-            continue
-        total += plus
-        if day == last:
-            kept += plus
-            end_cents = kept
-        else:
-            pieces.append(f"{day - end},{plus}")
-            end, end_cents = day, plus
+    kept = last_cents + adds.get(last, 0)
     if not kept:
         return None
+    pieces, end, end_cents = _pieces(last, ((day, adds[day]) for day in sorted(adds)
+                                            if day != last))
+    if not pieces:
+        end_cents = kept
     head = packed if kept == last_cents else f"{packed[:packed.rfind(',') + 1]}{kept}"
     out = DayBuckets(",".join([head, *pieces]) if pieces else head)
-    out._base_low, out._base_total = first, total
+    out._base_low, out._base_total = first, total + sum(adds.values())
     out._base_last, out._base_last_cents = end, end_cents
     return out
+
+
+def _pieces(start: int, buckets: Iterable[tuple[int, int]]) -> tuple[list[str], int, int]:
+    """The ``"gap,cents"`` pieces of ``buckets`` (days increasing, all after ``start``, the
+    day the text they follow ends on; empty buckets left out), the last day written and its
+    cents (``start`` and 0 when none is)."""
+    pieces: list[str] = []
+    end, end_cents = start, 0
+    for day, cents in buckets:
+        if cents:
+            pieces.append(f"{day - end},{cents}")
+            end, end_cents = day, cents
+    return pieces, end, end_cents
 
 
 #: How many of the last buckets :func:`_tail_merged` reads at most.
@@ -365,15 +366,10 @@ def _tail_merged(packed: str, first: int, last: int, total: int,
     tail = dict(zip(days, fields[1::2], strict=True))
     for at, plus in adds.items():
         tail[at] = tail.get(at, 0) + plus
-    pieces = [parts[0]]
-    end, end_cents = day, 0
-    for at in sorted(tail):
-        if tail[at]:
-            pieces.append(f"{at - end},{tail[at]}")
-            end, end_cents = at, tail[at]
-    if not end_cents:  # every tail bucket emptied: the head's last one is the last
+    pieces, end, end_cents = _pieces(day, ((at, tail[at]) for at in sorted(tail)))
+    if not pieces:  # every tail bucket emptied: the head's last one is the last
         end_cents = int(parts[0].rsplit(",", 1)[1])
-    out = DayBuckets(",".join(pieces))
+    out = DayBuckets(",".join([parts[0], *pieces]))
     out._base_low, out._base_total = first, total + sum(adds.values())
     out._base_last, out._base_last_cents = end, end_cents
     return out

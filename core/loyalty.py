@@ -288,11 +288,11 @@ def is_free(purchase: Purchase, offset: int, stamps: Stamps, rules: LoyaltyRules
 
 
 def _price_pending(
-    pending: Sequence[Pending], catalogue: Catalogue, watched: frozenset[str],
-    by_product: dict[str, int] | None, by_day: dict[int, int] | None = None,
+    pending: Sequence[Pending], catalogue: Catalogue, watched: frozenset[str] = frozenset(),
+    by_product: dict[str, int] | None = None, by_day: dict[int, int] | None = None,
 ) -> tuple[int, int]:
-    """Cents and unpriced count of ``pending`` priced now; watched products' cents are added
-    to ``by_product`` and each item's cents to its day in ``by_day``, when they are given."""
+    """Cents and unpriced count of ``pending`` priced now; ``watched`` products' cents are
+    added to ``by_product`` and each item's cents to its day in ``by_day``, when given."""
     cents_total = 0
     unpriced = 0
     for ts, product_id in pending:
@@ -445,7 +445,7 @@ def _next_spend(
         first = int(newest // DAY_S) - rules.tier_window_days + 1
         days = days.merged(added, first)
     if pending_cents is None:
-        cents, _ = _price_pending(pending, catalogue, watched, None)
+        cents, _ = _price_pending(pending, catalogue)
     else:
         cents = pending_cents
     total = settled + cents
@@ -580,9 +580,8 @@ def campaigns_met(
     basket: Basket, spend: Spend, catalogue: Catalogue, rules: LoyaltyRules
 ) -> dict[str, list[str]]:
     """Campaigns the customer meets now, each with the sorted watched products bought."""
-    return qualifying(
-        rules.campaigns, basket.products, view_spend(spend, catalogue, rules).by_product_cents
-    )
+    return qualifying(rules.campaigns, basket.products,
+                      SpendByProduct(spend, catalogue, rules.watched))
 
 
 def replay(

@@ -39,6 +39,7 @@ from core.loyalty import (
     Pending,
     Purchase,
     Spend,
+    SpendByProduct,
     Stamps,
     apply_purchase,
     tier_now,
@@ -312,7 +313,7 @@ def _requalify(basket: Basket, spend: Spend, catalogue: Catalogue,
     """Campaigns announced = those met now (a return can take a customer out of one; meeting
     it again is announced again)."""
     met = qualifying(rules.campaigns, basket.products,
-                     view_spend(spend, catalogue, rules).by_product_cents)
+                     SpendByProduct(spend, catalogue, rules.watched))
     return basket._replace(announced=frozenset(met))
 
 
