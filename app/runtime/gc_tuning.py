@@ -10,7 +10,15 @@ thresholds, ~10 us per event, with oldest-generation pauses of 90-320 ms.
 At worker start-up, after every module is imported, :func:`tune` collects once, moves what
 survives (modules, classes, functions: objects that live as long as the process) out of the
 collector's sight with :func:`gc.freeze`, and raises the youngest generation's threshold.
-Reference cycles are still collected, only less often.
+
+It also raises the middle generation's threshold (:data:`GEN1_THRESHOLD` youngest
+collections per middle one, Python's default 10). A customer's records live from one of
+their batches to the next: long enough to survive a young collection or two, not much
+longer. Collected every 10 young collections, the middle generation held mostly such
+records and traversed them all before they died anyway: returns + 365-d tiers, 2,000,000
+purchases / 5,000 customers in process, 150 middle collections took 21.2 s (141 ms each)
+and 14 full ones 5.1 s; at 100, 17 took 3.6 s and one full collection 0.6 s, for 3.6 s
+more of young collections. Reference cycles are still collected, only less often.
 """
 
 from __future__ import annotations
@@ -20,15 +28,19 @@ import logging
 
 log = logging.getLogger(__name__)
 
+#: Young collections per middle-generation collection in a tuned worker (Python's: 10).
+GEN1_THRESHOLD = 100
+
 
 def tune(gen0_threshold: int) -> None:
-    """Freeze start-up objects and collect the youngest generation every ``gen0_threshold``
-    net allocations (``0``: leave the collector as Python configures it)."""
+    """Freeze start-up objects, collect the youngest generation every ``gen0_threshold`` net
+    allocations and the middle one every :data:`GEN1_THRESHOLD` young collections (``0``:
+    leave the collector as Python configures it)."""
     if gen0_threshold <= 0:
         return
     gc.collect()
     gc.freeze()
-    _, gen1, gen2 = gc.get_threshold()
-    gc.set_threshold(gen0_threshold, gen1, gen2)
+    gen2 = gc.get_threshold()[2]
+    gc.set_threshold(gen0_threshold, GEN1_THRESHOLD, gen2)
     log.info("gc: %d start-up objects frozen, thresholds %s", gc.get_freeze_count(),
              gc.get_threshold())
