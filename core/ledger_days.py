@@ -22,7 +22,7 @@ replays the batch from its committed offset). A day left without purchases is de
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from core.returns import BoughtRow, Ledger
@@ -138,21 +138,19 @@ def head_json(ledger: Ledger, days: list[int] | str) -> dict[str, Any]:
     return head
 
 
-def listed_text(head: Mapping[str, Any] | None, added: Iterable[int],
-                gone: Iterable[int]) -> str:
+def listed_text(head: Mapping[str, Any] | None, added: Sequence[int],
+                gone: Sequence[int]) -> str:
     """A head's ``days`` text after days ``added`` got a record and ``gone`` lost theirs
     (:func:`listed_days`). In the usual batch (today already listed, nothing gone) that is
     the stored text itself, found so without unpacking its days: a set of the days of each
     text lately read is kept, and customers buying on the same days share one text."""
     text = head.get("days") if head else None
-    gone = list(gone)
     if isinstance(text, str) and not gone:
         listed = _LISTED.get(text)
         if listed is None:
             if len(_LISTED) >= _LISTED_KEPT:
                 _LISTED.clear()
             listed = _LISTED[text] = frozenset(days_of_text(text))
-        added = list(added)
         if all(day in listed for day in added):
             return text
     return days_text(listed_days(stored_days(head), added, gone))

@@ -482,20 +482,19 @@ class LedgerBatch:
     the purchases, which would otherwise live, and be traversed by the garbage collector,
     until the batch ends)."""
 
-    __slots__ = ("_bought", "_fresh", "_last", "_ledger", "_newer", "_newest_ts", "_older",
+    __slots__ = ("_fresh", "_last", "_ledger", "_newer", "_newest_ts", "_older",
                  "_repartitioned", "_rules", "_seen", "_window")
 
     def __init__(self, ledger: Ledger, rules: LoyaltyRules, *,
                  repartitioned: bool = False) -> None:
         assert not ledger.held, "held returns: remember_purchase, one at a time"
         self._ledger = ledger
-        self._bought = ledger.bought
         self._newer, self._older = layers(ledger.bought)
         self._repartitioned = repartitioned
         self._seen = self._last = ledger.last_rp if repartitioned else ledger.last_offset
         self._newest_ts = ledger.newest_ts
         self._rules = rules
-        self._window = rules.return_window_s
+        self._window = rules.return_window_s  # read for each purchase: kept at hand
         #: joined to the rows in one step at the end: no copy per insert
         self._fresh: dict[str, BoughtRow] = {}
 
@@ -526,7 +525,7 @@ class LedgerBatch:
             return ledger, fresh
         repartitioned = self._repartitioned
         updated, expired = _expire(Ledger(
-            plus_rows(self._bought, fresh),  # shares the rows it can: no copy per batch
+            plus_rows(ledger.bought, fresh),  # shares the rows it can: no copy per batch
             (), self._newest_ts, ledger.rejected,
             ledger.last_offset if repartitioned else last,
             last if repartitioned else ledger.last_rp, ledger.last_ret, ledger.last_ret_rp,
