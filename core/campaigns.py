@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,3 +75,57 @@ def qualifying(
         if qualifies(campaign, basket, spend_cents):
             met[campaign.name] = sorted(campaign.watch.intersection(basket))
     return met
+
+
+class _Decided(NamedTuple):
+    """What a set of products bought decides: campaigns met whatever the spend, and those
+    whose spend threshold decides (their required and excluded products pass)."""
+
+    met: frozenset[str]
+    by_spend: tuple[Campaign, ...]
+
+
+#: How many baskets a :class:`CampaignPlan` remembers (past it, it starts over).
+PLAN_KEPT = 4_096
+
+
+class CampaignPlan:
+    """The names of the campaigns a basket meets, as :func:`qualifying` finds them, for a
+    caller checking the same few baskets again and again (a customer's basket rarely gains
+    a product; its spend changes with every purchase).
+
+    What the products decide is worked out once per set of products and remembered;
+    only a spend threshold is checked each time, and only for a campaign whose products
+    pass."""
+
+    __slots__ = ("_campaigns", "_decided")
+
+    def __init__(self, campaigns: Iterable[Campaign]) -> None:
+        self._campaigns = tuple(campaigns)
+        self._decided: dict[frozenset[str], _Decided] = {}
+
+    def met_names(self, bought: frozenset[str], spend_cents: Mapping[str, int]) -> frozenset[str]:
+        """The names of the campaigns met: ``frozenset(qualifying(...))``."""
+        decided = self._decided.get(bought)
+        if decided is None:
+            decided = self._decide(bought)
+        if not decided.by_spend:
+            return decided.met
+        over = [campaign.name for campaign in decided.by_spend
+                if qualifies(campaign, bought, spend_cents)]
+        return decided.met.union(over) if over else decided.met
+
+    def _decide(self, bought: frozenset[str]) -> _Decided:
+        met: set[str] = set()
+        by_spend: list[Campaign] = []
+        for campaign in self._campaigns:
+            if not campaign.require <= bought or not campaign.exclude.isdisjoint(bought):
+                continue
+            if campaign.min_spend_cents is None:
+                met.add(campaign.name)
+            else:
+                by_spend.append(campaign)
+        if len(self._decided) >= PLAN_KEPT:
+            self._decided.clear()
+        decided = self._decided[bought] = _Decided(frozenset(met), tuple(by_spend))
+        return decided

@@ -21,7 +21,13 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from core.campaigns import DEFAULT_CAMPAIGNS, Campaign, qualifying, watched_products
+from core.campaigns import (
+    DEFAULT_CAMPAIGNS,
+    Campaign,
+    CampaignPlan,
+    qualifying,
+    watched_products,
+)
 from core.day_buckets import EMPTY_DAYS, DayBuckets
 from core.money import cents_to_number
 from core.pricing import PriceHistory, price_at
@@ -68,9 +74,12 @@ class LoyaltyRules:
     rfm_refresh_s: float = 3_600.0
     #: Products whose spend campaigns need (derived from ``campaigns``).
     watched: frozenset[str] = field(init=False, repr=False, compare=False)
+    #: Which campaigns a basket meets, remembered per set of products (``campaigns``).
+    plan: CampaignPlan = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "watched", watched_products(self.campaigns))
+        object.__setattr__(self, "plan", CampaignPlan(self.campaigns))
 
 
 class Purchase(NamedTuple):
@@ -556,12 +565,13 @@ def _apply_purchase(
             extra = {**extra, product_id: extra.get(product_id, 0) + 1}
         spent = SpendByProduct(spend if new_spend is None else new_spend, catalogue,
                                rules.watched)
-        met = qualifying(rules.campaigns, products, spent)
-        announced = frozenset(met)
-        for name in sorted(announced - basket.announced):
-            events.append(LoyaltyEvent(purchase.user_id, CAMPAIGN_QUALIFIED, {
-                "campaign": name, "products": met[name],
-            }, purchase.ts))
+        announced = rules.plan.met_names(products, spent)
+        if not announced <= basket.announced:  # rare: each campaign is announced once
+            met = qualifying(rules.campaigns, products, spent)
+            for name in sorted(announced - basket.announced):
+                events.append(LoyaltyEvent(purchase.user_id, CAMPAIGN_QUALIFIED, {
+                    "campaign": name, "products": met[name],
+                }, purchase.ts))
         new_basket = (Basket(products, announced, basket.last_offset, offset, basket.last_ret,
                              extra, basket.last_ret_rp) if repartitioned
                       else Basket(products, announced, offset, basket.last_rp, basket.last_ret,

@@ -27,7 +27,6 @@ from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any, NamedTuple
 
-from core.campaigns import qualifying
 from core.ledger_rows import first_row, layers, plus_rows
 from core.loyalty import (
     TIER_CHANGED,
@@ -312,9 +311,8 @@ def _requalify(basket: Basket, spend: Spend, catalogue: Catalogue,
                rules: LoyaltyRules) -> Basket:
     """Campaigns announced = those met now (a return can take a customer out of one; meeting
     it again is announced again)."""
-    met = qualifying(rules.campaigns, basket.products,
-                     SpendByProduct(spend, catalogue, rules.watched))
-    return basket._replace(announced=frozenset(met))
+    return basket._replace(announced=rules.plan.met_names(
+        basket.products, SpendByProduct(spend, catalogue, rules.watched)))
 
 
 def _expire(ledger: Ledger, rules: LoyaltyRules) -> tuple[Ledger, tuple[tuple[Held, str], ...]]:

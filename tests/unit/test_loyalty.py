@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from core import sample
-from core.campaigns import DEFAULT_CAMPAIGNS, Campaign, qualifying
+from core.campaigns import DEFAULT_CAMPAIGNS, Campaign, CampaignPlan, qualifying
 from core.loyalty import (
     CAMPAIGN_QUALIFIED,
     FREE_COFFEE_READY,
@@ -461,6 +461,35 @@ def test_tiers_and_stamps_agree_with_the_plain_oracle(
 def test_campaigns_agree_with_the_plain_oracle(bought: set[str], spent: dict[str, int]) -> None:
     assert qualifying(DEFAULT_CAMPAIGNS, bought, spent) == loyalty_oracle.qualifying(
         loyalty_oracle.RECIPE_CAMPAIGNS, bought, spent)
+
+
+PRODUCTS = ["coffee", "tea", "dog", "beret", "bagel"]
+
+
+@st.composite
+def campaign_sets(draw: st.DrawFn) -> list[Campaign]:
+    campaigns = []
+    for at in range(draw(st.integers(1, 4))):
+        watch = draw(st.sets(st.sampled_from(PRODUCTS), min_size=1))
+        require = draw(st.sets(st.sampled_from(sorted(watch))))
+        exclude = draw(st.sets(st.sampled_from(sorted(watch - require) or ["-"])))
+        campaigns.append(Campaign(f"c{at}", frozenset(watch), frozenset(require),
+                                  frozenset(exclude - {"-"}),
+                                  draw(st.none() | st.integers(0, 3_000))))
+    return campaigns
+
+
+@given(campaign_sets(), st.lists(st.tuples(
+    st.frozensets(st.sampled_from(PRODUCTS)),
+    st.dictionaries(st.sampled_from(PRODUCTS), st.integers(0, 3_000))), max_size=12))
+def test_campaigns_met_by_a_basket_are_those_qualifying_finds(
+    campaigns: list[Campaign], baskets: list[tuple[frozenset[str], dict[str, int]]]
+) -> None:
+    """The plan remembers what products decide; asked again (same products, other spend),
+    it answers as the plain check does."""
+    plan = CampaignPlan(campaigns)
+    for bought, spent in baskets + baskets:
+        assert plan.met_names(bought, spent) == frozenset(qualifying(campaigns, bought, spent))
 
 
 def test_campaign_spend_is_priced_only_when_a_campaign_reads_it() -> None:
