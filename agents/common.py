@@ -18,7 +18,7 @@ from app.outcomes import (
     lane_clock,
 )
 from app.routing.repartition import divert
-from app.runtime import fastlane
+from app.runtime import fastlane, gc_tuning
 from app.runtime.bulk import BulkWriter
 from app.runtime.fastlane import Source
 from app.runtime.guarantees import GATE, LANE_WRITERS
@@ -91,19 +91,20 @@ async def process_batch(agent: str, batch: Sequence[Source],
     """
     outcomes: dict[str, int] = {}
     failed: list[tuple[Source, str]] = []
-    for source in batch:
-        try:
-            outcome = apply_one(source)
-        except (BadEvent, UnicodeDecodeError) as exc:
-            failed.append((source, str(exc)))
-            continue
-        except Exception as exc:
-            log.exception("%s: failed to process %s[%s]@%s", agent, source.topic,
-                          source.partition, source.offset)
-            failed.append((source, f"processing failed: {exc!r}"))
-            continue
-        outcomes[outcome] = outcomes.get(outcome, 0) + 1
-    finish()
+    with gc_tuning.paused():  # what the batch builds dies or stays with it (gc_tuning)
+        for source in batch:
+            try:
+                outcome = apply_one(source)
+            except (BadEvent, UnicodeDecodeError) as exc:
+                failed.append((source, str(exc)))
+                continue
+            except Exception as exc:
+                log.exception("%s: failed to process %s[%s]@%s", agent, source.topic,
+                              source.partition, source.offset)
+                failed.append((source, f"processing failed: {exc!r}"))
+                continue
+            outcomes[outcome] = outcomes.get(outcome, 0) + 1
+        finish()
     count_batch(agent, batch, outcomes)
     await dead_letter_all(failed)
 

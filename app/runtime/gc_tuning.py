@@ -19,17 +19,34 @@ records and traversed them all before they died anyway: returns + 365-d tiers, 2
 purchases / 5,000 customers in process, 150 middle collections took 21.2 s (141 ms each)
 and 14 full ones 5.1 s; at 100, 17 took 3.6 s and one full collection 0.6 s, for 3.6 s
 more of young collections. Reference cycles are still collected, only less often.
+
+And a batch's synchronous work (:func:`paused`, around the rules and the table writes of
+a lane's batch) runs with the collector off. A batch keeps what it builds alive until it
+ends: each customer's decoded records, the new ones, the changelog values; collected every
+10,000 net allocations, those were traversed two to eight times per batch of 16,000
+purchases and were garbage or current state right after. With the collector off for the
+batch, what the batch leaves behind is traversed once, by the first young collection after
+it. In process (1,000,000 purchases, 2,500 customers, batches of 16,000): young collections
+224 -> 112 (3.6 -> 2.4 s) for the recipe row, 449 -> 112 (6.3 -> 5.6 s) for returns +
+365-d tiers, whose batches leave more behind (a ledger row per purchase). A reference cycle
+made during a batch waits for the batch to end.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
 #: Young collections per middle-generation collection in a tuned worker (Python's: 10).
 GEN1_THRESHOLD = 100
+
+
+#: Whether :func:`tune` tuned the collector (:func:`paused` pauses it only then).
+_TUNED = False
 
 
 def tune(gen0_threshold: int) -> None:
@@ -42,5 +59,22 @@ def tune(gen0_threshold: int) -> None:
     gc.freeze()
     gen2 = gc.get_threshold()[2]
     gc.set_threshold(gen0_threshold, GEN1_THRESHOLD, gen2)
+    global _TUNED
+    _TUNED = True
     log.info("gc: %d start-up objects frozen, thresholds %s", gc.get_freeze_count(),
              gc.get_threshold())
+
+
+@contextmanager
+def paused() -> Iterator[None]:
+    """The collector off for a batch's synchronous work (nothing awaited inside), back on
+    after it, in a worker whose collector :func:`tune` tuned; elsewhere (tests, tools) and
+    when it is off already, nothing changes."""
+    if not _TUNED or not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
