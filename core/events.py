@@ -93,6 +93,12 @@ def optional_bool(event: Mapping[str, Any], name: str, default: bool) -> bool:
     return value
 
 
+#: isinstance() classes as constants: ``int | float`` written in the call builds a union
+#: object per call (120 against 23 ns), and these checks run for every event.
+_NUMBER = (int, float)
+_ID = (str, int)
+
+
 def number(event: Mapping[str, Any], name: str) -> float:
     """A required finite number."""
     if name not in event or event[name] is None:
@@ -101,7 +107,7 @@ def number(event: Mapping[str, Any], name: str) -> float:
 
 
 def _finite(value: object, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float):
+    if isinstance(value, bool) or not isinstance(value, _NUMBER):
         raise BadEvent(f"field {name!r} must be a number, got {type(value).__name__}")
     result = float(value)
     if not math.isfinite(result):
@@ -177,7 +183,7 @@ def parse_purchase(raw: bytes | None, key: str | None, record_ts: float) -> Purc
     check_key(key, user_id, "user_id")
     purchase_id = event.get("purchase_id")
     if purchase_id is not None and (
-        isinstance(purchase_id, bool) or not isinstance(purchase_id, str | int)
+        isinstance(purchase_id, bool) or not isinstance(purchase_id, _ID)
     ):
         raise BadEvent("field 'purchase_id' must be a string or an integer")
     return Purchase(
@@ -197,7 +203,7 @@ def parse_return(raw: bytes | None, key: str | None, record_ts: float) -> Return
     purchase_id = event.get("purchase_id")
     if purchase_id is None:
         raise BadEvent("missing required field 'purchase_id'")
-    if isinstance(purchase_id, bool) or not isinstance(purchase_id, str | int):
+    if isinstance(purchase_id, bool) or not isinstance(purchase_id, _ID):
         raise BadEvent("field 'purchase_id' must be a string or an integer")
     amount = price_cents(event, "amount") if event.get("amount") is not None else None
     if amount is not None and amount <= 0:
@@ -240,7 +246,7 @@ def parse_position(raw: bytes | None, key: str | None, record_ts: float) -> Posi
     if accuracy is not None and _finite(accuracy, "accuracy_m") < 0:
         raise BadEvent("field 'accuracy_m' must be >= 0")
     store = event.get("store_id")
-    if store is not None and (isinstance(store, bool) or not isinstance(store, str | int)):
+    if store is not None and (isinstance(store, bool) or not isinstance(store, _ID)):
         raise BadEvent("field 'store_id' must be a string")
     return Position(uid=uid, lat=lat, lon=lon, ts=event_time(event, record_ts),
                     store_id=None if store is None else str(store),
