@@ -55,8 +55,17 @@ def watched_products(campaigns: Iterable[Campaign]) -> frozenset[str]:
 def qualifies(campaign: Campaign, bought: Iterable[str], spend_cents: Mapping[str, int]) -> bool:
     """Whether a basket (set of products bought, spend per product) meets a campaign."""
     basket = bought if isinstance(bought, set | frozenset) else set(bought)
-    if not campaign.require <= basket or not campaign.exclude.isdisjoint(basket):
-        return False
+    return products_pass(campaign, basket) and (
+        campaign.min_spend_cents is None or spend_passes(campaign, spend_cents))
+
+
+def products_pass(campaign: Campaign, basket: set[str] | frozenset[str]) -> bool:
+    """Whether a basket holds every product the campaign requires and none it excludes."""
+    return campaign.require <= basket and campaign.exclude.isdisjoint(basket)
+
+
+def spend_passes(campaign: Campaign, spend_cents: Mapping[str, int]) -> bool:
+    """Whether the spend on the campaign's watched products exceeds its minimum (none: yes)."""
     if campaign.min_spend_cents is None:
         return True
     watched_spend = 0
@@ -112,14 +121,14 @@ class CampaignPlan:
         if not decided.by_spend:
             return decided.met
         over = [campaign.name for campaign in decided.by_spend
-                if qualifies(campaign, bought, spend_cents)]
+                if spend_passes(campaign, spend_cents)]
         return decided.met.union(over) if over else decided.met
 
     def _decide(self, bought: frozenset[str]) -> _Decided:
         met: set[str] = set()
         by_spend: list[Campaign] = []
         for campaign in self._campaigns:
-            if not campaign.require <= bought or not campaign.exclude.isdisjoint(bought):
+            if not products_pass(campaign, bought):
                 continue
             if campaign.min_spend_cents is None:
                 met.add(campaign.name)
