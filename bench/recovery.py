@@ -44,7 +44,7 @@ from app.dev.devstack import DevStack, TopicSpec
 from bench import kstreams_peer
 from bench.catalogue import T0
 from bench.deploy import StoreDeployment, StoreWorker
-from bench.workload import COMPACT_TOPIC_CONFIG, Record, create_topics, log, produce
+from bench.workload import COMPACT_TOPIC_CONFIG, Record, create_topics, held_json, log, produce
 from core.day_buckets import DayBuckets
 from core.loyalty import Basket, Spend, Stamps
 from core.tiers import tier_for
@@ -87,13 +87,13 @@ def customer_records(customers: int, seed: int = 7,
                       purchases=purchases, newest_ts=T0 + rng.random() * 86_400,
                       tier=tier_for(cents), last_offset=rng.randrange(0, 25_000),
                       days=DayBuckets.of(days))
-        out["spend"].append((key, orjson.dumps(spend.to_json())))
+        out["spend"].append((key, held_json(spend.to_json())))
         if rng.random() < 0.6:
             stamps = Stamps(total=rng.randrange(1, purchases + 1), last_offset=spend.last_offset)
-            out["stamps"].append((key, orjson.dumps(stamps.to_json())))
+            out["stamps"].append((key, held_json(stamps.to_json())))
         if rng.random() < 0.2:
             basket = Basket(products=frozenset({"coffee"}), last_offset=spend.last_offset)
-            out["baskets"].append((key, orjson.dumps(basket.to_json())))
+            out["baskets"].append((key, held_json(basket.to_json())))
     return out
 
 

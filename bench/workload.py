@@ -52,6 +52,16 @@ class Workload:
         return sum(len(v) for _, v in self.purchases) / max(1, len(self.purchases))
 
 
+def held_json(value: Any) -> bytes:
+    """``value`` as JSON bytes that occupy only their length, for records held in bulk.
+
+    orjson (3.12 on) returns bytes inside a buffer of at least 4 KB that it never shrinks:
+    4,000,000 held purchases of ~90 bytes took 16.6 GB of RSS, which the peers' broker then
+    lacked for its page cache. The copy is exact-sized (and small ones come from Python's own
+    allocator)."""
+    return bytes(memoryview(orjson.dumps(value)))
+
+
 def customer_id(n: int) -> str:
     """The id of customer number ``n``."""
     return f"c{n:06d}"
@@ -65,10 +75,10 @@ def build(events: int, customers: int, partitions: int, seed: int = 42) -> Workl
     step = PERIOD_S / max(1, events)
     purchases: list[Record] = []
     products = [
-        (pid, orjson.dumps({"product_id": pid, "price": price, "category": "shop", "ts": T0 - 1}))
+        (pid, held_json({"product_id": pid, "price": price, "category": "shop", "ts": T0 - 1}))
         for pid, (price, _) in CATALOGUE.items()
     ] + [
-        (pid, orjson.dumps({"product_id": pid, "price": price, "category": "shop", "ts": ts}))
+        (pid, held_json({"product_id": pid, "price": price, "category": "shop", "ts": ts}))
         for pid, price, ts in PRICE_CHANGES
     ]
     chosen = rng.choices(names, weights, k=events)
@@ -80,7 +90,7 @@ def build(events: int, customers: int, partitions: int, seed: int = 42) -> Workl
         }
         if rng.random() < 0.2:
             event["price"] = round(price_of(product) * rng.choice((0.8, 0.9, 1.0)), 2)
-        purchases.append((user.encode(), orjson.dumps(event)))
+        purchases.append((user.encode(), held_json(event)))
     return Workload(events, customers, partitions,
                     purchases, [(k.encode(), v) for k, v in products])
 

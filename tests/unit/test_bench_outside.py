@@ -164,3 +164,25 @@ def test_latency_distributions_from_samples_histograms_or_percentiles(
     text = report.write_latency(data, tmp_path)
     assert text is not None and "| 500/s | storestream | - | - | 30.0 |" in text
     assert (tmp_path / "latency.png").exists() == report.can_draw()
+
+
+def _rss_kb() -> int:
+    with open("/proc/self/status") as handle:
+        for line in handle:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_held_workload_records_occupy_about_their_length() -> None:
+    from bench.workload import held_json
+
+    event = {"user_id": "c000001", "product_id": "coffee", "purchase_id": "p00000001",
+             "ts": 1_767_225_600.125}
+    assert held_json(event) == b'{"user_id":"c000001","product_id":"coffee",' \
+        b'"purchase_id":"p00000001","ts":1767225600.125}'
+    before = _rss_kb()
+    held = [held_json({**event, "n": n}) for n in range(100_000)]
+    grown_mb = (_rss_kb() - before) / 1024
+    assert len(held) == 100_000
+    assert grown_mb < 60, f"100,000 held records of ~100 bytes took {grown_mb:.0f} MB"
