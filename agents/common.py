@@ -81,30 +81,50 @@ async def send_emitted(writes: TableWrites) -> None:
 
 
 async def process_batch(agent: str, batch: Sequence[Source],
-                        apply_one: Callable[[Source], str], finish: Callable[[], object]) -> None:
+                        apply_one: Callable[[Source], str], finish: Callable[[], object],
+                        resumed: Callable[[], object] | None = None) -> None:
     """Apply each record of a batch, then ``finish`` (write state), then dead-letter failures.
 
     ``apply_one`` and ``finish`` are synchronous on purpose: between the first state change
     and the last changelog record queued nothing awaits, so a batch cancelled by a rebalance
-    leaves nothing half-written. Bad input and even bugs in ``apply_one`` are collected and
-    dead-lettered after the batch's state is queued; the stream never stops for them.
+    leaves nothing half-written. In a paced lane (:class:`app.runtime.fastlane.Pace`) the
+    records are applied in slices with the loop let run between them, ``resumed`` called
+    after each such pause, and ``finish`` still runs in the last slice's step: ``apply_one``
+    must only change state of the batch's own until then. A batch given up between slices
+    raises :class:`app.runtime.fastlane.Abandoned`, having written nothing. Bad input and
+    even bugs in ``apply_one`` are collected and dead-lettered after the batch's state is
+    queued; the stream never stops for them.
     """
     outcomes: dict[str, int] = {}
     failed: list[tuple[Source, str]] = []
-    with gc_tuning.paused():  # what the batch builds dies or stays with it (gc_tuning)
-        for source in batch:
-            try:
-                outcome = apply_one(source)
-            except (BadEvent, UnicodeDecodeError) as exc:
-                failed.append((source, str(exc)))
-                continue
-            except Exception as exc:
-                log.exception("%s: failed to process %s[%s]@%s", agent, source.topic,
-                              source.partition, source.offset)
-                failed.append((source, f"processing failed: {exc!r}"))
-                continue
-            outcomes[outcome] = outcomes.get(outcome, 0) + 1
-        finish()
+    pace = fastlane.current_pace()
+    start, total = 0, len(batch)
+    while True:
+        size = total if pace is None else pace.size
+        began = time.monotonic()
+        last = start + size >= total
+        with gc_tuning.paused():  # what the batch builds dies or stays with it (gc_tuning)
+            for source in batch[start:start + size] if start or not last else batch:
+                try:
+                    outcome = apply_one(source)
+                except (BadEvent, UnicodeDecodeError) as exc:
+                    failed.append((source, str(exc)))
+                    continue
+                except Exception as exc:
+                    log.exception("%s: failed to process %s[%s]@%s", agent, source.topic,
+                                  source.partition, source.offset)
+                    failed.append((source, f"processing failed: {exc!r}"))
+                    continue
+                outcomes[outcome] = outcomes.get(outcome, 0) + 1
+            if last:
+                finish()
+        if last or pace is None:
+            break
+        pace.took(time.monotonic() - began)
+        await pace.between()
+        if resumed is not None:
+            resumed()
+        start += size
     count_batch(agent, batch, outcomes)
     await dead_letter_all(failed)
 

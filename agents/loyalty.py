@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -286,6 +286,21 @@ def _dead_letter_held(writes: TableWrites, user: str, held: Held, reason: str) -
     writes.emit(dead_letters_topic, user.encode(), dead_letter_value(source, reason))
 
 
+def _repricing(customers: dict[str, _Customer]) -> Callable[[], None]:
+    """After a paced batch let the loop run: if the catalogue changed meanwhile, what each
+    customer's pending purchases came to is priced again by their next purchase."""
+    version = catalogue_version()
+
+    def resumed() -> None:
+        nonlocal version
+        now = catalogue_version()
+        if now != version:
+            version = now
+            for customer in customers.values():
+                customer.pending_cents = None
+    return resumed
+
+
 async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
     """Price each purchase as of its event time; update spend, stamps and basket.
 
@@ -327,7 +342,8 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
         return OK
 
     await process_batch("purchases", batch, apply_one,
-                        lambda: _write(customers, writes, repartitioned))
+                        lambda: _write(customers, writes, repartitioned),
+                        _repricing(customers))
 
 
 async def apply_returns(batch: Sequence[Source], writes: TableWrites) -> None:
@@ -355,10 +371,11 @@ async def apply_returns(batch: Sequence[Source], writes: TableWrites) -> None:
             raise BadEvent(outcome.rejected)
         return OK if changed else DUPLICATE
 
-    await process_batch("returns", batch, apply_one, lambda: _write(customers, writes))
+    await process_batch("returns", batch, apply_one, lambda: _write(customers, writes),
+                        _repricing(customers))
 
 
-@fastlane.lane(purchases_topic.get_topic_name())
+@fastlane.lane(purchases_topic.get_topic_name(), paced=True)
 async def purchases_lane(batch: Sequence[Source]) -> None:
     """The fast lane for ``purchases``: one changelog write per customer and table per batch."""
     started = lane_clock()
@@ -366,7 +383,7 @@ async def purchases_lane(batch: Sequence[Source]) -> None:
     count_lane(batch, started)
 
 
-@fastlane.lane(returns_topic.get_topic_name())
+@fastlane.lane(returns_topic.get_topic_name(), paced=True)
 async def returns_lane(batch: Sequence[Source]) -> None:
     """The fast lane for ``returns``."""
     started = lane_clock()

@@ -11,7 +11,10 @@ A handler runs with the batch's partition as Faust's current event (table writes
 changelog partition of the source partition, as in an agent). It must apply its state
 changes without awaiting between changing a table's data and queueing the changelog record
 (:mod:`tables.batch` does both in one step), so a cancelled batch never leaves memory ahead of
-the changelog. Each topic keeps an ordinary Faust agent too: it receives events only when
+the changelog. A paced handler (:data:`PACED`) may await between slices of its batch, but
+only before its first table write: it applies the slices to state of its own and writes it
+all in the last slice's synchronous step, so a batch given up between slices leaves nothing
+behind. Each topic keeps an ordinary Faust agent too: it receives events only when
 the lane is off (``FAST_LANE=off``, ``exactly_once``) and in ``agent.test_context()`` tests,
 and it calls the same handler with batches of one.
 
@@ -22,10 +25,12 @@ variable behind Faust's current event (:func:`current_event` sets it).
 
 from __future__ import annotations
 
+import asyncio
 import time
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
@@ -68,6 +73,57 @@ LANES: dict[str, BatchHandler] = {}
 URGENT: set[str] = set()
 
 
+#: Topics whose handler takes a partition's whole fetched batch and paces itself
+#: (:class:`Pace`): its records are applied in slices with the event loop let run between
+#: them, and its state written once, at the end.
+PACED: set[str] = set()
+
+
+class Abandoned(Exception):
+    """A paced batch given up between two slices (its partition was revoked or the consumer's
+    flow stopped): nothing of it was written and nothing is acknowledged."""
+
+
+@dataclass(slots=True)
+class Pace:
+    """How a paced batch shares the event loop: slices of ``size`` records, resized after
+    each by ``resize(size, seconds it took)``; between two, the loop runs and the batch goes
+    on only while ``still_ours()``."""
+
+    size: int
+    resize: Callable[[int, float], int]
+    still_ours: Callable[[], bool]
+
+    def took(self, seconds: float) -> None:
+        """Size the next slice after one that took ``seconds``."""
+        self.size = self.resize(self.size, seconds)
+
+    async def between(self) -> None:
+        """Let the loop run (heartbeats, commits, other agents); raise :class:`Abandoned`
+        when the batch is no longer this worker's to finish."""
+        await asyncio.sleep(0)
+        if not self.still_ours():
+            raise Abandoned
+
+
+_PACE: ContextVar[Pace | None] = ContextVar("storestream_lane_pace", default=None)
+
+
+@contextmanager
+def pacing(pace: Pace | None) -> Iterator[None]:
+    """Run a paced batch's handler with ``pace`` (:func:`current_pace`)."""
+    token = _PACE.set(pace)
+    try:
+        yield
+    finally:
+        _PACE.reset(token)
+
+
+def current_pace() -> Pace | None:
+    """The pace of the paced batch being processed (``None``: apply the batch in one go)."""
+    return _PACE.get()
+
+
 #: Offsets of the batch being processed that its handler keeps from being acknowledged
 #: (:func:`hold`); the consumer acknowledges them later, when the handler's owner says so
 #: (:meth:`app.runtime.transport.Consumer.settle_held`).
@@ -87,12 +143,16 @@ def take_held() -> set[int]:
     return held
 
 
-def lane(topic: str, *, urgent: bool = False) -> Callable[[BatchHandler], BatchHandler]:
-    """Register the decorated function as the batch handler of ``topic``."""
+def lane(topic: str, *, urgent: bool = False,
+         paced: bool = False) -> Callable[[BatchHandler], BatchHandler]:
+    """Register the decorated function as the batch handler of ``topic`` (``paced``: it
+    takes whole fetched batches and paces itself, see :data:`PACED`)."""
     def register(handler: BatchHandler) -> BatchHandler:
         LANES[topic] = handler
         if urgent:
             URGENT.add(topic)
+        if paced:
+            PACED.add(topic)
         return handler
     return register
 

@@ -225,23 +225,25 @@ def install(path: str) -> None:
     _timed(App, "_on_partitions_assigned", "assigned", 0)
     original_lane = transport.Consumer._run_lane
 
-    async def run_lane(self: Any, tp: Any, batch: list[Any], handler: Any) -> None:
+    async def run_lane(self: Any, tp: Any, batch: list[Any], handler: Any,
+                       pace: Any = None) -> bool:
         if tp.topic not in fastlane.URGENT or not batch:
             started = time.perf_counter()
-            await original_lane(self, tp, batch, handler)
+            finished: bool = await original_lane(self, tp, batch, handler, pace)
             ms = (time.perf_counter() - started) * 1000
             if ms >= 5:
                 emit("other_lane", topic=tp.topic.split(".", 1)[-1], p=tp.partition,
                      n=len(batch), ms=round(ms, 2))
-            return
+            return finished
         t0, started = time.time(), time.perf_counter()
         oldest = min(r.timestamp for r in batch) / 1000
-        await original_lane(self, tp, batch, handler)
+        finished = await original_lane(self, tp, batch, handler, pace)
         ms = (time.perf_counter() - started) * 1000
         age = (t0 - oldest) * 1000
         if age >= 20 or ms >= 5:
             emit("lane", t0=round(t0, 4), n=len(batch), ms=round(ms, 2), age_ms=round(age, 1),
                  p=tp.partition)
+        return finished
 
     transport.Consumer._run_lane = run_lane  # type: ignore[method-assign]
     from app.runtime import fetch_actions
