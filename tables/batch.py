@@ -47,6 +47,7 @@ class TableWrites:
         self.partition = partition
         self._bulk = bulk
         self._pending: dict[Any, dict[str, Any]] = {}
+        self._emitted: list[tuple[Any, bytes, bytes]] = []
 
     def get(self, table: Any, key: str) -> Any:
         """The value of ``key``: this batch's pending one, else the table's (``None``)."""
@@ -74,18 +75,24 @@ class TableWrites:
         return sum(len(values) for values in self._pending.values())
 
     def emit(self, topic: Any, key: bytes, value: bytes) -> None:
-        """Queue a record for an output ``topic`` (a Faust topic), partitioned by ``key``:
-        on the bulk writer in the fast lane, in Faust's producer buffer otherwise. Never
-        awaits, so a cancelled batch cannot leave it half-sent."""
-        if self._bulk is None:
-            topic.send_soon(key=key, value=value)
-        else:
-            self._bulk.enqueue_keyed(topic.get_topic_name(), key, value)
+        """Send a record to an output ``topic`` (a Faust topic), partitioned by ``key``, with
+        the writes at :meth:`commit` (queued on the bulk writer in the fast lane, in Faust's
+        producer buffer otherwise): a batch given up before its writes sends nothing it would
+        send again when its records are delivered again."""
+        self._emitted.append((topic, key, value))
 
     def commit(self) -> int:
-        """Write every pending value to its table and changelog; return how many."""
+        """Send what was emitted, in order, then write every pending value to its table and
+        changelog; return how many values."""
         written = 0
         bulk = self._bulk
+        if self._emitted:
+            for topic, record_key, record in self._emitted:
+                if bulk is None:
+                    topic.send_soon(key=record_key, value=record)
+                else:
+                    bulk.enqueue_keyed(topic.get_topic_name(), record_key, record)
+            self._emitted.clear()
         for table, values in self._pending.items():
             if bulk is None:
                 for key, value in values.items():

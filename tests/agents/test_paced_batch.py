@@ -174,3 +174,24 @@ async def test_a_price_change_between_slices_counts_as_between_two_batches(
     paced = await _spend_after([_purchases(range(6))], lambda: _catalogue(after))
     assert paced == separate
     assert paced["tier"] == ("BRONZE" if late_price_at < T0 + 2 else "CLIMBING")
+
+
+@pytest.mark.parametrize("ours", [True, False])
+async def test_a_batch_given_up_between_slices_sends_none_of_its_events(
+        sent: Sent, ours: bool) -> None:
+    """Kris's fifth coffee, in the first slice, makes the next one free (an event on
+    ``loyalty.events``); given up at the pause after it, the batch sends that event no more
+    than its writes, since both come again when its records are delivered again."""
+    _catalogue([[T0 - 100, 300]])
+    bulk = BulkWriter()
+    with fastlane.pacing(pace(6, lambda: ours)):
+        if ours:
+            await apply_purchases(_purchases(range(8)), TableWrites(0, bulk))
+        else:
+            with pytest.raises(Abandoned):
+                await apply_purchases(_purchases(range(8)), TableWrites(0, bulk))
+    if ours:
+        assert any(topic.endswith("loyalty.events") for topic, _ in bulk._queued)
+        assert tables.stamps.data["kris"]["total"] == 8
+    else:
+        assert bulk.enqueued == 0 and "kris" not in tables.stamps.data
