@@ -104,7 +104,7 @@ async def process_batch(agent: str, batch: Sequence[Source],
         began = time.monotonic()
         last = start + size >= total
         with gc_tuning.paused():  # what the batch builds dies or stays with it (gc_tuning)
-            for source in batch[start:start + size] if start or not last else batch:
+            for source in batch if start == 0 and last else batch[start:start + size]:
                 try:
                     outcome = apply_one(source)
                 except (BadEvent, UnicodeDecodeError) as exc:
@@ -118,7 +118,7 @@ async def process_batch(agent: str, batch: Sequence[Source],
                 outcomes[outcome] = outcomes.get(outcome, 0) + 1
             if last:
                 finish()
-        if last or pace is None:
+        if last or pace is None:  # without a pace the first slice is the whole batch
             break
         pace.took(time.monotonic() - began)
         await pace.between()

@@ -364,13 +364,15 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             if tp.topic in fastlane.PACED:
                 # the batch in few calls, each sliced by the handler (fastlane.Pace): a key's
                 # state is written once per call (up to PACED_KEYS keys), not once per chunk
+                def still_ours() -> bool:
+                    return bool(self.flow_active
+                                and self.app.consumer_generation_id == generation_id)
+
                 for part in paced_parts(batch, PACED_KEYS):
-                    if not self.flow_active or self.app.consumer_generation_id != generation_id:
+                    if not still_ours():
                         not_taken[tp] = part[0].offset
                         break
-                    pace = fastlane.Pace(self._lane_chunk, lane_chunk, lambda: (
-                        self.flow_active
-                        and self.app.consumer_generation_id == generation_id))
+                    pace = fastlane.Pace(self._lane_chunk, lane_chunk, still_ours)
                     finished = await self._run_lane(tp, part, handler, pace)
                     self._lane_chunk = pace.size
                     if not finished:
