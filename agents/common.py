@@ -80,10 +80,38 @@ async def send_emitted(writes: TableWrites) -> None:
         await writes.send_emitted()
 
 
+def by_key(batch: Sequence[Source]) -> Sequence[Source]:
+    """``batch`` with each key's records together (keys in the order they first appear, a
+    key's records in offset order); ``batch`` itself when no key repeats, or when a record
+    has no key (a keyless record's owner is in its value: it could share one with a keyed
+    record, whose order with it must be kept)."""
+    groups: dict[bytes, list[Source]] = {}
+    for source in batch:
+        key = source.key
+        if key is None:
+            return batch
+        group = groups.get(key)
+        if group is None:
+            groups[key] = [source]
+        else:
+            group.append(source)
+    if len(groups) == len(batch):
+        return batch
+    return [source for group in groups.values() for source in group]
+
+
 async def process_batch(agent: str, batch: Sequence[Source],
                         apply_one: Callable[[Source], str], finish: Callable[[], object],
-                        resumed: Callable[[], object] | None = None) -> None:
+                        resumed: Callable[[], object] | None = None, *,
+                        keyed: bool = False) -> None:
     """Apply each record of a batch, then ``finish`` (write state), then dead-letter failures.
+
+    ``keyed``: the records' effects depend on their key's state only (a customer's records),
+    so they are applied key by key (:func:`by_key`), each key's in offset order: a key's
+    state is read while it is still in the processor's caches, not again for each record
+    among thousands of other keys' (in process, 1,250 customers, batches of 30,000: the
+    recipe's path ~15% faster, the loyalty programme's ~10%). Dead letters still go out in
+    offset order.
 
     ``apply_one`` and ``finish`` are synchronous on purpose: between the first state change
     and the last changelog record queued nothing awaits, so a batch cancelled by a rebalance
@@ -98,13 +126,14 @@ async def process_batch(agent: str, batch: Sequence[Source],
     outcomes: dict[str, int] = {}
     failed: list[tuple[Source, str]] = []
     pace = fastlane.current_pace()
+    ordered = by_key(batch) if keyed else batch
     start, total = 0, len(batch)
     while True:
         size = total if pace is None else pace.size
         began = time.monotonic()
         last = start + size >= total
         with gc_tuning.paused():  # what the batch builds dies or stays with it (gc_tuning)
-            for source in batch if start == 0 and last else batch[start:start + size]:
+            for source in ordered if start == 0 and last else ordered[start:start + size]:
                 try:
                     outcome = apply_one(source)
                 except (BadEvent, UnicodeDecodeError) as exc:

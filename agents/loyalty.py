@@ -304,8 +304,10 @@ def _repricing(customers: dict[str, _Customer]) -> Callable[[], None]:
 async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
     """Price each purchase as of its event time; update spend, stamps and basket.
 
-    ``batch`` holds records of one partition in offset order. Each customer's records are
-    decoded once per batch and written once per batch (:class:`tables.batch.TableWrites`).
+    ``batch`` holds records of one partition in offset order; they are applied customer by
+    customer, each customer's in offset order (``process_batch(keyed=True)``). Each
+    customer's records are decoded once per batch and written once per batch
+    (:class:`tables.batch.TableWrites`).
     """
     customers: dict[str, _Customer] = {}
     repartitioned = is_repartitioned(batch[0].topic) if batch else False
@@ -343,7 +345,7 @@ async def apply_purchases(batch: Sequence[Source], writes: TableWrites) -> None:
 
     await process_batch("purchases", batch, apply_one,
                         lambda: _write(customers, writes, repartitioned),
-                        _repricing(customers))
+                        _repricing(customers), keyed=True)
 
 
 async def apply_returns(batch: Sequence[Source], writes: TableWrites) -> None:
@@ -372,7 +374,7 @@ async def apply_returns(batch: Sequence[Source], writes: TableWrites) -> None:
         return OK if changed else DUPLICATE
 
     await process_batch("returns", batch, apply_one, lambda: _write(customers, writes),
-                        _repricing(customers))
+                        _repricing(customers), keyed=True)
 
 
 @fastlane.lane(purchases_topic.get_topic_name(), paced=True)
