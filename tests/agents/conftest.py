@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections import defaultdict
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from faust.types import TP
 
 os.environ.setdefault("APP_STORE", "memory://")
 
@@ -25,6 +28,35 @@ from tables.offers import (
     promotion_figures,
     visits,
 )
+
+
+class StandInConsumer:
+    """The part of the transport's consumer that ``_run_lane`` touches, recording order."""
+
+    def __init__(self, steps: list[str]) -> None:
+        async def send_queued() -> None:
+            steps.append("sent")
+
+        self.app = SimpleNamespace(
+            consumer_generation_id=1,
+            monitor=SimpleNamespace(track_tp_end_offset=lambda tp, offset: None),
+            producer=SimpleNamespace(send_queued=send_queued),
+        )
+        self._read_offset: dict[TP, int | None] = defaultdict(lambda: None)
+        self._lane_done: dict[TP, tuple[int, int]] = {}
+        self.steps = steps
+
+    def highwater(self, tp: TP) -> int:
+        return 0
+
+    def _to_message(self, tp: TP, record: Any) -> Any:
+        return record
+
+    async def _add_gap(self, tp: TP, start: int, end: int) -> None:
+        return None
+
+    def _ack_offsets(self, tp: TP, offsets: list[int]) -> None:
+        self.steps.append(f"acked {offsets}")
 
 
 class Sent:

@@ -21,8 +21,7 @@ from app.runtime.transport import Consumer
 from app.topics import purchases_topic
 from tables import loyalty as tables
 from tables.batch import TableWrites
-from tests.agents.conftest import Sent
-from tests.agents.test_urgent_send import StandInConsumer
+from tests.agents.conftest import Sent, StandInConsumer
 
 pytestmark = pytest.mark.timeout(30)
 

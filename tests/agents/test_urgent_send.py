@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections import defaultdict
-from types import SimpleNamespace
-from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 from faust.types import TP
@@ -14,35 +11,7 @@ import app as storestream  # noqa: F401  (registers the agents and their lanes)
 from app.runtime.fastlane import Source
 from app.runtime.transport import Consumer
 from app.topics import locations_topic, purchases_topic
-
-
-class StandInConsumer:
-    """The part of the transport's consumer that ``_run_lane`` touches, recording order."""
-
-    def __init__(self, steps: list[str]) -> None:
-        async def send_queued() -> None:
-            steps.append("sent")
-
-        self.app = SimpleNamespace(
-            consumer_generation_id=1,
-            monitor=SimpleNamespace(track_tp_end_offset=lambda tp, offset: None),
-            producer=SimpleNamespace(send_queued=send_queued),
-        )
-        self._read_offset: dict[TP, int | None] = defaultdict(lambda: None)
-        self._lane_done: dict[TP, tuple[int, int]] = {}
-        self.steps = steps
-
-    def highwater(self, tp: TP) -> int:
-        return 0
-
-    def _to_message(self, tp: TP, record: Any) -> Any:
-        return record
-
-    async def _add_gap(self, tp: TP, start: int, end: int) -> None:
-        return None
-
-    def _ack_offsets(self, tp: TP, offsets: list[int]) -> None:
-        self.steps.append(f"acked {offsets}")
+from tests.agents.conftest import StandInConsumer
 
 
 def run_lane(topic: str) -> list[str]:
