@@ -9,6 +9,7 @@ shopper's state and both lanes write it, each in one synchronous step.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 
 import orjson
 
@@ -96,7 +97,8 @@ def _write(writes: TableWrites, uid: str, state: AttributionState, updated: Attr
     key = uid.encode()
     for redemption in redeemed:
         writes.emit(redemptions_topic, key, orjson.dumps(redemption.to_record()))
-        METRICS.inc("storestream_redemptions_total", pid=redemption.pid)
+        writes.after_commit(partial(METRICS.inc, "storestream_redemptions_total",
+                                    pid=redemption.pid))
         where = figures_key(redemption.pid, writes.partition)
         counted = FIGURES.get(where, writes.get(promotion_figures, where)).redeemed(
             redemption.held_out, redemption.revenue_cents, redemption.first)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import orjson
@@ -282,7 +283,8 @@ def _dead_letter_held(writes: TableWrites, user: str, held: Held, reason: str) -
                     held.ts, user.encode(), held.raw.encode())
     if return_letter_sent(source.topic, source.partition, source.offset):
         return  # a redelivered purchase gave it up again: its letter is out already
-    METRICS.inc("storestream_dead_letters_total", topic=source.topic)
+    writes.after_commit(partial(METRICS.inc, "storestream_dead_letters_total",
+                                topic=source.topic))
     writes.emit(dead_letters_topic, user.encode(), dead_letter_value(source, reason))
 
 

@@ -48,6 +48,7 @@ class TableWrites:
         self._bulk = bulk
         self._pending: dict[Any, dict[str, Any]] = {}
         self._emitted: list[tuple[Any, bytes, bytes]] = []
+        self._after: list[Callable[[], object]] = []
 
     def get(self, table: Any, key: str) -> Any:
         """The value of ``key``: this batch's pending one, else the table's (``None``)."""
@@ -81,9 +82,15 @@ class TableWrites:
         send again when its records are delivered again."""
         self._emitted.append((topic, key, value))
 
+    def after_commit(self, action: Callable[[], object]) -> None:
+        """Run ``action`` at :meth:`commit`, after the writes: what counts what the batch
+        sends (a metric), so that a batch given up before its commit counts nothing it will
+        count again when its records are delivered again."""
+        self._after.append(action)
+
     def commit(self) -> int:
         """Send what was emitted, in order, then write every pending value to its table and
-        changelog; return how many values."""
+        changelog, then run the :meth:`after_commit` actions; return how many values."""
         written = 0
         bulk = self._bulk
         if self._emitted:
@@ -119,6 +126,10 @@ class TableWrites:
                 enqueue(topic, partition, key.encode("utf-8"), dumps(value))
             written += len(values)
         self._pending.clear()
+        if self._after:
+            after, self._after = self._after, []
+            for action in after:
+                action()
         return written
 
 

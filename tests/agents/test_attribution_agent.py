@@ -11,8 +11,10 @@ from agents import offers as offers_agent
 from agents.loyalty import apply_purchases, process_purchases
 from agents.offers import apply_positions, process_locations
 from app import topics
+from app.faust_app import METRICS
+from app.runtime import fastlane
 from app.runtime.bulk import BulkWriter
-from app.runtime.fastlane import Source
+from app.runtime.fastlane import Abandoned, Pace, Source
 from core.geo import Display
 from core.offers import Promotion
 from tables.batch import TableWrites
@@ -154,3 +156,22 @@ async def test_a_held_out_shopper_gets_no_offer_and_what_they_would_have_got_is_
     counted = figures("p-sku")
     assert (counted["sent"], counted["held_out"], counted["held_out_redeemed"],
             counted["held_out_revenue_cents"]) == (0, 1, 1, 499)
+
+
+@pytest.mark.parametrize("ours", [True, False])
+async def test_a_redemption_is_counted_only_with_its_batch_written(store: Sent,
+                                                                   ours: bool) -> None:
+    """A paced purchase batch given up between slices (its partition revoked) redeems
+    nothing yet: its redemption is neither sent nor counted until its records come again."""
+    lanes = Lanes()
+    await lanes.positions(position(0, T0), position(1, T0 + 700, lat=LAT + 0.01))
+    before = METRICS.value("storestream_redemptions_total", pid="p-sku")
+    batch = [purchase(0, T0 + 600), purchase(1, T0 + 610, product="coffee")]
+    with fastlane.pacing(Pace(1, lambda size, seconds: size, lambda: ours)):
+        if ours:
+            await lanes.purchases(*batch)
+        else:
+            with pytest.raises(Abandoned):
+                await lanes.purchases(*batch)
+    counted = METRICS.value("storestream_redemptions_total", pid="p-sku") - before
+    assert (counted, len(lanes.redemptions())) == ((1, 1) if ours else (0, 0))
