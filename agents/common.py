@@ -110,8 +110,8 @@ async def process_batch(agent: str, batch: Sequence[Source],
     so they are applied key by key (:func:`by_key`), each key's in offset order: a key's
     state is read while it is still in the processor's caches, not again for each record
     among thousands of other keys' (in process, 1,250 customers, batches of 30,000: the
-    recipe's path ~15% faster, the loyalty programme's ~10%). Dead letters still go out in
-    offset order.
+    recipe's path 21 -> 18 us per purchase, with returns and a 365-day tier window 44 -> 33).
+    Dead letters still go out in offset order.
 
     ``apply_one`` and ``finish`` are synchronous on purpose: between the first state change
     and the last changelog record queued nothing awaits, so a batch cancelled by a rebalance
