@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from core.returns import BoughtRow, Ledger
-from core.tiers import day_of
+from core.tiers import DAY_S, day_of
 
 #: Between the customer's id and the day in a day record's key (never in an id we accept).
 DAY_KEY_SEPARATOR = "\x1f"
@@ -85,7 +85,7 @@ def added_rows(fresh: Mapping[str, BoughtRow]) -> dict[int, DayChanges]:
     :func:`changed_rows` finds for them, without comparing."""
     changes: dict[int, DayChanges] = {}
     for pid, row in fresh.items():
-        day = day_of(row[0])
+        day = int(row[0] // DAY_S)  # day_of, inline: once per purchase
         rows = changes.get(day)
         if rows is None:
             changes[day] = {pid: row}
@@ -141,24 +141,46 @@ def head_json(ledger: Ledger, days: list[int] | str) -> dict[str, Any]:
 def listed_text(head: Mapping[str, Any] | None, added: Sequence[int],
                 gone: Sequence[int]) -> str:
     """A head's ``days`` text after days ``added`` got a record and ``gone`` lost theirs
-    (:func:`listed_days`). In the usual batch (today already listed, nothing gone) that is
-    the stored text itself, found so without unpacking its days: a set of the days of each
-    text lately read is kept, and customers buying on the same days share one text."""
+    (:func:`listed_days`). In the usual batch (days on or after the last listed run's
+    first, nothing gone) only the text's last run is read: the stored text itself when the
+    days are listed already, else that text with the run extended or runs appended."""
     text = head.get("days") if head else None
-    if isinstance(text, str) and not gone:
-        listed = _LISTED.get(text)
-        if listed is None:
-            if len(_LISTED) >= _LISTED_KEPT:
-                _LISTED.clear()
-            listed = _LISTED[text] = frozenset(days_of_text(text))
-        if all(day in listed for day in added):
-            return text
-    return days_text(listed_days(stored_days(head), added, gone))
+    if isinstance(text, str) and text and not gone:
+        out = _tail_listed(text, added)
+        if out is not None:
+            return out
+    days = stored_days(head)
+    listed = listed_days(days, added, gone)
+    if listed is days and isinstance(text, str):
+        return text  # nothing changes: the stored text as it is
+    return days_text(listed)
 
 
-#: Days of the ``days`` texts lately read (bounded: past ``_LISTED_KEPT`` it starts over).
-_LISTED: dict[str, frozenset[int]] = {}
-_LISTED_KEPT = 4_096
+def _tail_listed(text: str, added: Sequence[int]) -> str | None:
+    """``text`` (from :func:`days_text`) listing ``added`` too, when no added day is before
+    the first day of its last run; ``None`` otherwise."""
+    before, _, last = text.rpartition(",")
+    start, _, end = last.partition("-")
+    low = int(start)
+    high = int(end or start)
+    new: list[int] = []
+    for day in added:
+        if day < low:
+            return None
+        if day > high:
+            new.append(day)
+    if not new:
+        return text
+    new = sorted(set(new))
+    at = 0
+    while at < len(new) and new[at] == high + 1:  # the last run goes on
+        high = new[at]
+        at += 1
+    pieces = [before] if before else []
+    pieces.append(start if high == low else f"{low}-{high}")
+    if at < len(new):
+        pieces.append(days_text(new[at:]))
+    return ",".join(pieces)
 
 
 def days_text(days: list[int]) -> str:

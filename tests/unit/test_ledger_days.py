@@ -189,3 +189,18 @@ def test_a_heads_days_text_is_kept_as_it_is_when_the_batch_lists_no_new_day(
     if added <= listed and not gone and not as_list:
         assert out is text  # nothing unpacked or rewritten
     assert listed_text(None, sorted(added), []) == days_text(sorted(added))
+
+
+@given(st.sets(st.integers(0, 60)), st.lists(st.integers(0, 8), max_size=6))
+def test_days_from_the_last_listed_run_on_are_listed_from_the_text_s_tail(
+        listed: set[int], later: list[int]) -> None:
+    """The usual batch: its days are the newest listed one or after it (in any order,
+    repeated); the text read only at its tail lists exactly what unpacking it would."""
+    newest = max(listed, default=0)
+    added = [newest + step for step in later]
+    text = days_text(sorted(listed))
+    out = listed_text({"days": text}, added, [])
+    assert days_of_text(out) == sorted(listed | set(added))
+    assert out == days_text(sorted(listed | set(added)))  # one text for a set of days
+    if set(added) <= listed:
+        assert out is text
