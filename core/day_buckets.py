@@ -149,7 +149,8 @@ class DayBuckets(Mapping[int, int]):
             return self
         if len(pending) > 2 * LAZY_ADDS:
             return DayBuckets(self.packed)._merge_now(adds, first)
-        out = DayBuckets(self._base)
+        out = _new_buckets(DayBuckets)  # every field set here: no __init__ (once a purchase)
+        out._base = self._base
         out._adds, out._adds_low, out._adds_total = pending, adds_low, total
         out._base_low, out._base_total = self._base_low, self._base_total
         out._base_last, out._base_last_cents = self._base_last, self._base_last_cents
@@ -256,6 +257,8 @@ class _Values(ValuesView[int]):
     def __iter__(self) -> Iterator[int]:
         return iter([cents for _, cents in self._buckets.pairs()])
 
+
+_new_buckets = object.__new__
 
 #: No buckets (a lifetime-tier customer, or nothing in the window).
 EMPTY_DAYS = DayBuckets()
