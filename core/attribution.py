@@ -30,7 +30,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeAlias
 
@@ -204,7 +204,7 @@ class AttributionState(NamedTuple):
             return self, []
         every = self.offers
         for offer in offers:
-            if offer.offer_id not in map(_offer_id, every):
+            if not _holds(every, offer):
                 every = _inserted(every, offer)
         pending = self.pending
         settled = tuple(p for p in pending if p.ts < ts) if pending else ()
@@ -253,12 +253,14 @@ class AttributionState(NamedTuple):
         cut = max(cut, len(offers) - MAX_OFFERS)
         if not cut:
             return self
-        return self._replace(offers=offers[cut:])
+        return AttributionState(offers[cut:], self.pending, self.positions_ts,
+                                self.purchases_ts, self.applied)
 
     def to_json(self) -> dict[str, Any]:
         """The stored form."""
         return {
-            "offers": list(map(tuple, self.offers)),
+            # a slice of a named tuple is a plain tuple: half the time of tuple(offer)
+            "offers": list(map(_fields, self.offers)),
             "pending": [purchase.to_json() for purchase in self.pending],
             "positions_ts": None if self.positions_ts == NEVER else self.positions_ts,
             "purchases_ts": None if self.purchases_ts == NEVER else self.purchases_ts,
@@ -284,9 +286,20 @@ class AttributionState(NamedTuple):
         )
 
 
+def _holds(offers: tuple[OfferMark, ...], offer: OfferMark) -> bool:
+    """Whether ``offers`` (in (``ts``, ``offer_id``) order) hold ``offer``: found where it
+    would go, not by reading them all (an offer id hashes the offer's time,
+    :func:`core.offers.offer_id`: one id is never held at two times)."""
+    at = bisect.bisect_left(offers, (offer.ts, offer.offer_id), key=_offer_order)
+    return at < len(offers) and offers[at].offer_id == offer.offer_id
+
+
 def _inserted(offers: tuple[OfferMark, ...], offer: OfferMark) -> tuple[OfferMark, ...]:
     """``offers`` with ``offer`` in its place (usually the end: positions come in order)."""
-    if not offers or _offer_order(offers[-1]) <= _offer_order(offer):
+    if not offers:
+        return (offer,)
+    last = offers[-1]
+    if last.ts < offer.ts or (last.ts == offer.ts and last.offer_id <= offer.offer_id):
         return (*offers, offer)
     ordered = list(offers)
     bisect.insort(ordered, offer, key=_offer_order)
@@ -321,7 +334,8 @@ def _applied(applied: Mapping[Log, int], where: Where) -> dict[Log, int]:
 _purchase_order: Callable[[PurchaseMark], tuple[float, str]] = attrgetter("ts", "ref")
 _offer_order: Callable[[OfferMark], tuple[float, str]] = attrgetter("ts", "offer_id")
 _offer_ts: Callable[[OfferMark], float] = attrgetter("ts")
-_offer_id: Callable[[OfferMark], str] = attrgetter("offer_id")
+#: An offer's fields as a plain tuple (its stored form).
+_fields: Callable[[OfferMark], tuple[Any, ...]] = itemgetter(slice(None))
 
 
 def mark(offer_id: str, pid: str, sku: str, ts: float, promotion: Promotion | None,
