@@ -46,13 +46,16 @@ class TableWrites:
     def __init__(self, partition: int, bulk: BulkWriter | None) -> None:
         self.partition = partition
         self._bulk = bulk
-        self._pending: dict[Any, dict[str, Any]] = {}
+        #: Pending values by table, the tables keyed by identity (a Faust table's __hash__
+        #: is a Python method, and these are read several times per record).
+        self._pending: dict[int, dict[str, Any]] = {}
+        self._tables: list[Any] = []
         self._emitted: list[tuple[Any, bytes, bytes]] = []
         self._after: list[Callable[[], object]] = []
 
     def get(self, table: Any, key: str) -> Any:
         """The value of ``key``: this batch's pending one, else the table's (``None``)."""
-        pending = self._pending.get(table)
+        pending = self._pending.get(id(table))
         if pending is not None and key in pending:
             value = pending[key]
             return None if value is _DELETED else value
@@ -63,9 +66,10 @@ class TableWrites:
 
     def put(self, table: Any, key: str, value: Any) -> None:
         """Set ``key`` to ``value`` at :meth:`commit` (a later put of the key replaces it)."""
-        pending = self._pending.get(table)
+        pending = self._pending.get(id(table))
         if pending is None:
-            pending = self._pending[table] = {}
+            pending = self._pending[id(table)] = {}
+            self._tables.append(table)
         pending[key] = value
 
     def delete(self, table: Any, key: str) -> None:
@@ -100,7 +104,8 @@ class TableWrites:
                 else:
                     bulk.enqueue_keyed(topic.get_topic_name(), record_key, record)
             self._emitted.clear()
-        for table, values in self._pending.items():
+        for table in self._tables:
+            values = self._pending[id(table)]
             if bulk is None:
                 for key, value in values.items():
                     if value is not _DELETED:
@@ -113,7 +118,9 @@ class TableWrites:
             data = store.data if type(store) is MemoryStore else store
             topic = table.changelog_topic.get_topic_name()
             partition = self.partition
-            bulk.on_delivered(topic, partition, _persisted(store, TP(topic, partition)))
+            if not bulk.delivers_to(topic, partition, store):
+                bulk.on_delivered(topic, partition, _persisted(store, TP(topic, partition)),
+                                  owner=store)
             enqueue = bulk.enqueue
             dumps = orjson.dumps
             for key, value in values.items():
@@ -126,6 +133,7 @@ class TableWrites:
                 enqueue(topic, partition, key.encode("utf-8"), dumps(value))
             written += len(values)
         self._pending.clear()
+        self._tables.clear()
         if self._after:
             after, self._after = self._after, []
             for action in after:

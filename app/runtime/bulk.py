@@ -53,6 +53,7 @@ class BulkWriter:
         self._report_error = on_error
         self._queued: dict[Destination, list[Record]] = {}
         self._on_delivered: dict[Destination, Delivered] = {}
+        self._owners: dict[Destination, object] = {}
         #: The highest offset reported delivered per destination.
         self._reported: dict[Destination, int] = {}
         self._inflight: set[asyncio.Future[Any]] = set()
@@ -86,10 +87,18 @@ class BulkWriter:
         """Queue one record for the partition the producer's partitioner gives ``key``."""
         self.enqueue(topic, KEYED, key, value)
 
-    def on_delivered(self, topic: str, partition: int, callback: Delivered) -> None:
+    def on_delivered(self, topic: str, partition: int, callback: Delivered,
+                     owner: object = None) -> None:
         """Call ``callback(last_offset)`` after each delivered batch to that partition (only
-        with offsets higher than any reported before)."""
+        with offsets higher than any reported before); ``owner``: whose callback it is
+        (:meth:`delivers_to`)."""
         self._on_delivered[(topic, partition)] = callback
+        self._owners[(topic, partition)] = owner
+
+    def delivers_to(self, topic: str, partition: int, owner: object) -> bool:
+        """Whether deliveries to that partition are reported to ``owner``'s callback
+        already (a table's writes register theirs once, not once per batch)."""
+        return owner is not None and self._owners.get((topic, partition)) is owner
 
     @property
     def pending(self) -> int:

@@ -242,8 +242,12 @@ class LaneWriter(BulkWriter):
         super().enqueue_record(topic, partition, record)
         self._wake.set()
 
-    def on_delivered(self, topic: str, partition: int, callback: Any) -> None:
+    def on_delivered(self, topic: str, partition: int, callback: Any,
+                     owner: object = None) -> None:
         return None
+
+    def delivers_to(self, topic: str, partition: int, owner: object) -> bool:
+        return True  # deliveries are never reported here: no callback to register
 
     @property
     def queued(self) -> bool:
