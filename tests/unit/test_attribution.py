@@ -233,3 +233,20 @@ def test_offers_stored_in_another_order_or_with_numeric_flags_are_read() -> None
     assert [(o.offer_id, o.held_out, o.redeemed) for o in state.offers] == [
         ("o1", True, False), ("o2", False, True)]
     assert AttributionState.from_json(state.to_json()) == state
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.tuples(st.integers(0, 5), st.sampled_from("abcdef")),
+                         max_size=3), max_size=12))
+def test_an_offer_held_already_is_kept_once_and_offers_stay_in_time_order(
+        positions: list[list[tuple[int, str]]]) -> None:
+    """Offers come again (a position's offers recomputed after a crash, under a new
+    offset) and out of order; each (time, id) is held once, in (time, id) order."""
+    state, sent = AttributionState(), set()
+    for at, drawn in enumerate(positions):
+        offers = [offer(f"{name}{ts}", 1_000.0 + ts) for ts, name in drawn]
+        sent.update((o.ts, o.offer_id) for o in offers)
+        state, _ = state.with_position("kris", 1_000.0 + max((t for t, _ in drawn), default=0),
+                                       offers, Where(POS, 0, at), WINDOW)
+    held = [(o.ts, o.offer_id) for o in state.offers]
+    assert held == sorted(sent)[-MAX_OFFERS:]
