@@ -71,12 +71,21 @@ def parse_tier(value: object) -> Tier | None:
     if value is None or isinstance(value, Tier):
         return value
     if isinstance(value, str):
+        tier = _TIERS.get(value)  # the usual case: a tier's own name
+        if tier is not None:
+            return tier
         name = value.strip().upper()
         if not name:
             return None
-        if name in Tier.__members__:
-            return Tier[name]
+        tier = _TIERS.get(name)
+        if tier is not None:
+            return tier
     raise ValueError(f"unknown tier: {value!r}")
+
+
+#: Tiers by name (``Tier[name]`` and ``Tier.__members__`` go through the enum's Python-level
+#: lookups; a tier is parsed for every position).
+_TIERS: dict[str, Tier] = {tier.name: tier for tier in Tier}
 
 
 def tier_allows(customer_tier: Tier | str | None, min_tier: Tier | str | None) -> bool:

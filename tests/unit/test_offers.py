@@ -182,6 +182,18 @@ def test_tier_order() -> None:
     assert parse_tier(None) is None and parse_tier("") is None
 
 
+@pytest.mark.parametrize("name", ["CLIMBING", "BRONZE", "SILVER", "GOLD"])
+def test_a_tier_is_read_from_its_name_in_any_case(name: str) -> None:
+    for written in (name, name.lower(), name.title(), f" {name} "):
+        assert parse_tier(written) is Tier[name]
+
+
+@pytest.mark.parametrize("value", ["PLATINUM", "gold!", "  x ", 3])
+def test_an_unknown_tier_is_refused(value: object) -> None:
+    with pytest.raises(ValueError, match="unknown tier"):
+        parse_tier(value)
+
+
 @pytest.mark.parametrize(
     ("customer", "minimum", "allowed"),
     [
