@@ -30,7 +30,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from operator import attrgetter, itemgetter
+from operator import attrgetter
 from types import MappingProxyType
 from typing import Any, NamedTuple, TypeAlias
 
@@ -257,10 +257,14 @@ class AttributionState(NamedTuple):
                                 self.purchases_ts, self.applied)
 
     def to_json(self) -> dict[str, Any]:
-        """The stored form."""
+        """The stored form: JSON's types, except that the offers are the state's own named
+        tuples, which a JSON writer writes as arrays of their fields (the table writer, as
+        Faust's serializer does). Not copied into plain tuples: the state is written for
+        each position that brings an offer, and up to :data:`MAX_OFFERS` new tuples per
+        write, kept in the table until the shopper's next one, were most of what the
+        collector traversed on the offer path."""
         return {
-            # a slice of a named tuple is a plain tuple: half the time of tuple(offer)
-            "offers": list(map(_fields, self.offers)),
+            "offers": list(self.offers),
             "pending": [purchase.to_json() for purchase in self.pending],
             "positions_ts": None if self.positions_ts == NEVER else self.positions_ts,
             "purchases_ts": None if self.purchases_ts == NEVER else self.purchases_ts,
@@ -334,8 +338,6 @@ def _applied(applied: Mapping[Log, int], where: Where) -> dict[Log, int]:
 _purchase_order: Callable[[PurchaseMark], tuple[float, str]] = attrgetter("ts", "ref")
 _offer_order: Callable[[OfferMark], tuple[float, str]] = attrgetter("ts", "offer_id")
 _offer_ts: Callable[[OfferMark], float] = attrgetter("ts")
-#: An offer's fields as a plain tuple (its stored form).
-_fields: Callable[[OfferMark], tuple[Any, ...]] = itemgetter(slice(None))
 
 
 def mark(offer_id: str, pid: str, sku: str, ts: float, promotion: Promotion | None,

@@ -26,6 +26,7 @@ most ``attribution`` reads are such misses).
 from __future__ import annotations
 
 from collections.abc import Callable
+from operator import itemgetter
 from typing import Any, Generic, Protocol, TypeVar
 
 import orjson
@@ -130,7 +131,7 @@ class TableWrites:
                     enqueue(topic, partition, key.encode("utf-8"), None)
                     continue
                 data[key] = value
-                enqueue(topic, partition, key.encode("utf-8"), dumps(value))
+                enqueue(topic, partition, key.encode("utf-8"), dumps(value, default=_fields))
             written += len(values)
         self._pending.clear()
         self._tables.clear()
@@ -139,6 +140,12 @@ class TableWrites:
             for action in after:
                 action()
         return written
+
+
+#: What orjson cannot write by itself in a table value: a named tuple (a record's rows kept
+#: as they are, core/attribution.py), written as the array of its fields, as Faust's own
+#: serializer writes it; anything else still fails (not subscriptable by a slice).
+_fields: Callable[[Any], Any] = itemgetter(slice(None))
 
 
 def _persisted(store: Any, tp: TP) -> Any:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import orjson
+import pytest
+
 from app.runtime.bulk import BulkWriter
+from core.attribution import AttributionState, OfferMark
 from core.loyalty import Spend
 from tables.batch import DecodedCache, TableWrites
 from tables.loyalty import spend
+from tables.offers import attribution
 from tests.agents.conftest import Sent
 
 
@@ -51,3 +56,27 @@ def test_a_deleted_key_leaves_the_table_and_its_changelog_gets_a_tombstone(sent:
     assert [(key, value) for key, value, _, _ in queued] == [
         (b"kris\x1f20454", None), (b"never-there", None)]
 
+
+
+def test_a_shoppers_offers_are_kept_as_they_are_and_written_to_the_changelog_as_arrays(
+        sent: Sent) -> None:
+    offers = (OfferMark("o1", "p1", "101", 100.0, "101", None),
+              OfferMark("o2", "p1", "102", 160.0, None, "dairy", held_out=True, redeemed=True))
+    state = AttributionState(offers, (), 160.0, 90.0, {("customers.locations", 3): 41})
+    bulk = BulkWriter()
+    writes = TableWrites(3, bulk)
+    writes.put(attribution, "kris", state.to_json())
+    writes.commit()
+    assert attribution.data["kris"]["offers"][1] is offers[1]  # no copy per write
+    queued = bulk._queued[(attribution.changelog_topic.get_topic_name(), 3)]
+    written = orjson.loads(queued[0][1])
+    assert written["offers"] == [list(offer) for offer in offers]
+    assert AttributionState.from_json(written) == state  # what a restore reads back
+    with pytest.raises(TypeError):  # anything else orjson cannot write still fails
+        _commit_one(bulk, {"x": object()})
+
+
+def _commit_one(bulk: BulkWriter, value: object) -> None:
+    writes = TableWrites(3, bulk)
+    writes.put(attribution, "alex", value)
+    writes.commit()
