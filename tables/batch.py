@@ -47,18 +47,17 @@ class TableWrites:
     def __init__(self, partition: int, bulk: BulkWriter | None) -> None:
         self.partition = partition
         self._bulk = bulk
-        #: Pending values by table, the tables keyed by identity (a Faust table's __hash__
-        #: is a Python method, and these are read several times per record).
-        self._pending: dict[int, dict[str, Any]] = {}
-        self._tables: list[Any] = []
+        #: Each table written and its pending values, by the table's identity (a Faust
+        #: table's __hash__ is a Python method, and these are read several times a record).
+        self._pending: dict[int, tuple[Any, dict[str, Any]]] = {}
         self._emitted: list[tuple[Any, bytes, bytes]] = []
         self._after: list[Callable[[], object]] = []
 
     def get(self, table: Any, key: str) -> Any:
         """The value of ``key``: this batch's pending one, else the table's (``None``)."""
-        pending = self._pending.get(id(table))
-        if pending is not None and key in pending:
-            value = pending[key]
+        entry = self._pending.get(id(table))
+        if entry is not None and key in entry[1]:
+            value = entry[1][key]
             return None if value is _DELETED else value
         store = table.data
         if type(store) is MemoryStore:
@@ -67,18 +66,17 @@ class TableWrites:
 
     def put(self, table: Any, key: str, value: Any) -> None:
         """Set ``key`` to ``value`` at :meth:`commit` (a later put of the key replaces it)."""
-        pending = self._pending.get(id(table))
-        if pending is None:
-            pending = self._pending[id(table)] = {}
-            self._tables.append(table)
-        pending[key] = value
+        entry = self._pending.get(id(table))
+        if entry is None:
+            entry = self._pending[id(table)] = (table, {})
+        entry[1][key] = value
 
     def delete(self, table: Any, key: str) -> None:
         """Delete ``key`` at :meth:`commit` (a tombstone on the changelog)."""
         self.put(table, key, _DELETED)
 
     def __len__(self) -> int:
-        return sum(len(values) for values in self._pending.values())
+        return sum(len(values) for _, values in self._pending.values())
 
     def emit(self, topic: Any, key: bytes, value: bytes) -> None:
         """Send a record to an output ``topic`` (a Faust topic), partitioned by ``key``, with
@@ -105,8 +103,7 @@ class TableWrites:
                 else:
                     bulk.enqueue_keyed(topic.get_topic_name(), record_key, record)
             self._emitted.clear()
-        for table in self._tables:
-            values = self._pending[id(table)]
+        for table, values in self._pending.values():
             if bulk is None:
                 for key, value in values.items():
                     if value is not _DELETED:
@@ -134,7 +131,6 @@ class TableWrites:
                 enqueue(topic, partition, key.encode("utf-8"), dumps(value, default=_fields))
             written += len(values)
         self._pending.clear()
-        self._tables.clear()
         if self._after:
             after, self._after = self._after, []
             for action in after:
