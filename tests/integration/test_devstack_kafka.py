@@ -126,7 +126,8 @@ def test_kafka_devstack_serves_on_broker_url_and_sigterm_leaves_nothing(nodes: i
                REDIS_URL=f"redis://localhost:{free_port()}/0", DEVSTACK_BROKER="kafka",
                DEVSTACK_KAFKA_NODES=str(nodes))
     started = time.monotonic()
-    proc, lines = run_devstack(env, timeout=60)
+    # bounds for a shared host (make test runs other brokers' tests beside this one)
+    proc, lines = run_devstack(env, timeout=60 + 40 * nodes)
     startup_s = time.monotonic() - started
     try:
         bootstrap = ",".join(f"127.0.0.1:{base + i}" for i in range(nodes))
@@ -146,8 +147,9 @@ def test_kafka_devstack_serves_on_broker_url_and_sigterm_leaves_nothing(nodes: i
         code = proc.wait(timeout=60)
     assert code == 0
     assert all(pid_gone(pid) for pid in children)
-    # One node (jars cached, JVM warm-up included) is up in ~5 s here, three in ~10 s.
-    assert startup_s < 45, f"start-up took {startup_s:.1f} s"
+    # One node (jars cached, JVM warm-up included) is up in ~5 s on a quiet host, three in
+    # ~10 s; three JVMs starting beside other tests' brokers took over 60 s.
+    assert startup_s < 45 * nodes, f"start-up took {startup_s:.1f} s"
 
 
 def test_devstack_without_java_says_what_to_install(tmp_path: Path) -> None:
