@@ -30,12 +30,19 @@ from typing import Any
 
 from aiokafka import TopicPartition
 
-from app.dev.devstack import DevStack, free_port
+from app.dev.devstack import DevStack, TopicSpec, free_port
 from bench import kstreams_peer, outside
 from bench.deploy import Proc, StoreDeployment, StoreWorker, wait_until
 from bench.outside import Outcome, Target, Totals
 from bench.procstat import Window
-from bench.workload import Workload, create_topics, log, peer_topics, produce
+from bench.workload import (
+    COMPACT_TOPIC_CONFIG,
+    Workload,
+    create_topics,
+    log,
+    peer_topics,
+    produce,
+)
 
 #: storestream's rows against the peers: the recipe's path (what the peers compute and more:
 #: tier, stamps, baskets), the returns ledger and redemption attribution off, lifetime tiers.
@@ -244,9 +251,6 @@ def _prepared_peer(name: str, argv: list[str], env: dict[str, str], stack: DevSt
 
 def run_aiokafka(stack: DevStack, workload: Workload, tmp: Path, max_s: float) -> PeerResult:
     """The plain aiokafka loop."""
-    from app.dev.devstack import TopicSpec
-    from bench.workload import COMPACT_TOPIC_CONFIG
-
     prefix = f"bench-plain-{uuid.uuid4().hex[:6]}."
     changelog = f"{prefix}plain-state-changelog"
     argv = [sys.executable, "-m", "bench.plain_peer", "throughput", "--bootstrap",
@@ -299,8 +303,15 @@ def run_faust(stack: DevStack, workload: Workload, tmp: Path, max_s: float) -> P
            "PYTHONUNBUFFERED": "1"}
     argv = [sys.executable, "-m", "faust", "-A", "bench.stock_faust_app", "worker",
             "-l", "info", "--web-port", str(free_port())]  # it binds one even with web off
-    result, start, ends = _prepared_peer("faust", argv, env, stack, workload, tmp, prefix)
+    # Faust's own topics are created here, as it would (compacted changelogs with the source's
+    # partitions, the one-partition assignor topic), and known to the broker's metadata before
+    # it starts: stock Faust subscribes right after creating them, and on a loaded host a
+    # changelog missing from that first metadata crashed its agent (PartitionsMismatch, 0
+    # partitions) and stalled it for the rest of the window.
     names = {f"{app_id}-spend-changelog", f"{app_id}-coffee-changelog"}
+    own = [*(TopicSpec(name, workload.partitions, COMPACT_TOPIC_CONFIG) for name in sorted(names)),
+           TopicSpec(f"{app_id}-__assignor-__leader", 1, COMPACT_TOPIC_CONFIG)]
+    result, start, ends = _prepared_peer("faust", argv, env, stack, workload, tmp, prefix, own)
     target = Target(app_id, [f"{prefix}purchases"],
                     lambda topics: sorted(t for t in topics if t in names),
                     outside.decode_two_tables(outside.json_number),
