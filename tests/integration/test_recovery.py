@@ -94,10 +94,20 @@ def sample_users(records: list[Record], placed: list[tuple[str, int, int]], seed
     return sorted(chosen)
 
 
+#: How long a customer's document is asked again while the worker answers 503 (its group
+#: rebalancing: on a saturated host a worker can lose its group right after counting).
+RECOVERING_WAIT_S = 60.0
+
+
 def documents(worker: Worker, users: Iterable[str]) -> dict[str, Any]:
-    """``/customers/{id}/`` for every user (status code instead of the body when not 200)."""
+    """``/customers/{id}/`` for every user (status code instead of the body when not 200;
+    a 503, state recovering after a rebalance, is asked again for a bounded time)."""
     def one(user: str) -> tuple[str, Any]:
+        deadline = time.monotonic() + RECOVERING_WAIT_S
         status, body = worker.get(f"/customers/{user}/")
+        while status == 503 and time.monotonic() < deadline:
+            time.sleep(0.5)
+            status, body = worker.get(f"/customers/{user}/")
         return user, body if status == 200 else status
     with ThreadPoolExecutor(8) as pool:
         return dict(pool.map(one, users))
