@@ -89,6 +89,8 @@ app = faust.App(
     value_serializer="raw",
     table_standby_replicas=1,
     TableManager="app.runtime.recovery:TableManager",
+    # A stopping worker exits within SHUTDOWN_GRACE_S, even with its broker gone.
+    Worker="app.runtime.shutdown:Worker",
     web_port=SETTINGS.web_port,
     web_bind=SETTINGS.web_bind,
     web_host=os.environ.get("WEB_HOST", _web_host()),

@@ -149,6 +149,8 @@ class Settings:
     producer_idempotence: bool = False
     gc_gen0_threshold: int = 10_000
     broker_session_timeout_s: float = 6.0
+    #: Longest a stopping worker takes before it exits anyway (``0``: no limit, Faust's own).
+    shutdown_grace_s: float = 25.0
     #: Whether recovery reads past each changelog end offset the broker reports
     #: (``app/runtime/recovery.py``: Tansu reports them too low).
     recovery_probe: bool = True
@@ -403,6 +405,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
             broker_session_timeout_s=float(
                 pick("BROKER_SESSION_TIMEOUT_S", main, "broker_session_timeout_s", 6)
             ),
+            shutdown_grace_s=float(pick("SHUTDOWN_GRACE_S", main, "shutdown_grace_s",
+                                        defaults.shutdown_grace_s)),
             recovery_probe=_switch(pick("RECOVERY_PROBE", main, "recovery_probe", "on")),
             recovery_bulk=_switch(pick("RECOVERY_BULK", main, "recovery_bulk", "on")),
             repartition=repartition_modes(env, main),
@@ -420,6 +424,8 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         raise ConfigError("REFERENCE_FETCH_INTERVAL_MS must be 0 (every fetch) to 60000")
     if not 0 <= settings.offer_backstop_ms <= 60_000:
         raise ConfigError("OFFER_BACKSTOP_MS must be 0 (no direct push) to 60000")
+    if not 0 <= settings.shutdown_grace_s < float("inf"):
+        raise ConfigError("SHUTDOWN_GRACE_S must be >= 0 seconds (0: no limit)")
     if settings.gc_gen0_threshold < 0:
         raise ConfigError("GC_GEN0_THRESHOLD must be >= 0 (0: Python's default collector)")
     if settings.key_partitioner not in PARTITIONERS:

@@ -24,6 +24,7 @@ def test_faust_ini_defaults_reproduce_the_recipe() -> None:
     }
     assert settings.offer_radius_m == 0.9144 and settings.offer_cooldown_s == 1800
     assert settings.gc_gen0_threshold == 10_000
+    assert settings.shutdown_grace_s == 25
     assert settings.consumer_max_fetch_size == 4 * 1024 * 1024
     assert settings.reference_fetch_interval_ms == 100
     assert settings.offer_backstop_ms == 1000 and settings.direct_push
@@ -34,9 +35,10 @@ def test_environment_overrides_the_file() -> None:
         "STORESTREAM_CONFIG": str(ROOT / "faust.ini"), "BROKER_URL": "kafka://k1:9093",
         "WEB_PORT": "7000", "WEB_TOKEN": "t", "TOPIC_PARTITIONS": "8", "APP_STORE": "rocksdb://",
         "OFFER_RADIUS_M": "2.5", "TOPIC_PREFIX": "x.", "GC_GEN0_THRESHOLD": "0",
-        "REFERENCE_FETCH_INTERVAL_MS": "0", "OFFER_BACKSTOP_MS": "0",
+        "REFERENCE_FETCH_INTERVAL_MS": "0", "OFFER_BACKSTOP_MS": "0", "SHUTDOWN_GRACE_S": "0",
     })
     assert settings.offer_backstop_ms == 0 and not settings.direct_push
+    assert settings.shutdown_grace_s == 0
     assert settings.gc_gen0_threshold == 0 and settings.reference_fetch_interval_ms == 0
     assert settings.topics.reference == {"x.products", "x.users", "x.stores.products",
                                          "x.products.promotions"}
@@ -65,6 +67,7 @@ def test_campaigns_and_tiers_come_from_the_ini(tmp_path: Path) -> None:
     {"REFERENCE_FETCH_INTERVAL_MS": "60001"}, {"OFFER_BACKSTOP_MS": "-1"},
     {"REDEMPTION_WINDOW_S": "-1"}, {"REDEMPTION_WINDOW_S": "inf"},
     {"CONTROL_GROUP_PCT": "-1"}, {"CONTROL_GROUP_PCT": "101"}, {"MAX_ACCURACY_M": "-2"},
+    {"SHUTDOWN_GRACE_S": "-1"}, {"SHUTDOWN_GRACE_S": "inf"},
 ])
 def test_bad_settings_are_refused_with_a_message(env: dict[str, str]) -> None:
     with pytest.raises(ConfigError):
