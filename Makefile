@@ -48,8 +48,8 @@ demo: install
 # Two pytest processes (pytest-xdist; an idle one takes tests queued for the busy one), each
 # with its own broker and redis (the integration tier's session fixture): the tier's tests
 # mostly wait on brokers and worker processes, so the suite takes ~17 min instead of ~37 on
-# the 2-core VM. Three took 15-16 min, but a worker then answered 503 in a recovery test on
-# the saturated host. TEST_JOBS=0: one process.
+# the 2-core VM. Three took 15-16 min but starved the host (load ~6: worker groups lost,
+# start-up bounds missed) for one or two minutes saved. TEST_JOBS=0: one process.
 TEST_JOBS ?= 2
 TEST_DIST := $(if $(filter 0,$(TEST_JOBS)),,--dist worksteal)
 
