@@ -47,7 +47,7 @@ demo: install
 
 # Two pytest processes (pytest-xdist; an idle one takes tests queued for the busy one), each
 # with its own broker and redis (the integration tier's session fixture): the tier's tests
-# mostly wait on brokers and worker processes, so the suite takes ~17 min instead of ~37 on
+# mostly wait on brokers and worker processes, so the suite takes ~18 min instead of ~37 on
 # the 2-core VM. Three took 15-16 min but starved the host (load ~6: worker groups lost,
 # start-up bounds missed) for one or two minutes saved. TEST_JOBS=0: one process.
 TEST_JOBS ?= 2

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaClient, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
 from app.dev.devstack import TopicSpec, ensure_topics
@@ -112,36 +112,8 @@ def expected_totals(workload: Workload) -> tuple[dict[str, float], dict[str, int
 
 async def create_topics(bootstrap: str, specs: Sequence[TopicSpec]) -> None:
     """Create topics with explicit settings (retention.ms and cleanup.policy always set),
-    returning once the broker's metadata shows every partition of each with a leader."""
+    returning once every partition has a leader (:func:`app.dev.devstack.ensure_topics`)."""
     await ensure_topics(bootstrap, specs, timeout=30.0)
-    await until_led(bootstrap, {s.name: s.partitions for s in specs})
-
-
-async def until_led(bootstrap: str, partitions: dict[str, int], timeout_s: float = 30.0) -> None:
-    """Wait until a metadata request shows every partition of ``partitions`` (name -> count)
-    with a leader.
-
-    Apache Kafka answers CreateTopics once its controller has committed the topics; a broker's
-    metadata shows them a moment later, longer on a loaded host. A peer that subscribes in
-    that moment can be told a topic does not exist (stock Faust's agent then crashes with
-    ``PartitionsMismatch`` and restarts for a minute), and a producer is told
-    ``NotLeaderForPartition`` and retries.
-    """
-    client = AIOKafkaClient(bootstrap_servers=bootstrap.removeprefix("kafka://"))
-    await client.bootstrap()
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            cluster = await client.fetch_all_metadata()
-            missing = [f"{name}[{p}]" for name, count in partitions.items() for p in range(count)
-                       if cluster.leader_for_partition(TopicPartition(name, p)) in (None, -1)]
-            if not missing:
-                return
-            if time.monotonic() >= deadline:
-                raise TimeoutError(f"no leader after {timeout_s:.0f} s for {', '.join(missing)}")
-            await asyncio.sleep(0.1)
-    finally:
-        await client.close()
 
 
 async def delete_topics(bootstrap: str, prefixes: Sequence[str]) -> list[str]:

@@ -649,11 +649,18 @@ async def ensure_topics(
     *,
     timeout: float = 10.0,
 ) -> list[str]:
-    """Create ``topics`` (name->partitions, or TopicSpecs) with explicit configs.
+    """Create ``topics`` (name->partitions, or TopicSpecs) with explicit configs, returning
+    once the broker's metadata shows every partition of each with a leader.
 
     ``bootstrap`` is ``host:port`` or ``kafka://host:port`` (comma lists allowed).
     Topics that already exist are left alone. Returns the names actually created.
     Each spec carries its replication factor (1 unless set).
+
+    Apache Kafka answers CreateTopics once its controller has committed the topics; a
+    broker's metadata shows them a moment later, longer on a loaded host. A client that
+    subscribes in that moment can be told a topic does not exist (stock Faust, the bench's
+    peer, then crashed with ``PartitionsMismatch`` and stalled), and a producer is told
+    ``NotLeaderForPartition`` and retries.
     """
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -691,7 +698,31 @@ async def ensure_topics(
             failures.append(f"{topic}: {message}")
     if failures:
         raise DevStackError("could not create topics: " + "; ".join(failures))
+    await _until_led(bootstrap, {s.name: s.partitions for s in specs}, timeout)
     return created
+
+
+async def _until_led(bootstrap: str, partitions: Mapping[str, int], timeout: float) -> None:
+    """Wait until a metadata request shows every partition of ``partitions`` (name -> count)
+    with a leader (:class:`DevStackError` after ``timeout`` seconds)."""
+    from aiokafka import AIOKafkaClient, TopicPartition
+
+    client = AIOKafkaClient(bootstrap_servers=_bootstrap_servers(bootstrap))
+    try:
+        await asyncio.wait_for(client.bootstrap(), timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            cluster = await client.fetch_all_metadata()
+            missing = [f"{name}[{p}]" for name, count in partitions.items() for p in range(count)
+                       if cluster.leader_for_partition(TopicPartition(name, p)) in (None, -1)]
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                raise DevStackError(f"no partition leader {timeout:.0f} s after creating "
+                                    f"the topics: {', '.join(missing)}")
+            await asyncio.sleep(0.1)
+    finally:
+        await client.close()
 
 
 # ------------------------------------------------------------------------ serving

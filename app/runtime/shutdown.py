@@ -52,6 +52,7 @@ class ShutdownWatchdog:
         """Start the countdown (once; a grace of 0 never starts one)."""
         if self._timer is not None or self.grace_s <= 0:
             return
+        log.info("stopping: exiting within SHUTDOWN_GRACE_S=%g s", self.grace_s)
         self._timer = threading.Timer(self.grace_s, self._expire)
         self._timer.daemon = True  # a worker that stops in time exits without waiting for it
         self._timer.name = "storestream-shutdown-watchdog"
@@ -83,8 +84,5 @@ class Worker(faust.Worker):  # type: ignore[misc]
 
     async def on_stop(self) -> None:
         """mode's hook, run first when the worker stops: start the countdown."""
-        if self.shutdown_watchdog.grace_s > 0:
-            log.info("stopping: exiting within SHUTDOWN_GRACE_S=%g s",
-                     self.shutdown_watchdog.grace_s)
         self.shutdown_watchdog.arm()
         await super().on_stop()

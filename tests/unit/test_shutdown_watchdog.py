@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from app.runtime.shutdown import EXIT_GRACE_EXPIRED
+from app.runtime.shutdown import EXIT_GRACE_EXPIRED, ShutdownWatchdog
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,8 +60,6 @@ def test_a_grace_of_zero_never_ends_the_process() -> None:
 
 
 def test_arming_twice_keeps_the_first_countdown() -> None:
-    from app.runtime.shutdown import ShutdownWatchdog
-
     dog = ShutdownWatchdog(3600)
     dog.arm()
     first = dog._timer
