@@ -12,7 +12,7 @@ from faust.serializers import codecs
 
 from app.broker import broker_check
 from app.routing.partitioning import KeyPartitioner
-from app.runtime import gc_tuning, internals, transport
+from app.runtime import gc_tuning, internals, local_state, transport
 from app.runtime.guarantees import on_worker_init as check_processing_guarantee
 from app.settings import SETTINGS
 from app.web.auth import bearer_auth
@@ -122,6 +122,14 @@ app.on_worker_init.connect(broker_check.on_worker_init)
 app.on_worker_init.connect(_check_guarantee)
 app.on_worker_init.connect(_check_internals)
 app.on_worker_init.connect(_tune_gc)
+
+
+def _local_state(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
+    """``rocksdb://``: local tables are used again only after a settled stop."""
+    local_state.on_worker_init(sender)
+
+
+app.on_worker_init.connect(_local_state)
 
 
 def _stall_probe(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:

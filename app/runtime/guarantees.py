@@ -20,7 +20,8 @@ output of the source offsets it commits: see the notes above :class:`CommitGate`
 
 Private internals mirrored (listed in app/runtime/internals.py; checked against
 faust-streaming 0.15.3, re-check on upgrade): ``faust.transport.consumer``:
-``TransactionManager.send`` and ``TransactionManager.on_rebalance`` (overridden),
+``TransactionManager.send``, ``TransactionManager.on_rebalance`` and
+``TransactionManager.commit`` (overridden; the last crashes the app when fenced),
 ``TransactionManager._tps_to_transactional_ids``, ``TransactionManager.transactional_id_format``
 (copied in :func:`source_transaction`), ``Consumer._commit_offsets`` (flushes the producer
 under at_least_once only); ``faust.transport.drivers.aiokafka``:
@@ -35,6 +36,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -42,7 +44,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from faust.streams import current_event
 from faust.transport.consumer import TransactionManager as _FaustTransactionManager
 
-from app.runtime.bulk import BulkWriter
+from app.runtime.bulk import BulkWriter, Delivered
 
 log = logging.getLogger(__name__)
 
@@ -155,11 +157,22 @@ class CommitGate:
 
     Each event's processing runs inside :meth:`event`; :meth:`closed` stops new events at the
     gate and returns once none is in flight. With nothing closing it (at_least_once) it costs
-    two counter updates per event.
+    three counter updates per event.
+
+    It also tells whether everything processed is committed (:attr:`settled`, under either
+    guarantee): what :mod:`app.runtime.local_state` needs to trust a worker's local state
+    after it stops.
     """
 
     def __init__(self) -> None:
         self._in_flight = 0
+        #: Events (or batches) that entered the gate, and how many of the first ones a
+        #: successful commit covers.
+        self.entered = 0
+        self.committed_through = 0
+        #: Why output of processed events may be lost although a later commit succeeded
+        #: (e.g. a transaction abandoned with its revoked partitions); ``None``: nothing.
+        self.tainted: str | None = None
         self._open = asyncio.Event()
         self._open.set()
         self._idle = asyncio.Event()
@@ -170,12 +183,35 @@ class CommitGate:
         """Events being processed now."""
         return self._in_flight
 
+    @property
+    def unsettled(self) -> int:
+        """Events entered since the last successful commit began (or being processed)."""
+        return self.entered - self.committed_through
+
+    @property
+    def settled(self) -> bool:
+        """Whether every event processed so far is in a successful commit and none of their
+        output was dropped: the local state holds nothing the changelogs lack."""
+        return self.tainted is None and not self.unsettled and not self._in_flight
+
+    def commit_succeeded(self, through: int) -> None:
+        """A commit that began once ``through`` events had entered succeeded: their output
+        is acknowledged (at_least_once) or committed (exactly_once), their offsets too."""
+        self.committed_through = max(self.committed_through, through)
+
+    def taint(self, reason: str) -> None:
+        """Output of processed events was dropped: never settled again in this process."""
+        if self.tainted is None:
+            log.warning("local state not settled until restart: %s", reason)
+            self.tainted = reason
+
     @contextlib.asynccontextmanager
     async def event(self) -> AsyncIterator[None]:
         """Process one event (or one batch) between two commits."""
         while not self._open.is_set():
             await self._open.wait()
         self._in_flight += 1
+        self.entered += 1
         self._idle.clear()
         try:
             yield
@@ -229,25 +265,38 @@ class LaneWriter(BulkWriter):
     synchronous step as the table change) and sent as they come by :class:`LaneWriters`, with
     the partition's transactional producer, always under Faust's lock of that producer (never
     while it commits); :func:`commit_barrier` sends what is left and waits for the broker
-    before Faust commits the partition's offsets in that transaction. Table stores' persisted
-    offsets are not advanced per delivered batch (an uncommitted record may still be
-    aborted): a ``rocksdb://`` recovery reads the changelog from further back, which is safe.
+    before Faust commits the partition's offsets in that transaction. Deliveries are reported
+    to their callbacks (a table store's persisted offset) only once that transaction has
+    committed (:meth:`committed`): a record acknowledged may still be aborted before, and a
+    ``rocksdb://`` restart must then read it again, or rather, not find it.
     """
 
     def __init__(self, wake: asyncio.Event) -> None:
         super().__init__()
         self._wake = wake
+        #: Per destination: the callback to report to after the commit, and the highest
+        #: offset acknowledged in the open transaction.
+        self._after_commit: dict[tuple[str, int], Delivered] = {}
+        self._acknowledged: dict[tuple[str, int], int] = {}
 
     def enqueue_record(self, topic: str, partition: int, record: Any) -> None:
         super().enqueue_record(topic, partition, record)
         self._wake.set()
 
-    def on_delivered(self, topic: str, partition: int, callback: Any,
+    def on_delivered(self, topic: str, partition: int, callback: Delivered,
                      owner: object = None) -> None:
-        return None
+        """Report to ``callback`` after the transaction commits (:meth:`committed`)."""
+        destination = (topic, partition)
+        self._after_commit[destination] = callback
+        super().on_delivered(topic, partition,
+                             partial(self._acknowledged.__setitem__, destination), owner)
 
-    def delivers_to(self, topic: str, partition: int, owner: object) -> bool:
-        return True  # deliveries are never reported here: no callback to register
+    def committed(self) -> None:
+        """Its transaction committed: report what it acknowledged."""
+        acknowledged = dict(self._acknowledged)
+        self._acknowledged.clear()
+        for destination, offset in acknowledged.items():
+            self._after_commit[destination](offset)
 
     @property
     def queued(self) -> bool:
@@ -319,6 +368,13 @@ class LaneWriters:
         for writer, txn in await self._drain_all(producer):
             await writer.flush(txn)
 
+    def committed(self, tids: Iterable[str]) -> None:
+        """The transactions ``tids`` committed: their writers report their deliveries."""
+        for tid in tids:
+            writer = self._writers.get(tid)
+            if writer is not None:
+                writer.committed()
+
     def discard(self, tids: Iterable[str]) -> None:
         """Forget the records of revoked partitions: their transactions are abandoned and
         the events are processed again by the partitions' next owner."""
@@ -365,8 +421,26 @@ class TransactionManager(_FaustTransactionManager):  # type: ignore[misc]
                         "picks its transaction by destination partition", topic)
         return await super().send(topic, key, value, partition, timestamp, headers)
 
+    async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
+        """Faust's; once the transactions committed, the fast lane's deliveries in them are
+        reported (:meth:`LaneWriter.committed`). Faust's own changelog writes under
+        exactly_once wait for ``TableManager.on_commit``, which looks them up by the source
+        partitions committed while they are kept by changelog partition: they are never
+        persisted (faust-streaming 0.15.3); only the agent path's tables (catalogue,
+        profiles, displays, promotions) are written that way here."""
+        tids = self._tps_to_transactional_ids(set(offsets))
+        committed = bool(await super().commit(offsets, start_new_transaction))
+        if committed and not self.app.crashed:  # Faust crashes the app when fenced
+            LANE_WRITERS.committed(tids)
+        return committed
+
     async def on_rebalance(self, assigned: Any, revoked: Any, newly_assigned: Any) -> None:
         """Faust's (stop the revoked partitions' producers, start the assigned ones'), and
-        drop the fast lane's records of revoked partitions."""
+        drop the fast lane's records of revoked partitions (their transactions are abandoned:
+        with events processed since the last commit, the local state holds output that the
+        changelogs will not, :meth:`CommitGate.taint`)."""
+        if revoked and GATE.unsettled:
+            GATE.taint(f"{len(revoked)} partition(s) revoked with {GATE.unsettled} event(s) "
+                       "processed since the last commit (their transactions are abandoned)")
         LANE_WRITERS.discard(self._tps_to_transactional_ids(revoked))
         await super().on_rebalance(assigned, revoked, newly_assigned)

@@ -145,6 +145,7 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
         "faust-streaming": (
             f"{_FAUST_CONSUMER}.TransactionManager.send",
             f"{_FAUST_CONSUMER}.TransactionManager.on_rebalance",
+            f"{_FAUST_CONSUMER}.TransactionManager.commit",
             f"{_FAUST_CONSUMER}.TransactionManager._tps_to_transactional_ids",
             f"{_FAUST_CONSUMER}.TransactionManager.transactional_id_format",
             f"{_FAUST_CONSUMER}.Consumer._commit_offsets",

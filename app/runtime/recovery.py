@@ -81,6 +81,16 @@ REPLICA_WAIT_TIMEOUT_S = 120.0
 BULK_BUDGET_SHARE = 0.5
 
 
+class BulkRestored:
+    """Changelog records this worker applied in bulk restores (``/metrics``:
+    ``storestream_restored_records_total``)."""
+
+    records = 0
+
+
+BULK_RESTORED = BulkRestored()
+
+
 def _utf8(raw: bytes | None) -> Any:
     return None if raw is None else raw.decode("utf-8")
 
@@ -296,6 +306,7 @@ class ProbingRecovery(Recovery):  # type: ignore[misc]
             if offset > offsets[tp]:
                 offsets[tp] = offset
         elapsed = time.monotonic() - started
+        BULK_RESTORED.records += applied[0]
         left = sum(max(0, spans[key][1] - offset) for key, offset in reached.items())
         log.info("bulk restore: %d records into %d partitions in %.2f s (%.0f records/s)%s",
                  applied[0], len(spans), elapsed, applied[0] / max(elapsed, 1e-9),

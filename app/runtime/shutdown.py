@@ -27,6 +27,7 @@ from typing import Any
 
 import faust
 
+from app.runtime import local_state
 from app.settings import SETTINGS
 
 log = logging.getLogger(__name__)
@@ -86,3 +87,9 @@ class Worker(faust.Worker):  # type: ignore[misc]
         """mode's hook, run first when the worker stops: start the countdown."""
         self.shutdown_watchdog.arm()
         await super().on_stop()
+
+    async def on_shutdown(self) -> None:
+        """mode's hook, run last, once every service stopped: say whether the local state
+        can be used again (:mod:`app.runtime.local_state`)."""
+        await super().on_shutdown()
+        local_state.on_worker_stopped(self.app, bool(self.crashed))

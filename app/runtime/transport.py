@@ -280,8 +280,13 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         commit_barrier`)."""
         self._lane_since_commit = 0
         async with guarantees.commit_barrier(self.app):
-            return cast(bool, await super().force_commit(
+            # events still being processed (at_least_once) may not have queued their output
+            through = guarantees.GATE.entered - guarantees.GATE.in_flight
+            committed = cast(bool, await super().force_commit(
                 topics, start_new_transaction=start_new_transaction))
+            if committed:
+                guarantees.GATE.commit_succeeded(through)
+            return committed
 
     def _commit_if_caught_up(self, tps: Iterable[TP], processed: int) -> None:
         """Commit now, not at the next commit interval, once the lanes have processed at least

@@ -9,6 +9,8 @@ from typing import Any, cast
 from app.delivery import parking
 from app.faust_app import METRICS, app
 from app.routing.misplaced import PLACEMENT
+from app.runtime import local_state
+from app.runtime.recovery import BULK_RESTORED
 from app.runtime.replica import not_ready
 from app.settings import SETTINGS
 from app.web.readiness import waiting_for
@@ -111,6 +113,9 @@ async def metrics(web: Any, request: Any) -> Any:
                           ("promotions", PROMOTIONS)):
         METRICS.set("storestream_replica_keys", float(len(replica.data)), table=name)
         METRICS.set("storestream_replica_applied_total", float(replica.applied), table=name)
+    METRICS.set("storestream_restored_records_total", float(BULK_RESTORED.records))
+    for found in local_state.PREPARED:  # rocksdb://: local tables kept or deleted at start
+        METRICS.set("storestream_local_state", 1.0, at_start=found)
     counts: dict[tuple[str, str], int] = getattr(app.consumer, "fetch_counts", dict)()
     for kind in ("changelog", "input"):
         for state in ("fetching", "paused"):

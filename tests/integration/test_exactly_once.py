@@ -512,3 +512,83 @@ def test_an_offer_of_an_uncommitted_transaction_is_never_pushed(
     # one Ably discards by that id.
     assert set(ably.publish_counts()) == set(offer_ids), ably.publish_counts().get(None)
     assert_path_taken(deployment, again)
+
+
+@pytest.fixture
+def pushed_rocksdb(stack: DevStack, tmp_path: Path, ably: AblyStub) -> Iterator[Deployment]:
+    """exactly_once workers with ``rocksdb://`` tables (the fast lane), pushing offers."""
+    with deployed(stack, tmp_path, extra_env={
+        "PROCESSING_GUARANTEE": "exactly_once", "APP_STORE": "rocksdb://", **ably.worker_env(),
+    }) as running:
+        assert transactions_missing(running) is None, "the test broker must have transactions"
+        yield running
+
+
+def test_rocksdb_sigkill_restart_on_its_own_local_state_counts_every_purchase_once(
+        pushed_rocksdb: Deployment, ably: AblyStub) -> None:
+    """The worker is killed mid-stream and restarted on the same data directory: its local
+    RocksDB state holds what the aborted transaction wrote. Every customer must still come
+    out exact, each loyalty event be written once, and nothing be counted as a duplicate."""
+    deployment = pushed_rocksdb
+    first = deployment.start_worker("w1")
+    first.wait_ready(90)
+    open_store(deployment, first)
+    purchases, positions, stream = workload(seed=7)
+    failure: list[BaseException] = []
+
+    def produce_slowly() -> None:
+        try:
+            for start in range(0, len(stream), 120):
+                step = start // 120 * 6
+                deployment.produce(stream[start:start + 120] + positions[step:step + 6])
+                time.sleep(0.4)
+        except BaseException as exc:
+            failure.append(exc)
+
+    producer = threading.Thread(target=produce_slowly, daemon=True)
+    producer.start()
+    before = wait_for("a committed transaction", lambda: deployment.committed("purchases"),
+                      60, interval=0.2)
+    wait_for("the next commit", lambda: deployment.committed("purchases") > before, 30,
+             interval=0.1)
+    time.sleep(1.0)
+    killed_at = counted(first, deployment, "purchases")
+    first.stop(signal.SIGKILL)
+    committed = deployment.committed("purchases")
+    producer.join(60)
+    assert not producer.is_alive() and not failure, failure
+    assert committed < killed_at < len(stream)
+
+    documents, events = oracle(purchases)
+    again = deployment.start_worker("w1")  # the same data directory: its local state
+    again.wait_ready(90)
+    # killed with uncommitted output: its local state is deleted and restored whole
+    assert again.metric("storestream_local_state", at_start="deleted") == 1
+    wait_for("every customer exact", lambda: not wrong(again, documents), 90, interval=1.0)
+    deployment.wait_committed("purchases", len(stream))
+    expected_events = sum(len(v) for v in events.values())
+    assert event_log(deployment, expected_events) == events
+    assert counted(again, deployment, "purchases", outcome="duplicate") == 0
+
+
+def test_rocksdb_sigterm_restart_keeps_its_local_state_and_reads_only_the_changelog_tail(
+        pushed_rocksdb: Deployment) -> None:
+    """Stopped settled, a worker starts again on its local state; its tables' persisted
+    offsets followed its committed transactions, so it restores (next to nothing) past
+    them, not every changelog record written since its previous start."""
+    deployment = pushed_rocksdb
+    first = deployment.start_worker("w1")
+    first.wait_ready(90)
+    purchases, _, _ = workload(seed=9)
+    deployment.produce(purchases)
+    deployment.wait_committed("purchases", len(purchases))
+    first.stop(signal.SIGTERM)
+
+    documents, _ = oracle(purchases)
+    again = deployment.start_worker("w1")
+    again.wait_ready(90)
+    assert again.metric("storestream_local_state", at_start="kept") == 1
+    restored = again.metric("storestream_restored_records_total")
+    print(f"restored {restored:.0f} changelog records after {len(purchases)} purchases")
+    assert 0 <= restored < len(documents) / 10
+    assert not wrong(again, documents)

@@ -346,6 +346,8 @@ def test_rocksdb_restart_with_its_local_state(stack: DevStack, tmp_path: Path) -
 
         again = deployment.start_worker("w1")  # same data dir: local state + changelog tail
         again.wait_ready(90)
+        # stopped with everything committed: its local state is used again, not deleted
+        assert again.metric("storestream_local_state", at_start="kept") == 1
         assert_restored(again, expected, users)
         assert_nothing_reprocessed(deployment, again, len(records))
 
