@@ -65,6 +65,7 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
             f"{_FAUST_CONSUMER}.Consumer._add_gap",
             f"{_FAUST_CONSUMER}.Consumer.ack",
             f"{_FAUST_CONSUMER}.Consumer.commit_and_end_transactions",
+            f"{_FAUST_CONSUMER}.Consumer.on_partitions_revoked",
             f"{_FAUST_CONSUMER}.Consumer._committed_offset",
             f"{_FAUST_CONSUMER}.Consumer._acked_index",
             f"{_FAUST_CONSUMER}.Consumer._acked",
@@ -139,6 +140,15 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
             "aiokafka.producer.producer.AIOKafkaProducer._message_accumulator",
             "aiokafka.producer.message_accumulator.MessageAccumulator._batches",
             "aiokafka.producer.message_accumulator.MessageBatch.append",
+        ),
+    },
+    "app/runtime/stable_offsets.py": {
+        "aiokafka": (
+            "aiokafka.consumer.group_coordinator.GroupCoordinator._do_fetch_commit_offsets",
+            "aiokafka.consumer.group_coordinator.GroupCoordinator._client",
+            "aiokafka.consumer.group_coordinator.GroupCoordinator._send_req",
+            "aiokafka.consumer.group_coordinator.GroupCoordinator.coordinator_dead",
+            f"{_CONSUMER}._client",
         ),
     },
     "app/runtime/guarantees.py": {
