@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import ssl
+import sys
 from typing import Any
 
 import faust
@@ -126,7 +127,7 @@ app.on_worker_init.connect(_tune_gc)
 
 def _local_state(sender: Any, /, *args: Any, signal: Any, **kwargs: Any) -> None:
     """``rocksdb://``: local tables are used again only after a settled stop."""
-    local_state.on_worker_init(sender)
+    local_state.on_worker_init(sender, broker_check.invoked_command(sys.argv))
 
 
 app.on_worker_init.connect(_local_state)

@@ -78,10 +78,11 @@ def record_stop(appdir: Path, crashed: bool, gate: CommitGate = GATE) -> bool:
 PREPARED: list[str] = []
 
 
-def on_worker_init(app: Any, **kwargs: Any) -> None:
-    """``app.on_worker_init`` receiver: :func:`prepare` when tables are on disk, once per
-    process (Faust sends the signal more than once on a worker's start)."""
-    if uses_local_state(app.conf.store) and not PREPARED:
+def on_worker_init(app: Any, command: str | None, **kwargs: Any) -> None:
+    """``app.on_worker_init`` receiver: :func:`prepare` when tables are on disk, for the
+    ``worker`` command only (another command run beside a worker must never touch its
+    state) and once per process (Faust sends the signal twice on a worker's start)."""
+    if command == "worker" and uses_local_state(app.conf.store) and not PREPARED:
         PREPARED.append(prepare(Path(app.conf.appdir), Path(app.conf.tabledir)))
 
 

@@ -7,6 +7,9 @@ import asyncio
 from pathlib import Path
 from types import SimpleNamespace
 
+import pytest
+
+from app.runtime import local_state
 from app.runtime.guarantees import CommitGate, LaneWriter
 from app.runtime.local_state import MARKER, prepare, record_stop
 
@@ -120,3 +123,18 @@ def test_a_lane_writer_reports_deliveries_only_once_its_transaction_committed() 
         assert persisted == [17]
 
     asyncio.run(scenario())
+
+
+def test_only_the_worker_command_prepares_local_state(tmp_path: Path,
+                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``faust -A app topics`` run beside a worker (whose marker is gone while it runs)
+    must not delete the worker's state."""
+    appdir, tabledir = filled(tmp_path)
+    monkeypatch.setattr(local_state, "PREPARED", [])
+    app = SimpleNamespace(conf=SimpleNamespace(store="rocksdb:", appdir=appdir,
+                                               tabledir=tabledir))
+    local_state.on_worker_init(app, "topics")
+    assert tabledir.exists() and local_state.PREPARED == []
+    local_state.on_worker_init(app, "worker")
+    local_state.on_worker_init(app, "worker")  # Faust sends it twice: prepared once
+    assert local_state.PREPARED == ["deleted"] and not tabledir.exists()
