@@ -22,6 +22,7 @@ abandoned with revoked partitions costs a full restore, never a wrong count.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import shutil
@@ -78,11 +79,39 @@ def record_stop(appdir: Path, crashed: bool, gate: CommitGate = GATE) -> bool:
 PREPARED: list[str] = []
 
 
+class DataDirInUse(SystemExit):
+    """Another worker holds this data directory."""
+
+
+#: The lock file held by a worker on its app directory for as long as it runs.
+LOCK = "worker.lock"
+#: This process's lock (kept open: the lock lasts as long as the descriptor).
+_HELD: list[Any] = []
+
+
+def hold(appdir: Path) -> None:
+    """Lock ``appdir`` for this process, or exit saying which directory is in use: two
+    workers on one data directory would open the same RocksDB stores, and one starting
+    after an unsettled stop would delete the other's."""
+    appdir.mkdir(parents=True, exist_ok=True)
+    handle = open(appdir / LOCK, "a+")  # noqa: SIM115 (held until the process ends)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise DataDirInUse(
+            f"storestream: the data directory {appdir.parent} is in use by another worker; "
+            "give each worker its own APP_DATADIR") from None
+    _HELD.append(handle)
+
+
 def on_worker_init(app: Any, command: str | None, **kwargs: Any) -> None:
-    """``app.on_worker_init`` receiver: :func:`prepare` when tables are on disk, for the
-    ``worker`` command only (another command run beside a worker must never touch its
-    state) and once per process (Faust sends the signal twice on a worker's start)."""
+    """``app.on_worker_init`` receiver: :func:`hold` then :func:`prepare` when tables are
+    on disk, for the ``worker`` command only (another command run beside a worker must
+    never touch its state) and once per process (Faust sends the signal twice on a
+    worker's start)."""
     if command == "worker" and uses_local_state(app.conf.store) and not PREPARED:
+        hold(Path(app.conf.appdir))
         PREPARED.append(prepare(Path(app.conf.appdir), Path(app.conf.tabledir)))
 
 

@@ -138,3 +138,10 @@ def test_only_the_worker_command_prepares_local_state(tmp_path: Path,
     local_state.on_worker_init(app, "worker")
     local_state.on_worker_init(app, "worker")  # Faust sends it twice: prepared once
     assert local_state.PREPARED == ["deleted"] and not tabledir.exists()
+
+
+def test_a_second_worker_on_the_same_data_directory_is_refused(tmp_path: Path) -> None:
+    local_state.hold(tmp_path / "v1")
+    with pytest.raises(local_state.DataDirInUse, match="give each worker its own APP_DATADIR"):
+        local_state.hold(tmp_path / "v1")
+    local_state.hold(tmp_path / "other" / "v1")  # its own directory: fine
