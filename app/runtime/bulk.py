@@ -47,7 +47,23 @@ Record = tuple[bytes | None, bytes | None, int | None, Headers | None]
 
 
 class BulkWriter:
-    """A queue of encoded records per destination, drained in batches by :meth:`run`."""
+    """A queue of encoded records per destination, drained in batches by :meth:`run`.
+
+    State records (destinations with a delivery callback: table changelogs) of a drain pass
+    are handed to aiokafka only once the pass's other records (outputs: loyalty events,
+    offers, dead letters) are acknowledged, and in the order of the passes. A batch's state
+    then never reaches its changelog without its output: after a crash before the input
+    offsets' commit, the events are processed again on a state that lacks them and their
+    output is written again (at-least-once), where a state that had them would skip the
+    events as already applied and their output, never acknowledged, would be lost. (A
+    partition's next batch waits for the previous one's acknowledgement in aiokafka, so two
+    records handed over together can be acknowledged a produce round trip apart.) Outputs
+    are not delayed; a batch's state records are, by one acknowledgement.
+    """
+
+    #: Whether state records wait for the outputs of their pass (off in a transaction, which
+    #: makes both visible together: :class:`app.runtime.guarantees.LaneWriter`).
+    STATE_AFTER_OUTPUT = True
 
     def __init__(self, on_error: Callable[[BaseException], None] | None = None) -> None:
         self._report_error = on_error
@@ -60,6 +76,12 @@ class BulkWriter:
         self._work: asyncio.Event | None = None
         self._draining: asyncio.Lock | None = None
         self.error: BaseException | None = None
+        #: The futures of the outputs sent by the pass running now (see drain).
+        self._tracking: list[asyncio.Future[Any]] | None = None
+        #: The last pass's state records being handed over after its outputs.
+        self._states: asyncio.Future[None] | None = None
+        #: State records never sent because an output they followed failed.
+        self.dropped = 0
         #: Set when no more than ``_room_at`` records are pending (see wait_for_room).
         self._room: asyncio.Event | None = None
         self._room_at = 0
@@ -147,13 +169,59 @@ class BulkWriter:
             self._draining = asyncio.Lock()
         async with self._draining:
             queued, self._queued = self._queued, {}
-            for (topic, partition), records in queued.items():
-                if partition == KEYED:
-                    for chosen, share in (await _by_partition(producer, topic,
-                                                              records)).items():
-                        await self._send(producer, topic, chosen, share)
-                else:
+            states: dict[Destination, list[Record]] = {}
+            outputs: list[asyncio.Future[Any]] = []
+            self._tracking = outputs
+            try:
+                for (topic, partition), records in queued.items():
+                    if self.STATE_AFTER_OUTPUT and (topic, partition) in self._on_delivered:
+                        states[(topic, partition)] = records
+                    else:
+                        await self._send_to(producer, topic, partition, records)
+            finally:
+                self._tracking = None
+            if not states:
+                return
+            if not outputs and (self._states is None or self._states.done()):
+                for (topic, partition), records in states.items():
                     await self._send(producer, topic, partition, records)
+                return
+            self._states = asyncio.ensure_future(
+                self._send_states(producer, self._states, outputs, states))
+
+    async def _send_to(self, producer: Any, topic: str, partition: int,
+                       records: list[Record]) -> None:
+        if partition == KEYED:
+            for chosen, share in (await _by_partition(producer, topic, records)).items():
+                await self._send(producer, topic, chosen, share)
+        else:
+            await self._send(producer, topic, partition, records)
+
+    async def _send_states(self, producer: Any, before: asyncio.Future[None] | None,
+                           outputs: list[asyncio.Future[Any]],
+                           states: dict[Destination, list[Record]]) -> None:
+        """Hand ``states`` over after the previous pass's states and ``outputs``' acks."""
+        if before is not None:
+            await asyncio.wait([before])
+        if outputs:
+            await asyncio.wait(outputs)
+        if self.error is not None or any(
+                f.cancelled() or f.exception() is not None for f in outputs):
+            count = sum(len(records) for records in states.values())
+            self.dropped += count
+            self.delivered += count  # never to be sent: not pending (flush raises the error)
+            log.error("%d state records not sent: an output record they follow failed",
+                      count)
+            return
+        try:
+            for (topic, partition), records in states.items():
+                await self._send(producer, topic, partition, records)
+        except Exception as exc:  # raised by the next flush: that commit must not happen
+            log.error("state records not sent: %r", exc)
+            if self.error is None:
+                self.error = exc
+                if self._report_error is not None:
+                    self._report_error(exc)
 
     async def flush(self, producer: Any) -> None:
         """Return once every record queued before the call is acknowledged; raise a failure.
@@ -165,6 +233,8 @@ class BulkWriter:
         purchases nothing was committed before the backlog was done).
         """
         await self.drain(producer)
+        if self._states is not None:
+            await asyncio.wait([self._states])
         pending = list(self._inflight)
         if pending:
             await asyncio.wait(pending)
@@ -232,6 +302,8 @@ class BulkWriter:
         """Count ``count`` records delivered when ``future`` is done (a batch's future: its
         first record's offset; ``record_offsets``: the last record's own future)."""
         self._inflight.add(future)
+        if self._tracking is not None:
+            self._tracking.append(future)
         callback = self._on_delivered.get((topic, partition))
         last_of = 0 if record_offsets else count - 1
 

@@ -271,6 +271,9 @@ class LaneWriter(BulkWriter):
     ``rocksdb://`` restart must then read it again, or rather, not find it.
     """
 
+    #: The transaction makes a batch's state and output visible together.
+    STATE_AFTER_OUTPUT = False
+
     def __init__(self, wake: asyncio.Event) -> None:
         super().__init__()
         self._wake = wake
