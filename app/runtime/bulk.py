@@ -213,9 +213,11 @@ class BulkWriter:
             log.error("%d state records not sent: an output record they follow failed",
                       count)
             return
+        assert self._draining is not None
         try:
-            for (topic, partition), records in states.items():
-                await self._send(producer, topic, partition, records)
+            async with self._draining:  # not among the outputs of a pass running meanwhile
+                for (topic, partition), records in states.items():
+                    await self._send(producer, topic, partition, records)
         except Exception as exc:  # raised by the next flush: that commit must not happen
             log.error("state records not sent: %r", exc)
             if self.error is None:
