@@ -51,6 +51,14 @@ def writer_with_state() -> tuple[BulkWriter, list[int]]:
     return writer, persisted
 
 
+async def drain_a_batch(writer: BulkWriter, producer: StandInProducer,
+                        state: bytes = b"{}") -> None:
+    """A tier change's event and the customer's new spend record, drained together."""
+    writer.enqueue(*EVENTS, b"kris", b"tier_changed")
+    writer.enqueue(*SPEND, b"kris", state)
+    await writer.drain(producer)
+
+
 async def turns(n: int = 5) -> None:
     for _ in range(n):
         await asyncio.sleep(0)
@@ -60,9 +68,7 @@ def test_a_batch_state_is_sent_once_its_output_is_acknowledged() -> None:
     async def scenario() -> None:
         producer = StandInProducer()
         writer, persisted = writer_with_state()
-        writer.enqueue(*EVENTS, b"kris", b"tier_changed")
-        writer.enqueue(*SPEND, b"kris", b"{}")
-        await writer.drain(producer)
+        await drain_a_batch(writer, producer)
         await turns()
         assert producer.submitted == [("loyalty.events", 0, 1)]  # the state waits
         producer.ack(0)
@@ -90,9 +96,7 @@ def test_states_keep_their_order_behind_a_batch_waiting_for_its_output() -> None
     async def scenario() -> None:
         producer = StandInProducer()
         writer, _ = writer_with_state()
-        writer.enqueue(*EVENTS, b"kris", b"tier_changed")
-        writer.enqueue(*SPEND, b"kris", b"first")
-        await writer.drain(producer)
+        await drain_a_batch(writer, producer, b"first")
         writer.enqueue(*SPEND, b"kris", b"second")  # no output of its own
         await writer.drain(producer)
         await turns()
@@ -108,9 +112,7 @@ def test_a_state_whose_output_failed_is_never_sent_and_the_flush_fails() -> None
     async def scenario() -> None:
         producer = StandInProducer()
         writer, persisted = writer_with_state()
-        writer.enqueue(*EVENTS, b"kris", b"tier_changed")
-        writer.enqueue(*SPEND, b"kris", b"{}")
-        await writer.drain(producer)
+        await drain_a_batch(writer, producer)
         producer.fail(0)
         with pytest.raises(RuntimeError, match="not acknowledged"):
             await writer.flush(producer)
