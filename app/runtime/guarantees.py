@@ -194,6 +194,12 @@ class CommitGate:
         output was dropped: the local state holds nothing the changelogs lack."""
         return self.tainted is None and not self.unsettled and not self._in_flight
 
+    def commit_begins(self) -> int:
+        """How many events a commit beginning now covers, for :meth:`commit_succeeded`: those
+        done (under at_least_once events still being processed may not have queued their
+        output yet)."""
+        return self.entered - self._in_flight
+
     def commit_succeeded(self, through: int) -> None:
         """A commit that began once ``through`` events had entered succeeded: their output
         is acknowledged (at_least_once) or committed (exactly_once), their offsets too."""

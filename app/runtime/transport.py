@@ -284,8 +284,7 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         commit_barrier`)."""
         self._lane_since_commit = 0
         async with guarantees.commit_barrier(self.app):
-            # events still being processed (at_least_once) may not have queued their output
-            through = guarantees.GATE.entered - guarantees.GATE.in_flight
+            through = guarantees.GATE.commit_begins()
             committed = cast(bool, await super().force_commit(
                 topics, start_new_transaction=start_new_transaction))
             if committed:
@@ -307,14 +306,14 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         self._caught_up_commit = asyncio.ensure_future(self._commit_after_any_in_flight())
         self._caught_up_commit.add_done_callback(_log_commit_failure)
 
-    async def _commit_after_any_in_flight(self) -> None:
+    async def _commit_after_any_in_flight(self, start_new_transaction: bool = True) -> None:
         """A commit of what is processed now: Faust's ``commit`` returns without committing
         when one is in flight, and one begun before the last records were processed would
         leave them to the next commit interval (measured: 2.7 s of a 17-s bench window)."""
         for _ in range(COMMIT_WAITS):
             if not await self.maybe_wait_for_commit_to_finish():
                 break
-        await self.commit()
+        await self.commit(start_new_transaction=start_new_transaction)
 
     async def commit_and_end_transactions(self) -> None:
         """Faust's last commit before a rebalance (and on stop), made even when a commit was
@@ -325,10 +324,7 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         IN_TRANSACTION -> IN_TRANSACTION``) and is read again from its committed offset, so
         that output went in twice (the cluster run under exactly_once: dead letters twice,
         each pair one worker's, 3-5 s apart, around a commit overlapping a broker fault)."""
-        for _ in range(COMMIT_WAITS):
-            if not await self.maybe_wait_for_commit_to_finish():
-                break
-        await self.commit(start_new_transaction=False)
+        await self._commit_after_any_in_flight(start_new_transaction=False)
 
     async def on_partitions_revoked(self, revoked: set[TP]) -> None:
         """Faust's, after a last commit under exactly_once.
@@ -345,10 +341,7 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         if self.app.in_transaction and revoked and not self.should_stop:
             self.stop_flow()
             try:
-                for _ in range(COMMIT_WAITS):
-                    if not await self.maybe_wait_for_commit_to_finish():
-                        break
-                await self.commit()
+                await self._commit_after_any_in_flight()
             except Exception as exc:  # the transactions are abandoned then: taint says so
                 self.log.warning("commit before the rebalance failed: %r", exc)
         await super().on_partitions_revoked(revoked)

@@ -27,6 +27,8 @@ class Committing:
         await asyncio.sleep(0)  # the one in flight finishes
         return True
 
+    _commit_after_any_in_flight = Consumer._commit_after_any_in_flight
+
     async def commit(self, start_new_transaction: bool = True) -> bool:
         if await self.maybe_wait_for_commit_to_finish():  # Faust: waits, then does nothing
             return False

@@ -31,7 +31,7 @@ async def processed(gate: CommitGate, events: int) -> None:
 def settled_gate(events: int = 3) -> CommitGate:
     gate = CommitGate()
     asyncio.run(processed(gate, events))
-    gate.commit_succeeded(gate.entered - gate.in_flight)
+    gate.commit_succeeded(gate.commit_begins())
     return gate
 
 
@@ -90,12 +90,12 @@ def test_an_event_in_flight_when_a_commit_begins_is_not_settled_by_it() -> None:
 
         task = asyncio.ensure_future(slow_event())
         await started.wait()
-        gate.commit_succeeded(gate.entered - gate.in_flight)  # what the consumer's commit does
+        gate.commit_succeeded(gate.commit_begins())  # as the consumer's commit does
         assert gate.unsettled == 1 and not gate.settled
         release.set()
         await task
         assert not gate.settled  # done, but in no commit yet
-        gate.commit_succeeded(gate.entered - gate.in_flight)
+        gate.commit_succeeded(gate.commit_begins())
         assert gate.settled
 
     asyncio.run(scenario())
