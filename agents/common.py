@@ -16,6 +16,7 @@ from app.outcomes import (
     dead_letter_all,
     dead_letter_once,
     lane_clock,
+    withhold_if_held,
 )
 from app.routing.repartition import divert
 from app.runtime import fastlane, gc_tuning
@@ -175,7 +176,9 @@ async def apply_each(stream: Any, apply: BatchApply) -> None:
                 continue
             source = fastlane.from_message(message)
             writes = agent_writes(source.partition)
+            fastlane.take_held()
             await apply([source], writes)
+            withhold_if_held(message)
             await send_emitted(writes)
 
 

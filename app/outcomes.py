@@ -11,7 +11,7 @@ from typing import Any
 
 from app.deadletters import send_dead_letter
 from app.faust_app import METRICS, app
-from app.runtime.fastlane import Source, hold
+from app.runtime.fastlane import Source, hold, take_held
 from app.runtime.membership import MEMBERSHIP
 from tables.deadletters import already_dead_lettered, dead_letter_marks, mark_key
 
@@ -22,6 +22,10 @@ DEAD_LETTER = "dead_letter"
 FENCED = "fenced"
 
 _LANE_STARTED: set[str] = set()
+
+#: "topic:partition" -> (consumer generation, lowest offset) of a dead letter held back in
+#: that generation (:func:`dead_letter_once`).
+_HELD_BACK: dict[str, tuple[int, int]] = {}
 
 
 def lane_clock() -> tuple[float, float]:
@@ -76,15 +80,48 @@ async def dead_letter_once(message: Any, reason: str) -> str:
     if already_dead_lettered(message.topic, message.partition, message.offset):
         return DUPLICATE
     generation = app.consumer_generation_id
-    if not await MEMBERSHIP.confirmed(
+    key = mark_key(message.topic, message.partition)
+    if held_back_before(key, generation, message.offset) or not await MEMBERSHIP.confirmed(
             app.conf.broker_session_timeout,
             lambda: bool(app.rebalancing) or app.consumer_generation_id != generation):
         # A worker cut off: the record's owner after the rebalance dead-letters it. In the
         # fast lane its offset is not acknowledged, so no commit passes it.
         METRICS.inc("storestream_dead_letters_fenced_total", topic=message.topic)
+        held = _HELD_BACK.get(key)
+        if held is None or held[0] != generation or message.offset < held[1]:
+            _HELD_BACK[key] = (generation, message.offset)
         if isinstance(message, Source):
             hold(message)
+        else:
+            withhold(message)
         return FENCED
     await send_dead_letter(message, reason)
     dead_letter_marks[mark_key(message.topic, message.partition)] = message.offset
     return DEAD_LETTER
+
+
+def held_back_before(key: str, generation: int, offset: int) -> bool:
+    """Whether a dead letter of source partition ``key`` before ``offset`` was held back in
+    consumer ``generation``: then this one is held too. The mark is the highest offset
+    dead-lettered, so a later letter sent would mark the held record as done, and whoever
+    reads the partition again from its committed offset (at or below the held record)
+    would count it as a duplicate and never dead-letter it (measured on Apache Kafka 4.4:
+    a worker that had just joined held one back at the start of the next rebalance, its
+    heartbeat 6 s old, then sent the partition's next one, its heartbeat answered
+    meanwhile: one dead letter of 60 lost)."""
+    held = _HELD_BACK.get(key)
+    return held is not None and held[0] == generation and held[1] < offset
+
+
+def withhold(message: Any) -> None:
+    """Keep a Faust ``Message`` from being acknowledged (the agent path's :func:`hold`)."""
+    withholding = getattr(app.consumer, "withhold", None)
+    if withholding is not None:
+        withholding(message)
+
+
+def withhold_if_held(message: Any) -> None:
+    """After a batch of one made of ``message`` (the agent path of a lane's topic): keep it
+    from being acknowledged if its handler held it back (:func:`hold`)."""
+    if message.offset in take_held():
+        withhold(message)

@@ -20,7 +20,9 @@ faust-streaming 0.15.3, mode-streaming 0.7.1 and aiokafka 0.14.0, re-check on up
   ``Consumer._wait_next_records``, ``Consumer._buffered_partitions``,
   ``Consumer._read_offset``, ``Consumer._add_gap``, ``Consumer._committed_offset``,
   ``Consumer._acked_index``, ``Consumer._acked``, ``Consumer._n_acked``,
-  ``Consumer.commit_and_end_transactions``, ``Consumer.on_partitions_revoked`` (overridden);
+  ``Consumer.commit_and_end_transactions``, ``Consumer.on_partitions_revoked``,
+  ``Consumer.on_partitions_assigned`` (overridden), ``Consumer._unacked_messages`` and
+  ``Message.acked`` (set by ``withhold``);
   ``faust.types.tuples.ack_lock``; ``faust.transport.producer.ProducerBuffer._send_pending``.
 - mode (:class:`InlineConsumerThread`): ``mode.threads.ServiceThread.start`` and
   ``ServiceThread.stop`` (replaced, same order of steps), ``ServiceThread._thread_started``,
@@ -345,6 +347,24 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
             except Exception as exc:  # the transactions are abandoned then: taint says so
                 self.log.warning("commit before the rebalance failed: %r", exc)
         await super().on_partitions_revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+        """Faust's, after noting that the group just answered: a completed join proves
+        membership as a heartbeat does. The first heartbeat comes an interval after it, and
+        a worker that took longer than its session timeout to join looked cut off until
+        then (its dead letters held back: :mod:`app.runtime.membership`)."""
+        membership.MEMBERSHIP.heartbeat_ok()
+        await super().on_partitions_assigned(assigned, generation_id)
+
+    def withhold(self, message: Any) -> None:
+        """Never acknowledge ``message`` (a Faust ``Message``) in this generation: its
+        partition is read again from its committed offset, at or below it, after the
+        rebalance that is coming (a dead letter held back off the fast lane:
+        :func:`app.outcomes.dead_letter_once`). Faust's ``ack`` skips a message marked
+        acknowledged; a rebalance's wait for unacknowledged messages no longer counts it."""
+        with ack_lock:
+            message.acked = True
+            self._unacked_messages.discard(message)
 
     def _new_consumer_thread(self) -> FetchWaitConsumerThread:
         if SETTINGS.consumer_thread:
