@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
+from faust.types import TP, Message
 
 import app as storestream
 from app import outcomes
@@ -15,6 +16,7 @@ from app.outcomes import DEAD_LETTER, FENCED, dead_letter_once
 from app.runtime import fastlane
 from app.runtime.fastlane import Source
 from app.runtime.membership import Membership
+from app.topics import purchases_topic
 from tests.agents.conftest import Sent
 
 pytestmark = pytest.mark.timeout(30)
@@ -107,3 +109,21 @@ async def test_an_earlier_record_than_the_one_held_back_is_still_dead_lettered(
     outcomes.MEMBERSHIP.heartbeat_ok()
     assert await dead_letter(bad(1, 311)) == DEAD_LETTER
     assert letters(sent) == 1
+
+
+async def test_a_message_held_back_off_the_fast_lane_is_never_acknowledged(
+        clock: Clock, sent: Sent, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The agent path (``FAST_LANE=off``) gets Faust messages: Faust acknowledges each one
+    after its event, so a held one is marked so that it never is in this generation."""
+    consumer = storestream.app.consumer
+    tp = TP(purchases_topic.get_topic_name(), 1)
+    message = Message(tp.topic, tp.partition, 311, 0.0, 0, {}, b"ann", b"not json", None,
+                      tp=tp, generation_id=4)
+    consumer.track_message(message)  # delivered to its stream, awaiting its ack
+    clock.now += SESSION_S + 1
+    monkeypatch.setattr(storestream.app, "rebalancing", True)
+    assert await dead_letter_once(message, "not JSON") == FENCED
+    assert not consumer.ack(message)
+    assert 311 not in consumer._acked_index[tp]
+    assert message not in consumer._unacked_messages  # a rebalance does not wait for it
+    assert letters(sent) == 0
