@@ -8,12 +8,11 @@ from typing import Any
 
 from faust.types import StreamT
 
-from agents.common import agent_writes, handle, send_emitted
+from agents.common import apply_event, handle
 from agents.loyalty import apply_product, apply_purchases, apply_returns, apply_user
 from agents.offers import apply_display, apply_positions, apply_promotion
 from app.faust_app import app
 from app.routing.repartition import FORWARDS, divert
-from app.runtime import fastlane
 from app.runtime.guarantees import GATE
 from app.settings import SETTINGS
 
@@ -47,10 +46,7 @@ def _batched(name: str, apply: Any) -> Any:
             async with GATE.event():
                 if await divert(event.message) is not None:
                     continue
-                source = fastlane.from_message(event.message)
-                writes = agent_writes(source.partition)
-                await apply([source], writes)
-                await send_emitted(writes)
+                await apply_event(event.message, apply)
     return process
 
 

@@ -9,7 +9,7 @@ queues each changelog record:
   for the changelog partition equal to the source partition, as Faust's ``Table.__setitem__`` would;
   the producer flushes the writer before Faust commits the input offsets, and each
   delivered batch updates the store's persisted offset (what ``rocksdb://`` recovery uses).
-- ``bulk`` is ``None`` (the agent path: ``FAST_LANE=off``, ``exactly_once``, tests): plain
+- ``bulk`` is ``None`` (the agent path under ``exactly_once``, Faust's test context): plain
   ``table[key] = value``, i.e. Faust's own changelog send (transactional under exactly_once).
 
 Keys are UTF-8 text and values JSON, the serializers of :func:`tables.base.text_keyed_table`.
@@ -52,6 +52,11 @@ class TableWrites:
         self._pending: dict[int, tuple[Any, dict[str, Any]]] = {}
         self._emitted: list[tuple[Any, bytes, bytes]] = []
         self._after: list[Callable[[], object]] = []
+
+    @property
+    def bulk(self) -> BulkWriter | None:
+        """The bulk writer the writes go to (``None``: Faust's own table writes)."""
+        return self._bulk
 
     def get(self, table: Any, key: str) -> Any:
         """The value of ``key``: this batch's pending one, else the table's (``None``)."""

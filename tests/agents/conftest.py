@@ -16,6 +16,7 @@ os.environ.setdefault("APP_STORE", "memory://")
 
 import app as storestream
 from app import topics
+from app.runtime.bulk import KEYED, BulkWriter
 from tables import loyalty as tables
 from tables.deadletters import DEAD_LETTERS, RETURN_LETTERS, SENT, dead_letter_marks
 from tables.offers import (
@@ -59,11 +60,28 @@ class StandInConsumer:
         self.steps.append(f"acked {offsets}")
 
 
+class CapturingBulk(BulkWriter):
+    """The producer's bulk writer, capturing what goes to output topics and dropping
+    changelog records (their tables are written all the same)."""
+
+    def __init__(self, sent: Sent) -> None:
+        super().__init__()
+        self._sent = sent
+
+    def enqueue_record(self, topic: str, partition: int, record: Any) -> None:
+        if partition == KEYED:
+            self._sent.records.append((topic, record[0], record[1]))
+        else:
+            self._sent.changelog.append((topic, partition, record[0]))
+
+
 class Sent:
     """Records sent to output topics instead of a broker."""
 
     def __init__(self) -> None:
         self.records: list[tuple[str, bytes | None, bytes]] = []
+        #: (changelog topic, partition, key) of each state record queued on the bulk writer
+        self.changelog: list[tuple[str, int, bytes | None]] = []
 
     def by_topic(self, suffix: str) -> list[tuple[bytes | None, bytes]]:
         return [(k, v) for t, k, v in self.records if t.endswith(suffix)]
@@ -94,6 +112,8 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> Iterator[Sent]:
 
         monkeypatch.setattr(topic, "send", send)
         monkeypatch.setattr(topic, "send_soon", send_soon)
+    # the agent path's writes under at_least_once go to the producer's bulk writer
+    monkeypatch.setattr(app.producer, "bulk", CapturingBulk(captured))
     for table in (tables.catalogue, tables.spend, tables.stamps, tables.baskets,
                   tables.profiles, tables.ledgers, attribution, promotion_figures, presence,
                   frequency, visits):

@@ -55,6 +55,21 @@ async def test_purchases_agent_reproduces_the_recipe(sent: Sent) -> None:
     assert sent.by_topic("dead-letters") == []
 
 
+async def test_the_agent_path_queues_state_with_its_output_on_the_bulk_writer(
+        sent: Sent) -> None:
+    """At least once, off the fast lane, an event's changelog records and its output go to
+    the producer's bulk writer, which sends state only once the output is acknowledged (a
+    crash between the two must not leave state whose replay is skipped, its output lost)."""
+    await load_catalogue()
+    async with process_purchases.test_context() as agent:
+        await agent.put(js({"user_id": "kris", "product_id": "dog", "ts": 1_700_000_100.0}),
+                        key=b"kris", partition=3)
+    assert [orjson.loads(v)["type"] for _, v in sent.by_topic("loyalty.events")] == [
+        "tier_changed"]
+    spend_changelog = tables.spend.changelog_topic.get_topic_name()
+    assert (spend_changelog, 3, b"kris") in sent.changelog  # the source partition's
+
+
 async def test_bad_purchase_is_dead_lettered_and_the_next_one_counts(sent: Sent) -> None:
     await load_catalogue()
     async with process_purchases.test_context() as agent:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Iterator
 from typing import Any
 
@@ -68,27 +67,17 @@ async def test_lingering_shopper_gets_one_offer_per_promotion_on_the_fast_lane(
 
 
 async def test_lingering_shopper_gets_one_offer_per_promotion_on_faust_path(
-        store: Sent, monkeypatch: pytest.MonkeyPatch) -> None:
-    offers: list[dict[str, Any]] = []
-
-    def send_soon(*, key: Any = None, value: Any = None, **_: Any) -> None:
-        offers.append(orjson.loads(value))
-
-    async def send(*, key: Any = None, value: Any = None, **_: Any) -> asyncio.Future[None]:
-        send_soon(key=key, value=value)
-        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        done.set_result(None)
-        return done
-
-    monkeypatch.setattr(topics.offers_topic, "send_soon", send_soon)
-    monkeypatch.setattr(topics.offers_topic, "send", send)
+        store: Sent) -> None:
+    def offers() -> list[dict[str, Any]]:
+        return [orjson.loads(value)
+                for _, value in store.by_topic(topics.offers_topic.get_topic_name())]
 
     async def deliver(count: int) -> list[dict[str, Any]]:
-        before = len(offers)
+        before = len(offers())
         async with process_locations.test_context() as agent:  # offsets start at 0 each time
             for _ in range(count):
                 await agent.put(LINGERING, key=b"kris", timestamp=STAMP)
-        return offers[before:]
+        return offers()[before:]
 
     first = await deliver(8)
     assert sorted(o["pid"] for o in first) == ["p-seg", "p-sku"]
