@@ -28,7 +28,7 @@ from tables.batch import TableWrites
 
 __all__ = [  # the outcomes' helpers, for the agents
     "DUPLICATE", "OK", "count_batch", "count_lane", "dead_letter_all", "dead_letter_once",
-    "lane_clock",
+    "lane_clock", "withhold_if_held",
 ]
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,15 @@ from typing import Any, cast
 
 from faust.types import TP, StreamT
 
-from agents.common import DUPLICATE, OK, count_batch, count_lane, dead_letter_all, lane_clock
+from agents.common import (
+    DUPLICATE,
+    OK,
+    count_batch,
+    count_lane,
+    dead_letter_all,
+    lane_clock,
+    withhold_if_held,
+)
 from app.delivery import parking
 from app.delivery import pusher as direct_push
 from app.delivery.parking import ConsumerHooks, Parked, Parking, Partition, Status
@@ -233,7 +241,9 @@ async def deliver_offers(stream: StreamT[bytes]) -> None:
     delivery = new_delivery()
     try:
         async for event in stream.events():
+            fastlane.take_held()
             await deliver_batch(delivery, [fastlane.from_message(event.message)])
+            withhold_if_held(event.message)  # a dead letter held back (app.outcomes)
     finally:
         await delivery.close()
 
