@@ -25,7 +25,9 @@ faust-streaming 0.15.3, re-check on upgrade): ``faust.transport.consumer``:
 ``TransactionManager._tps_to_transactional_ids``, ``TransactionManager.transactional_id_format``
 (copied in :func:`source_transaction`), ``Consumer._commit_offsets`` (flushes the producer
 under at_least_once only); ``faust.transport.drivers.aiokafka``:
-``Producer._transaction_producers``, ``Producer._trn_locks``.
+``Producer._transaction_producers``, ``Producer._trn_locks``; ``faust.tables.manager.
+TableManager._pending_persisted_offsets`` and ``faust.assignor.partition_assignor.
+PartitionAssignor._topic_groups`` (read by ``TransactionManager._persist_committed``).
 """
 
 from __future__ import annotations
@@ -432,16 +434,31 @@ class TransactionManager(_FaustTransactionManager):  # type: ignore[misc]
 
     async def commit(self, offsets: Any, start_new_transaction: bool = True) -> bool:
         """Faust's; once the transactions committed, the fast lane's deliveries in them are
-        reported (:meth:`LaneWriter.committed`). Faust's own changelog writes under
-        exactly_once wait for ``TableManager.on_commit``, which looks them up by the source
-        partitions committed while they are kept by changelog partition: they are never
-        persisted (faust-streaming 0.15.3); only the agent path's tables (catalogue,
-        profiles, displays, promotions) are written that way here."""
+        reported (:meth:`LaneWriter.committed`) and so are Faust's own changelog writes
+        (:meth:`_persist_committed`)."""
         tids = self._tps_to_transactional_ids(set(offsets))
         committed = bool(await super().commit(offsets, start_new_transaction))
         if committed and not self.app.crashed:  # Faust crashes the app when fenced
             LANE_WRITERS.committed(tids)
+            self._persist_committed(tids)
         return committed
+
+    def _persist_committed(self, tids: set[str]) -> None:
+        """Set the persisted offsets Faust keeps pending for its own changelog writes under
+        exactly_once (the agent path's tables; with the fast lane, the reference tables)
+        whose transaction just committed. Faust's ``TableManager.on_commit`` looks them up
+        by the source partitions committed while they are kept by changelog partition, so
+        they were never persisted (faust-streaming 0.15.3), and every restart on ``rocksdb://``
+        read those changelogs whole. A changelog partition is written in the transaction of
+        the source partition with its number, in its topic group."""
+        app: Any = self.app
+        pending = app.tables._pending_persisted_offsets
+        groups = app.assignor._topic_groups
+        for tp, (store, offset) in list(pending.items()):
+            group = groups.get(tp.topic)
+            if group is not None and f"{app.conf.id}-{group}-{tp.partition}" in tids:
+                store.set_persisted_offset(tp, offset)
+                del pending[tp]
 
     async def on_rebalance(self, assigned: Any, revoked: Any, newly_assigned: Any) -> None:
         """Faust's (stop the revoked partitions' producers, start the assigned ones'), and
