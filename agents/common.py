@@ -75,8 +75,8 @@ def agent_writes(partition: int) -> TableWrites:
     under at_least_once the producer's bulk writer, as the fast lane's, so that a changelog
     record goes out only once the event's output is acknowledged (through Faust's producer
     buffer both went out together, and a crash between their acknowledgements left state
-    whose replay is skipped, its output lost); plain Faust writes where the producer has no
-    bulk writer (Faust's test context)."""
+    whose replay is skipped, its output lost); plain Faust writes for a producer without
+    one."""
     if app.in_transaction:
         return EventWrites(partition)
     return TableWrites(partition, getattr(app.producer, "bulk", None))

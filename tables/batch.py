@@ -9,7 +9,7 @@ queues each changelog record:
   for the changelog partition equal to the source partition, as Faust's ``Table.__setitem__`` would;
   the producer flushes the writer before Faust commits the input offsets, and each
   delivered batch updates the store's persisted offset (what ``rocksdb://`` recovery uses).
-- ``bulk`` is ``None`` (the agent path under ``exactly_once``, Faust's test context): plain
+- ``bulk`` is ``None`` (the agent path under ``exactly_once``, a producer without one): plain
   ``table[key] = value``, i.e. Faust's own changelog send (transactional under exactly_once).
 
 Keys are UTF-8 text and values JSON, the serializers of :func:`tables.base.text_keyed_table`.
