@@ -158,10 +158,9 @@ def _cluster_id() -> str:
 
 
 def _free_port(host: str = LOOPBACK) -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
+    from app.dev.devstack import free_ports  # late: devstack imports this module lazily
+
+    return free_ports(1, host)
 
 
 def _port_open(port: int, host: str = LOOPBACK) -> bool:
