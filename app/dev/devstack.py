@@ -22,7 +22,6 @@ import errno
 import importlib.util
 import ipaddress
 import os
-import random
 import re
 import shutil
 import signal
@@ -152,43 +151,12 @@ def _bootstrap_servers(bootstrap: str) -> list[str]:
 # ------------------------------------------------------------------ small helpers
 
 
-#: Where listening ports are picked: from here to the kernel's ephemeral range.
-LISTEN_PORTS_FROM = 10_000
-
-
-def _ephemeral_ports() -> tuple[int, int]:
-    """The kernel's range for the local ports of outgoing connections."""
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
-
-
 def free_ports(count: int = 1, host: str = LOOPBACK) -> int:
-    """A port ``p`` such that ``p .. p + count - 1`` were free on ``host`` a moment ago,
-    below the kernel's ephemeral range: a port from that range (what binding port 0 gives)
-    can be taken by any process's outgoing connection before the server meant for it binds
-    it (measured: a Kafka node of a test cluster failed to bind its listener while the
-    suite's other process was busy connecting)."""
-    low = _ephemeral_ports()[0]
-    top = low if low - count > LISTEN_PORTS_FROM else 65536
-    picker = random.Random()
-    for _ in range(500):
-        base = picker.randrange(LISTEN_PORTS_FROM, top - count)
-        sockets: list[socket.socket] = []
-        try:
-            for port in range(base, base + count):
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sockets.append(sock)
-                sock.bind((host, port))
-        except OSError:
-            continue
-        finally:
-            for sock in sockets:
-                sock.close()
-        return base
-    raise DevStackError(f"no run of {count} free ports found on {host}")
+    """A port ``p`` such that ``p .. p + count - 1`` were free a moment ago, below the
+    kernel's ephemeral range (:func:`app.dev.kafka_broker.free_ports`)."""
+    from app.dev.kafka_broker import free_ports as pick  # late: loading this stays cheap
+
+    return pick(count, host)
 
 
 def free_port() -> int:

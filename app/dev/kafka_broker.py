@@ -16,6 +16,7 @@ import contextlib
 import fcntl
 import hashlib
 import os
+import random
 import re
 import shutil
 import signal
@@ -33,6 +34,7 @@ __all__ = [
     "KafkaSetupError",
     "SaslSslListener",
     "ScramUser",
+    "free_ports",
     "java_problem",
     "provision",
 ]
@@ -157,9 +159,46 @@ def _cluster_id() -> str:
             return cluster_id
 
 
-def _free_port(host: str = LOOPBACK) -> int:
-    from app.dev.devstack import free_ports  # late: devstack imports this module lazily
+#: Where listening ports are picked: from here to the kernel's ephemeral range.
+LISTEN_PORTS_FROM = 10_000
 
+
+def _ephemeral_ports() -> tuple[int, int]:
+    """The kernel's range for the local ports of outgoing connections."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
+def free_ports(count: int = 1, host: str = LOOPBACK) -> int:
+    """A port ``p`` such that ``p .. p + count - 1`` were free on ``host`` a moment ago,
+    below the kernel's ephemeral range: a port from that range (what binding port 0 gives)
+    can be taken by any process's outgoing connection before the server meant for it binds
+    it (measured: a Kafka node of a test cluster failed to bind its listener while the
+    suite's other process was busy connecting)."""
+    low = _ephemeral_ports()[0]
+    top = low if low - count > LISTEN_PORTS_FROM else 65536
+    picker = random.Random()
+    for _ in range(500):
+        base = picker.randrange(LISTEN_PORTS_FROM, top - count)
+        sockets: list[socket.socket] = []
+        try:
+            for port in range(base, base + count):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+                sockets.append(sock)
+                sock.bind((host, port))
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+        return base
+    raise OSError(f"no run of {count} free ports found on {host}")
+
+
+def _free_port(host: str = LOOPBACK) -> int:
     return free_ports(1, host)
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import socket
 
-from app.dev.devstack import LISTEN_PORTS_FROM, _ephemeral_ports, free_ports
+from app.dev.kafka_broker import LISTEN_PORTS_FROM, _ephemeral_ports, free_ports
 
 
 def test_a_run_of_free_ports_lies_below_the_ephemeral_range_and_can_be_bound() -> None:
