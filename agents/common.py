@@ -194,15 +194,8 @@ async def apply_event(message: Any, apply: BatchApply) -> None:
     await apply([source], writes)
     withhold_if_held(message)
     await send_emitted(writes)
-    bulk = writes.bulk
-    if bulk is not None and bulk.pending > AGENT_PENDING_RECORDS:
-        await bulk.wait_for_room(AGENT_PENDING_RECORDS, AGENT_ROOM_WAIT_S)
-
-
-#: Records the agent path may leave queued on the bulk writer before an event waits for it,
-#: and how long it waits at most (s).
-AGENT_PENDING_RECORDS = 65536
-AGENT_ROOM_WAIT_S = 30.0
+    if writes.bulk is not None:
+        await writes.bulk.make_room()
 
 
 #: Handles one message and says how it went (``OK`` or ``DUPLICATE``).

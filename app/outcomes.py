@@ -96,7 +96,7 @@ async def dead_letter_once(message: Any, reason: str) -> str:
             withhold(message)
         return FENCED
     await send_dead_letter(message, reason)
-    dead_letter_marks[mark_key(message.topic, message.partition)] = message.offset
+    dead_letter_marks[key] = message.offset
     return DEAD_LETTER
 
 

@@ -25,28 +25,10 @@ from pathlib import Path
 from aiokafka.admin import AIOKafkaAdminClient
 
 from app.dev.devstack import DevStack, DevStackError, _redis_bin
-from app.dev.kafka_broker import KafkaCluster, KafkaSetupError, provision
+from app.dev.kafka_broker import KafkaCluster, KafkaSetupError, free_ports, provision
 from bench.netns import NetNamespace
 
 QUORUM_LEADER = Path(__file__).resolve().parent / "faults" / "QuorumLeader.java"
-
-
-def _free_ports(host: str, count: int) -> int:
-    """The first of ``count`` consecutive TCP ports free on ``host`` a moment ago."""
-    for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((host, 0))
-            first: int = sock.getsockname()[1]
-        if first + count > 65535:
-            continue
-        try:
-            for port in range(first, first + count):
-                with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                    sock.bind((host, port))
-        except OSError:
-            continue
-        return first
-    raise DevStackError(f"no {count} consecutive free ports on {host}")
 
 
 def _tcp_open(host: str, port: int) -> bool:
@@ -63,8 +45,8 @@ class ClusterStack(DevStack):
     def __init__(self, netns: NetNamespace, nodes: int = 3, startup_timeout: float = 180.0,
                  kafka_config: dict[str, str] | None = None) -> None:
         self.netns = netns
-        broker_port = _free_ports(netns.host_ip, nodes)
-        redis_port = _free_ports(netns.redis_ip, 1)
+        broker_port = free_ports(nodes, netns.host_ip)
+        redis_port = free_ports(1, netns.redis_ip)
         super().__init__(broker_port, redis_port, broker="kafka", kafka_nodes=nodes,
                          startup_timeout=startup_timeout, stop_timeout=20.0,
                          kafka_config=kafka_config)

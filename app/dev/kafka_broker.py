@@ -198,10 +198,6 @@ def free_ports(count: int = 1, host: str = LOOPBACK) -> int:
     raise OSError(f"no run of {count} free ports found on {host}")
 
 
-def _free_port(host: str = LOOPBACK) -> int:
-    return free_ports(1, host)
-
-
 def _port_open(port: int, host: str = LOOPBACK) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.25):
@@ -319,7 +315,7 @@ class KafkaCluster:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "log4j2.yaml").write_text(_LOG4J2)
         self._nodes = [
-            _Node(node_id=index + 1, port=port, controller_port=_free_port(self.host),
+            _Node(node_id=index + 1, port=port, controller_port=free_ports(1, self.host),
                   sasl_port=None if self.sasl_ssl is None else self.sasl_ssl.port + index,
                   folder=self.run_dir / f"node-{index + 1}")
             for index, port in enumerate(self.ports)

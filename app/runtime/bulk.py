@@ -45,6 +45,13 @@ Headers = list[tuple[str, bytes]]
 #: A queued record: key, value, timestamp (ms, ``None``: now) and headers (``None``: none).
 Record = tuple[bytes | None, bytes | None, int | None, Headers | None]
 
+#: Records a producer of records may leave queued or in flight before its next step waits
+#: for them to be sent (to half this); ~10-20 MB of changelog values.
+ROOM_RECORDS = 65536
+#: The longest such a wait lasts (a broker that does not answer: the producer goes on, and
+#: the records queue as they did before, until a commit's flush fails).
+ROOM_WAIT_S = 5.0
+
 
 class BulkWriter:
     """A queue of encoded records per destination, drained in batches by :meth:`run`.
@@ -126,6 +133,14 @@ class BulkWriter:
     def pending(self) -> int:
         """Records queued or in flight, not yet acknowledged."""
         return self.enqueued - self.delivered
+
+    async def make_room(self) -> None:
+        """Wait while more than :data:`ROOM_RECORDS` records are pending (at most
+        :data:`ROOM_WAIT_S`): what a producer of records (the fast lane's chunks, the agent
+        path's events) calls between steps."""
+        if not await self.wait_for_room(ROOM_RECORDS, ROOM_WAIT_S):
+            log.warning("changelog sends behind: %d records pending after %.0f s",
+                        self.pending, ROOM_WAIT_S)
 
     async def wait_for_room(self, limit: int, timeout: float) -> bool:
         """Wait until at most ``limit // 2`` records are pending, when more than ``limit``

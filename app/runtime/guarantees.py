@@ -26,8 +26,7 @@ faust-streaming 0.15.3, re-check on upgrade): ``faust.transport.consumer``:
 (copied in :func:`source_transaction`), ``Consumer._commit_offsets`` (flushes the producer
 under at_least_once only); ``faust.transport.drivers.aiokafka``:
 ``Producer._transaction_producers``, ``Producer._trn_locks``; ``faust.tables.manager.
-TableManager._pending_persisted_offsets`` and ``faust.assignor.partition_assignor.
-PartitionAssignor._topic_groups`` (read by ``TransactionManager._persist_committed``).
+TableManager._pending_persisted_offsets`` (read by ``TransactionManager._persist_committed``).
 """
 
 from __future__ import annotations
@@ -39,7 +38,7 @@ import time
 from collections.abc import AsyncIterator, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaConnectionError, KafkaError
@@ -451,12 +450,13 @@ class TransactionManager(_FaustTransactionManager):  # type: ignore[misc]
         they were never persisted (faust-streaming 0.15.3), and every restart on ``rocksdb://``
         read those changelogs whole. A changelog partition is written in the transaction of
         the source partition with its number, in its topic group."""
-        app: Any = self.app
-        pending = app.tables._pending_persisted_offsets
-        groups = app.assignor._topic_groups
+        pending = cast(Any, self.app.tables)._pending_persisted_offsets
         for tp, (store, offset) in list(pending.items()):
-            group = groups.get(tp.topic)
-            if group is not None and f"{app.conf.id}-{group}-{tp.partition}" in tids:
+            try:
+                tid = source_transaction(self.app, tp.topic, tp.partition)
+            except KeyError:  # a topic the assignment does not know (yet)
+                continue
+            if tid in tids:
                 store.set_persisted_offset(tp, offset)
                 del pending[tp]
 

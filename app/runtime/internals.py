@@ -165,7 +165,6 @@ MIRRORS: dict[str, dict[str, tuple[str, ...]]] = {
             f"{_FAUST_AIOKAFKA}.Producer._transaction_producers",
             f"{_FAUST_AIOKAFKA}.Producer._trn_locks",
             "faust.tables.manager.TableManager._pending_persisted_offsets",
-            "faust.assignor.partition_assignor.PartitionAssignor._topic_groups",
         ),
     },
     "app/runtime/recovery.py": {

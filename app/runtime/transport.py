@@ -456,13 +456,11 @@ class Consumer(faust_aiokafka.Consumer):  # type: ignore[misc]
         await self._rewind(not_taken)
 
     async def _lane_room(self) -> None:
-        """Wait while the bulk writer holds more than LANE_PENDING_RECORDS unsent records."""
+        """Let the bulk writer catch up when it is far behind (:meth:`BulkWriter.make_room`)."""
         bulk = getattr(self.app.producer, "bulk", None)
         if bulk is None or self.app.in_transaction:
             return
-        if not await bulk.wait_for_room(LANE_PENDING_RECORDS, LANE_ROOM_WAIT_S):
-            self.log.warning("changelog sends behind: %d records pending after %.0f s",
-                             bulk.pending, LANE_ROOM_WAIT_S)
+        await bulk.make_room()
 
     async def _rewind(self, offsets: dict[TP, int]) -> None:
         """Seek partitions back to records that were fetched but not taken.
@@ -585,12 +583,6 @@ LANE_CHUNK_MIN = 1024
 #: one step at its end, ~110 us per key with returns and the tier window on (measured on the
 #: slowest host yet, 2 cores at ~320 ms per sum(range(10**7))): ~0.45 s of loop for 4,096.
 PACED_KEYS = 4096
-#: Records the fast lane may leave queued or in flight on the bulk writer before its next
-#: chunk waits for them to be sent (to half this); ~10-20 MB of changelog values.
-LANE_PENDING_RECORDS = 65536
-#: The longest such a wait lasts (a broker that does not answer: the lane goes on, and
-#: the records queue as they did before, until a commit's flush fails).
-LANE_ROOM_WAIT_S = 5.0
 #: Records processed by the lanes since the last commit from which a worker that has caught
 #: up with its input commits at once (Consumer._commit_if_caught_up).
 CAUGHT_UP_COMMIT_RECORDS = 10_000

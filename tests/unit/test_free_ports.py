@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import socket
 
+import pytest
+
+from app.dev import kafka_broker
 from app.dev.kafka_broker import LISTEN_PORTS_FROM, _ephemeral_ports, free_ports
 
 
@@ -22,9 +25,12 @@ def test_a_run_of_free_ports_lies_below_the_ephemeral_range_and_can_be_bound() -
                 sock.close()
 
 
-def test_a_port_in_use_is_never_picked() -> None:
-    taken = free_ports(1)
+def test_a_port_in_use_is_never_picked(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two ports to pick from, one of them listening: the other every time."""
+    base = free_ports(2)
+    monkeypatch.setattr(kafka_broker, "LISTEN_PORTS_FROM", base)
+    monkeypatch.setattr(kafka_broker, "_ephemeral_ports", lambda: (base + 3, 60999))
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", taken))
+        sock.bind(("127.0.0.1", base))
         sock.listen()
-        assert all(free_ports(1) != taken for _ in range(200))
+        assert {free_ports(1) for _ in range(50)} == {base + 1}
